@@ -1,0 +1,158 @@
+import NIOHTTP1
+
+/// What a request to the API-keys API is, decided once from its method and target.
+///
+/// The cache, the audit log and the fake upstream all key off this one type. `user` and
+/// `key` are percent-decoded (a `+` in a path stays a `+`); the target itself is always
+/// forwarded exactly as the client sent it.
+public enum Route: Equatable, Sendable {
+    case create(user: String)
+    /// `includeRevoked` is nil when the query is not a plain `include_revoked` flag (an
+    /// unparseable value, a repeated flag or another parameter): such a list is forwarded
+    /// uncached and the upstream judges the query.
+    case list(user: String, includeRevoked: Bool?)
+    case update(user: String, key: String)
+    case rotate(user: String, key: String)
+    case delete(user: String, key: String)
+    /// Any other path: forwarded unchanged, neither cached nor audited.
+    case passThrough
+    /// An API-keys path the proxy refuses rather than forward unaudited.
+    case rejected(RouteRejection)
+
+    /// The user a create, list, update, rotate or delete is about.
+    public var user: String? {
+        switch self {
+        case .create(let user), .list(let user, _), .update(let user, _), .rotate(let user, _), .delete(let user, _): user
+        case .passThrough, .rejected: nil
+        }
+    }
+
+    /// The key a mutation names (a create's name lives in its body).
+    public var key: String? {
+        switch self {
+        case .update(_, let key), .rotate(_, let key), .delete(_, let key): key
+        case .create, .list, .passThrough, .rejected: nil
+        }
+    }
+
+    public init(method: HTTPMethod, target: String) {
+        let path = target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
+        let query = target.firstIndex(of: "?").map { target[target.index(after: $0)...] }
+        var segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard segments.count >= 6, segments[0].isEmpty, segments[1] == "v1", segments[2] == "organizations",
+              segments[3] == "users", segments[5] == "api-keys"
+        else {
+            self = .passThrough
+            return
+        }
+        // One trailing slash names the same resource; the target still goes upstream as sent.
+        if segments.count > 6, segments.last!.isEmpty { segments.removeLast() }
+        if segments.count > 8 {
+            self = .rejected(.unknownPath)
+            return
+        }
+        if segments.dropFirst().contains(where: \.isEmpty) {
+            self = .rejected(.emptySegment)
+            return
+        }
+        guard let user = Self.decodeSegment(segments[4]) else {
+            self = .rejected(.invalidSegment("user_email"))
+            return
+        }
+        let key: String?
+        if segments.count >= 7 {
+            guard let decoded = Self.decodeSegment(segments[6]) else {
+                self = .rejected(.invalidSegment("key_name"))
+                return
+            }
+            key = decoded
+        } else {
+            key = nil
+        }
+        switch (segments.count, key, method) {
+        case (6, _, .GET): self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
+        case (6, _, .POST): self = .create(user: user)
+        case (6, _, _): self = .rejected(.methodNotAllowed(allowed: "GET, POST"))
+        case (7, let key?, .PATCH): self = .update(user: user, key: key)
+        case (7, let key?, .DELETE): self = .delete(user: user, key: key)
+        case (7, _, _): self = .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
+        case (8, let key?, .POST) where segments[7] == "rotate": self = .rotate(user: user, key: key)
+        case (8, _, _) where segments[7] == "rotate": self = .rejected(.methodNotAllowed(allowed: "POST"))
+        default: self = .rejected(.unknownPath)
+        }
+    }
+
+    /// Longest decoded user_email or key_name accepted.
+    public static let maxSegmentBytes = 512
+
+    /// Percent-decodes one path segment; nil for a bad escape, bytes that are not UTF-8,
+    /// control characters, or a value longer than `maxSegmentBytes`.
+    static func decodeSegment(_ segment: Substring) -> String? {
+        guard let decoded = percentDecode(segment, plusIsSpace: false),
+              (1...maxSegmentBytes).contains(decoded.utf8.count),
+              !decoded.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        else { return nil }
+        return decoded
+    }
+
+    /// `include_revoked` read the way the upstream (FastAPI and pydantic) reads a boolean.
+    static func includeRevoked(in query: Substring?) -> Bool? {
+        guard let query, !query.isEmpty else { return false }
+        var value: Bool?
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard percentDecode(parts[0], plusIsSpace: true) == "include_revoked", value == nil else { return nil }
+            let raw = parts.count == 2 ? percentDecode(parts[1], plusIsSpace: true) : ""
+            switch raw?.lowercased() {
+            case "true", "1", "yes", "on", "t", "y": value = true
+            case "false", "0", "no", "off", "f", "n": value = false
+            default: return nil
+            }
+        }
+        return value ?? false
+    }
+
+    static func percentDecode(_ text: Substring, plusIsSpace: Bool) -> String? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            switch byte {
+            case UInt8(ascii: "%"):
+                guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else { return nil }
+                bytes.append(high << 4 | low)
+            case UInt8(ascii: "+") where plusIsSpace:
+                bytes.append(UInt8(ascii: " "))
+            default:
+                bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+/// Why an API-keys path is refused by the proxy itself.
+public enum RouteRejection: Equatable, Sendable {
+    case methodNotAllowed(allowed: String)
+    case emptySegment
+    case invalidSegment(String)
+    case unknownPath
+
+    public var message: String {
+        switch self {
+        case .methodNotAllowed(let allowed): "method not allowed here; allowed: \(allowed)"
+        case .emptySegment: "empty path segment in an API-keys path"
+        case .invalidSegment(let name): "\(name) is not valid: bad percent-encoding, not UTF-8, a control character, or longer than \(Route.maxSegmentBytes) bytes"
+        case .unknownPath: "no such API-keys operation"
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import MixpeekAPI
+import MixpeekHTTP
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+
+/// The operations the fake counts and can disturb.
+public enum FakeOperation: String, Sendable, CaseIterable {
+    case create, list, update, rotate, delete, other
+
+    init(_ route: Route) {
+        switch route {
+        case .create: self = .create
+        case .list: self = .list
+        case .update: self = .update
+        case .rotate: self = .rotate
+        case .delete: self = .delete
+        case .passThrough, .rejected: self = .other
+        }
+    }
+}
+
+/// A way for the fake to misbehave, as the real upstream sometimes does.
+public enum FakeFault: Sendable, Equatable {
+    /// Answer with this status in the API's error shape.
+    case status(HTTPResponseStatus)
+    /// Answer normally, but only after this long.
+    case delay(TimeAmount)
+    /// Close the connection without answering.
+    case dropConnection
+    /// Answer 200 with a body that is not JSON.
+    case invalidJSON
+}
+
+/// What tests read from and switch on in the fake: call counts, faults and held responses.
+public final class FakeControls: Sendable {
+    private struct State {
+        var calls: [FakeOperation: Int] = [:]
+        var lastRequests: [FakeOperation: HTTPRequest] = [:]
+        var faults: [FakeOperation: FakeFault] = [:]
+        var held: Set<FakeOperation> = []
+        var waiting: [FakeOperation: [EventLoopPromise<Void>]] = [:]
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// How many requests for `operation` reached the fake.
+    public func calls(_ operation: FakeOperation) -> Int {
+        state.withLockedValue { $0.calls[operation, default: 0] }
+    }
+
+    /// All requests that reached the fake.
+    public var totalCalls: Int {
+        state.withLockedValue { $0.calls.values.reduce(0, +) }
+    }
+
+    /// The last request for `operation` exactly as the fake received it.
+    public func lastRequest(_ operation: FakeOperation) -> HTTPRequest? {
+        state.withLockedValue { $0.lastRequests[operation] }
+    }
+
+    /// Switches a fault on for one operation, or for every operation when `operation` is nil;
+    /// `nil` switches it off.
+    public func setFault(_ fault: FakeFault?, for operation: FakeOperation? = nil) {
+        state.withLockedValue { state in
+            for op in operation.map({ [$0] }) ?? FakeOperation.allCases {
+                state.faults[op] = fault
+            }
+        }
+    }
+
+    /// Holds every response to `operation`, computed when its request arrives, until `release`.
+    public func hold(_ operation: FakeOperation) {
+        state.withLockedValue { _ = $0.held.insert(operation) }
+    }
+
+    /// Lets every held response to `operation` go, and stops holding.
+    public func release(_ operation: FakeOperation) {
+        let waiting = state.withLockedValue { state in
+            state.held.remove(operation)
+            return state.waiting.removeValue(forKey: operation) ?? []
+        }
+        waiting.forEach { $0.succeed() }
+    }
+
+    /// How many responses to `operation` are held right now.
+    public func heldCount(_ operation: FakeOperation) -> Int {
+        state.withLockedValue { $0.waiting[operation]?.count ?? 0 }
+    }
+
+    public func reset() {
+        let waiting = state.withLockedValue { state in
+            let waiting = state.waiting.values.flatMap { $0 }
+            state = State()
+            return waiting
+        }
+        waiting.forEach { $0.succeed() }
+    }
+
+    /// Counts the request and says what to do with it.
+    func admit(_ request: HTTPRequest, as operation: FakeOperation, on eventLoop: any EventLoop) -> (FakeFault?, EventLoopFuture<Void>?) {
+        state.withLockedValue { state in
+            state.calls[operation, default: 0] += 1
+            state.lastRequests[operation] = request
+            guard state.held.contains(operation) else { return (state.faults[operation], nil) }
+            let gate = eventLoop.makePromise(of: Void.self)
+            state.waiting[operation, default: []].append(gate)
+            return (state.faults[operation], gate.futureResult)
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import Logging
+import NIOCore
+import NIOExtras
+import NIOHTTP1
+import NIOPosix
+
+/// An HTTP/1.1 server on a real socket: NIO's decoder, pipelining assistance and our
+/// `HTTPRequestHandler` in front of one `HTTPResponder`.
+public final class HTTPServer: Sendable {
+    public let host: String
+    private let group: any EventLoopGroup
+    private let channel: any Channel
+    private let quiesce: ServerQuiescingHelper
+
+    /// The port the server listens on (the chosen one when started with port 0).
+    public var port: Int { channel.localAddress?.port ?? 0 }
+
+    private init(host: String, group: any EventLoopGroup, channel: any Channel, quiesce: ServerQuiescingHelper) {
+        self.host = host
+        self.group = group
+        self.channel = channel
+        self.quiesce = quiesce
+    }
+
+    public static func start(
+        host: String, port: Int, responder: any HTTPResponder, limits: ServerLimits = ServerLimits(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> HTTPServer {
+        let quiesce = ServerQuiescingHelper(group: group)
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                    try sync.addHandler(HTTPRequestHandler(responder: responder, limits: limits))
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return HTTPServer(host: host, group: group, channel: channel, quiesce: quiesce)
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (each connection closes
+    /// after its current response), and returns when every connection is closed or after
+    /// `grace`, whichever is first.
+    public func shutdown(grace: TimeAmount = .seconds(10)) async {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        quiesce.initiateShutdown(promise: promise)
+        let deadline = channel.eventLoop.scheduleTask(in: grace) {
+            promise.succeed()
+        }
+        try? await promise.futureResult.get()
+        deadline.cancel()
+    }
+}

@@ -1,0 +1,104 @@
+import NIOCore
+import NIOHTTP1
+
+/// A complete request as the server hands it to a responder: head and body already read.
+public struct HTTPRequest: Sendable {
+    public var method: HTTPMethod
+    /// The request target exactly as the client sent it (path and query, never re-normalised).
+    public var target: String
+    public var version: HTTPVersion
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer?
+    public var remoteAddress: SocketAddress?
+
+    public init(
+        method: HTTPMethod, target: String, version: HTTPVersion = .http1_1,
+        headers: HTTPHeaders = [:], body: ByteBuffer? = nil, remoteAddress: SocketAddress? = nil
+    ) {
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.remoteAddress = remoteAddress
+    }
+
+    /// The target's path, before any `?`.
+    public var path: Substring {
+        target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
+    }
+
+    /// The target's query, after the first `?`, if any.
+    public var query: Substring? {
+        target.firstIndex(of: "?").map { target[target.index(after: $0)...] }
+    }
+
+    /// The client's IP address, without the port.
+    public var clientAddress: String {
+        remoteAddress?.ipAddress ?? "unknown"
+    }
+}
+
+/// A complete response: the server adds `Content-Length` and `Connection` itself.
+public struct HTTPResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// How a responder answers: now, on the event loop, or later.
+public enum HTTPReply: Sendable {
+    case now(HTTPResponse)
+    case later(EventLoopFuture<HTTPResponse>)
+}
+
+/// What the server calls once per complete request.
+///
+/// `respond` runs on the connection's event loop; it must not block. Cache hits answer `.now`,
+/// anything that waits on the network or the disk answers `.later`.
+public protocol HTTPResponder: Sendable {
+    func respond(to request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply
+    /// The response for a request the server refused before it reached `respond`.
+    func refusal(_ reason: HTTPRefusal) -> HTTPResponse
+}
+
+/// Errors a responder's future may fail with to steer the connection.
+public enum HTTPServerError: Error, Sendable {
+    /// Close the connection without a response (the fake uses it to play a broken upstream).
+    case dropConnection
+}
+
+/// Why the server itself refused a request.
+public enum HTTPRefusal: Sendable, Equatable {
+    case malformed(String)
+    case bodyTooLarge(limit: Int)
+    case headersTooLarge(limit: Int)
+    case tooManyHeaders(limit: Int)
+    case internalError
+
+    public var status: HTTPResponseStatus {
+        switch self {
+        case .malformed: .badRequest
+        case .bodyTooLarge: .payloadTooLarge
+        case .headersTooLarge, .tooManyHeaders: .requestHeaderFieldsTooLarge
+        case .internalError: .internalServerError
+        }
+    }
+
+    public var message: String {
+        switch self {
+        case .malformed(let why): "malformed request: \(why)"
+        case .bodyTooLarge(let limit): "request body is larger than the limit of \(limit) bytes"
+        case .headersTooLarge(let limit): "request header section is larger than the limit of \(limit) bytes"
+        case .tooManyHeaders(let limit): "request has more than \(limit) header fields"
+        case .internalError: "internal error"
+        }
+    }
+}
+

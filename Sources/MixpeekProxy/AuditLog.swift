@@ -1,0 +1,182 @@
+import Crypto
+import Foundation
+import GRDB
+import Logging
+import NIOConcurrencyHelpers
+
+/// The append-only, hash-chained audit log in its own SQLite file (WAL, `synchronous=FULL`,
+/// mode 0600). Triggers refuse `UPDATE` and `DELETE` inside the database itself.
+///
+/// Appends are group-committed: requests that arrive while a commit is being made to disk
+/// wait for the next one and share its fsync. An append returns only once its record is
+/// durable, so an intent is on disk before its mutation is forwarded.
+public final class AuditLog: Sendable {
+    let queue: DatabaseQueue
+    private let key: Data?
+    private let logger: Logger
+    private let pending = NIOLockedValueBox(Pending())
+
+    private struct Pending {
+        var drafts: [(AuditRecord, CheckedContinuation<AuditRecord, any Error>)] = []
+        var flushing = false
+    }
+
+    /// - Parameter hmacKey: when set, the chain is an HMAC chain: only holders of the key can
+    ///   recompute (or forge) it.
+    public init(path: String, hmacKey: String? = nil, busyTimeout: TimeInterval = 5, readOnly: Bool = false, logger: Logger) throws {
+        if !readOnly { try DataFiles.createPrivateFile(at: path) }
+        var configuration = Configuration()
+        configuration.journalMode = readOnly ? .default : .wal
+        configuration.readonly = readOnly
+        configuration.busyMode = .timeout(busyTimeout)
+        configuration.label = "mixpeek-proxy.audit"
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        queue = try DatabaseQueue(path: path, configuration: configuration)
+        key = hmacKey.map { Data($0.utf8) }
+        self.logger = logger
+        if !readOnly { try Self.migrator.migrate(queue) }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "audit_records") { t in
+                t.primaryKey("seq", .integer)
+                t.column("kind", .text).notNull().check { ["intent", "outcome"].contains($0) }
+                t.column("intent_seq", .integer)
+                t.column("time", .text).notNull()
+                t.column("action", .text).notNull()
+                t.column("user_email", .text).notNull()
+                t.column("key_name", .text)
+                t.column("caller", .text).notNull()
+                t.column("client", .text).notNull()
+                t.column("request_id", .text).notNull()
+                t.column("upstream_status", .integer)
+                t.column("outcome", .text)
+                t.column("duration_ms", .double)
+                t.column("key_id", .text)
+                t.column("key_prefix", .text)
+                t.column("key_hash", .text)
+                t.column("prev_hash", .text).notNull()
+                t.column("hash", .text).notNull()
+            }
+            try db.create(index: "audit_intent_seq", on: "audit_records", columns: ["intent_seq"])
+            try db.create(index: "audit_user_time", on: "audit_records", columns: ["user_email", "time"])
+            try db.execute(sql: """
+                CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+                CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: Appending
+
+    /// Records a mutation's intent durably; throws when it cannot, and then the mutation must
+    /// not be forwarded.
+    public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
+        try await append(AuditRecord(
+            seq: 0, kind: .intent, intent_seq: nil, time: Self.now(), action: intent.action, user_email: intent.user,
+            key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
+            upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
+            prev_hash: "", hash: ""))
+    }
+
+    /// Records how the mutation of `intent` ended.
+    @discardableResult
+    public func recordOutcome(of intent: AuditRecord, _ result: AuditResult) async throws -> AuditRecord {
+        try await append(Self.outcome(of: intent, result, time: Self.now()))
+    }
+
+    static func outcome(of intent: AuditRecord, _ result: AuditResult, time: String) -> AuditRecord {
+        var record = intent
+        record.seq = 0
+        record.kind = .outcome
+        record.intent_seq = intent.seq
+        record.time = time
+        record.upstream_status = result.upstreamStatus
+        record.outcome = result.outcome
+        record.duration_ms = (result.durationMS * 1000).rounded() / 1000
+        record.key_id = result.keyID
+        record.key_prefix = result.keyPrefix
+        record.key_hash = result.keyHash
+        return record
+    }
+
+    private func append(_ draft: AuditRecord) async throws -> AuditRecord {
+        try await withCheckedThrowingContinuation { continuation in
+            let start = pending.withLockedValue { pending -> Bool in
+                pending.drafts.append((draft, continuation))
+                defer { pending.flushing = true }
+                return !pending.flushing
+            }
+            if start { flush() }
+        }
+    }
+
+    /// Commits everything pending in one transaction, then starts over while anything came in.
+    private func flush() {
+        let batch = pending.withLockedValue { pending in
+            let batch = pending.drafts
+            pending.drafts = []
+            if batch.isEmpty { pending.flushing = false }
+            return batch
+        }
+        guard !batch.isEmpty else { return }
+        let key = key
+        queue.asyncWrite({ db -> [AuditRecord] in
+            var last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+                .map { (seq: $0["seq"] as Int64, hash: $0["hash"] as String) } ?? (seq: 0, hash: AuditRecord.genesis)
+            return try batch.map { draft, _ in
+                var record = draft
+                record.seq = last.seq + 1
+                record.prev_hash = last.hash
+                record.hash = record.computeHash(key: key)
+                try record.insert(db)
+                last = (record.seq, record.hash)
+                return record
+            }
+        }, completion: { _, result in
+            switch result {
+            case .success(let records):
+                for ((_, continuation), record) in zip(batch, records) { continuation.resume(returning: record) }
+            case .failure(let error):
+                self.logger.error("audit log write failed", metadata: ["error": "\(error)"])
+                for (_, continuation) in batch { continuation.resume(throwing: error) }
+            }
+            self.flush()
+        })
+    }
+
+    /// Closes every intent left without an outcome (the proxy stopped in between) with an
+    /// `unknown` outcome. Run at start, before any new mutation.
+    @discardableResult
+    public func closeOrphans() async throws -> Int {
+        let orphans = try await queue.read { db in
+            try AuditRecord.fetchAll(db, sql: """
+                SELECT * FROM audit_records i WHERE i.kind = 'intent'
+                AND NOT EXISTS (SELECT 1 FROM audit_records o WHERE o.intent_seq = i.seq) ORDER BY seq
+                """)
+        }
+        for intent in orphans {
+            try await recordOutcome(of: intent, AuditResult(outcome: .unknown, upstreamStatus: nil, durationMS: 0))
+        }
+        if !orphans.isEmpty {
+            logger.warning("closed mutations left without an outcome as unknown", metadata: ["count": "\(orphans.count)"])
+        }
+        return orphans.count
+    }
+
+    /// Number of records in the log.
+    public func count() throws -> Int {
+        try queue.read { db in try AuditRecord.fetchCount(db) }
+    }
+
+    static func now() -> String {
+        Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+    }
+}

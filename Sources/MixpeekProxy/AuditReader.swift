@@ -1,0 +1,161 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// One mutation as compliance reads it: its intent joined with its outcome.
+public struct AuditEntry: Codable, Sendable, Equatable {
+    public var seq: Int64
+    public var time: String
+    public var action: String
+    public var user_email: String
+    public var key_name: String?
+    public var caller: String
+    public var client: String
+    public var request_id: String
+    public var outcome: String
+    public var upstream_status: Int?
+    public var duration_ms: Double?
+    public var key_id: String?
+    public var key_prefix: String?
+    public var key_hash: String?
+    public var finished_at: String?
+
+    public static let columns = [
+        "seq", "time", "action", "user_email", "key_name", "caller", "client", "request_id", "outcome",
+        "upstream_status", "duration_ms", "key_id", "key_prefix", "key_hash", "finished_at",
+    ]
+
+    public var values: [String?] {
+        [String(seq), time, action, user_email, key_name, caller, client, request_id, outcome,
+         upstream_status.map(String.init), duration_ms.map { String(format: "%.3f", $0) }, key_id, key_prefix,
+         key_hash, finished_at]
+    }
+}
+
+/// The filters of `audit query`; every one is optional.
+public struct AuditFilter: Sendable {
+    public var action: AuditAction?
+    public var user: String?
+    public var key: String?
+    /// RFC 3339 instants or dates (`2026-10-01`); `since` is inclusive, `until` exclusive.
+    public var since: String?
+    public var until: String?
+    public var outcome: AuditOutcome?
+    public var limit: Int?
+
+    public init(action: AuditAction? = nil, user: String? = nil, key: String? = nil, since: String? = nil,
+                until: String? = nil, outcome: AuditOutcome? = nil, limit: Int? = nil) {
+        self.action = action
+        self.user = user
+        self.key = key
+        self.since = since
+        self.until = until
+        self.outcome = outcome
+        self.limit = limit
+    }
+}
+
+/// What `audit verify` found.
+public struct AuditVerification: Sendable {
+    public var records: Int
+    /// The first record that breaks the chain, and how; nil when the chain is intact.
+    public var problem: String?
+    public var problemSeq: Int64?
+    /// Intents whose outcome is unknown (the proxy stopped before the upstream answered).
+    public var unknownOutcomes: [Int64]
+    /// The last record: keep `seq:hash` somewhere else to detect truncation later.
+    public var head: String
+    public var isIntact: Bool { problem == nil }
+}
+
+extension AuditLog {
+    /// Streams the mutations matching `filter`, oldest first, one at a time: a million-record
+    /// log is never loaded into memory. Works while the proxy appends (WAL readers).
+    public func query(_ filter: AuditFilter, _ body: (AuditEntry) throws -> Void) throws {
+        var conditions = ["i.kind = 'intent'"]
+        var arguments = StatementArguments()
+        if let action = filter.action { conditions.append("i.action = ?"); _ = arguments.append(contentsOf: [action.rawValue]) }
+        if let user = filter.user { conditions.append("i.user_email = ?"); _ = arguments.append(contentsOf: [user]) }
+        if let key = filter.key { conditions.append("i.key_name = ?"); _ = arguments.append(contentsOf: [key]) }
+        if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [since]) }
+        if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [until]) }
+        if let outcome = filter.outcome {
+            conditions.append("COALESCE(o.outcome, 'unknown') = ?")
+            _ = arguments.append(contentsOf: [outcome.rawValue])
+        }
+        var sql = """
+            SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
+                   COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
+                   o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at
+            FROM audit_records i LEFT JOIN audit_records o ON o.intent_seq = i.seq AND o.kind = 'outcome'
+            WHERE \(conditions.joined(separator: " AND ")) ORDER BY i.seq
+            """
+        if let limit = filter.limit {
+            sql += " LIMIT ?"
+            _ = arguments.append(contentsOf: [limit])
+        }
+        try queue.read { db in
+            let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
+            while let row = try rows.next() {
+                try body(AuditEntry(
+                    seq: row["seq"], time: row["time"], action: row["action"], user_email: row["user_email"],
+                    key_name: row["key_name"], caller: row["caller"], client: row["client"], request_id: row["request_id"],
+                    outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
+                    key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
+                    finished_at: row["finished_at"]))
+            }
+        }
+    }
+
+    /// Walks the whole chain in order and names the first record that was altered, inserted,
+    /// removed or reordered. A record removed from the very end leaves a valid shorter chain:
+    /// compare `head` with one kept elsewhere (`audit verify --expect-head`) to catch that.
+    public func verify(hmacKey: String? = nil) throws -> AuditVerification {
+        let key = hmacKey.map { Data($0.utf8) }
+        return try queue.read { db in
+            var expectedSeq: Int64 = 1
+            var previousHash = AuditRecord.genesis
+            var count = 0
+            var open = Set<Int64>()
+            var unknown: [Int64] = []
+            let records = try AuditRecord.fetchCursor(db, sql: "SELECT * FROM audit_records ORDER BY seq")
+            func broken(_ seq: Int64, _ why: String) -> AuditVerification {
+                AuditVerification(records: count, problem: why, problemSeq: seq, unknownOutcomes: unknown, head: "")
+            }
+            while let record = try records.next() {
+                count += 1
+                if record.seq != expectedSeq {
+                    return broken(expectedSeq, "record \(expectedSeq) is missing (records \(expectedSeq)...\(record.seq - 1) were removed)")
+                }
+                if record.prev_hash != previousHash {
+                    return broken(record.seq, "record \(record.seq) does not follow record \(record.seq - 1): a record was inserted, removed or reordered before it")
+                }
+                if record.hash != record.computeHash(key: key) {
+                    return broken(record.seq, "record \(record.seq) was altered: its hash does not match its contents")
+                }
+                switch record.kind {
+                case .intent:
+                    open.insert(record.seq)
+                case .outcome:
+                    if let intent = record.intent_seq { open.remove(intent) }
+                    if record.outcome == .unknown, let intent = record.intent_seq { unknown.append(intent) }
+                }
+                expectedSeq += 1
+                previousHash = record.hash
+            }
+            unknown.append(contentsOf: open.sorted())
+            return AuditVerification(
+                records: count, problem: nil, problemSeq: nil, unknownOutcomes: unknown.sorted(),
+                head: "\(expectedSeq - 1):\(previousHash)")
+        }
+    }
+}
+
+extension AuditLog {
+    /// True when record `seq` is in the log with this hash (for `verify --expect-head`).
+    public func contains(seq: Int64, hash: String) throws -> Bool {
+        try queue.read { db in
+            try String.fetchOne(db, sql: "SELECT hash FROM audit_records WHERE seq = ?", arguments: [seq]) == hash
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// How a mutation ended.
+public enum AuditOutcome: String, Sendable, Codable, CaseIterable {
+    /// The upstream answered 2xx.
+    case ok
+    /// The upstream refused it (4xx): bad credential, protected key, unknown key, invalid body.
+    case rejected
+    /// The upstream failed (5xx) or could not be reached.
+    case error
+    /// No answer within the upstream timeout: it may or may not have happened upstream.
+    case timeout
+    /// The proxy stopped between recording the intent and the outcome.
+    case unknown
+}
+
+/// One row of the append-only log: an *intent* (written and made durable before the
+/// mutation is forwarded) or an *outcome* (written after the upstream answered).
+public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "audit_records"
+
+    public enum Kind: String, Codable, Sendable { case intent, outcome }
+
+    public var seq: Int64
+    public var kind: Kind
+    /// For an outcome: the `seq` of its intent.
+    public var intent_seq: Int64?
+    /// RFC 3339, UTC, milliseconds.
+    public var time: String
+    public var action: AuditAction
+    public var user_email: String
+    public var key_name: String?
+    /// A fingerprint of the credential: Mixpeek's visible key prefix plus a short hash.
+    public var caller: String
+    public var client: String
+    public var request_id: String
+    public var upstream_status: Int?
+    public var outcome: AuditOutcome?
+    public var duration_ms: Double?
+    public var key_id: String?
+    public var key_prefix: String?
+    public var key_hash: String?
+    public var prev_hash: String
+    public var hash: String
+
+    /// The bytes the hash covers: every field but `hash`, each length-prefixed so that no
+    /// two different records encode alike, followed by the previous record's hash.
+    var canonicalEncoding: Data {
+        let fields: [String?] = [
+            String(seq), kind.rawValue, intent_seq.map(String.init), time, action.rawValue, user_email, key_name,
+            caller, client, request_id, upstream_status.map(String.init), outcome?.rawValue,
+            duration_ms.map { String(format: "%.3f", $0) }, key_id, key_prefix, key_hash, prev_hash,
+        ]
+        var text = "mixpeek-proxy-audit-v1"
+        for field in fields {
+            if let field {
+                text += "|\(field.utf8.count):\(field)"
+            } else {
+                text += "|-"
+            }
+        }
+        return Data(text.utf8)
+    }
+
+    /// The record's hash: SHA-256 of its canonical encoding, or HMAC-SHA-256 under `key`.
+    func computeHash(key: Data?) -> String {
+        let data = canonicalEncoding
+        if let key {
+            return HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key)).hex
+        }
+        return SHA256.hash(data: data).hex
+    }
+
+    /// The `prev_hash` of the first record.
+    static let genesis = String(repeating: "0", count: 64)
+}
+
+extension Sequence where Element == UInt8 {
+    var hex: String { map { String(format: "%02x", $0) }.joined() }
+}
+
+extension Digest {
+    var hex: String { Array(self).hex }
+}
+
+extension HashedAuthenticationCode {
+    var hex: String { Array(self).hex }
+}
+
+/// What a mutation's intent says, before the upstream is asked.
+public struct AuditIntent: Sendable {
+    public var action: AuditAction
+    public var user: String
+    public var key: String?
+    public var caller: String
+    public var client: String
+    public var requestID: String
+
+    public init(action: AuditAction, user: String, key: String?, caller: String, client: String, requestID: String) {
+        self.action = action
+        self.user = user
+        self.key = key
+        self.caller = caller
+        self.client = client
+        self.requestID = requestID
+    }
+}
+
+/// What happened to a mutation.
+public struct AuditResult: Sendable {
+    public var outcome: AuditOutcome
+    public var upstreamStatus: Int?
+    public var durationMS: Double
+    public var keyID: String?
+    public var keyPrefix: String?
+    public var keyHash: String?
+
+    public init(outcome: AuditOutcome, upstreamStatus: Int?, durationMS: Double,
+                keyID: String? = nil, keyPrefix: String? = nil, keyHash: String? = nil) {
+        self.outcome = outcome
+        self.upstreamStatus = upstreamStatus
+        self.durationMS = durationMS
+        self.keyID = keyID
+        self.keyPrefix = keyPrefix
+        self.keyHash = keyHash
+    }
+}
+
+/// The caller fingerprint an auditor can match to a key in the Mixpeek dashboard: the first
+/// 10 characters Mixpeek itself shows as `key_prefix`, plus 8 hex of SHA-256 of the token.
+/// A token that does not look like a Mixpeek key gets the hash alone, so that a short or
+/// foreign token is never written even in part.
+public enum CallerFingerprint {
+    public static func of(authorization: String?) -> String {
+        guard let authorization, !authorization.isEmpty else { return "anonymous" }
+        let parts = authorization.split(separator: " ", maxSplits: 1)
+        let token = parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : authorization
+        let hash = String(SHA256.hash(data: Data(token.utf8)).hex.prefix(8))
+        if token.hasPrefix("sk_"), token.count >= 24 {
+            return "\(token.prefix(10))…\(hash)"
+        }
+        return "sha256:\(hash)"
+    }
+}

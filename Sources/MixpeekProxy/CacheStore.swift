@@ -1,0 +1,246 @@
+import Foundation
+import GRDB
+import Logging
+import NIOCore
+
+/// One cached list response.
+public struct CachedList: Sendable, Equatable {
+    public var status: Int
+    public var contentType: String?
+    public var etag: String?
+    public var lastModified: String?
+    public var body: ByteBuffer
+    /// Seconds since 1970 when the upstream's answer was stored.
+    public var storedAt: Double
+}
+
+/// Which cached list: a credential never receives a body fetched with another one.
+public struct CacheKey: Hashable, Sendable {
+    /// SHA-256 of the bearer token; the token itself is never stored.
+    public var credential: String
+    public var user: String
+    public var includeRevoked: Bool
+
+    public init(credential: String, user: String, includeRevoked: Bool) {
+        self.credential = credential
+        self.user = user
+        self.includeRevoked = includeRevoked
+    }
+}
+
+/// The cache's running totals, kept across restarts.
+public struct CacheCounters: Sendable, Equatable, Codable {
+    public var hits = 0
+    public var misses = 0
+    public var stale = 0
+    public var bypass = 0
+    public var coalesced = 0
+    public var upstreamListCalls = 0
+
+    /// List calls answered without going upstream.
+    public var saved: Int { hits + stale + coalesced }
+    public var hitRatio: Double {
+        let lists = hits + misses + stale + coalesced
+        return lists == 0 ? 0 : Double(hits + stale + coalesced) / Double(lists)
+    }
+
+    static func + (a: CacheCounters, b: CacheCounters) -> CacheCounters {
+        CacheCounters(
+            hits: a.hits + b.hits, misses: a.misses + b.misses, stale: a.stale + b.stale,
+            bypass: a.bypass + b.bypass, coalesced: a.coalesced + b.coalesced,
+            upstreamListCalls: a.upstreamListCalls + b.upstreamListCalls)
+    }
+}
+
+/// The SQLite side of the list cache: its own file under the data dir, WAL, mode 0600.
+///
+/// Every call goes through one `DatabaseQueue`, so reads, writes and deletes run in the order
+/// they were submitted: a delete submitted before a read is always seen by that read.
+public final class CacheStore: Sendable {
+    public struct Bounds: Sendable {
+        public var maxEntries: Int
+        public var maxBytes: Int
+        public init(maxEntries: Int, maxBytes: Int) {
+            self.maxEntries = maxEntries
+            self.maxBytes = maxBytes
+        }
+    }
+
+    let queue: DatabaseQueue
+    private let bounds: Bounds
+
+    /// Opens the cache file; a file that cannot be opened or fails its integrity check is
+    /// moved aside (`cache.sqlite.corrupt-<time>`) and replaced by an empty one.
+    public static func open(path: String, bounds: Bounds, logger: Logger) throws -> CacheStore {
+        do {
+            return try CacheStore(path: path, bounds: bounds)
+        } catch {
+            let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
+            logger.error("cache file is unreadable; moving it aside and starting empty", metadata: [
+                "path": "\(path)", "moved_to": "\(aside)", "error": "\(error)",
+            ])
+            try? FileManager.default.moveItem(atPath: path, toPath: aside)
+            for suffix in ["-wal", "-shm"] {
+                try? FileManager.default.removeItem(atPath: path + suffix)
+            }
+            return try CacheStore(path: path, bounds: bounds)
+        }
+    }
+
+    private init(path: String, bounds: Bounds) throws {
+        try DataFiles.createPrivateFile(at: path)
+        var configuration = Configuration()
+        configuration.journalMode = .wal
+        configuration.busyMode = .timeout(5)
+        configuration.label = "mixpeek-proxy.cache"
+        queue = try DatabaseQueue(path: path, configuration: configuration)
+        self.bounds = bounds
+        try queue.write { db in
+            let check = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "missing"
+            guard check == "ok" else { throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: check) }
+        }
+        try Self.migrator.migrate(queue)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "cache_entries") { t in
+                t.column("credential", .text).notNull()
+                t.column("user_email", .text).notNull()
+                t.column("include_revoked", .boolean).notNull()
+                t.column("status", .integer).notNull()
+                t.column("content_type", .text)
+                t.column("etag", .text)
+                t.column("last_modified", .text)
+                t.column("body", .blob).notNull()
+                t.column("stored_at", .double).notNull()
+                t.primaryKey(["credential", "user_email", "include_revoked"])
+            }
+            try db.create(index: "cache_entries_user", on: "cache_entries", columns: ["user_email"])
+            try db.create(index: "cache_entries_stored_at", on: "cache_entries", columns: ["stored_at"])
+            try db.create(table: "cache_counters") { t in
+                t.primaryKey("id", .integer)
+                t.column("counters", .text).notNull()
+            }
+        }
+        return migrator
+    }
+
+    public func load(_ key: CacheKey) async throws -> CachedList? {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.asyncRead { db in
+                continuation.resume(with: Result {
+                    try Row.fetchOne(
+                        try db.get(),
+                        sql: "SELECT * FROM cache_entries WHERE credential = ? AND user_email = ? AND include_revoked = ?",
+                        arguments: [key.credential, key.user, key.includeRevoked]
+                    ).map(Self.entry(from:))
+                })
+            }
+        }
+    }
+
+    /// Queues the write now (so it keeps its place among deletes) and returns at once.
+    func save(_ entry: CachedList, for key: CacheKey, logger: Logger) {
+        queue.asyncWrite({ db in
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO cache_entries
+                    (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [key.credential, key.user, key.includeRevoked, entry.status, entry.contentType,
+                            entry.etag, entry.lastModified, Data(buffer: entry.body), entry.storedAt])
+            try self.evictBeyondBounds(db)
+        }, completion: { _, result in
+            if case .failure(let error) = result {
+                logger.warning("could not store a list in the cache file", metadata: ["error": "\(error)"])
+            }
+        })
+    }
+
+    /// Deletes every entry of `user` (every credential), or every entry when `user` is nil.
+    public func delete(user: String?) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            enqueueDelete(user: user) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Queues the delete now, so it lands before any read or write submitted after this call.
+    func enqueueDelete(user: String?, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        queue.asyncWrite({ db in
+            if let user {
+                try db.execute(sql: "DELETE FROM cache_entries WHERE user_email = ?", arguments: [user])
+            } else {
+                try db.execute(sql: "DELETE FROM cache_entries")
+            }
+        }, completion: { _, result in completion(result) })
+    }
+
+    private func evictBeyondBounds(_ db: Database) throws {
+        let row = try Row.fetchOne(db, sql: "SELECT count(*) AS n, total(length(body)) AS bytes FROM cache_entries")
+        var count: Int = row?["n"] ?? 0
+        var bytes: Int = Int(row?["bytes"] as Double? ?? 0)
+        while count > bounds.maxEntries || bytes > bounds.maxBytes {
+            let excess = max(count - bounds.maxEntries, 1)
+            let victims = try Row.fetchAll(
+                db, sql: "SELECT rowid, length(body) AS size FROM cache_entries ORDER BY stored_at LIMIT ?", arguments: [excess])
+            guard !victims.isEmpty else { break }
+            for victim in victims {
+                try db.execute(sql: "DELETE FROM cache_entries WHERE rowid = ?", arguments: [victim["rowid"] as Int64])
+                count -= 1
+                bytes -= victim["size"] as Int? ?? 0
+            }
+        }
+    }
+
+    /// Entries and bytes on disk.
+    public func size() throws -> (entries: Int, bytes: Int) {
+        try queue.read { db in
+            let row = try Row.fetchOne(db, sql: "SELECT count(*) AS n, total(length(body)) AS bytes FROM cache_entries")
+            return (row?["n"] ?? 0, Int(row?["bytes"] as Double? ?? 0))
+        }
+    }
+
+    public func loadCounters() throws -> CacheCounters {
+        try queue.read { db in
+            guard let text = try String.fetchOne(db, sql: "SELECT counters FROM cache_counters WHERE id = 1") else {
+                return CacheCounters()
+            }
+            return (try? JSONDecoder().decode(CacheCounters.self, from: Data(text.utf8))) ?? CacheCounters()
+        }
+    }
+
+    func saveCounters(_ counters: CacheCounters) throws {
+        let text = String(decoding: try JSONEncoder().encode(counters), as: UTF8.self)
+        try queue.write { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO cache_counters (id, counters) VALUES (1, ?)", arguments: [text])
+        }
+    }
+
+    private static func entry(from row: Row) -> CachedList {
+        let body: Data = row["body"]
+        return CachedList(
+            status: row["status"], contentType: row["content_type"], etag: row["etag"],
+            lastModified: row["last_modified"], body: ByteBuffer(bytes: body), storedAt: row["stored_at"])
+    }
+}
+
+/// Files under the data dir: the directory is 0700 and every file 0600 from its creation
+/// (SQLite gives `-wal` and `-shm` the mode of their database file).
+public enum DataFiles {
+    public static func createPrivateDirectory(at path: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: path)
+    }
+
+    static func createPrivateFile(at path: String) throws {
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
+            }
+        }
+        try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+import Logging
+
+/// Every setting of `serve` (and `demo`), with its defaults. Values come from, in rising
+/// precedence: the defaults, a config file (`--config`), `MIXPEEK_PROXY_*` environment
+/// variables, and flags.
+public struct ProxyConfig: Sendable, Equatable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var upstream = "https://api.mixpeek.com"
+    public var dataDir = "./mixpeek-proxy-data"
+    /// 30 s: key lists change rarely and every change made through the proxy invalidates at
+    /// once, so the TTL only bounds how long a change made elsewhere (the dashboard, another
+    /// proxy) stays unseen, while a CI loop listing several times a second still hits.
+    public var cacheTTL: Double = 30
+    public var staleIfError: Double = 300
+    public var upstreamTimeout: Double = 30
+    public var upstreamCAFile: String?
+    public var maxBodyBytes = 1 << 20
+    public var cacheMaxEntries = 100_000
+    public var cacheMaxBytes = 256 << 20
+    public var cacheMemoryBytes = 64 << 20
+    public var passThrough = true
+    public var allowNonLoopback = false
+    public var clientTimeout: Double = 30
+    public var logLevel = Logger.Level.info
+    public var logFormat = LogFormat.text
+
+    public enum LogFormat: String, Sendable, CaseIterable { case text, json }
+
+    public init() {}
+
+    /// One setting: its key in the file, its flag and its environment variable.
+    public struct Key: Sendable {
+        public var name: String
+        public var help: String
+        public var flag: String { "--" + name.replacingOccurrences(of: "_", with: "-") }
+        public var environment: String { "MIXPEEK_PROXY_" + name.uppercased() }
+    }
+
+    public static let keys: [Key] = [
+        Key(name: "host", help: "address to listen on; non-loopback needs allow_non_loopback"),
+        Key(name: "port", help: "port to listen on; 0 picks a free one and prints it"),
+        Key(name: "upstream", help: "the Mixpeek API base URL"),
+        Key(name: "data_dir", help: "directory of cache.sqlite and audit.sqlite (created 0700)"),
+        Key(name: "cache_ttl", help: "seconds a cached list is served as a HIT"),
+        Key(name: "stale_if_error", help: "seconds past the TTL a list may be served STALE when the upstream fails"),
+        Key(name: "upstream_timeout", help: "seconds to wait for the upstream before answering 504"),
+        Key(name: "upstream_ca_file", help: "PEM file of CA certificates to trust for the upstream"),
+        Key(name: "max_body_bytes", help: "largest request body accepted (413 above)"),
+        Key(name: "cache_max_entries", help: "most cached lists kept on disk"),
+        Key(name: "cache_max_bytes", help: "most bytes of cached bodies kept on disk"),
+        Key(name: "cache_memory_bytes", help: "bytes of cached bodies kept in memory for hits"),
+        Key(name: "pass_through", help: "forward other /v1/... paths unchanged (uncached, unaudited)"),
+        Key(name: "allow_non_loopback", help: "allow listening on a non-loopback address"),
+        Key(name: "client_timeout", help: "seconds a client has to send a whole request (idle and slow clients are closed)"),
+        Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical"),
+        Key(name: "log_format", help: "text or json"),
+    ]
+
+    /// Builds the configuration from the layers, each a map from key name to raw text.
+    /// Throws `ConfigError` naming the key and where its value came from.
+    public static func load(
+        defaults: [String: String] = [:], file: String?, environment: [String: String], flags: [String: String]
+    ) throws -> ProxyConfig {
+        var config = ProxyConfig()
+        for (name, value) in defaults {
+            try config.set(name, value, source: "defaults")
+        }
+        if let file {
+            for (name, (value, line)) in try parseFile(file) {
+                try config.set(name, value, source: "\(file) line \(line)")
+            }
+        }
+        for key in keys {
+            if let value = environment[key.environment] {
+                try config.set(key.name, value, source: "environment variable \(key.environment)")
+            }
+        }
+        for (name, value) in flags.sorted(by: { $0.key < $1.key }) {
+            try config.set(name, value, source: "flag --\(name.replacingOccurrences(of: "_", with: "-"))")
+        }
+        return config
+    }
+
+    mutating func set(_ name: String, _ raw: String, source: String) throws {
+        func fail(_ expected: String) -> ConfigError {
+            ConfigError(message: "\(name) = \(raw.debugDescription) in \(source): expected \(expected)")
+        }
+        func number(_ range: ClosedRange<Double>) throws -> Double {
+            guard let value = Double(raw), range.contains(value) else { throw fail("a number from \(range.lowerBound) to \(range.upperBound)") }
+            return value
+        }
+        func integer(_ range: ClosedRange<Int>) throws -> Int {
+            guard let value = Int(raw), range.contains(value) else { throw fail("a whole number from \(range.lowerBound) to \(range.upperBound)") }
+            return value
+        }
+        func boolean() throws -> Bool {
+            switch raw.lowercased() {
+            case "true", "1", "yes", "on": return true
+            case "false", "0", "no", "off": return false
+            default: throw fail("true or false")
+            }
+        }
+        switch name {
+        case "host":
+            guard !raw.isEmpty else { throw fail("an address") }
+            host = raw
+        case "port": port = try integer(0...65535)
+        case "upstream":
+            guard let url = URL(string: raw), ["http", "https"].contains(url.scheme ?? ""), url.host?.isEmpty == false else {
+                throw fail("an http:// or https:// URL")
+            }
+            upstream = raw
+        case "data_dir":
+            guard !raw.isEmpty else { throw fail("a directory") }
+            dataDir = raw
+        case "cache_ttl": cacheTTL = try number(0...86_400)
+        case "stale_if_error": staleIfError = try number(0...604_800)
+        case "upstream_timeout": upstreamTimeout = try number(0.001...3_600)
+        case "upstream_ca_file": upstreamCAFile = raw.isEmpty ? nil : raw
+        case "max_body_bytes": maxBodyBytes = try integer(1...(64 << 20))
+        case "cache_max_entries": cacheMaxEntries = try integer(1...10_000_000)
+        case "cache_max_bytes": cacheMaxBytes = try integer(1...(1 << 40))
+        case "cache_memory_bytes": cacheMemoryBytes = try integer(0...(1 << 36))
+        case "pass_through": passThrough = try boolean()
+        case "allow_non_loopback": allowNonLoopback = try boolean()
+        case "client_timeout": clientTimeout = try number(0.1...3_600)
+        case "log_level":
+            guard let level = Logger.Level(rawValue: raw.lowercased()) else { throw fail("one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))") }
+            logLevel = level
+        case "log_format":
+            guard let format = LogFormat(rawValue: raw.lowercased()) else { throw fail("text or json") }
+            logFormat = format
+        default:
+            throw ConfigError(message: "unknown setting '\(name)' in \(source); known: \(Self.keys.map(\.name).joined(separator: ", "))")
+        }
+    }
+
+    /// Reads `key = value` lines; `#` starts a comment; strings may be quoted.
+    static func parseFile(_ path: String) throws -> [(String, (String, Int))] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(message: "cannot read config file \(path)")
+        }
+        var settings: [(String, (String, Int))] = []
+        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = rawLine.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("#") || line.isEmpty { continue }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw ConfigError(message: "\(path) line \(index + 1): expected `key = value`")
+            }
+            let name = line[..<equals].trimmingCharacters(in: .whitespaces)
+            line = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            var value: String
+            if line.hasPrefix("\"") {
+                guard let close = line.dropFirst().firstIndex(of: "\"") else {
+                    throw ConfigError(message: "\(path) line \(index + 1): unterminated string for \(name)")
+                }
+                value = String(line[line.index(after: line.startIndex)..<close])
+            } else {
+                value = String(line.prefix { $0 != "#" }).trimmingCharacters(in: .whitespaces)
+            }
+            if value.isEmpty && !line.hasPrefix("\"") {
+                throw ConfigError(message: "\(path) line \(index + 1): \(name) has no value")
+            }
+            settings.append((name, (value, index + 1)))
+        }
+        return settings
+    }
+
+    /// Loopback addresses, the only ones served unless `allow_non_loopback` is set.
+    public var hostIsLoopback: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var description: String { "configuration error: \(message)" }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import MixpeekHTTP
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+/// `/_proxy/health`, `/_proxy/stats` and `/_proxy/metrics`: the proxy's own surface. None of
+/// them shows a token, a secret or a cached body.
+extension Proxy {
+    struct Stats: Codable {
+        struct Cache: Codable {
+            var entries_in_memory: Int
+            var bytes_in_memory: Int
+            var hits: Int
+            var misses: Int
+            var stale: Int
+            var bypass: Int
+            var coalesced: Int
+            var upstream_list_calls: Int
+            var upstream_list_calls_saved: Int
+            var hit_ratio: Double
+        }
+        var cache: Cache
+        var audit_records: Int?
+    }
+
+    func internalEndpoint(_ request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+        guard request.method == .GET || request.method == .HEAD else {
+            return .now(ProxyError.methodNotAllowed(allowed: "GET").response())
+        }
+        switch request.path {
+        case "/_proxy/health":
+            let ready = audit != nil
+            return .now(Self.json(
+                ["status": ready ? "ok" : "degraded", "audit": ready ? "ok" : "unavailable"],
+                status: ready ? .ok : .serviceUnavailable))
+        case "/_proxy/metrics":
+            let memory = cache.memoryFootprint
+            let text = metrics.exposition(cache: cache.counters, entries: memory.entries, bytes: memory.bytes)
+            return .now(HTTPResponse(
+                status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"],
+                body: ByteBuffer(string: text)))
+        case "/_proxy/stats":
+            let promise = eventLoop.makePromise(of: HTTPResponse.self)
+            promise.completeWithTask { Self.json(await self.stats()) }
+            return .later(promise.futureResult)
+        default:
+            return .now(ProxyError.notFound("no such proxy endpoint; try /_proxy/health, /_proxy/stats, /_proxy/metrics").response())
+        }
+    }
+
+    func stats() async -> Stats {
+        let counters = cache.counters
+        let memory = cache.memoryFootprint
+        let records = try? await audit?.queue.read { db in try AuditRecord.fetchCount(db) }
+        return Stats(
+            cache: .init(
+                entries_in_memory: memory.entries, bytes_in_memory: memory.bytes, hits: counters.hits,
+                misses: counters.misses, stale: counters.stale, bypass: counters.bypass, coalesced: counters.coalesced,
+                upstream_list_calls: counters.upstreamListCalls, upstream_list_calls_saved: counters.saved,
+                hit_ratio: (counters.hitRatio * 1000).rounded() / 1000),
+            audit_records: records)
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponseStatus = .ok) -> HTTPResponse {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let body = (try? encoder.encodeAsByteBuffer(value, allocator: ByteBufferAllocator())) ?? ByteBuffer()
+        return HTTPResponse(status: status, headers: ["content-type": "application/json"], body: body)
+    }
+}

@@ -1,0 +1,297 @@
+import Foundation
+import Logging
+import MixpeekAPI
+import MixpeekHTTP
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+/// The proxy itself: every request's way reads top to bottom here.
+///
+/// parse the route → look up its policy → answer from the cache or forward → audit → respond.
+public final class Proxy: HTTPResponder {
+    public struct Settings: Sendable {
+        /// Forward `/v1/...` paths that are not API-keys calls (uncached, unaudited).
+        public var passThrough = true
+        /// Shown in the 504 message.
+        public var upstreamTimeoutSeconds: Double = 30
+        public init() {}
+    }
+
+    let upstream: any Upstream
+    let cache: ListCache
+    /// Nil when the audit file could not be opened: every mutation is then refused (503).
+    let audit: AuditLog?
+    let settings: Settings
+    let logger: Logger
+    let metrics: ProxyMetrics
+
+    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics, logger: Logger) {
+        self.upstream = upstream
+        self.cache = cache
+        self.audit = audit
+        self.settings = settings
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func respond(to request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+        let started = NIODeadline.now()
+        if request.path.hasPrefix("/_proxy/") {
+            return internalEndpoint(request, on: eventLoop)
+        }
+        let requestID = Self.requestID(request.headers)
+        var incoming = request
+        if let refusal = Self.originForm(&incoming) {
+            return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started)
+        }
+        let request = incoming
+        let route = Route(method: request.method, target: request.target)
+        switch route {
+        case .rejected(let why):
+            let error: ProxyError = if case .methodNotAllowed(let allowed) = why { .methodNotAllowed(allowed: allowed) } else { .malformed(why.message) }
+            return finish(.now(error.response(requestID: requestID)), request, route: "rejected", cache: nil, started: started)
+        case .passThrough where !settings.passThrough:
+            return finish(.now(ProxyError.notFound("pass-through is off: mixpeek-proxy forwards only the API-keys calls").response(requestID: requestID)),
+                          request, route: "pass-through", cache: nil, started: started)
+        case .list(let user, let includeRevoked?):
+            let key = cache.key(authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked)
+            let refresh = request.headers.demandsRefresh
+            if !refresh, let entry = cache.freshHit(key) {
+                return finish(.now(cachedResponse(entry, result: "HIT", requestID: requestID)), request, route: "list", cache: "HIT", started: started)
+            }
+            return later(on: eventLoop, request, route: "list", started: started) {
+                await self.list(request, key: key, refresh: refresh, requestID: requestID)
+            }
+        case .list:
+            cache.noteBypass()
+            return later(on: eventLoop, request, route: "list", started: started) {
+                await self.forward(request, requestID: requestID, xCache: "BYPASS")
+            }
+        case .passThrough:
+            return later(on: eventLoop, request, route: "pass-through", started: started) {
+                await self.forward(request, requestID: requestID, xCache: nil)
+            }
+        case .create(let user), .update(let user, _), .rotate(let user, _), .delete(let user, _):
+            let action = Policy.of(route).audit!
+            return later(on: eventLoop, request, route: action.rawValue, started: started) {
+                await self.mutate(request, action: action, user: user, key: route.key, requestID: requestID)
+            }
+        }
+    }
+
+    public func refusal(_ reason: HTTPRefusal) -> HTTPResponse {
+        ProxyError.refused(reason).response()
+    }
+
+    // MARK: Lists
+
+    private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String) async -> (HTTPResponse, String?) {
+        let answer = await cache.answer(key, refresh: refresh) {
+            do {
+                return .response(try await self.upstream.send(self.upstreamRequest(request, requestID: requestID)))
+            } catch {
+                return .failure(error as? UpstreamError ?? .unreachable("\(error)"))
+            }
+        }
+        switch answer {
+        case .hit(let entry):
+            return (cachedResponse(entry, result: "HIT", requestID: requestID), "HIT")
+        case .stale(let entry):
+            return (cachedResponse(entry, result: "STALE", requestID: requestID), "STALE")
+        case .fetched(.response(let response), let coalesced):
+            let result = coalesced ? "HIT" : "MISS"
+            return (clientResponse(response, requestID: requestID, xCache: result), coalesced ? "COALESCED" : "MISS")
+        case .fetched(.failure(let error), _):
+            return (upstreamFailure(error).response(requestID: requestID), "MISS")
+        }
+    }
+
+    private func cachedResponse(_ entry: CachedList, result: String, requestID: String) -> HTTPResponse {
+        var headers = HTTPHeaders()
+        if let contentType = entry.contentType { headers.add(name: "content-type", value: contentType) }
+        if let etag = entry.etag { headers.add(name: "etag", value: etag) }
+        if let lastModified = entry.lastModified { headers.add(name: "last-modified", value: lastModified) }
+        headers.add(name: "age", value: String(max(0, Int(Date().timeIntervalSince1970 - entry.storedAt))))
+        headers.add(name: "x-cache", value: result)
+        headers.add(name: "via", value: Headers.via)
+        headers.add(name: "x-request-id", value: requestID)
+        return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headers: headers, body: entry.body)
+    }
+
+    // MARK: Mutations
+
+    /// Intent (durable, or 503 and nothing forwarded) → invalidate → forward → invalidate →
+    /// outcome → respond. Invalidating on both sides means no list stored or served after the
+    /// response can predate the mutation, whatever the upstream answered.
+    private func mutate(_ request: HTTPRequest, action: AuditAction, user: String, key: String?, requestID: String) async -> (HTTPResponse, String?) {
+        guard let audit else { return (ProxyError.auditUnavailable.response(requestID: requestID), nil) }
+        let authorization = request.headers.first(name: "authorization")
+        let intent: AuditRecord
+        do {
+            intent = try await metrics.timeAuditAppend {
+                try await audit.recordIntent(AuditIntent(
+                    action: action, user: user, key: key ?? Self.createdName(request.body),
+                    caller: CallerFingerprint.of(authorization: authorization), client: request.clientAddress,
+                    requestID: requestID))
+            }
+        } catch {
+            logger.error("audit intent could not be written; mutation refused", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
+            return (ProxyError.auditUnavailable.response(requestID: requestID), nil)
+        }
+        await cache.invalidate(user: user)
+        let started = NIODeadline.now()
+        let response: HTTPResponse
+        let result: AuditResult
+        do {
+            let upstreamResponse = try await upstream.send(upstreamRequest(request, requestID: requestID))
+            let elapsed = Self.milliseconds(since: started)
+            let code = Int(upstreamResponse.status.code)
+            let outcome: AuditOutcome = switch code {
+            case 200..<300: .ok
+            case 400..<500: .rejected
+            default: .error
+            }
+            let ids = outcome == .ok && (action == .create || action == .rotate) ? Self.newKeyIdentifiers(upstreamResponse.body) : (nil, nil, nil)
+            result = AuditResult(outcome: outcome, upstreamStatus: code, durationMS: elapsed, keyID: ids.0, keyPrefix: ids.1, keyHash: ids.2)
+            response = clientResponse(upstreamResponse, requestID: requestID, xCache: nil)
+        } catch {
+            let failure = error as? UpstreamError ?? .unreachable("\(error)")
+            result = AuditResult(outcome: failure == .timeout ? .timeout : .error, upstreamStatus: nil, durationMS: Self.milliseconds(since: started))
+            response = upstreamFailure(failure).response(requestID: requestID)
+        }
+        await cache.invalidate(user: user)
+        do {
+            _ = try await metrics.timeAuditAppend { try await audit.recordOutcome(of: intent, result) }
+        } catch {
+            // The intent is durable: the next start closes it as `unknown`, never a silent gap.
+            logger.error("audit outcome could not be written", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
+        }
+        return (response, nil)
+    }
+
+    /// The `name` of a create request's JSON body: the key the create is about.
+    static func createdName(_ body: ByteBuffer?) -> String? {
+        guard let body, let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else { return nil }
+        return object["name"] as? String
+    }
+
+    /// The non-secret identifiers of a new key (`key_id`, `key_prefix`, `key_hash`); the
+    /// plaintext `key` beside them is never read into anything that is kept.
+    static func newKeyIdentifiers(_ body: ByteBuffer) -> (String?, String?, String?) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else { return (nil, nil, nil) }
+        return (object["key_id"] as? String, object["key_prefix"] as? String, object["key_hash"] as? String)
+    }
+
+    // MARK: Forwarding
+
+    private func forward(_ request: HTTPRequest, requestID: String, xCache: String?) async -> (HTTPResponse, String?) {
+        do {
+            let response = try await upstream.send(upstreamRequest(request, requestID: requestID))
+            return (clientResponse(response, requestID: requestID, xCache: xCache), xCache)
+        } catch {
+            return (upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID), xCache)
+        }
+    }
+
+    private func upstreamRequest(_ request: HTTPRequest, requestID: String) -> UpstreamRequest {
+        var headers = Headers.forUpstream(request.headers)
+        if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
+        return UpstreamRequest(method: request.method, target: request.target, headers: headers, body: request.body)
+    }
+
+    private func clientResponse(_ response: UpstreamResponse, requestID: String, xCache: String?) -> HTTPResponse {
+        var headers = Headers.forClient(response.headers)
+        if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
+        if let xCache { headers.replaceOrAdd(name: "x-cache", value: xCache) }
+        return HTTPResponse(status: response.status, headers: headers, body: response.body)
+    }
+
+    private func upstreamFailure(_ error: UpstreamError) -> ProxyError {
+        metrics.upstreamError(error)
+        return switch error {
+        case .timeout: .upstreamTimeout(seconds: settings.upstreamTimeoutSeconds)
+        case .unreachable(let why): .upstreamUnreachable(why)
+        }
+    }
+
+    // MARK: Request checks
+
+    /// Brings an absolute-form target for this proxy's own host to origin form; refuses
+    /// CONNECT, other hosts, and targets with bytes that are not allowed in a URI.
+    static func originForm(_ request: inout HTTPRequest) -> ProxyError? {
+        if request.method == .CONNECT {
+            return .notAnOpenProxy("CONNECT is refused")
+        }
+        var target = request.target
+        if let scheme = target.range(of: "://"), !target.hasPrefix("/") {
+            let afterScheme = target[scheme.upperBound...]
+            let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
+            let host = request.headers.first(name: "host") ?? ""
+            guard authority.lowercased() == host.lowercased(), !host.isEmpty else {
+                return .notAnOpenProxy("absolute-form target for another host")
+            }
+            let rest = afterScheme.dropFirst(authority.count)
+            target = rest.hasPrefix("/") ? String(rest) : "/" + rest
+        }
+        guard target.hasPrefix("/"), target.utf8.allSatisfy(Self.isURIByte) else {
+            return .malformed("request target must be origin-form and contain only URI characters")
+        }
+        request.target = target
+        return nil
+    }
+
+    private static func isURIByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        default:
+            "-._~:/?#[]@!$&'()*+,;=%".utf8.contains(byte)
+        }
+    }
+
+    /// The client's `X-Request-Id` when it is a sane token, else a new UUID.
+    static func requestID(_ headers: HTTPHeaders) -> String {
+        if let given = headers.first(name: "x-request-id"), (1...128).contains(given.utf8.count),
+           given.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) {
+            return given
+        }
+        return UUID().uuidString.lowercased()
+    }
+
+    static func milliseconds(since start: NIODeadline) -> Double {
+        Double((NIODeadline.now() - start).nanoseconds) / 1_000_000
+    }
+
+    // MARK: Completion
+
+    private func later(on eventLoop: any EventLoop, _ request: HTTPRequest, route: String, started: NIODeadline,
+                       _ work: @escaping @Sendable () async -> (HTTPResponse, String?)) -> HTTPReply {
+        let promise = eventLoop.makePromise(of: (HTTPResponse, String?).self)
+        promise.completeWithTask(work)
+        return .later(promise.futureResult.map { response, cacheResult in
+            self.observe(request, route: route, response: response, cache: cacheResult, started: started)
+            return response
+        })
+    }
+
+    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline) -> HTTPReply {
+        if case .now(let response) = reply {
+            observe(request, route: route, response: response, cache: cache, started: started)
+        }
+        return reply
+    }
+
+    /// One log line and the request metrics, per request. Never logs headers or bodies.
+    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline) {
+        let elapsed = Self.milliseconds(since: started)
+        metrics.request(route: route, status: Int(response.status.code), cache: cache, seconds: elapsed / 1000)
+        if logger.logLevel <= .info {
+            logger.info("request", metadata: [
+                "method": "\(request.method.rawValue)", "route": "\(route)", "status": "\(response.status.code)",
+                "cache": "\(cache ?? "-")", "ms": "\(String(format: "%.2f", elapsed))",
+                "request_id": "\(response.headers.first(name: "x-request-id") ?? "-")",
+            ])
+        }
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import Logging
+import MixpeekHTTP
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// The running proxy, built by one function from a configuration: data dir, stores, cache,
+/// upstream, responder, server. A `Service`, so `serve` runs it in a `ServiceGroup` that
+/// shuts it down gracefully on SIGINT and SIGTERM.
+public final class ProxyApp: Service, Sendable {
+    public let config: ProxyConfig
+    public let proxy: Proxy
+    public let server: HTTPServer
+    private let ownedUpstream: HTTPClientUpstream?
+    private let counterFlush: Task<Void, Never>
+    private let logger: Logger
+
+    /// The port the proxy listens on (the chosen one for port 0).
+    public var port: Int { server.port }
+    public var url: String { "http://\(config.host.contains(":") ? "[\(config.host)]" : config.host):\(port)" }
+
+    private init(config: ProxyConfig, proxy: Proxy, server: HTTPServer, ownedUpstream: HTTPClientUpstream?, logger: Logger) {
+        self.config = config
+        self.proxy = proxy
+        self.server = server
+        self.ownedUpstream = ownedUpstream
+        self.logger = logger
+        let cache = proxy.cache
+        counterFlush = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(5))
+                cache.persistCounters()
+            }
+        }
+    }
+
+    /// Builds and starts the whole proxy. `upstream` replaces the HTTP client (tests);
+    /// `clock` replaces the wall clock of the cache (tests).
+    public static func start(
+        config: ProxyConfig, upstream: (any Upstream)? = nil, logger: Logger = Logger(label: "mixpeek-proxy"),
+        clock: (@Sendable () -> Double)? = nil
+    ) async throws -> ProxyApp {
+        if !config.hostIsLoopback && !config.allowNonLoopback {
+            throw ConfigError(message: "host \(config.host) is not a loopback address; set allow_non_loopback (--allow-non-loopback) to listen on it")
+        }
+        try DataFiles.createPrivateDirectory(at: config.dataDir)
+        let dataDir = URL(fileURLWithPath: config.dataDir)
+
+        let store: CacheStore?
+        do {
+            store = try CacheStore.open(
+                path: dataDir.appendingPathComponent("cache.sqlite").path,
+                bounds: .init(maxEntries: config.cacheMaxEntries, maxBytes: config.cacheMaxBytes), logger: logger)
+        } catch {
+            logger.error("cache file unusable; caching in memory only", metadata: ["error": "\(error)"])
+            store = nil
+        }
+        let cache = ListCache(
+            settings: .init(ttl: config.cacheTTL, staleIfError: config.staleIfError, memoryBytes: config.cacheMemoryBytes),
+            store: store, logger: logger, clock: clock ?? { Date().timeIntervalSince1970 })
+
+        let audit: AuditLog?
+        do {
+            let log = try AuditLog(
+                path: dataDir.appendingPathComponent("audit.sqlite").path,
+                hmacKey: ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"], logger: logger)
+            try await log.closeOrphans()
+            audit = log
+        } catch {
+            // Fail closed: lists are still served, every mutation is refused with 503.
+            logger.critical("audit log cannot be opened; mutations will be refused", metadata: ["error": "\(error)"])
+            audit = nil
+        }
+
+        var ownedUpstream: HTTPClientUpstream?
+        let chosenUpstream: any Upstream
+        if let upstream {
+            chosenUpstream = upstream
+        } else {
+            let client = try HTTPClientUpstream(
+                url: config.upstream, timeout: .milliseconds(Int64(config.upstreamTimeout * 1000)),
+                caFile: config.upstreamCAFile, group: MultiThreadedEventLoopGroup.singleton)
+            ownedUpstream = client
+            chosenUpstream = client
+        }
+
+        var settings = Proxy.Settings()
+        settings.passThrough = config.passThrough
+        settings.upstreamTimeoutSeconds = config.upstreamTimeout
+        let proxy = Proxy(upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), logger: logger)
+
+        var limits = ServerLimits()
+        limits.maxBodyBytes = config.maxBodyBytes
+        limits.requestReadTimeout = .milliseconds(Int64(config.clientTimeout * 1000))
+        let server: HTTPServer
+        do {
+            server = try await HTTPServer.start(host: config.host, port: config.port, responder: proxy, limits: limits)
+        } catch {
+            await ownedUpstream?.shutdown()
+            throw error
+        }
+        return ProxyApp(config: config, proxy: proxy, server: server, ownedUpstream: ownedUpstream, logger: logger)
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Stops accepting, lets requests in flight finish (10 s at most), saves the counters.
+    public func shutdown() async {
+        logger.info("shutting down: finishing requests in flight")
+        await server.shutdown(grace: .seconds(10))
+        counterFlush.cancel()
+        proxy.cache.persistCounters()
+        await ownedUpstream?.shutdown()
+    }
+}

@@ -1,0 +1,71 @@
+import MixpeekAPI
+import MixpeekHTTP
+import NIOHTTP1
+
+/// The proxy's own errors. Each maps, here and only here, to a status and to the upstream's
+/// error shape, so SDK clients raise their usual exceptions.
+public enum ProxyError: Error, Sendable, Equatable {
+    case upstreamUnreachable(String)
+    case upstreamTimeout(seconds: Double)
+    case auditUnavailable
+    case malformed(String)
+    case methodNotAllowed(allowed: String)
+    case notAnOpenProxy(String)
+    case notFound(String)
+    case refused(HTTPRefusal)
+
+    var status: HTTPResponseStatus {
+        switch self {
+        case .upstreamUnreachable: .badGateway
+        case .upstreamTimeout: .gatewayTimeout
+        case .auditUnavailable: .serviceUnavailable
+        case .malformed: .badRequest
+        case .methodNotAllowed: .methodNotAllowed
+        case .notAnOpenProxy: .forbidden
+        case .notFound: .notFound
+        case .refused(let refusal): refusal.status
+        }
+    }
+
+    var type: String {
+        switch self {
+        case .upstreamUnreachable: "upstream_unreachable"
+        case .upstreamTimeout: "upstream_timeout"
+        case .auditUnavailable: "audit_unavailable"
+        case .malformed: "bad_request"
+        case .methodNotAllowed: "method_not_allowed"
+        case .notAnOpenProxy: "forbidden"
+        case .notFound: "not_found"
+        case .refused(let refusal):
+            switch refusal {
+            case .bodyTooLarge: "payload_too_large"
+            case .headersTooLarge, .tooManyHeaders: "headers_too_large"
+            case .malformed: "bad_request"
+            case .internalError: "internal_error"
+            }
+        }
+    }
+
+    var message: String {
+        switch self {
+        case .upstreamUnreachable(let why): "mixpeek-proxy could not reach the upstream: \(why)"
+        case .upstreamTimeout(let seconds): "the upstream did not answer within \(seconds) s (--upstream-timeout)"
+        case .auditUnavailable: "the audit log cannot be written, so this mutation was refused and not forwarded"
+        case .malformed(let why): "malformed request: \(why)"
+        case .methodNotAllowed(let allowed): "method not allowed; allowed: \(allowed)"
+        case .notAnOpenProxy(let why): "mixpeek-proxy is not an open proxy: \(why)"
+        case .notFound(let what): what
+        case .refused(let refusal): refusal.message
+        }
+    }
+
+    /// The response for this error, in the API's error shape, with `code` naming it as ours.
+    func response(requestID: String? = nil) -> HTTPResponse {
+        var headers: HTTPHeaders = ["content-type": "application/json", "via": Headers.via]
+        if let requestID { headers.add(name: "x-request-id", value: requestID) }
+        if case .methodNotAllowed(let allowed) = self { headers.add(name: "allow", value: allowed) }
+        return HTTPResponse(
+            status: status, headers: headers,
+            body: ErrorBody(status: status, message: message, type: type, code: "mixpeek_proxy." + type).buffer)
+    }
+}

@@ -1,0 +1,95 @@
+import CoreMetrics
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import Prometheus
+
+/// The proxy's metrics through swift-metrics, exported by swift-prometheus at
+/// `GET /_proxy/metrics`. Names follow Prometheus conventions: `mixpeek_proxy_*`,
+/// `_total` for counters, base units (`_seconds`, `_bytes`).
+public final class ProxyMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let requests = NIOLockedValueBox([String: CoreMetrics.Counter]())
+    private let upstreamErrors: [String: CoreMetrics.Counter]
+    private let auditAppends: CoreMetrics.Counter
+    private let auditFailures: CoreMetrics.Counter
+    private let auditLatency: CoreMetrics.Timer
+    private let requestLatency: CoreMetrics.Timer
+
+    public init() {
+        registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+        ]
+        self.factory = factory
+        upstreamErrors = Dictionary(uniqueKeysWithValues: ["timeout", "unreachable"].map {
+            ($0, CoreMetrics.Counter(label: "mixpeek_proxy_upstream_errors_total", dimensions: [("kind", $0)], factory: factory))
+        })
+        auditAppends = CoreMetrics.Counter(label: "mixpeek_proxy_audit_appends_total", factory: factory)
+        auditFailures = CoreMetrics.Counter(label: "mixpeek_proxy_audit_failures_total", factory: factory)
+        auditLatency = CoreMetrics.Timer(label: "mixpeek_proxy_audit_append_duration_seconds", factory: factory)
+        requestLatency = CoreMetrics.Timer(label: "mixpeek_proxy_request_duration_seconds", factory: factory)
+    }
+
+    /// One finished request: `mixpeek_proxy_requests_total{route,status,cache}`.
+    func request(route: String, status: Int, cache: String?, seconds: Double) {
+        let labelKey = "\(route)|\(status)|\(cache ?? "")"
+        let counter = requests.withLockedValue { counters in
+            if let counter = counters[labelKey] { return counter }
+            let counter = CoreMetrics.Counter(
+                label: "mixpeek_proxy_requests_total",
+                dimensions: [("route", route), ("status", String(status)), ("cache", cache ?? "none")], factory: factory)
+            counters[labelKey] = counter
+            return counter
+        }
+        counter.increment()
+        if route != "list" || cache != "HIT" {
+            requestLatency.recordNanoseconds(Int64(seconds * 1_000_000_000))
+        }
+    }
+
+    func upstreamError(_ error: UpstreamError) {
+        switch error {
+        case .timeout: upstreamErrors["timeout"]?.increment()
+        case .unreachable: upstreamErrors["unreachable"]?.increment()
+        }
+    }
+
+    /// Times an audit append and counts it as an append or a failure.
+    func timeAuditAppend<T>(_ append: () async throws -> T) async throws -> T {
+        let start = NIODeadline.now()
+        do {
+            let value = try await append()
+            auditLatency.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
+            auditAppends.increment()
+            return value
+        } catch {
+            auditFailures.increment()
+            throw error
+        }
+    }
+
+    /// The Prometheus text exposition, with the cache's figures read at scrape time.
+    public func exposition(cache: CacheCounters, entries: Int, bytes: Int) -> String {
+        var text = registry.emitToString()
+        func counter(_ name: String, _ help: String, _ value: Int) {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
+        }
+        func gauge(_ name: String, _ help: String, _ value: Int) {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n\(name) \(value)\n"
+        }
+        counter("mixpeek_proxy_cache_hits_total", "List requests answered from the cache.", cache.hits)
+        counter("mixpeek_proxy_cache_misses_total", "List requests that fetched from the upstream.", cache.misses)
+        counter("mixpeek_proxy_cache_stale_total", "Stale lists served because the upstream failed.", cache.stale)
+        counter("mixpeek_proxy_cache_bypass_total", "Lists forwarded uncached (queries the cache does not key).", cache.bypass)
+        counter("mixpeek_proxy_cache_coalesced_total", "List requests that waited on another request's upstream fetch.", cache.coalesced)
+        counter("mixpeek_proxy_upstream_list_calls_total", "List calls sent to the upstream.", cache.upstreamListCalls)
+        gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
+        gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
+        return text
+    }
+}

@@ -1,0 +1,119 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// A request on its way to the upstream: the target exactly as the client sent it and
+/// headers already cleaned of hop-by-hop fields.
+public struct UpstreamRequest: Sendable {
+    public var method: HTTPMethod
+    public var target: String
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer?
+
+    public init(method: HTTPMethod, target: String, headers: HTTPHeaders, body: ByteBuffer?) {
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+    }
+}
+
+public struct UpstreamResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Why no response came back from the upstream.
+public enum UpstreamError: Error, Sendable, Equatable {
+    /// No complete answer within the upstream timeout.
+    case timeout
+    /// Could not connect, resolve, complete TLS, or read a well-formed response.
+    case unreachable(String)
+}
+
+/// Where forwarded requests go. Production uses `HTTPClientUpstream`; tests point it at the
+/// in-process fake on a real port.
+public protocol Upstream: Sendable {
+    /// Sends one request; throws only `UpstreamError`.
+    func send(_ request: UpstreamRequest) async throws -> UpstreamResponse
+}
+
+/// The upstream through one shared, pooled AsyncHTTPClient (TLS verified, redirects not followed).
+public final class HTTPClientUpstream: Upstream {
+    private let client: HTTPClient
+    private let baseURL: String
+    private let timeout: TimeAmount
+    private let maxResponseBytes: Int
+
+    /// - Parameters:
+    ///   - url: `scheme://host[:port]`; a path prefix is kept in front of every target.
+    ///   - caFile: PEM file of extra trust roots (for an upstream with a private CA).
+    public init(url: String, timeout: TimeAmount, caFile: String? = nil, maxResponseBytes: Int = 16 << 20,
+                group: any EventLoopGroup) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let caFile {
+            tls.trustRoots = .file(caFile)
+        }
+        var configuration = HTTPClient.Configuration(
+            tlsConfiguration: tls,
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .seconds(10), read: timeout),
+            decompression: .disabled)
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
+        configuration.httpVersion = .http1Only
+        self.client = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        self.baseURL = url.hasSuffix("/") ? String(url.dropLast()) : url
+        self.timeout = timeout
+        self.maxResponseBytes = maxResponseBytes
+    }
+
+    public func send(_ request: UpstreamRequest) async throws -> UpstreamResponse {
+        var outgoing = HTTPClientRequest(url: baseURL + request.target)
+        outgoing.method = request.method
+        outgoing.headers = request.headers
+        if let body = request.body {
+            outgoing.body = .bytes(body)
+        }
+        do {
+            let response = try await client.execute(outgoing, deadline: .now() + timeout)
+            let body = try await response.body.collect(upTo: maxResponseBytes)
+            return UpstreamResponse(status: response.status, headers: response.headers, body: body)
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
+            throw UpstreamError.timeout
+        } catch let error as NIOSSLError {
+            throw UpstreamError.unreachable("TLS failure talking to the upstream: \(error)")
+        } catch let error as HTTPClientError where error == .connectTimeout {
+            throw UpstreamError.unreachable("could not connect to the upstream in time")
+        } catch let error as HTTPClientError {
+            throw UpstreamError.unreachable("upstream request failed: \(error)")
+        } catch {
+            throw UpstreamError.unreachable("could not reach the upstream: \(Self.describe(error))")
+        }
+    }
+
+    public func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let error = error as? NIOConnectionError {
+            if error.dnsAAAAError != nil || error.dnsAError != nil, error.connectionErrors.isEmpty {
+                return "DNS lookup of \(error.host) failed"
+            }
+            return "connection to \(error.host):\(error.port) failed"
+        }
+        if let error = error as? IOError { return error.description }
+        if error is NIOSSLError { return "TLS failure: \(error)" }
+        return String(describing: error)
+    }
+}

@@ -1,0 +1,190 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MixpeekProxy
+
+struct DataDirOption: ParsableArguments {
+    @Option(help: "The proxy's data directory (default $MIXPEEK_PROXY_DATA_DIR or ./mixpeek-proxy-data).")
+    var dataDir: String?
+
+    var path: String {
+        dataDir ?? ProcessInfo.processInfo.environment["MIXPEEK_PROXY_DATA_DIR"] ?? "./mixpeek-proxy-data"
+    }
+
+    func existingFile(_ name: String) throws -> String {
+        let file = URL(fileURLWithPath: path).appendingPathComponent(name).path
+        guard FileManager.default.fileExists(atPath: file) else {
+            throw ValidationError("no \(name) in \(path): is --data-dir the proxy's data directory?")
+        }
+        return file
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Query, verify and export the audit log.",
+        subcommands: [Query.self, Verify.self])
+
+    static func open(_ dataDir: DataDirOption) throws -> AuditLog {
+        try AuditLog(path: try dataDir.existingFile("audit.sqlite"), logger: Logger(label: "mixpeek-proxy.audit"))
+    }
+
+    struct Query: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List mutations (intent joined with outcome), oldest first, streamed.",
+            discussion: """
+                Examples:
+                  # every rotation for alice@example.com in October 2026
+                  mixpeek-proxy audit query --action rotate --user alice@example.com --since 2026-10-01 --until 2026-11-01
+                  # all failed deletes
+                  mixpeek-proxy audit query --action delete --outcome error
+                  # last month as CSV for the auditors
+                  mixpeek-proxy audit query --since 2026-10-01 --until 2026-11-01 --format csv > audit-2026-10.csv
+                """)
+
+        enum Format: String, ExpressibleByArgument, CaseIterable { case table, json, jsonl, csv }
+
+        @OptionGroup var dataDir: DataDirOption
+        @Option(help: "create, update, rotate or delete.") var action: String?
+        @Option(help: "Only this user_email.") var user: String?
+        @Option(help: "Only this key_name.") var key: String?
+        @Option(help: "From this time on (RFC 3339 UTC, or a date: 2026-10-01).") var since: String?
+        @Option(help: "Before this time (RFC 3339 UTC, or a date).") var until: String?
+        @Option(help: "ok, rejected, error, timeout or unknown.") var outcome: String?
+        @Option(help: "At most this many rows.") var limit: Int?
+        @Option(help: "table, json, jsonl or csv.") var format: Format = .table
+
+        func run() throws {
+            var filter = AuditFilter(user: user, key: key, since: since, until: until, limit: limit)
+            if let action {
+                guard let parsed = AuditAction(rawValue: action) else { throw ValidationError("--action must be create, update, rotate or delete") }
+                filter.action = parsed
+            }
+            if let outcome {
+                guard let parsed = AuditOutcome(rawValue: outcome) else { throw ValidationError("--outcome must be ok, rejected, error, timeout or unknown") }
+                filter.outcome = parsed
+            }
+            for (name, value) in [("--since", since), ("--until", until)] {
+                if let value, !AuditTime.isValid(value) {
+                    throw ValidationError("\(name) must be an RFC 3339 UTC time (2026-10-01T00:00:00Z) or a date (2026-10-01)")
+                }
+            }
+            filter.since = since.map(AuditTime.normalized)
+            filter.until = until.map(AuditTime.normalized)
+            let log = try Audit.open(dataDir)
+            var writer = AuditTableWriter(format: format.rawValue)
+            try log.query(filter) { writer.write($0) }
+            writer.finish()
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the hash chain: exit 0 when intact, 1 naming the first bad record.",
+            discussion: """
+                Set MIXPEEK_PROXY_AUDIT_HMAC_KEY to the proxy's key when the chain is an HMAC chain.
+                A record removed from the very end leaves a valid, shorter chain: keep the printed
+                head somewhere else and pass it back with --expect-head to detect that.
+                Examples:
+                  mixpeek-proxy audit verify --data-dir ./mixpeek-proxy-data
+                  mixpeek-proxy audit verify --expect-head 1042:9f86d081884c7d65...
+                """)
+
+        @OptionGroup var dataDir: DataDirOption
+        @Option(help: "A head printed by an earlier verify (seq:hash) that must still be in the chain.")
+        var expectHead: String?
+
+        func run() throws {
+            let log = try Audit.open(dataDir)
+            let result = try log.verify(hmacKey: ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"])
+            if let problem = result.problem {
+                print("audit chain BROKEN after \(result.records) records: \(problem)")
+                throw ExitCode(1)
+            }
+            if let expectHead {
+                let parts = expectHead.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, let seq = Int64(parts[0]), try log.contains(seq: seq, hash: String(parts[1])) else {
+                    print("audit chain BROKEN: the expected head \(expectHead) is not in the log (records were removed from the end)")
+                    throw ExitCode(1)
+                }
+            }
+            print("audit chain intact: \(result.records) records, head \(result.head)")
+            if !result.unknownOutcomes.isEmpty {
+                print("mutations with unknown outcome (the proxy stopped before the upstream answered): seq \(result.unknownOutcomes.map(String.init).joined(separator: ", "))")
+            }
+        }
+    }
+}
+
+/// Times given on the command line: a date means midnight UTC.
+enum AuditTime {
+    static func isValid(_ text: String) -> Bool {
+        (try? Regex(#"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?$"#).wholeMatch(in: text)) != nil
+    }
+
+    static func normalized(_ text: String) -> String {
+        text.count == 10 ? text + "T00:00:00.000Z" : text
+    }
+}
+
+/// Writes query rows as they come: nothing is held but the current row.
+struct AuditTableWriter {
+    let format: String
+    private var rows = 0
+
+    init(format: String) {
+        self.format = format
+    }
+
+    private static let tableColumns: [(String, Int)] = [
+        ("SEQ", 6), ("TIME", 24), ("ACTION", 6), ("USER", 24), ("KEY", 16), ("OUTCOME", 8), ("STATUS", 6),
+        ("CALLER", 24), ("CLIENT", 15), ("REQUEST_ID", 36),
+    ]
+
+    mutating func write(_ entry: AuditEntry) {
+        defer { rows += 1 }
+        switch format {
+        case "json":
+            print(rows == 0 ? "[" : ",", terminator: "")
+            print(Self.json(entry), terminator: "\n")
+        case "jsonl":
+            print(Self.json(entry))
+        case "csv":
+            if rows == 0 { print(AuditEntry.columns.joined(separator: ",")) }
+            print(entry.values.map(Self.csvField).joined(separator: ","))
+        default:
+            if rows == 0 { print(Self.tableColumns.map { $0.0.padding(toLength: $0.1, withPad: " ", startingAt: 0) }.joined(separator: " ")) }
+            let values = [String(entry.seq), entry.time, entry.action, entry.user_email, entry.key_name ?? "-", entry.outcome,
+                          entry.upstream_status.map(String.init) ?? "-", entry.caller, entry.client, entry.request_id]
+            print(zip(values, Self.tableColumns).map { value, column in
+                value.count > column.1 ? String(value.prefix(column.1 - 1)) + "…" : value.padding(toLength: column.1, withPad: " ", startingAt: 0)
+            }.joined(separator: " "))
+        }
+    }
+
+    func finish() {
+        switch format {
+        case "json": print(rows == 0 ? "[]" : "]")
+        case "table": if rows == 0 { print("(no matching mutations)") }
+        default: break
+        }
+        fflush(nil)
+    }
+
+    private static func json(_ entry: AuditEntry) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(entry)) ?? Data(), as: UTF8.self)
+    }
+
+    private static func csvField(_ value: String?) -> String {
+        guard let value else { return "" }
+        // A leading =, +, - or @ would run as a formula in a spreadsheet.
+        let safe = value.first.map { "=+-@".contains($0) } == true ? "'" + value : value
+        if safe.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) {
+            return "\"" + safe.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+        }
+        return safe
+    }
+}
+

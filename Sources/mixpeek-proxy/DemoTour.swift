@@ -1,0 +1,30 @@
+/// What `demo` prints: commands that work when pasted, against the running demo.
+enum DemoTour {
+    static let token = "sk_demo_0123456789abcdefghijklmnop"
+
+    static func text(proxy: String, dataDir: String) -> String {
+        """
+        mixpeek-proxy demo: proxy on \(proxy), in front of a built-in fake Mixpeek (no account, no network).
+        Data (cache and audit log): \(dataDir). Stop with Ctrl-C.
+
+        Try it with curl (any token of the form sk_... is its own organisation):
+          export TOKEN=\(token)
+          curl -s -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{"name":"ci-key"}' \(proxy)/v1/organizations/users/alice@example.com/api-keys
+          curl -si -H "Authorization: Bearer $TOKEN" \(proxy)/v1/organizations/users/alice@example.com/api-keys | grep -i -e x-cache -e '"total"'
+          curl -si -H "Authorization: Bearer $TOKEN" \(proxy)/v1/organizations/users/alice@example.com/api-keys | grep -i -e x-cache -e '"total"'
+          curl -s -X PATCH -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{"description":"used by CI"}' \(proxy)/v1/organizations/users/alice@example.com/api-keys/ci-key
+          curl -s -X POST -H "Authorization: Bearer $TOKEN" \(proxy)/v1/organizations/users/alice@example.com/api-keys/ci-key/rotate
+          curl -s -X DELETE -H "Authorization: Bearer $TOKEN" \(proxy)/v1/organizations/users/alice@example.com/api-keys/ci-key
+          curl -s -X DELETE -H "Authorization: Bearer $TOKEN" \(proxy)/v1/organizations/users/alice@example.com/api-keys/admin-key
+          curl -s \(proxy)/_proxy/stats
+
+        Or with the official Python SDK (pip install mixpeek==1.3.783):
+          python3 -c 'import mixpeek; c = mixpeek.ApiClient(mixpeek.Configuration(host="\(proxy)")); api = mixpeek.OrganizationAPIKeysApi(c); print(api.create_key_organizations_users_email("bob@example.com", mixpeek.APIKeyCreateRequest(name="sdk-key"), authorization="Bearer \(token)").key_prefix); print(api.list_keys_organizations_users_email("bob@example.com", authorization="Bearer \(token)"))'
+
+        Afterwards (in another terminal, while the demo runs or after):
+          mixpeek-proxy cache stats --data-dir \(dataDir)
+          mixpeek-proxy audit query --data-dir \(dataDir) --format table
+          mixpeek-proxy audit verify --data-dir \(dataDir)
+        """
+    }
+}
