@@ -85,11 +85,23 @@ let package = Package(
         ),
         .testTarget(
             name: "MixpeekProxyTests",
-            dependencies: ["MixpeekProxy", "MixpeekFake", "MixpeekHTTP", "MixpeekAPI"]
+            dependencies: [
+                "MixpeekProxy", "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         .testTarget(
             name: "MixpeekFakeTests",
-            dependencies: ["MixpeekFake", "MixpeekHTTP", "MixpeekAPI"]
+            dependencies: [
+                "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
     ]
 )

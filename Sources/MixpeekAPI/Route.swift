@@ -36,9 +36,10 @@ public enum Route: Equatable, Sendable {
     }
 
     public init(method: HTTPMethod, target: String) {
-        let path = target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
-        let query = target.firstIndex(of: "?").map { target[target.index(after: $0)...] }
-        var segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        let parts = Self.split(target[...], on: "?", maxSplits: 1)
+        let path = parts[0]
+        let query = parts.count == 2 ? parts[1] : nil
+        var segments = Self.split(path, on: "/")
         guard segments.count >= 6, segments[0].isEmpty, segments[1] == "v1", segments[2] == "organizations",
               segments[3] == "users", segments[5] == "api-keys"
         else {
@@ -99,8 +100,8 @@ public enum Route: Equatable, Sendable {
     static func includeRevoked(in query: Substring?) -> Bool? {
         guard let query, !query.isEmpty else { return false }
         var value: Bool?
-        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        for pair in split(query, on: "&") where !pair.isEmpty {
+            let parts = split(pair, on: "=", maxSplits: 1)
             guard percentDecode(parts[0], plusIsSpace: true) == "include_revoked", value == nil else { return nil }
             let raw = parts.count == 2 ? percentDecode(parts[1], plusIsSpace: true) : ""
             switch raw?.lowercased() {
@@ -110,6 +111,14 @@ public enum Route: Equatable, Sendable {
             }
         }
         return value ?? false
+    }
+
+    /// Splits at an ASCII separator byte, as the upstream does. Split as Characters, a `/`, `?`,
+    /// `&` or `=` followed by a combining mark is one grapheme and would separate nothing, so
+    /// the proxy would see another route than the upstream (an unaudited mutation).
+    static func split(_ text: Substring, on separator: Unicode.Scalar, maxSplits: Int = .max) -> [Substring] {
+        text.utf8.split(separator: UInt8(ascii: separator), maxSplits: maxSplits, omittingEmptySubsequences: false)
+            .map { Substring($0) }
     }
 
     static func percentDecode(_ text: Substring, plusIsSpace: Bool) -> String? {

@@ -74,7 +74,7 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             state = .responding
             let request = HTTPRequest(
                 method: head.method, target: head.uri, version: head.version,
-                headers: head.headers, body: body, remoteAddress: remoteAddress)
+                headers: head.headers, body: body, remoteAddress: remoteAddress, localAddress: context.channel.localAddress)
             let keepAlive = head.isKeepAlive
             switch responder.respond(to: request, on: context.eventLoop) {
             case .now(let response):

@@ -10,10 +10,13 @@ public struct HTTPRequest: Sendable {
     public var headers: HTTPHeaders
     public var body: ByteBuffer?
     public var remoteAddress: SocketAddress?
+    /// The address the client connected to.
+    public var localAddress: SocketAddress?
 
     public init(
         method: HTTPMethod, target: String, version: HTTPVersion = .http1_1,
-        headers: HTTPHeaders = [:], body: ByteBuffer? = nil, remoteAddress: SocketAddress? = nil
+        headers: HTTPHeaders = [:], body: ByteBuffer? = nil, remoteAddress: SocketAddress? = nil,
+        localAddress: SocketAddress? = nil
     ) {
         self.method = method
         self.target = target
@@ -21,6 +24,7 @@ public struct HTTPRequest: Sendable {
         self.headers = headers
         self.body = body
         self.remoteAddress = remoteAddress
+        self.localAddress = localAddress
     }
 
     /// The target's path, before any `?`.

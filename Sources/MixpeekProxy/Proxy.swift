@@ -227,8 +227,7 @@ public final class Proxy: HTTPResponder {
         if let scheme = target.range(of: "://"), !target.hasPrefix("/") {
             let afterScheme = target[scheme.upperBound...]
             let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
-            let host = request.headers.first(name: "host") ?? ""
-            guard authority.lowercased() == host.lowercased(), !host.isEmpty else {
+            guard isOwnAuthority(authority.lowercased(), local: request.localAddress) else {
                 return .notAnOpenProxy("absolute-form target for another host")
             }
             let rest = afterScheme.dropFirst(authority.count)
@@ -239,6 +238,13 @@ public final class Proxy: HTTPResponder {
         }
         request.target = target
         return nil
+    }
+
+    /// True when `authority` names the address the client connected to (or localhost on its port).
+    private static func isOwnAuthority(_ authority: String, local: SocketAddress?) -> Bool {
+        guard let local, let port = local.port, let ip = local.ipAddress else { return false }
+        let names = [ip, "[\(ip)]", "localhost"]
+        return names.contains { authority == "\($0):\(port)" || (port == 80 && authority == $0) }
     }
 
     private static func isURIByte(_ byte: UInt8) -> Bool {

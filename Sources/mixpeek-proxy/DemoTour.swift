@@ -19,7 +19,7 @@ enum DemoTour {
           curl -s \(proxy)/_proxy/stats
 
         Or with the official Python SDK (pip install mixpeek==1.3.783):
-          python3 -c 'import mixpeek; c = mixpeek.ApiClient(mixpeek.Configuration(host="\(proxy)")); api = mixpeek.OrganizationAPIKeysApi(c); print(api.create_key_organizations_users_email("bob@example.com", mixpeek.APIKeyCreateRequest(name="sdk-key"), authorization="Bearer \(token)").key_prefix); print(api.list_keys_organizations_users_email("bob@example.com", authorization="Bearer \(token)"))'
+          python3 -c 'import mixpeek; api = mixpeek.OrganizationAPIKeysApi(mixpeek.ApiClient(mixpeek.Configuration(host="\(proxy)", access_token="\(token)"))); print(api.create_key_organizations_users_email("bob@example.com", mixpeek.APIKeyCreateRequest(name="sdk-key")).key_prefix); print(api.list_keys_organizations_users_email("bob@example.com"))'
 
         Afterwards (in another terminal, while the demo runs or after):
           mixpeek-proxy cache stats --data-dir \(dataDir)

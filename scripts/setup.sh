@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building, testing and running mixpeek-proxy need on a fresh Debian machine
+# with the Swift toolchain: SQLite's headers (GRDB links the system libsqlite3), curl (the
+# demo tour and checks) and the official Mixpeek Python SDK (end-to-end test).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in libsqlite3-dev sqlite3 curl ca-certificates; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.1 or newer is needed)" >&2; exit 1; }
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import mixpeek, sys; sys.exit(0 if mixpeek.__version__ == "1.3.783" else 1)' 2>/dev/null; then
+  echo "setup: installing the Mixpeek Python SDK"
+  "$PYTHON" -m pip install -q --disable-pip-version-check -r scripts/requirements-e2e.txt
+fi
+echo "setup: ok"

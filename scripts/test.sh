@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: builds (no warnings allowed in our code), runs the Swift test suites,
+# then the end-to-end check with the official Python SDK against the real binary, and the
+# demo's printed commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== swift build"
+swift build 2>&1 | tee .build-log.txt | grep -v '^\[' || true
+if grep -E '^/.*(Sources|Tests)/.*warning:' .build-log.txt; then
+  echo "test: the build has warnings in our code" >&2
+  exit 1
+fi
+grep -q 'error:' .build-log.txt && { echo "test: build failed" >&2; exit 1; }
+
+echo "== swift test"
+swift test 2>&1 | grep -v -E "^\[[0-9]+/[0-9]+\]"
+
+echo "== demo tour"
+bash scripts/demo_check.sh .build/debug/mixpeek-proxy
+
+echo "== end to end with the Mixpeek Python SDK"
+bash scripts/e2e.sh .build/debug/mixpeek-proxy
