@@ -88,6 +88,7 @@ let package = Package(
             dependencies: [
                 "MixpeekProxy", "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]

@@ -26,7 +26,7 @@ struct FakeResponder: HTTPResponder {
             let ready = gate ?? eventLoop.makeSucceededVoidFuture()
             return .later(ready.flatMap { eventLoop.scheduleTask(in: amount) { response }.futureResult })
         case (_, let gate?):
-            return .later(gate.map { fake.answer(request) })
+            return .later(gate.map { response })
         default:
             return .now(response)
         }

@@ -27,14 +27,14 @@ public struct HTTPRequest: Sendable {
         self.localAddress = localAddress
     }
 
-    /// The target's path, before any `?`.
+    /// The target's path, before any `?` (found byte-wise, as every HTTP peer reads it).
     public var path: Substring {
-        target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
+        target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
     }
 
     /// The target's query, after the first `?`, if any.
     public var query: Substring? {
-        target.firstIndex(of: "?").map { target[target.index(after: $0)...] }
+        target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[target.utf8.index(after: $0)...] }
     }
 
     /// The client's IP address, without the port.
