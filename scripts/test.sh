@@ -21,3 +21,6 @@ bash scripts/demo_check.sh .build/debug/mixpeek-proxy
 
 echo "== end to end with the Mixpeek Python SDK"
 bash scripts/e2e.sh .build/debug/mixpeek-proxy
+
+echo "== crashes and shutdown against the real binary"
+python3 scripts/crash_check.py .build/debug/mixpeek-proxy

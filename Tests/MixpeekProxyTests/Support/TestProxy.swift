@@ -104,9 +104,9 @@ final class TestProxy: Sendable {
 
     func request(
         _ method: HTTPMethod, _ path: String, token: String? = TestProxy.token, headers: HTTPHeaders = [:],
-        json: String? = nil, timeout: TimeAmount = .seconds(10)
+        json: String? = nil, timeout: TimeAmount = .seconds(10), base: String? = nil
     ) async throws -> TestResponse {
-        var request = HTTPClientRequest(url: url + path)
+        var request = HTTPClientRequest(url: (base ?? url) + path)
         request.method = method
         request.headers = headers
         if let token { request.headers.replaceOrAdd(name: "authorization", value: "Bearer \(token)") }

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Crash and shutdown checks against the real binary (issue 5, item 4).
+
+1. kill -9 during a burst of mutations: after a restart `audit verify` passes, every
+   mutation the clients sent has an intent, and the interrupted ones read `unknown`.
+2. SIGTERM with requests in flight: they finish with their real answers, nothing is lost,
+   and the audit records them as `ok`.
+3. A corrupt cache file is moved aside and the proxy serves lists.
+Prints `crash: N passed, M failed`.
+"""
+import json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request, urllib.error
+
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".build/debug/mixpeek-proxy")
+TOKEN = "sk_crash_0123456789abcdefghijklmnop"
+results = []
+
+
+def check(name, ok, why=""):
+    results.append(ok)
+    print(("PASS " if ok else "FAIL ") + name + ("" if ok else ": " + why), flush=True)
+
+
+def start(args, logfile):
+    proc = subprocess.Popen([BIN] + args, stdout=subprocess.PIPE, stderr=open(logfile, "w"), text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line or "")
+        if match:
+            return proc, int(match.group(1))
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"{args[0]} did not start; see {logfile}")
+
+
+def call(port, method, path, body=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except Exception as error:  # connection reset by the kill
+        return None, str(error)
+
+
+def audit(data_dir, *args):
+    return subprocess.run([BIN, "audit", *args, "--data-dir", data_dir], capture_output=True, text=True, timeout=60)
+
+
+def stop(proc, sig=signal.SIGTERM, wait=15):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def kill_during_burst(work):
+    data = os.path.join(work, "kill9")
+    fake, fake_port = start(["fake-upstream", "--port", "0", "--delay-ms", "400"], os.path.join(work, "fake1.log"))
+    try:
+        proxy, port = start(["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", data,
+                             "--log-level", "warning"], os.path.join(work, "proxy1.log"))
+        answers = []
+        def client(n):
+            answers.append(call(port, "POST", "/v1/organizations/users/burst@example.com/api-keys", {"name": f"k-{n}"}))
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(24)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.03)
+        time.sleep(0.2)
+        proxy.kill()  # SIGKILL: no chance to write outcomes
+        proxy.wait(10)
+        for thread in threads:
+            thread.join(15)
+        answered = sum(1 for status, _ in answers if status == 200)
+        # Restart: orphans are closed as unknown.
+        proxy, port = start(["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", data,
+                             "--log-level", "warning"], os.path.join(work, "proxy1b.log"))
+        stop(proxy)
+        verify = audit(data, "verify")
+        check("kill -9 mid-burst: audit verify passes after restart", verify.returncode == 0, verify.stdout + verify.stderr)
+        rows = [json.loads(line) for line in audit(data, "query", "--format", "jsonl").stdout.splitlines() if line]
+        unknown = [row for row in rows if row["outcome"] == "unknown"]
+        ok = [row for row in rows if row["outcome"] == "ok"]
+        check("kill -9 mid-burst: interrupted mutations read unknown", len(unknown) >= 1,
+              f"{len(rows)} rows, {len(unknown)} unknown")
+        check("kill -9 mid-burst: every answered mutation is recorded ok", len(ok) >= answered,
+              f"{answered} answered 200, {len(ok)} recorded ok")
+        check("kill -9 mid-burst: no gaps in seq", [r["seq"] for r in rows] == sorted(r["seq"] for r in rows))
+        check("kill -9 mid-burst: verify names the unknown mutations", "unknown outcome" in verify.stdout, verify.stdout)
+    finally:
+        stop(fake)
+
+
+def sigterm_in_flight(work):
+    data = os.path.join(work, "term")
+    fake, fake_port = start(["fake-upstream", "--port", "0", "--delay-ms", "800"], os.path.join(work, "fake2.log"))
+    try:
+        proxy, port = start(["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", data,
+                             "--log-level", "warning"], os.path.join(work, "proxy2.log"))
+        answers = []
+        def client(n):
+            answers.append(call(port, "POST", "/v1/organizations/users/term@example.com/api-keys", {"name": f"t-{n}"}))
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        proxy.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(15)
+        code = proxy.wait(15)
+        statuses = sorted(str(status) for status, _ in answers)
+        check("SIGTERM: requests in flight finish with their real answer", statuses == ["200"] * 8, f"{statuses}")
+        check("SIGTERM: the proxy exits 0", code == 0, f"exit {code}")
+        rows = [json.loads(line) for line in audit(data, "query", "--format", "jsonl").stdout.splitlines() if line]
+        check("SIGTERM: every in-flight mutation is audited ok", [r["outcome"] for r in rows] == ["ok"] * 8,
+              f"{[r['outcome'] for r in rows]}")
+        check("SIGTERM: audit verify passes", audit(data, "verify").returncode == 0)
+    finally:
+        stop(fake)
+
+
+def corrupt_cache(work):
+    data = os.path.join(work, "corrupt")
+    os.makedirs(data, mode=0o700)
+    with open(os.path.join(data, "cache.sqlite"), "wb") as f:
+        f.write(os.urandom(8192))
+    fake, fake_port = start(["fake-upstream", "--port", "0"], os.path.join(work, "fake3.log"))
+    try:
+        proxy, port = start(["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", data,
+                             "--log-level", "warning"], os.path.join(work, "proxy3.log"))
+        first = call(port, "GET", "/v1/organizations/users/c@example.com/api-keys")
+        second = call(port, "GET", "/v1/organizations/users/c@example.com/api-keys")
+        stop(proxy)
+        check("corrupt cache file: lists are served", first[0] == 200 and second[0] == 200, f"{first[0]} {second[0]}")
+        check("corrupt cache file: moved aside", any(n.startswith("cache.sqlite.corrupt-") for n in os.listdir(data)),
+              f"{os.listdir(data)}")
+    finally:
+        stop(fake)
+
+
+with tempfile.TemporaryDirectory() as work:
+    for scenario in (kill_during_burst, sigterm_in_flight, corrupt_cache):
+        try:
+            scenario(work)
+        except Exception as error:
+            check(scenario.__name__, False, repr(error))
+
+passed, failed = results.count(True), results.count(False)
+print(f"crash: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
