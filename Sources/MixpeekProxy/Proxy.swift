@@ -51,9 +51,9 @@ public final class Proxy: HTTPResponder {
         case .rejected(let why):
             let error: ProxyError = if case .methodNotAllowed(let allowed) = why { .methodNotAllowed(allowed: allowed) } else { .malformed(why.message) }
             return finish(.now(error.response(requestID: requestID)), request, route: "rejected", cache: nil, started: started)
-        case .passThrough where !settings.passThrough:
-            return finish(.now(ProxyError.notFound("pass-through is off: mixpeek-proxy forwards only the API-keys calls").response(requestID: requestID)),
-                          request, route: "pass-through", cache: nil, started: started)
+        case .passThrough where !settings.passThrough || !request.target.hasPrefix("/v1/"):
+            let why = settings.passThrough ? "mixpeek-proxy forwards only /v1/... paths" : "pass-through is off: mixpeek-proxy forwards only the API-keys calls"
+            return finish(.now(ProxyError.notFound(why).response(requestID: requestID)), request, route: "pass-through", cache: nil, started: started)
         case .list(let user, let includeRevoked?):
             let key = cache.key(authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked)
             let refresh = request.headers.demandsRefresh
