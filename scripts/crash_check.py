@@ -6,6 +6,7 @@
 2. SIGTERM with requests in flight: they finish with their real answers, nothing is lost,
    and the audit records them as `ok`.
 3. A corrupt cache file is moved aside and the proxy serves lists.
+4. A self-signed TLS upstream is refused (502) unless its CA file is configured.
 Prints `crash: N passed, M failed`.
 """
 import json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request, urllib.error
@@ -146,8 +147,47 @@ def corrupt_cache(work):
         stop(fake)
 
 
+def tls_verification(work):
+    import http.server, ssl
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = b'{"tls": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    upstream = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        proxy, port = start(["serve", "--port", "0", "--upstream", upstream, "--data-dir", os.path.join(work, "tls1"),
+                             "--upstream-timeout", "5"], os.path.join(work, "proxy4.log"))
+        status, body = call(port, "GET", "/v1/anything")
+        stop(proxy)
+        check("TLS: a self-signed upstream is refused with 502", status == 502 and "not trusted" in body, f"{status} {body[:200]}")
+        proxy, port = start(["serve", "--port", "0", "--upstream", upstream, "--data-dir", os.path.join(work, "tls2"),
+                             "--upstream-ca-file", cert], os.path.join(work, "proxy5.log"))
+        status, body = call(port, "GET", "/v1/anything")
+        stop(proxy)
+        check("TLS: trusted with --upstream-ca-file", status == 200 and "tls" in body, f"{status} {body[:200]}")
+    finally:
+        server.shutdown()
+
+
 with tempfile.TemporaryDirectory() as work:
-    for scenario in (kill_during_burst, sigterm_in_flight, corrupt_cache):
+    for scenario in (kill_during_burst, sigterm_in_flight, corrupt_cache, tls_verification):
         try:
             scenario(work)
         except Exception as error:

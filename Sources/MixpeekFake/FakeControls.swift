@@ -30,6 +30,8 @@ public enum FakeFault: Sendable, Equatable {
     case dropConnection
     /// Answer 200 with a body that is not JSON.
     case invalidJSON
+    /// Send the head and half the body of the real answer, then close the connection.
+    case truncatedBody
 }
 
 /// What tests read from and switch on in the fake: call counts, faults and held responses.

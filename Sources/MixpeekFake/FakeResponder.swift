@@ -8,6 +8,9 @@ struct FakeResponder: HTTPResponder {
     let fake: FakeMixpeek
 
     func respond(to request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+        if request.path == "/_fake/fault" {
+            return .now(setFault(request.query ?? ""))
+        }
         let operation = FakeOperation(Route(method: request.method, target: request.target))
         let (fault, gate) = fake.controls.admit(request, as: operation, on: eventLoop)
         let response: HTTPResponse
@@ -18,6 +21,8 @@ struct FakeResponder: HTTPResponder {
             response = HTTPResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: "{\"keys\": [ not json"))
         case .dropConnection:
             return .later(eventLoop.makeFailedFuture(HTTPServerError.dropConnection))
+        case .truncatedBody:
+            return .later(eventLoop.makeFailedFuture(HTTPServerError.truncate(fake.answer(request))))
         case .delay, nil:
             response = fake.answer(request)
         }
@@ -30,6 +35,34 @@ struct FakeResponder: HTTPResponder {
         default:
             return .now(response)
         }
+    }
+
+    /// `POST /_fake/fault?op=list&kind=status&value=503`: switches a fault from outside the
+    /// process (soak and end-to-end scripts). `kind` is status, delay (ms), drop, json,
+    /// truncate or off; without `op` it applies to every operation.
+    private func setFault(_ query: Substring) -> HTTPResponse {
+        var fields: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { fields[parts[0]] = parts[1] }
+        }
+        let operation = fields["op"].flatMap(FakeOperation.init(rawValue:))
+        let value = fields["value"].flatMap(Int.init)
+        let fault: FakeFault?
+        switch fields["kind"] {
+        case "status": fault = value.map { .status(HTTPResponseStatus(statusCode: $0)) }
+        case "delay": fault = value.map { .delay(.milliseconds(Int64($0))) }
+        case "drop": fault = .dropConnection
+        case "json": fault = .invalidJSON
+        case "truncate": fault = .truncatedBody
+        case "off": fault = nil
+        default: return FakeMixpeek.error(.badRequest, "kind must be status, delay, drop, json, truncate or off", type: "bad_request")
+        }
+        if fault == nil && fields["kind"] != "off" {
+            return FakeMixpeek.error(.badRequest, "status and delay need a numeric value", type: "bad_request")
+        }
+        fake.controls.setFault(fault, for: operation)
+        return HTTPResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"success":true}"#))
     }
 
     func refusal(_ reason: HTTPRefusal) -> HTTPResponse {

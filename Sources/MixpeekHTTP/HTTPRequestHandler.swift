@@ -88,6 +88,8 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                     case .failure(HTTPServerError.dropConnection):
                         self.state = .closing
                         context.close(promise: nil)
+                    case .failure(HTTPServerError.truncate(let response)):
+                        self.writeTruncated(response, context: context)
                     case .failure:
                         self.write(self.responder.refusal(.internalError), keepAlive: false, version: head.version, context: context)
                     }
@@ -175,6 +177,17 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
+        }
+    }
+
+    private func writeTruncated(_ response: HTTPResponse, context: ChannelHandlerContext) {
+        state = .closing
+        var headers = response.headers
+        headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+        let half = response.body.getSlice(at: response.body.readerIndex, length: response.body.readableBytes / 2) ?? ByteBuffer()
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(half)))).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
         }
     }
 

@@ -76,6 +76,8 @@ public protocol HTTPResponder: Sendable {
 public enum HTTPServerError: Error, Sendable {
     /// Close the connection without a response (the fake uses it to play a broken upstream).
     case dropConnection
+    /// Send this response's head and half its body, then close: a response cut mid-body.
+    case truncate(HTTPResponse)
 }
 
 /// Why the server itself refused a request.

@@ -37,7 +37,8 @@ public struct AuditFilter: Sendable {
     public var action: AuditAction?
     public var user: String?
     public var key: String?
-    /// RFC 3339 instants or dates (`2026-10-01`); `since` is inclusive, `until` exclusive.
+    /// RFC 3339 UTC instants (`2026-10-01T12:00:00Z`, seconds and fraction optional) or dates
+    /// (`2026-10-01`, midnight); `since` is inclusive, `until` exclusive.
     public var since: String?
     public var until: String?
     public var outcome: AuditOutcome?
@@ -77,8 +78,8 @@ extension AuditLog {
         if let action = filter.action { conditions.append("i.action = ?"); _ = arguments.append(contentsOf: [action.rawValue]) }
         if let user = filter.user { conditions.append("i.user_email = ?"); _ = arguments.append(contentsOf: [user]) }
         if let key = filter.key { conditions.append("i.key_name = ?"); _ = arguments.append(contentsOf: [key]) }
-        if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [since]) }
-        if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [until]) }
+        if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [Self.storedTime(since)]) }
+        if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [Self.storedTime(until)]) }
         if let outcome = filter.outcome {
             conditions.append("COALESCE(o.outcome, 'unknown') = ?")
             _ = arguments.append(contentsOf: [outcome.rawValue])
@@ -105,6 +106,18 @@ extension AuditLog {
                     finished_at: row["finished_at"]))
             }
         }
+    }
+
+    /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing
+    /// strings compares instants: `…T12:00:00Z` as it is would sort after every record of that
+    /// second. A date is midnight, missing seconds are zero, a fraction is cut to milliseconds
+    /// (the records' precision); anything else is compared as given.
+    static func storedTime(_ bound: String) -> String {
+        guard let match = bound.wholeMatch(of: #/(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2})(?::(\d{2})(?:\.(\d+))?)?Z?)?/#) else {
+            return bound
+        }
+        let fraction = (match.4 ?? "") + "000"
+        return "\(match.1)T\(match.2 ?? "00:00"):\(match.3 ?? "00").\(fraction.prefix(3))Z"
     }
 
     /// Walks the whole chain in order and names the first record that was altered, inserted,

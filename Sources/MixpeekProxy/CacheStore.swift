@@ -37,11 +37,14 @@ public struct CacheCounters: Sendable, Equatable, Codable {
     public var coalesced = 0
     public var upstreamListCalls = 0
 
-    /// List calls answered without going upstream.
-    public var saved: Int { hits + stale + coalesced }
+    /// List calls answered without an upstream call of their own: hits, and requests that
+    /// joined another's fetch. A STALE serve is not one: it came after a failed upstream call,
+    /// already counted as a miss or a coalesced wait.
+    public var saved: Int { hits + coalesced }
+    /// The share of cacheable lists (bypasses aside) that cost no upstream call.
     public var hitRatio: Double {
-        let lists = hits + misses + stale + coalesced
-        return lists == 0 ? 0 : Double(hits + stale + coalesced) / Double(lists)
+        let lists = hits + misses + coalesced
+        return lists == 0 ? 0 : Double(saved) / Double(lists)
     }
 
     static func + (a: CacheCounters, b: CacheCounters) -> CacheCounters {

@@ -178,6 +178,7 @@ public final class ListCache: Sendable {
             if state.flights[key]?.id == id { state.flights[key] = nil }
             guard case .response(let response) = outcome, (200..<300).contains(response.status.code),
                   !response.headers.cacheControl(contains: "no-store"),
+                  Self.isJSONObject(response.body),
                   Self.generation(of: key.user, in: state) == generation
             else { return }
             let entry = CachedList(
@@ -190,10 +191,21 @@ public final class ListCache: Sendable {
         }
     }
 
+    /// A list body worth keeping: a JSON object. A 200 whose body does not parse is an
+    /// upstream fault, passed to its client once but never cached for everyone else.
+    static func isJSONObject(_ body: ByteBuffer) -> Bool {
+        body.withUnsafeReadableBytes { bytes in
+            (try? JSONSerialization.jsonObject(with: Data(bytes))) is [String: Any]
+        }
+    }
+
     private func remember(_ entry: CachedList, for key: CacheKey, in state: inout State) {
-        if let old = state.memory.updateValue(entry, forKey: key) {
+        if let old = state.memory.removeValue(forKey: key) {
             state.memoryBytes -= old.body.readableBytes
         }
+        // A body larger than the whole budget is served from SQLite only.
+        guard entry.body.readableBytes <= settings.memoryBytes else { return }
+        state.memory[key] = entry
         state.memoryBytes += entry.body.readableBytes
         while state.memoryBytes > settings.memoryBytes, let victim = state.memory.first(where: { $0.key != key }) {
             state.memory[victim.key] = nil

@@ -64,7 +64,8 @@ public final class ProxyApp: Service, Sendable {
         do {
             let log = try AuditLog(
                 path: dataDir.appendingPathComponent("audit.sqlite").path,
-                hmacKey: ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"], logger: logger)
+                hmacKey: ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"].flatMap { $0.isEmpty ? nil : $0 },
+                logger: logger)
             try await log.closeOrphans()
             audit = log
         } catch {

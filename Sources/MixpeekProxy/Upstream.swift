@@ -71,6 +71,8 @@ public final class HTTPClientUpstream: Upstream {
             decompression: .disabled)
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
         configuration.httpVersion = .http1Only
+        // Fail fast like nginx (502 at once) rather than retry a refused connection until the deadline.
+        configuration.connectionPool.retryConnectionEstablishment = false
         self.client = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
         self.baseURL = url.hasSuffix("/") ? String(url.dropLast()) : url
         self.timeout = timeout
@@ -91,7 +93,7 @@ public final class HTTPClientUpstream: Upstream {
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
             throw UpstreamError.timeout
         } catch let error as NIOSSLError {
-            throw UpstreamError.unreachable("TLS failure talking to the upstream: \(error)")
+            throw UpstreamError.unreachable(Self.describeTLS(error))
         } catch let error as HTTPClientError where error == .connectTimeout {
             throw UpstreamError.unreachable("could not connect to the upstream in time")
         } catch let error as HTTPClientError {
@@ -105,6 +107,15 @@ public final class HTTPClientUpstream: Upstream {
         try? await client.shutdown()
     }
 
+    /// A TLS failure in words, without BoringSSL's source paths.
+    private static func describeTLS(_ error: NIOSSLError) -> String {
+        if "\(error)".contains("CERTIFICATE_VERIFY_FAILED") {
+            return "TLS handshake with the upstream failed: its certificate is not trusted (set upstream_ca_file for a private CA)"
+        }
+        if case .handshakeFailed = error { return "TLS handshake with the upstream failed" }
+        return "TLS failure talking to the upstream"
+    }
+
     private static func describe(_ error: any Error) -> String {
         if let error = error as? NIOConnectionError {
             if error.dnsAAAAError != nil || error.dnsAError != nil, error.connectionErrors.isEmpty {
@@ -113,7 +124,7 @@ public final class HTTPClientUpstream: Upstream {
             return "connection to \(error.host):\(error.port) failed"
         }
         if let error = error as? IOError { return error.description }
-        if error is NIOSSLError { return "TLS failure: \(error)" }
+        if let error = error as? NIOSSLError { return describeTLS(error) }
         return String(describing: error)
     }
 }

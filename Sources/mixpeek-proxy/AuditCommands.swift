@@ -69,8 +69,6 @@ struct Audit: AsyncParsableCommand {
                     throw ValidationError("\(name) must be an RFC 3339 UTC time (2026-10-01T00:00:00Z) or a date (2026-10-01)")
                 }
             }
-            filter.since = since.map(AuditTime.normalized)
-            filter.until = until.map(AuditTime.normalized)
             let log = try Audit.open(dataDir)
             var writer = AuditTableWriter(format: format.rawValue)
             try log.query(filter) { writer.write($0) }
@@ -116,14 +114,10 @@ struct Audit: AsyncParsableCommand {
     }
 }
 
-/// Times given on the command line: a date means midnight UTC.
+/// Times given on the command line (the query reads a date as midnight UTC).
 enum AuditTime {
     static func isValid(_ text: String) -> Bool {
         (try? Regex(#"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?$"#).wholeMatch(in: text)) != nil
-    }
-
-    static func normalized(_ text: String) -> String {
-        text.count == 10 ? text + "T00:00:00.000Z" : text
     }
 }
 
