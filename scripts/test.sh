@@ -24,3 +24,9 @@ bash scripts/e2e.sh .build/debug/mixpeek-proxy
 
 echo "== crashes and shutdown against the real binary"
 python3 scripts/crash_check.py .build/debug/mixpeek-proxy
+
+echo "== soak (short form; scripts/soak.py --seconds 60 for the long one)"
+python3 scripts/soak.py --seconds 10 --binary .build/debug/mixpeek-proxy
+
+echo "== README command blocks marked runnable"
+bash scripts/readme_check.sh .build/debug/mixpeek-proxy
