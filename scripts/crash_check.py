@@ -11,28 +11,18 @@ Prints `crash: N passed, M failed`.
 """
 import json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request, urllib.error
 
+import proctools
+from proctools import Checks, stop
+
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".build/debug/mixpeek-proxy")
 TOKEN = "sk_crash_0123456789abcdefghijklmnop"
-results = []
 
 
-def check(name, ok, why=""):
-    results.append(ok)
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else ": " + why), flush=True)
+check = Checks()
 
 
-def start(args, logfile):
-    proc = subprocess.Popen([BIN] + args, stdout=subprocess.PIPE, stderr=open(logfile, "w"), text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line or "")
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"{args[0]} did not start; see {logfile}")
+def start(args, log):
+    return proctools.start(BIN, args, log)
 
 
 def call(port, method, path, body=None, timeout=10):
@@ -50,16 +40,6 @@ def call(port, method, path, body=None, timeout=10):
 
 def audit(data_dir, *args):
     return subprocess.run([BIN, "audit", *args, "--data-dir", data_dir], capture_output=True, text=True, timeout=60)
-
-
-def stop(proc, sig=signal.SIGTERM, wait=15):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def kill_during_burst(work):
@@ -193,6 +173,4 @@ with tempfile.TemporaryDirectory() as work:
         except Exception as error:
             check(scenario.__name__, False, repr(error))
 
-passed, failed = results.count(True), results.count(False)
-print(f"crash: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.summary("crash"))

@@ -3,26 +3,7 @@
 # `mixpeek-proxy` resolved to the binary under test), failing on the first that fails.
 set -euo pipefail
 BIN="$(realpath "${1:-.build/debug/mixpeek-proxy}")"
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cd "$work"
-"$BIN" demo --port 0 --log-level warning > tour.txt 2> demo.log &
-pid=$!
-for _ in $(seq 100); do
-  grep -q 'audit verify' tour.txt 2>/dev/null && break
-  sleep 0.1
-done
-grep -q 'audit verify' tour.txt || { echo "demo_check: the demo printed no tour"; cat demo.log; exit 1; }
+. "$(realpath "$(dirname "$0")")/demo_lib.sh"
 
 # The tour's commands are its indented lines that start with a command name.
 grep -E '^  (export|curl|python3|mixpeek-proxy) ' tour.txt | sed -e 's/^  //' > commands.txt

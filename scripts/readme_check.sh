@@ -5,24 +5,8 @@
 set -euo pipefail
 BIN="$(realpath "${1:-.build/debug/mixpeek-proxy}")"
 README="$(realpath "$(dirname "$0")/../README.md")"
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cd "$work"
-
-"$BIN" demo --port 0 --data-dir "$work/data" --log-level warning > tour.txt 2> demo.log &
-pid=$!
-for _ in $(seq 100); do grep -q 'proxy on http' tour.txt 2>/dev/null && break; sleep 0.1; done
-url="$(grep -o 'proxy on http://127.0.0.1:[0-9]*' tour.txt | head -1 | sed 's/proxy on //')"
-[ -n "$url" ] || { echo "readme_check: the demo did not start"; cat demo.log; exit 1; }
+HERE="$(realpath "$(dirname "$0")")"
+. "$HERE/demo_lib.sh"
 
 export PATH="$(dirname "$BIN"):$PATH"
 export MIXPEEK_PROXY_DATA_DIR="$work/data"

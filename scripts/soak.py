@@ -7,32 +7,22 @@ Prints `soak: N passed, M failed`.
 import argparse, collections, json, os, random, re, signal, subprocess, sys, tempfile, threading, time
 import http.client
 
+import proctools
+from proctools import Checks, stop
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--seconds", type=float, default=60)
 parser.add_argument("--clients", type=int, default=8)
 parser.add_argument("--binary", default=".build/debug/mixpeek-proxy")
 args = parser.parse_args()
 BIN = os.path.abspath(args.binary)
-results = []
 
 
-def check(name, ok, why=""):
-    results.append(ok)
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else ": " + why), flush=True)
+check = Checks()
 
 
-def start(cmd, log):
-    proc = subprocess.Popen([BIN] + cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line or "")
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"{cmd[0]} did not start; see {log}")
+def start(args, log):
+    return proctools.start(BIN, args, log)
 
 
 def fds(pid):
@@ -130,13 +120,6 @@ with tempfile.TemporaryDirectory() as work:
         check("every answered mutation is in the audit log", len(rows) >= answered, f"{answered} answered, {len(rows)} audited")
     finally:
         for proc in (proxy, fake):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc)
 
-passed, failed = results.count(True), results.count(False)
-print(f"soak: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.summary("soak"))

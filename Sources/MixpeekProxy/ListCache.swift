@@ -148,6 +148,11 @@ public final class ListCache: Sendable {
         return .fetched(outcome, coalesced: !leader)
     }
 
+    /// Whole seconds since `entry` was stored, by the cache's clock (the `Age` header).
+    public func age(of entry: CachedList) -> Int {
+        max(0, Int(clock() - entry.storedAt))
+    }
+
     /// Notes a list forwarded without the cache (a query it cannot key).
     public func noteBypass() {
         state.withLockedValue { $0.counters.bypass += 1 }

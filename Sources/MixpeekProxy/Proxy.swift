@@ -112,7 +112,7 @@ public final class Proxy: HTTPResponder {
         if let contentType = entry.contentType { headers.add(name: "content-type", value: contentType) }
         if let etag = entry.etag { headers.add(name: "etag", value: etag) }
         if let lastModified = entry.lastModified { headers.add(name: "last-modified", value: lastModified) }
-        headers.add(name: "age", value: String(max(0, Int(Date().timeIntervalSince1970 - entry.storedAt))))
+        headers.add(name: "age", value: String(cache.age(of: entry)))
         headers.add(name: "x-cache", value: result)
         headers.add(name: "via", value: Headers.via)
         headers.add(name: "x-request-id", value: requestID)
@@ -203,7 +203,11 @@ public final class Proxy: HTTPResponder {
     private func clientResponse(_ response: UpstreamResponse, requestID: String, xCache: String?) -> HTTPResponse {
         var headers = Headers.forClient(response.headers)
         if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
-        if let xCache { headers.replaceOrAdd(name: "x-cache", value: xCache) }
+        if let xCache {
+            // A list answered straight from the upstream is zero seconds old, unless the upstream says otherwise.
+            headers.replaceOrAdd(name: "x-cache", value: xCache)
+            if !headers.contains(name: "age") { headers.add(name: "age", value: "0") }
+        }
         return HTTPResponse(status: response.status, headers: headers, body: response.body)
     }
 

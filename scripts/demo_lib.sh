@@ -1,0 +1,20 @@
+# Sourced by demo_check.sh and readme_check.sh: runs `$BIN demo` in a temporary directory
+# ($work, the current directory afterwards), waits for its tour, and stops it at exit.
+# Sets $pid and $url.
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cd "$work"
+"$BIN" demo --port 0 --data-dir "$work/data" --log-level warning > tour.txt 2> demo.log &
+pid=$!
+for _ in $(seq 100); do grep -q 'audit verify' tour.txt 2>/dev/null && break; sleep 0.1; done
+url="$(grep -o 'proxy on http://127.0.0.1:[0-9]*' tour.txt | head -1 | sed 's/proxy on //')"
+[ -n "$url" ] || { echo "$(basename "$0"): the demo did not start"; cat demo.log; exit 1; }
