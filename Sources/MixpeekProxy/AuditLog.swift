@@ -30,10 +30,12 @@ public final class AuditLog: Sendable {
         configuration.readonly = readOnly
         configuration.busyMode = .timeout(busyTimeout)
         configuration.label = "mixpeek-proxy.audit"
-        configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-        }
         queue = try DatabaseQueue(path: path, configuration: configuration)
+        // After opening: GRDB's WAL set-up sets synchronous = NORMAL, which would leave
+        // commits unsynced. The queue has one connection, so this holds for every append.
+        if !readOnly {
+            try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+        }
         key = hmacKey.map { Data($0.utf8) }
         self.logger = logger
         if !readOnly { try Self.migrator.migrate(queue) }
@@ -169,6 +171,11 @@ public final class AuditLog: Sendable {
             logger.warning("closed mutations left without an outcome as unknown", metadata: ["count": "\(orphans.count)"])
         }
         return orphans.count
+    }
+
+    /// SQLite's `synchronous` setting of the log's connection (2 is FULL).
+    public func synchronousMode() throws -> Int {
+        try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     /// Number of records in the log.

@@ -21,7 +21,7 @@ public final class Proxy: HTTPResponder {
     let upstream: any Upstream
     let cache: ListCache
     /// Nil when the audit file could not be opened: every mutation is then refused (503).
-    let audit: AuditLog?
+    public let audit: AuditLog?
     let settings: Settings
     let logger: Logger
     let metrics: ProxyMetrics

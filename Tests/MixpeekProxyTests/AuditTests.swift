@@ -906,3 +906,15 @@ extension AuditTests {
         }
     }
 }
+
+@Suite("Audit durability")
+struct AuditDurabilityTests {
+    @Test("the audit connection commits with synchronous=FULL, so an intent is on disk before forwarding")
+    func synchronousFull() async throws {
+        try await withTestProxy { proxy in
+            _ = try await proxy.create(name: "durable")
+            let log = try #require(proxy.app.proxy.audit)
+            #expect(try log.synchronousMode() == 2)
+        }
+    }
+}
