@@ -23,6 +23,7 @@
 #   scripts/bench.sh --pinned     servers on core 0 (taskset -c 0), wrk on core 1
 #   scripts/bench.sh --smoke      seconds: 1 round x 1 s, 1k entries (CI; numbers never asserted)
 #   options: --rounds N  --duration SECONDS  --entries N  --keep (keep the temp dir)
+#            --hits-only (only the cache-hit rounds: for quick comparisons while tuning)
 #   environment: BIN=path/to/mixpeek-proxy skips the release build
 #                (default: swift build -c release --scratch-path .build-release)
 #
@@ -41,6 +42,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 MODE=full
 PINNED=0
 KEEP=0
+HITS_ONLY=0
 ROUNDS=""
 DURATION=""
 ENTRIES=""
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --smoke) MODE=smoke ;;
     --pinned) PINNED=1 ;;
     --keep) KEEP=1 ;;
+    --hits-only) HITS_ONLY=1 ;;
     --rounds) ROUNDS="${2:?--rounds needs a number}"; shift ;;
     --duration) DURATION="${2:?--duration needs seconds}"; shift ;;
     --entries) ENTRIES="${2:?--entries needs a number}"; shift ;;
@@ -597,6 +600,7 @@ for key in "${KEYS[@]}"; do
   M_CPU[$key]="$(median ${R_CPU[$key]})"
 done
 
+if [ "$HITS_ONLY" = 0 ]; then
 # ---------------------------------------------------------------------------------------
 # Miss path: the origin answers no-store, so every list call is forwarded.
 
@@ -794,6 +798,7 @@ RSS_HITS_KB="$(rss_kb "${PID[big]}")"
 HWM_KB="$(awk '/^VmHWM:/ {print $2}' "/proc/${PID[big]}/status")"
 stop_proc big
 log "$ENTRIES entries: start to healthy ${START_FULL_MS} ms (empty ${START_EMPTY_MS} ms), RSS $((RSS_HEALTHY_KB / 1024)) MB → $((RSS_HITS_KB / 1024)) MB after $USERS_REQS hits"
+fi # HITS_ONLY
 
 # ---------------------------------------------------------------------------------------
 # Report (Markdown on stdout).
@@ -820,6 +825,7 @@ NG="nginx"
       "$(fmt '%.2f' "$(calc "${M_RPS[$key]} / ${M_RPS[$NG]}")")" "$(fmt '%.2f' "$(calc "${M_CPU[$key]} / ${M_CPU[$NG]}")")" \
       "$(fmt '%.1f' "$(calc "${RSS_AFTER[$key]} / 1024")")"
   done
+  if [ "$HITS_ONLY" = 0 ]; then
   echo
   echo "**Miss path** — origin answers \`Cache-Control: no-store\`, a different user's list per request so every call is forwarded; wrk -t2 -c$MISS_CONNECTIONS, $MISS_ROUNDS interleaved round(s) × ${MISS_DURATION} s, medians."
   echo
@@ -863,6 +869,7 @@ NG="nginx"
   echo "| ≥ 1,000 durably audited mutations/s | $(fmt '%.0f' "${MUT_RPS[create]}")/s creates, $(fmt '%.0f' "${MUT_RPS[update]}")/s PATCH→404; $SYNCS_PER_MUTATION syncs per sequential mutation | $(yes_no "${MUT_RPS[create]} >= 1000 && $durable") |"
   echo "| $ENTRIES entries: RSS ≤ 128 MB | $(fmt '%.1f' "$(calc "$HWM_KB / 1024")") MB peak | $(yes_no "$HWM_KB <= 131072") |"
   echo "| $ENTRIES entries: start → healthy ≤ 300 ms | $(fmt '%.0f' "$START_FULL_MS") ms | $(yes_no "$START_FULL_MS <= 300") |"
+  fi # HITS_ONLY
   if [ "$MODE" = smoke ]; then
     echo
     echo "_Smoke run: 1 short round each; the numbers only show the script works._"

@@ -36,52 +36,55 @@ public enum Route: Equatable, Sendable {
     }
 
     public init(method: HTTPMethod, target: String) {
-        let parts = Self.split(target[...], on: "?", maxSplits: 1)
-        let path = parts[0]
-        let query = parts.count == 2 ? parts[1] : nil
-        var segments = Self.split(path, on: "/")
-        guard segments.count >= 6, segments[0].isEmpty, segments[1] == "v1", segments[2] == "organizations",
-              segments[3] == "users", segments[5] == "api-keys"
-        else {
-            self = .passThrough
-            return
+        var target = target
+        self = target.withUTF8 { Self.parse(method: method, target: $0) }
+    }
+
+    /// The route of a target's bytes. Works on the bytes as the upstream does (a separator is
+    /// a byte, segments compare byte for byte) and makes Strings only of the user and key.
+    private static func parse(method: HTTPMethod, target: UnsafeBufferPointer<UInt8>) -> Route {
+        let questionMark = target.firstIndex(of: UInt8(ascii: "?"))
+        let path = UnsafeBufferPointer(rebasing: target[..<(questionMark ?? target.endIndex)])
+        guard path.starts(with: usersPrefix) else { return .passThrough }
+        // Segment ranges; the first is the empty one before the leading `/`.
+        var segments: [Range<Int>] = []
+        segments.reserveCapacity(9)
+        var start = 0
+        for index in path.indices where path[index] == UInt8(ascii: "/") {
+            segments.append(start..<index)
+            start = index + 1
         }
+        segments.append(start..<path.endIndex)
+        func segment(_ number: Int) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: path[segments[number]]) }
+        guard segments.count >= 6, segment(5).elementsEqual("api-keys".utf8) else { return .passThrough }
         // One trailing slash names the same resource; the target still goes upstream as sent.
         if segments.count > 6, segments.last!.isEmpty { segments.removeLast() }
-        if segments.count > 8 {
-            self = .rejected(.unknownPath)
-            return
-        }
-        if segments.dropFirst().contains(where: \.isEmpty) {
-            self = .rejected(.emptySegment)
-            return
-        }
-        guard let user = Self.decodeSegment(segments[4]) else {
-            self = .rejected(.invalidSegment("user_email"))
-            return
-        }
-        let key: String?
+        if segments.count > 8 { return .rejected(.unknownPath) }
+        if segments.dropFirst().contains(where: { $0.isEmpty }) { return .rejected(.emptySegment) }
+        guard let user = decodeSegment(segment(4)) else { return .rejected(.invalidSegment("user_email")) }
+        var key: String?
         if segments.count >= 7 {
-            guard let decoded = Self.decodeSegment(segments[6]) else {
-                self = .rejected(.invalidSegment("key_name"))
-                return
-            }
+            guard let decoded = decodeSegment(segment(6)) else { return .rejected(.invalidSegment("key_name")) }
             key = decoded
-        } else {
-            key = nil
         }
+        let rotate = segments.count == 8 && segment(7).elementsEqual("rotate".utf8)
         switch (segments.count, key, method) {
-        case (6, _, .GET): self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
-        case (6, _, .POST): self = .create(user: user)
-        case (6, _, _): self = .rejected(.methodNotAllowed(allowed: "GET, POST"))
-        case (7, let key?, .PATCH): self = .update(user: user, key: key)
-        case (7, let key?, .DELETE): self = .delete(user: user, key: key)
-        case (7, _, _): self = .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
-        case (8, let key?, .POST) where segments[7] == "rotate": self = .rotate(user: user, key: key)
-        case (8, _, _) where segments[7] == "rotate": self = .rejected(.methodNotAllowed(allowed: "POST"))
-        default: self = .rejected(.unknownPath)
+        case (6, _, .GET):
+            let query = questionMark.map { Substring(decoding: UnsafeBufferPointer(rebasing: target[($0 + 1)...]), as: UTF8.self) }
+            return .list(user: user, includeRevoked: includeRevoked(in: query))
+        case (6, _, .POST): return .create(user: user)
+        case (6, _, _): return .rejected(.methodNotAllowed(allowed: "GET, POST"))
+        case (7, let key?, .PATCH): return .update(user: user, key: key)
+        case (7, let key?, .DELETE): return .delete(user: user, key: key)
+        case (7, _, _): return .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
+        case (8, let key?, .POST) where rotate: return .rotate(user: user, key: key)
+        case (8, _, _) where rotate: return .rejected(.methodNotAllowed(allowed: "POST"))
+        default: return .rejected(.unknownPath)
         }
     }
+
+    /// Every API-keys path starts so; segments are compared as bytes, as the upstream does.
+    private static let usersPrefix = "/v1/organizations/users/".utf8
 
     /// Longest decoded user_email or key_name accepted.
     public static let maxSegmentBytes = 512
@@ -89,7 +92,16 @@ public enum Route: Equatable, Sendable {
     /// Percent-decodes one path segment; nil for a bad escape, bytes that are not UTF-8,
     /// control characters, or a value longer than `maxSegmentBytes`.
     static func decodeSegment(_ segment: Substring) -> String? {
-        guard let decoded = percentDecode(segment, plusIsSpace: false),
+        var segment = segment
+        return segment.withUTF8 { decodeSegment($0) }
+    }
+
+    static func decodeSegment(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        // Printable ASCII without `%` decodes to itself and holds no control character.
+        if (1...maxSegmentBytes).contains(bytes.count), bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "%") }) {
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        guard let decoded = percentDecode(bytes, plusIsSpace: false),
               (1...maxSegmentBytes).contains(decoded.utf8.count),
               !decoded.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
         else { return nil }
@@ -117,14 +129,31 @@ public enum Route: Equatable, Sendable {
     /// `&` or `=` followed by a combining mark is one grapheme and would separate nothing, so
     /// the proxy would see another route than the upstream (an unaudited mutation).
     static func split(_ text: Substring, on separator: Unicode.Scalar, maxSplits: Int = .max) -> [Substring] {
-        text.utf8.split(separator: UInt8(ascii: separator), maxSplits: maxSplits, omittingEmptySubsequences: false)
-            .map { Substring($0) }
+        let byte = UInt8(ascii: separator)
+        var parts: [Substring] = []
+        parts.reserveCapacity(8)
+        var start = text.utf8.startIndex
+        var index = start
+        while index < text.utf8.endIndex, parts.count < maxSplits {
+            if text.utf8[index] == byte {
+                parts.append(text[start..<index])
+                start = text.utf8.index(after: index)
+            }
+            index = text.utf8.index(after: index)
+        }
+        parts.append(text[start...])
+        return parts
     }
 
     static func percentDecode(_ text: Substring, plusIsSpace: Bool) -> String? {
+        var text = text
+        return text.withUTF8 { percentDecode($0, plusIsSpace: plusIsSpace) }
+    }
+
+    static func percentDecode(_ text: UnsafeBufferPointer<UInt8>, plusIsSpace: Bool) -> String? {
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(text.utf8.count)
-        var iterator = text.utf8.makeIterator()
+        bytes.reserveCapacity(text.count)
+        var iterator = text.makeIterator()
         while let byte = iterator.next() {
             switch byte {
             case UInt8(ascii: "%"):

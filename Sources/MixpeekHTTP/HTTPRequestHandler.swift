@@ -23,8 +23,13 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let responder: any HTTPResponder
     private let limits: ServerLimits
     private var state = State.idle
+    /// One timer per connection, re-armed only when it fires early: a keep-alive connection
+    /// does not schedule and cancel a task for every request.
     private var readTimer: Scheduled<Void>?
+    /// When the request being read (or awaited) must be complete.
+    private var readDeadline = NIODeadline.distantFuture
     private var remoteAddress: SocketAddress?
+    private var localAddress: SocketAddress?
 
     init(responder: any HTTPResponder, limits: ServerLimits) {
         self.responder = responder
@@ -32,14 +37,18 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        remoteAddress = context.channel.remoteAddress
-        if context.channel.isActive { armReadTimer(context: context) }
+        if context.channel.isActive { connectionStarted(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        remoteAddress = context.channel.remoteAddress
-        armReadTimer(context: context)
+        connectionStarted(context: context)
         context.fireChannelActive()
+    }
+
+    private func connectionStarted(context: ChannelHandlerContext) {
+        remoteAddress = context.channel.remoteAddress
+        localAddress = context.channel.localAddress
+        armReadTimer(context: context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -69,12 +78,11 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             state = .readingBody(head, body)
         case (.end, .readingBody(let head, let body)):
-            readTimer?.cancel()
-            readTimer = nil
+            readDeadline = .distantFuture
             state = .responding
             let request = HTTPRequest(
                 method: head.method, target: head.uri, version: head.version,
-                headers: head.headers, body: body, remoteAddress: remoteAddress, localAddress: context.channel.localAddress)
+                headers: head.headers, body: body, remoteAddress: remoteAddress, localAddress: localAddress)
             let keepAlive = head.isKeepAlive
             switch responder.respond(to: request, on: context.eventLoop) {
             case .now(let response):
@@ -191,14 +199,26 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Starts the clock on reading the next request. The connection's one timer is scheduled
+    /// only if none is pending; one that fires before the deadline schedules itself again.
     private func armReadTimer(context: ChannelHandlerContext) {
-        readTimer?.cancel()
-        readTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.requestReadTimeout) {
+        readDeadline = .now() + limits.requestReadTimeout
+        if readTimer == nil { scheduleReadTimer(context: context) }
+    }
+
+    private func scheduleReadTimer(context: ChannelHandlerContext) {
+        readTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: readDeadline) {
+            self.readTimer = nil
             switch self.state {
             case .idle, .readingBody:
-                self.state = .closing
-                context.close(promise: nil)
+                if NIODeadline.now() >= self.readDeadline {
+                    self.state = .closing
+                    context.close(promise: nil)
+                } else {
+                    self.scheduleReadTimer(context: context)
+                }
             case .responding, .closing:
+                // Re-armed with a fresh deadline once the response is written.
                 break
             }
         }

@@ -227,8 +227,13 @@ public final class Proxy: HTTPResponder {
         if request.method == .CONNECT {
             return .notAnOpenProxy("CONNECT is refused")
         }
+        // The usual case, origin form: checked byte-wise, nothing copied.
+        if request.target.utf8.first == UInt8(ascii: "/") {
+            return request.target.utf8.allSatisfy(Self.isURIByte)
+                ? nil : .malformed("request target must be origin-form and contain only URI characters")
+        }
         var target = request.target
-        if let scheme = target.range(of: "://"), !target.hasPrefix("/") {
+        if let scheme = target.range(of: "://") {
             let afterScheme = target[scheme.upperBound...]
             let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
             guard isOwnAuthority(authority.lowercased(), local: request.localAddress) else {
@@ -251,22 +256,23 @@ public final class Proxy: HTTPResponder {
         return names.contains { authority == "\($0):\(port)" || (port == 80 && authority == $0) }
     }
 
-    private static func isURIByte(_ byte: UInt8) -> Bool {
+    /// Letters, digits and `-._~:/?#[]@!$&'()*+,;=%`, as two 64-bit masks over ASCII
+    /// (`URIBytesTests` checks them against that list).
+    static func isURIByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            true
-        default:
-            "-._~:/?#[]@!$&'()*+,;=%".utf8.contains(byte)
+        case 0..<64: (0xAFFF_FFFA_0000_0000 as UInt64) >> byte & 1 == 1
+        case 64..<128: (0x47FF_FFFE_AFFF_FFFF as UInt64) >> (byte - 64) & 1 == 1
+        default: false
         }
     }
 
-    /// The client's `X-Request-Id` when it is a sane token, else a new UUID.
+    /// The client's `X-Request-Id` when it is a sane token, else a new UUID-shaped ID.
     static func requestID(_ headers: HTTPHeaders) -> String {
         if let given = headers.first(name: "x-request-id"), (1...128).contains(given.utf8.count),
            given.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) {
             return given
         }
-        return UUID().uuidString.lowercased()
+        return RequestID.next()
     }
 
     static func milliseconds(since start: NIODeadline) -> Double {

@@ -16,6 +16,7 @@ public final class ProxyMetrics: Sendable {
     private let auditFailures: CoreMetrics.Counter
     private let auditLatency: CoreMetrics.Timer
     private let requestLatency: CoreMetrics.Timer
+    private let listHits: CoreMetrics.Counter
 
     public init() {
         registry = PrometheusCollectorRegistry()
@@ -33,10 +34,17 @@ public final class ProxyMetrics: Sendable {
         auditFailures = CoreMetrics.Counter(label: "mixpeek_proxy_audit_failures_total", factory: factory)
         auditLatency = CoreMetrics.Timer(label: "mixpeek_proxy_audit_append_duration_seconds", factory: factory)
         requestLatency = CoreMetrics.Timer(label: "mixpeek_proxy_request_duration_seconds", factory: factory)
+        listHits = CoreMetrics.Counter(
+            label: "mixpeek_proxy_requests_total", dimensions: [("route", "list"), ("status", "200"), ("cache", "HIT")], factory: factory)
     }
 
     /// One finished request: `mixpeek_proxy_requests_total{route,status,cache}`.
     func request(route: String, status: Int, cache: String?, seconds: Double) {
+        // Cache hits, the hot path, skip the label lookup and the latency histogram.
+        if status == 200, cache == "HIT", route == "list" {
+            listHits.increment()
+            return
+        }
         let labelKey = "\(route)|\(status)|\(cache ?? "")"
         let counter = requests.withLockedValue { counters in
             if let counter = counters[labelKey] { return counter }
