@@ -16,9 +16,7 @@ enum Headers {
     static func endToEnd(_ headers: HTTPHeaders) -> HTTPHeaders {
         var named = Set<String>()
         for value in headers["connection"] {
-            for token in value.split(separator: ",") {
-                named.insert(token.trimmingCharacters(in: .whitespaces).lowercased())
-            }
+            for token in listTokens(value) { named.insert(token) }
         }
         var kept = HTTPHeaders()
         kept.reserveCapacity(headers.count)
@@ -31,6 +29,18 @@ enum Headers {
             kept.add(name: name, value: value)
         }
         return kept
+    }
+
+    /// The members of a comma-separated header list, trimmed of spaces and tabs and lowercased
+    /// (ASCII only: field names and directives are tokens), empty members dropped.
+    static func listTokens(_ value: String) -> [String] {
+        value.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: true).compactMap { member in
+            let isBlank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+            guard let first = member.firstIndex(where: { !isBlank($0) }), let last = member.lastIndex(where: { !isBlank($0) }) else {
+                return nil
+            }
+            return String(decoding: member[first...last].map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self)
+        }
     }
 
     /// Headers for the upstream request: end-to-end fields plus our `Via`.
@@ -52,9 +62,8 @@ extension HTTPHeaders {
     /// True when `Cache-Control` carries `directive` (case-insensitive, arguments ignored).
     func cacheControl(contains directive: String) -> Bool {
         self["cache-control"].contains { value in
-            value.split(separator: ",").contains { part in
-                let token = part.split(separator: "=", maxSplits: 1).first ?? part[...]
-                return token.trimmingCharacters(in: .whitespaces).lowercased() == directive
+            Headers.listTokens(value).contains { token in
+                (token.split(separator: "=", maxSplits: 1).first ?? token[...]) == directive
             }
         }
     }
@@ -62,7 +71,7 @@ extension HTTPHeaders {
     /// True when the client asks for a fresh answer: `no-cache` or `max-age=0`.
     var demandsRefresh: Bool {
         cacheControl(contains: "no-cache") || self["cache-control"].contains { value in
-            value.lowercased().split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == "max-age=0" }
+            Headers.listTokens(value).contains { $0 == "max-age=0" }
         } || self["pragma"].contains { $0.lowercased().contains("no-cache") }
     }
 }

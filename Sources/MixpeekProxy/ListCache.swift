@@ -44,7 +44,31 @@ public final class ListCache: Sendable {
     private struct Flight {
         let id: UInt64
         let generation: UInt64
-        let task: Task<FetchOutcome, Never>
+        let result: FlightResult
+    }
+
+    /// The outcome of one upstream fetch, handed to the request that started it and to every
+    /// request that joined it.
+    private final class FlightResult: Sendable {
+        private let state = NIOLockedValueBox<(outcome: FetchOutcome?, waiters: [@Sendable (FetchOutcome) -> Void])>((nil, []))
+
+        func resolve(_ outcome: FetchOutcome) {
+            let waiters = state.withLockedValue { state in
+                state.outcome = outcome
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter(outcome) }
+        }
+
+        /// Calls `waiter` with the outcome: now if it is known, else when it is.
+        func observe(_ waiter: @escaping @Sendable (FetchOutcome) -> Void) {
+            let known = state.withLockedValue { state -> FetchOutcome? in
+                if state.outcome == nil { state.waiters.append(waiter) }
+                return state.outcome
+            }
+            if let known { waiter(known) }
+        }
     }
 
     private struct State {
@@ -57,6 +81,7 @@ public final class ListCache: Sendable {
         var nextFlight: UInt64 = 0
         var counters = CacheCounters()
         var fingerprints: [String: String] = [:]
+        var onDisk = CacheIndex()
     }
 
     private static func generation(of user: String, in state: State) -> UInt64 {
@@ -78,6 +103,15 @@ public final class ListCache: Sendable {
         self.logger = logger
         self.clock = clock
         self.baseCounters = (try? store?.loadCounters()) ?? CacheCounters()
+        store?.loadKeyHashes { [state, logger] result in
+            switch result {
+            case .success(let hashes):
+                state.withLockedValue { $0.onDisk.loaded(hashes) }
+            case .failure(let error):
+                // Every miss then asks the file, as before the index existed.
+                logger.warning("could not index the cache file", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     // MARK: Keys
@@ -86,66 +120,110 @@ public final class ListCache: Sendable {
     /// memoised so hits do not hash. Requests without one share the empty credential (their
     /// lists are refused upstream and so never stored).
     public func key(authorization: String?, user: String, includeRevoked: Bool) -> CacheKey {
+        state.withLockedValue { Self.key(authorization: authorization, user: user, includeRevoked: includeRevoked, in: &$0) }
+    }
+
+    private static func key(authorization: String?, user: String, includeRevoked: Bool, in state: inout State) -> CacheKey {
         let authorization = authorization ?? ""
-        let credential = state.withLockedValue { state -> String in
-            if let known = state.fingerprints[authorization] { return known }
-            let digest = SHA256.hash(data: Data(authorization.utf8)).map { String(format: "%02x", $0) }.joined()
+        let credential: String
+        if let known = state.fingerprints[authorization] {
+            credential = known
+        } else {
+            credential = hex(SHA256.hash(data: Data(authorization.utf8)))
             if state.fingerprints.count >= 10_000 { state.fingerprints.removeAll(keepingCapacity: true) }
-            state.fingerprints[authorization] = digest
-            return digest
+            state.fingerprints[authorization] = credential
         }
         return CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
     }
 
+    private static func hex(_ digest: SHA256.Digest) -> String {
+        String(unsafeUninitializedCapacity: SHA256.byteCount * 2) { buffer in
+            var index = 0
+            for byte in digest {
+                for nibble in [byte >> 4, byte & 0xF] {
+                    buffer[index] = nibble < 10 ? nibble + 0x30 : nibble + 0x57
+                    index += 1
+                }
+            }
+            return index
+        }
+    }
+
     // MARK: Reads
 
-    /// A fresh entry from memory, or nil. Never waits: cache hits are answered with it on the
-    /// event loop.
-    public func freshHit(_ key: CacheKey) -> CachedList? {
+    /// The key of a list request and its fresh entry in memory, if any, under one lock. Never
+    /// waits: cache hits are answered with it on the event loop.
+    public func lookup(authorization: String?, user: String, includeRevoked: Bool, refresh: Bool) -> (CacheKey, CachedList?) {
         let now = clock()
         return state.withLockedValue { state in
-            guard let entry = state.memory[key], now - entry.storedAt < settings.ttl else { return nil }
+            let key = Self.key(authorization: authorization, user: user, includeRevoked: includeRevoked, in: &state)
+            guard !refresh, let entry = state.memory[key], now - entry.storedAt < settings.ttl else { return (key, nil) }
             state.counters.hits += 1
-            return entry
+            return (key, entry)
         }
     }
 
     /// Answers a list request: a fresh entry (memory, then SQLite), or one upstream fetch shared
     /// by every request for the same key and generation, or a stale entry when that fails.
     /// `refresh` (the client sent `no-cache`) skips the lookup and starts a fetch of its own.
-    public func answer(_ key: CacheKey, refresh: Bool, fetch: @escaping @Sendable () async -> FetchOutcome) async -> Answer {
-        if !refresh, let entry = await storedEntry(key), clock() - entry.storedAt < settings.ttl {
-            state.withLockedValue { $0.counters.hits += 1 }
-            return .hit(entry)
-        }
-        let (flight, leader) = state.withLockedValue { state -> (Flight, Bool) in
-            let generation = Self.generation(of: key.user, in: state)
-            if !refresh, let flight = state.flights[key], flight.generation == generation {
-                state.counters.coalesced += 1
-                return (flight, false)
+    /// `fetch` is called at most once, by the request that leads the fetch.
+    public func answer(_ key: CacheKey, refresh: Bool, on eventLoop: any EventLoop,
+                       fetch: @escaping @Sendable () -> EventLoopFuture<FetchOutcome>) -> EventLoopFuture<Answer> {
+        let promise = eventLoop.makePromise(of: Answer.self)
+        @Sendable func finish(_ outcome: FetchOutcome, leader: Bool) {
+            if case .response(let response) = outcome, response.status.code < 500 {
+                return promise.succeed(.fetched(outcome, coalesced: !leader))
             }
-            state.nextFlight += 1
-            let id = state.nextFlight
-            state.counters.misses += 1
-            state.counters.upstreamListCalls += 1
-            let task = Task {
-                let outcome = await fetch()
-                self.complete(key, flight: id, generation: generation, outcome: outcome)
-                return outcome
+            storedEntry(key) { entry in
+                if let entry, self.clock() - entry.storedAt < self.settings.ttl + self.settings.staleIfError {
+                    self.state.withLockedValue { $0.counters.stale += 1 }
+                    promise.succeed(.stale(entry))
+                } else {
+                    promise.succeed(.fetched(outcome, coalesced: !leader))
+                }
             }
-            let flight = Flight(id: id, generation: generation, task: task)
-            state.flights[key] = flight
-            return (flight, true)
         }
-        let outcome = await flight.task.value
-        if case .response(let response) = outcome, response.status.code < 500 {
-            return .fetched(outcome, coalesced: !leader)
+        @Sendable func fetchOrJoin() {
+            let (flight, leader) = state.withLockedValue { state -> (Flight, Bool) in
+                let generation = Self.generation(of: key.user, in: state)
+                if !refresh, let flight = state.flights[key], flight.generation == generation {
+                    state.counters.coalesced += 1
+                    return (flight, false)
+                }
+                state.nextFlight += 1
+                state.counters.misses += 1
+                state.counters.upstreamListCalls += 1
+                let flight = Flight(id: state.nextFlight, generation: generation, result: FlightResult())
+                state.flights[key] = flight
+                return (flight, true)
+            }
+            guard leader else {
+                return flight.result.observe { finish($0, leader: false) }
+            }
+            fetch().whenComplete { result in
+                let outcome: FetchOutcome
+                switch result {
+                case .success(let fetched): outcome = fetched
+                case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
+                }
+                self.complete(key, flight: flight.id, generation: flight.generation, outcome: outcome)
+                flight.result.resolve(outcome)
+                finish(outcome, leader: true)
+            }
         }
-        if let entry = await storedEntry(key), clock() - entry.storedAt < settings.ttl + settings.staleIfError {
-            state.withLockedValue { $0.counters.stale += 1 }
-            return .stale(entry)
+        if refresh {
+            fetchOrJoin()
+        } else {
+            storedEntry(key) { entry in
+                if let entry, self.clock() - entry.storedAt < self.settings.ttl {
+                    self.state.withLockedValue { $0.counters.hits += 1 }
+                    promise.succeed(.hit(entry))
+                } else {
+                    fetchOrJoin()
+                }
+            }
         }
-        return .fetched(outcome, coalesced: !leader)
+        return promise.futureResult
     }
 
     /// Whole seconds since `entry` was stored, by the cache's clock (the `Age` header).
@@ -158,21 +236,29 @@ public final class ListCache: Sendable {
         state.withLockedValue { $0.counters.bypass += 1 }
     }
 
-    private func storedEntry(_ key: CacheKey) async -> CachedList? {
-        let (memory, generation) = state.withLockedValue { ($0.memory[key], Self.generation(of: key.user, in: $0)) }
-        if let memory { return memory }
-        guard let store else { return nil }
-        do {
-            guard let entry = try await store.load(key) else { return nil }
-            // Keep it in memory only if no invalidation came while it was read.
-            return state.withLockedValue { state in
-                guard Self.generation(of: key.user, in: state) == generation else { return nil }
-                remember(entry, for: key, in: &state)
-                return entry
+    /// The entry for `key` in memory, else in the file (read only when the index says it may
+    /// be there), else nil; `completion` runs at once unless the file is read.
+    private func storedEntry(_ key: CacheKey, completion: @escaping @Sendable (CachedList?) -> Void) {
+        let (memory, generation, mayBeOnDisk) = state.withLockedValue {
+            ($0.memory[key], Self.generation(of: key.user, in: $0), $0.onDisk.mayContain(key))
+        }
+        if let memory { return completion(memory) }
+        guard let store, mayBeOnDisk else { return completion(nil) }
+        Task {
+            do {
+                let entry = try await store.load(key)
+                // Keep it in memory only if no invalidation came while it was read.
+                completion(entry.flatMap { entry in
+                    self.state.withLockedValue { state in
+                        guard Self.generation(of: key.user, in: state) == generation else { return nil }
+                        self.remember(entry, for: key, in: &state)
+                        return entry
+                    }
+                })
+            } catch {
+                self.logger.warning("could not read the cache file; answering from the upstream", metadata: ["error": "\(error)"])
+                completion(nil)
             }
-        } catch {
-            logger.warning("could not read the cache file; answering from the upstream", metadata: ["error": "\(error)"])
-            return nil
         }
     }
 
@@ -192,7 +278,10 @@ public final class ListCache: Sendable {
                 body: response.body, storedAt: clock())
             remember(entry, for: key, in: &state)
             // Submitted under the lock, so it is ordered before any later invalidation's delete.
-            store?.save(entry, for: key, logger: logger)
+            if let store {
+                state.onDisk.noteStored(key)
+                store.save(entry, for: key, logger: logger)
+            }
         }
     }
 
@@ -233,6 +322,7 @@ public final class ListCache: Sendable {
                     state.epoch += 1
                     state.memory.removeAll()
                     state.memoryBytes = 0
+                    state.onDisk.purged()
                 }
                 guard let store else { return continuation.resume(returning: .success(())) }
                 // Queued under the lock: every read or store submitted after this sees it.

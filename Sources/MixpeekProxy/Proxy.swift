@@ -55,14 +55,14 @@ public final class Proxy: HTTPResponder {
             let why = settings.passThrough ? "mixpeek-proxy forwards only /v1/... paths" : "pass-through is off: mixpeek-proxy forwards only the API-keys calls"
             return finish(.now(ProxyError.notFound(why).response(requestID: requestID)), request, route: "pass-through", cache: nil, started: started)
         case .list(let user, let includeRevoked?):
-            let key = cache.key(authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked)
             let refresh = request.headers.demandsRefresh
-            if !refresh, let entry = cache.freshHit(key) {
+            let (key, entry) = cache.lookup(
+                authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
+            if let entry {
                 return finish(.now(cachedResponse(entry, result: "HIT", requestID: requestID)), request, route: "list", cache: "HIT", started: started)
             }
-            return later(on: eventLoop, request, route: "list", started: started) {
-                await self.list(request, key: key, refresh: refresh, requestID: requestID)
-            }
+            return later(request, route: "list", started: started,
+                         list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
         case .list:
             cache.noteBypass()
             return later(on: eventLoop, request, route: "list", started: started) {
@@ -86,14 +86,18 @@ public final class Proxy: HTTPResponder {
 
     // MARK: Lists
 
-    private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String) async -> (HTTPResponse, String?) {
-        let answer = await cache.answer(key, refresh: refresh) {
-            do {
-                return .response(try await self.upstream.send(self.upstreamRequest(request, requestID: requestID)))
-            } catch {
-                return .failure(error as? UpstreamError ?? .unreachable("\(error)"))
-            }
-        }
+    /// A list the cache could not answer on the spot: on the event loop throughout, unless the
+    /// cache file must be read.
+    private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String,
+                      on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
+        cache.answer(key, refresh: refresh, on: eventLoop) {
+            self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop)
+                .map { ListCache.FetchOutcome.response($0) }
+                .recover { .failure($0 as? UpstreamError ?? .unreachable("\($0)")) }
+        }.map { answer in self.listResponse(answer, requestID: requestID) }
+    }
+
+    private func listResponse(_ answer: ListCache.Answer, requestID: String) -> (HTTPResponse, String?) {
         switch answer {
         case .hit(let entry):
             return (cachedResponse(entry, result: "HIT", requestID: requestID), "HIT")
@@ -285,7 +289,12 @@ public final class Proxy: HTTPResponder {
                        _ work: @escaping @Sendable () async -> (HTTPResponse, String?)) -> HTTPReply {
         let promise = eventLoop.makePromise(of: (HTTPResponse, String?).self)
         promise.completeWithTask(work)
-        return .later(promise.futureResult.map { response, cacheResult in
+        return later(request, route: route, started: started, promise.futureResult)
+    }
+
+    private func later(_ request: HTTPRequest, route: String, started: NIODeadline,
+                       _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
+        .later(answer.map { response, cacheResult in
             self.observe(request, route: route, response: response, cache: cacheResult, started: started)
             return response
         })
