@@ -21,8 +21,33 @@ public final class FakeMixpeek: Sendable {
 
     struct Organization {
         let internalID: String
-        /// Keys by user, in creation order.
-        var users: [String: [APIKeyRecord]] = [:]
+        var users: [String: UserKeys] = [:]
+    }
+
+    /// One user's keys in creation order, and where each active (not revoked) key is by name,
+    /// so a create or an update finds a name in constant time however many keys there are.
+    struct UserKeys {
+        private(set) var records: [APIKeyRecord] = []
+        private var active: [String: Int] = [:]
+
+        init(_ first: APIKeyRecord) { append(first) }
+
+        func activeIndex(named name: String) -> Int? { active[name] }
+
+        mutating func append(_ record: APIKeyRecord) {
+            records.append(record)
+            if record.status != "revoked" { active[record.name] = records.count - 1 }
+        }
+
+        subscript(index: Int) -> APIKeyRecord {
+            get { records[index] }
+            set {
+                let old = records[index]
+                if old.status != "revoked", active[old.name] == index { active[old.name] = nil }
+                records[index] = newValue
+                if newValue.status != "revoked" { active[newValue.name] = index }
+            }
+        }
     }
 
     /// Answers one request, with the state as it is now.
@@ -40,73 +65,82 @@ public final class FakeMixpeek: Sendable {
         }
         let body = request.body.flatMap { try? JSONSerialization.jsonObject(with: Data(buffer: $0)) }
         return organizations.withLockedValue { orgs in
-            var org = orgs[token] ?? Organization(internalID: "org_" + Self.shortHash(token))
-            defer { orgs[token] = org }
-            let now = Self.timestamp()
-            switch route {
-            case .list(let user, let includeRevoked):
-                guard let includeRevoked else {
-                    return Self.error(.unprocessableEntity, "include_revoked must be a boolean", type: "validation_error")
+            if orgs[token] == nil { orgs[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
+            // In place: a copy of the organisation would copy every key list on each mutation.
+            return Self.apply(route, body: body, to: &orgs[token]!)
+        }
+    }
+
+    private static func apply(_ route: Route, body: Any?, to org: inout Organization) -> HTTPResponse {
+        let now = timestamp()
+        switch route {
+        case .list(let user, let includeRevoked):
+            guard let includeRevoked else {
+                return error(.unprocessableEntity, "include_revoked must be a boolean", type: "validation_error")
+            }
+            let keys = org.withKeys(of: user) { $0.records.filter { includeRevoked || $0.status != "revoked" } }
+            return json(ListBody(keys: keys, total: keys.count))
+        case .create(let user):
+            guard let fields = body as? [String: Any], let name = fields["name"] as? String, (1...100).contains(name.count),
+                  let key = validated(fields, into: nil) else {
+                return error(.unprocessableEntity, "body must be a JSON object with a 'name' of 1 to 100 characters", type: "validation_error")
+            }
+            let secret = newSecret()
+            var record = newRecord(name: name, user: user, org: org, secret: secret, now: now)
+            record.description = key.description
+            record.permissions = key.permissions
+            record.rate_limit_override = key.rate_limit_override
+            record.expires_at = key.expires_at
+            record.allowed_origins = key.allowed_origins
+            return org.withKeys(of: user) { keys in
+                if keys.activeIndex(named: name) != nil {
+                    return error(.badRequest, "an active key named '\(name)' already exists", type: "bad_request", code: "key_name_taken")
                 }
-                let keys = org.keys(of: user).filter { includeRevoked || $0.status != "revoked" }
-                return Self.json(ListBody(keys: keys, total: keys.count))
-            case .create(let user):
-                guard let fields = body as? [String: Any], let name = fields["name"] as? String, (1...100).contains(name.count),
-                      let key = Self.validated(fields, into: nil) else {
-                    return Self.error(.unprocessableEntity, "body must be a JSON object with a 'name' of 1 to 100 characters", type: "validation_error")
-                }
-                if org.keys(of: user).contains(where: { $0.name == name && $0.status != "revoked" }) {
-                    return Self.error(.badRequest, "an active key named '\(name)' already exists", type: "bad_request", code: "key_name_taken")
-                }
-                let secret = Self.newSecret()
-                var record = Self.newRecord(name: name, user: user, org: org, secret: secret, now: now)
-                record.description = key.description
-                record.permissions = key.permissions
-                record.rate_limit_override = key.rate_limit_override
-                record.expires_at = key.expires_at
-                record.allowed_origins = key.allowed_origins
-                org.users[user, default: []].append(record)
+                keys.append(record)
                 record.key = secret
-                return Self.json(record)
-            case .update(let user, let name), .rotate(let user, let name), .delete(let user, let name):
-                if name == "admin-key" {
-                    return Self.error(.forbidden, "The 'admin-key' is protected and cannot be modified.", type: "forbidden")
+                return json(record)
+            }
+        case .update(let user, let name), .rotate(let user, let name), .delete(let user, let name):
+            if name == "admin-key" {
+                return error(.forbidden, "The 'admin-key' is protected and cannot be modified.", type: "forbidden")
+            }
+            return org.withKeys(of: user) { keys in
+                guard let index = keys.activeIndex(named: name) else {
+                    return error(.notFound, "API key '\(name)' not found for \(user)", type: "not_found")
                 }
-                var keys = org.keys(of: user)
-                guard let index = keys.lastIndex(where: { $0.name == name && $0.status != "revoked" }) else {
-                    return Self.error(.notFound, "API key '\(name)' not found for \(user)", type: "not_found")
-                }
-                defer { org.users[user] = keys }
                 switch route {
                 case .update:
-                    guard let fields = body as? [String: Any], let updated = Self.validated(fields, into: keys[index]) else {
-                        return Self.error(.unprocessableEntity, "body must be a JSON object of APIKeyUpdateRequest fields", type: "validation_error")
+                    guard let fields = body as? [String: Any], var updated = validated(fields, into: keys[index]) else {
+                        return error(.unprocessableEntity, "body must be a JSON object of APIKeyUpdateRequest fields", type: "validation_error")
                     }
-                    if updated.name != name, keys.contains(where: { $0.name == updated.name && $0.status != "revoked" }) {
-                        return Self.error(.badRequest, "an active key named '\(updated.name)' already exists", type: "bad_request", code: "key_name_taken")
+                    if updated.name != name, keys.activeIndex(named: updated.name) != nil {
+                        return error(.badRequest, "an active key named '\(updated.name)' already exists", type: "bad_request", code: "key_name_taken")
+                    }
+                    if updated.status == "revoked" && updated.revoked_at == nil {
+                        updated.revoked_at = now
+                        updated.revoked_by = updated.user_id
                     }
                     keys[index] = updated
-                    if updated.status == "revoked" && keys[index].revoked_at == nil {
-                        keys[index].revoked_at = now
-                        keys[index].revoked_by = keys[index].user_id
-                    }
-                    return Self.json(keys[index])
+                    return json(updated)
                 case .rotate:
-                    let secret = Self.newSecret()
-                    keys[index].key_hash = Self.sha256Hex(secret)
-                    keys[index].key_prefix = String(secret.prefix(10))
-                    var response = keys[index]
-                    response.key = secret
-                    return Self.json(response)
+                    let secret = newSecret()
+                    var rotated = keys[index]
+                    rotated.key_hash = sha256Hex(secret)
+                    rotated.key_prefix = String(secret.prefix(10))
+                    keys[index] = rotated
+                    rotated.key = secret
+                    return json(rotated)
                 default:
-                    keys[index].status = "revoked"
-                    keys[index].revoked_at = now
-                    keys[index].revoked_by = keys[index].user_id
-                    return Self.json(SuccessBody(message: "API key '\(name)' revoked"))
+                    var revoked = keys[index]
+                    revoked.status = "revoked"
+                    revoked.revoked_at = now
+                    revoked.revoked_by = revoked.user_id
+                    keys[index] = revoked
+                    return json(SuccessBody(message: "API key '\(name)' revoked"))
                 }
-            case .passThrough, .rejected:
-                return Self.error(.notFound, "Not Found", type: "not_found")
             }
+        case .passThrough, .rejected:
+            return error(.notFound, "Not Found", type: "not_found")
         }
     }
 
@@ -160,19 +194,43 @@ public final class FakeMixpeek: Sendable {
         return String(parts[1])
     }
 
+    /// `sk_` and 40 random letters and digits.
     static func newSecret() -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-        return "sk_" + String((0..<40).map { _ in alphabet.randomElement()! })
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
+        var generator = SystemRandomNumberGenerator()
+        var letters: [UInt8] = Array("sk_".utf8)
+        while letters.count < 43 {
+            // Each 64-bit draw gives ten letters (6 bits each, the 2 of 64 that would not map are skipped).
+            var bits = generator.next() as UInt64
+            for _ in 0..<10 where letters.count < 43 {
+                let index = Int(bits & 0x3F)
+                bits >>= 6
+                if index < alphabet.count { letters.append(alphabet[index]) }
+            }
+        }
+        return String(decoding: letters, as: UTF8.self)
     }
 
     static func sha256Hex(_ text: String) -> String {
-        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+        hex(Array(SHA256.hash(data: Data(text.utf8))))
     }
 
     static func shortHash(_ text: String) -> String { String(sha256Hex(text).prefix(12)) }
 
     static func randomHex(_ bytes: Int) -> String {
-        (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        var generator = SystemRandomNumberGenerator()
+        return hex((0..<bytes).map { _ in generator.next() as UInt8 })
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        text.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 
     static func timestamp() -> String {
@@ -192,17 +250,19 @@ public final class FakeMixpeek: Sendable {
 }
 
 extension FakeMixpeek.Organization {
-    /// A user's keys, starting with the protected `admin-key` every user has.
-    mutating func keys(of user: String) -> [APIKeyRecord] {
-        if let keys = users[user] { return keys }
-        let secret = FakeMixpeek.newSecret()
-        let admin = APIKeyRecord(
-            key_id: "key_" + FakeMixpeek.randomHex(8), key_hash: FakeMixpeek.sha256Hex(secret),
-            key_prefix: String(secret.prefix(10)), internal_id: internalID, organization_id: internalID,
-            user_id: "usr_" + FakeMixpeek.shortHash(user), name: "admin-key", description: "Protected organisation key",
-            permissions: ["read", "write", "delete", "admin"], created_at: FakeMixpeek.timestamp(),
-            created_by: "usr_" + FakeMixpeek.shortHash(user))
-        users[user] = [admin]
-        return [admin]
+    /// Runs `body` on a user's keys in place, starting with the protected `admin-key` every
+    /// user has.
+    mutating func withKeys<T>(of user: String, _ body: (inout FakeMixpeek.UserKeys) -> T) -> T {
+        if users[user] == nil {
+            let secret = FakeMixpeek.newSecret()
+            let admin = APIKeyRecord(
+                key_id: "key_" + FakeMixpeek.randomHex(8), key_hash: FakeMixpeek.sha256Hex(secret),
+                key_prefix: String(secret.prefix(10)), internal_id: internalID, organization_id: internalID,
+                user_id: "usr_" + FakeMixpeek.shortHash(user), name: "admin-key", description: "Protected organisation key",
+                permissions: ["read", "write", "delete", "admin"], created_at: FakeMixpeek.timestamp(),
+                created_by: "usr_" + FakeMixpeek.shortHash(user))
+            users[user] = FakeMixpeek.UserKeys(admin)
+        }
+        return body(&users[user]!)
     }
 }
