@@ -4,8 +4,8 @@ import NIOExtras
 import NIOHTTP1
 import NIOPosix
 
-/// An HTTP/1.1 server on a real socket: NIO's decoder, pipelining assistance and our
-/// `HTTPRequestHandler` in front of one `HTTPResponder`.
+/// An HTTP/1.1 server on a real socket: NIO's request decoder and our `HTTPRequestHandler`
+/// in front of one `HTTPResponder`.
 public final class HTTPServer: Sendable {
     public let host: String
     private let group: any EventLoopGroup
@@ -40,7 +40,8 @@ public final class HTTPServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                    // The decoder only: `HTTPRequestHandler` orders pipelined requests and writes responses itself.
+                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try sync.addHandler(HTTPRequestHandler(responder: responder, limits: limits))
                 }
             }

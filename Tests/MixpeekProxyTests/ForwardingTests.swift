@@ -99,15 +99,9 @@ struct ForwardingTests {
                 headers: ["Connection": "X-Hop", "X-Hop": "1", "Keep-Alive": "timeout=9", "Upgrade": "h2c", "X-End": "2", "Content-Type": "application/json"],
                 body: .init(string: "{}"))
         }
-        let dataDir = TestProxy.makeDataDir()
-        defer { try? FileManager.default.removeItem(atPath: dataDir) }
-        var config = ProxyConfig()
-        config.port = 0
-        config.dataDir = dataDir
-        config.logLevel = .warning
-        let app = try await ProxyApp.start(config: config, upstream: upstream)
-        let raw = try await rawExchange(port: app.port, Array("GET /v1/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
-        await app.shutdown()
+        let raw = try await withStubProxy(upstream) { app, _ in
+            try await rawExchange(port: app.port, Array("GET /v1/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        }
         let head = raw.text.lowercased()
         #expect(head.hasPrefix("http/1.1 200"))
         #expect(head.contains("x-end: 2"))
@@ -115,6 +109,37 @@ struct ForwardingTests {
         #expect(!head.contains("keep-alive: timeout=9"))
         #expect(!head.contains("upgrade"))
         #expect(head.contains("via: 1.1 mixpeek-proxy"))
+    }
+
+    @Test("an upstream header that would split the response is never written: 500 in the error shape instead")
+    func unsendableResponseHeader() async throws {
+        for (name, value) in [("X-Evil", "a\r\nSet-Cookie: session=stolen"), ("X-Evil", "nul\u{0}byte"), ("Bad Name", "v"), ("X:Colon", "v")] {
+            let upstream = StubUpstream { _ in
+                UpstreamResponse(status: .ok, headers: ["Content-Type": "application/json", name: value], body: .init(string: "{}"))
+            }
+            let raw = try await withStubProxy(upstream) { app, _ in
+                try await rawExchange(port: app.port, Array("GET /v1/other HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            }
+            #expect(raw.text.hasPrefix("HTTP/1.1 500 Internal Server Error\r\n"), "\(name): \(value)")
+            #expect(!raw.text.lowercased().contains("set-cookie"))
+            #expect(!raw.text.contains("nul"))
+            #expect(raw.text.contains(#""type":"#))
+            #expect(raw.closed)
+        }
+    }
+
+    @Test("an HTTP/1.0 client gets HTTP/1.0 responses, kept alive only when it asks")
+    func http10() async throws {
+        try await withTestProxy { proxy in
+            let keepAlive = try await rawExchange(
+                port: proxy.app.port,
+                Array("GET /_proxy/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /_proxy/health HTTP/1.0\r\n\r\n".utf8))
+            let heads = keepAlive.text.components(separatedBy: "HTTP/1.0 200 OK\r\n").dropFirst()
+            #expect(heads.count == 2)
+            #expect(heads.first?.lowercased().contains("connection: keep-alive") == true)
+            #expect(heads.last?.lowercased().contains("connection: close") == true)
+            #expect(keepAlive.closed)
+        }
     }
 
     @Test("a body over 1 MiB gets 413 in the error shape and nothing is forwarded")

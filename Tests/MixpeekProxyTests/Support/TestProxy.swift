@@ -178,6 +178,27 @@ final class TestClock: Sendable {
 
 /// Writes raw bytes to a port and returns everything read until the peer closes or
 /// `timeout` passes: for requests no well-behaved client would send.
+/// Runs `body` against a proxy in front of `upstream` (no fake), with a fresh data dir that
+/// `body` may still read after shutting the proxy down; the dir is removed afterwards.
+func withStubProxy<T>(_ upstream: StubUpstream, logger: Logger? = nil,
+                      _ body: (_ app: ProxyApp, _ dataDir: String) async throws -> T) async throws -> T {
+    let dataDir = TestProxy.makeDataDir()
+    defer { try? FileManager.default.removeItem(atPath: dataDir) }
+    var config = ProxyConfig()
+    config.port = 0
+    config.dataDir = dataDir
+    config.logLevel = .warning
+    let app = try await ProxyApp.start(config: config, upstream: upstream, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    do {
+        let result = try await body(app, dataDir)
+        await app.shutdown()
+        return result
+    } catch {
+        await app.shutdown()
+        throw error
+    }
+}
+
 func rawExchange(port: Int, _ bytes: [UInt8], timeout: TimeAmount = .seconds(3)) async throws -> (text: String, closed: Bool) {
     let collector = RawCollector()
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
