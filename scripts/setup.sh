@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, testing and running mixpeek-proxy need on a fresh Debian machine
 # with the Swift toolchain: SQLite's headers (GRDB links the system libsqlite3), curl (the
-# demo tour and checks) and the official Mixpeek Python SDK (end-to-end test).
+# demo tour and checks), the official Mixpeek Python SDK (end-to-end test), and what
+# scripts/bench.sh compares against and measures with (nginx, Varnish, wrk, strace; its
+# smoke run is part of scripts/test.sh).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libsqlite3-dev sqlite3 curl ca-certificates openssl; do
+for pkg in libsqlite3-dev sqlite3 curl ca-certificates openssl nginx varnish wrk strace procps util-linux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
