@@ -6,9 +6,14 @@ import GRDB
 /// Until the file's keys are read (in the background at start) everything may be on disk.
 /// Keys stored since then are added as they are stored; deletes and evictions are not
 /// removed, which again only costs a read.
+///
+/// Users are kept by name, exactly: an invalidation skips the file's delete only for a user
+/// that has certainly nothing in it, so a collision can never leave a stale list behind.
 struct CacheIndex {
     private var known: Set<Int>?
     private var storedWhileLoading: Set<Int> = []
+    private var users: Set<String>?
+    private var usersStoredWhileLoading: Set<String> = []
 
     static func hash(_ key: CacheKey) -> Int { key.hashValue }
 
@@ -16,38 +21,59 @@ struct CacheIndex {
         known?.contains(Self.hash(key)) ?? true
     }
 
+    /// False only when the file certainly holds no list of `user`.
+    func mayHaveLists(of user: String) -> Bool {
+        users?.contains(user) ?? true
+    }
+
     mutating func noteStored(_ key: CacheKey) {
         if known != nil {
             known!.insert(Self.hash(key))
+            users!.insert(key.user)
         } else {
             storedWhileLoading.insert(Self.hash(key))
+            usersStoredWhileLoading.insert(key.user)
         }
     }
 
-    /// The hashes read from the file (by a read queued before any store it has not seen).
-    mutating func loaded(_ hashes: Set<Int>) {
+    /// What the file held, read by a read queued before any store it has not seen.
+    mutating func loaded(hashes: Set<Int>, users loadedUsers: Set<String>) {
         known = hashes.union(storedWhileLoading)
+        users = loadedUsers.union(usersStoredWhileLoading)
         storedWhileLoading = []
+        usersStoredWhileLoading = []
+    }
+
+    /// A delete of every list of `user` is queued: whatever was stored before it is gone, and
+    /// what is stored after it adds the user again.
+    mutating func deleted(user: String) {
+        users?.remove(user)
     }
 
     /// After a purge of everything, nothing stored before is on disk.
     mutating func purged() {
-        if known != nil { known = [] }
+        if known != nil {
+            known = []
+            users = []
+        }
     }
 }
 
 extension CacheStore {
     /// Reads the key of every stored list, queued like any other read, and hands their
-    /// hashes to `completion` (on the store's queue).
-    func loadKeyHashes(completion: @escaping @Sendable (Result<Set<Int>, any Error>) -> Void) {
+    /// hashes and the users they belong to to `completion` (on the store's queue).
+    func loadIndex(completion: @escaping @Sendable (Result<(hashes: Set<Int>, users: Set<String>), any Error>) -> Void) {
         queue.asyncRead { db in
             completion(Result {
                 var hashes = Set<Int>()
+                var users = Set<String>()
                 let rows = try Row.fetchCursor(try db.get(), sql: "SELECT credential, user_email, include_revoked FROM cache_entries")
                 while let row = try rows.next() {
-                    hashes.insert(CacheIndex.hash(CacheKey(credential: row[0], user: row[1], includeRevoked: row[2])))
+                    let key = CacheKey(credential: row[0], user: row[1], includeRevoked: row[2])
+                    hashes.insert(CacheIndex.hash(key))
+                    users.insert(key.user)
                 }
-                return hashes
+                return (hashes, users)
             })
         }
     }

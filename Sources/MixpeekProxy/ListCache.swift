@@ -103,10 +103,10 @@ public final class ListCache: Sendable {
         self.logger = logger
         self.clock = clock
         self.baseCounters = (try? store?.loadCounters()) ?? CacheCounters()
-        store?.loadKeyHashes { [state, logger] result in
+        store?.loadIndex { [state, logger] result in
             switch result {
-            case .success(let hashes):
-                state.withLockedValue { $0.onDisk.loaded(hashes) }
+            case .success(let index):
+                state.withLockedValue { $0.onDisk.loaded(hashes: index.hashes, users: index.users) }
             case .failure(let error):
                 // Every miss then asks the file, as before the index existed.
                 logger.warning("could not index the cache file", metadata: ["error": "\(error)"])
@@ -324,9 +324,13 @@ public final class ListCache: Sendable {
                     state.memoryBytes = 0
                     state.onDisk.purged()
                 }
-                guard let store else { return continuation.resume(returning: .success(())) }
+                // Nothing of this user's in the file: nothing to delete, nothing to wait for.
+                guard let store, user.map(state.onDisk.mayHaveLists(of:)) ?? true else {
+                    return continuation.resume(returning: .success(()))
+                }
                 // Queued under the lock: every read or store submitted after this sees it.
                 store.enqueueDelete(user: user) { continuation.resume(returning: $0) }
+                if let user { state.onDisk.deleted(user: user) }
             }
         }
         if case .failure(let error) = result {

@@ -493,6 +493,26 @@ struct CacheTests {
         #expect(stats["hits"] as? Int == 2)
     }
 
+    @Test("after a restart, a mutation still drops the lists the last run stored, once the file is indexed and before")
+    func mutationAfterRestart() async throws {
+        for waitForIndex in [true, false] {
+            let dataDir = TestProxy.makeDataDir()
+            defer { try? FileManager.default.removeItem(atPath: dataDir) }
+            let first = try await TestProxy.start(dataDir: dataDir)
+            let before = try await first.list()
+            await first.stop(keepFake: true)
+            let second = try await TestProxy.start(dataDir: dataDir, fake: first.fake)
+            if waitForIndex { try await Task.sleep(for: .milliseconds(200)) }
+            let created = try await second.create(name: "after-restart")
+            let after = try await second.list()
+            await second.stop()
+            #expect(before.xCache == "MISS")
+            #expect(created.status == 200)
+            #expect(after.xCache == "MISS", "waited for the index: \(waitForIndex)")
+            #expect(after.body.contains("after-restart"))
+        }
+    }
+
     @Test("the file keeps at most cache_max_entries lists, evicting the oldest")
     func evictionAtTheEntryBound() async throws {
         let clock = TestClock()
