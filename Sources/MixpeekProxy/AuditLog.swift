@@ -184,6 +184,6 @@ public final class AuditLog: Sendable {
     }
 
     static func now() -> String {
-        Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        AuditRecord.timestamp(Date())
     }
 }

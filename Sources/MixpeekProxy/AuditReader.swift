@@ -27,7 +27,7 @@ public struct AuditEntry: Codable, Sendable, Equatable {
 
     public var values: [String?] {
         [String(seq), time, action, user_email, key_name, caller, client, request_id, outcome,
-         upstream_status.map(String.init), duration_ms.map { String(format: "%.3f", $0) }, key_id, key_prefix,
+         upstream_status.map(String.init), duration_ms.map(AuditRecord.threeDecimals), key_id, key_prefix,
          key_hash, finished_at]
     }
 }

@@ -1,6 +1,12 @@
 import Crypto
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import GRDB
+import NIOConcurrencyHelpers
 
 /// How a mutation ended.
 public enum AuditOutcome: String, Sendable, Codable, CaseIterable {
@@ -51,17 +57,35 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
         let fields: [String?] = [
             String(seq), kind.rawValue, intent_seq.map(String.init), time, action.rawValue, user_email, key_name,
             caller, client, request_id, upstream_status.map(String.init), outcome?.rawValue,
-            duration_ms.map { String(format: "%.3f", $0) }, key_id, key_prefix, key_hash, prev_hash,
+            duration_ms.map(Self.threeDecimals), key_id, key_prefix, key_hash, prev_hash,
         ]
-        var text = "mixpeek-proxy-audit-v1"
+        var bytes = Array("mixpeek-proxy-audit-v1".utf8)
+        bytes.reserveCapacity(fields.reduce(bytes.count) { $0 + 8 + ($1?.utf8.count ?? 0) })
         for field in fields {
             if let field {
-                text += "|\(field.utf8.count):\(field)"
+                bytes.append(UInt8(ascii: "|"))
+                bytes.append(contentsOf: String(field.utf8.count).utf8)
+                bytes.append(UInt8(ascii: ":"))
+                bytes.append(contentsOf: field.utf8)
             } else {
-                text += "|-"
+                bytes.append(contentsOf: "|-".utf8)
             }
         }
-        return Data(text.utf8)
+        return Data(bytes)
+    }
+
+    /// `String(format: "%.3f", value)`, which the hashes of existing logs were computed with,
+    /// without its cost for the values the log writes: durations already rounded to the
+    /// millisecond, where the nearest three-decimal number is the one they were rounded to.
+    static func threeDecimals(_ value: Double) -> String {
+        let thousandths = (value * 1000).rounded()
+        guard value.sign == .plus, thousandths < 1e15, thousandths / 1000 == value else {
+            return String(format: "%.3f", value)
+        }
+        let whole = Int(thousandths)
+        let fraction = whole % 1000
+        let digits = fraction < 10 ? "00" : fraction < 100 ? "0" : ""
+        return "\(whole / 1000).\(digits)\(fraction)"
     }
 
     /// The record's hash: SHA-256 of its canonical encoding, or HMAC-SHA-256 under `key`.
@@ -77,9 +101,57 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     static let genesis = String(repeating: "0", count: 64)
 }
 
-extension Sequence where Element == UInt8 {
-    var hex: String { map { String(format: "%02x", $0) }.joined() }
+extension AuditRecord {
+    /// `date` as the log writes times, e.g. `2026-11-27T18:54:03.343Z`: byte for byte what
+    /// Foundation's ISO 8601 style (year, month, day, time with fractional seconds) makes of
+    /// it, at a small part of its cost, which was measurable at a thousand records a second.
+    static func timestamp(_ date: Date) -> String {
+        // Split as Foundation does: whole seconds and truncated milliseconds of the time since
+        // 2001, the number a `Date` holds. Years before 1900 are left to Foundation, whose
+        // calendar turns Julian before 1582 where gmtime stays Gregorian.
+        let sinceReference = date.timeIntervalSinceReferenceDate
+        let whole = sinceReference.rounded(.down)
+        var parts = tm()
+        guard whole.magnitude < 1e11, case var seconds = time_t(whole + Date.timeIntervalBetween1970AndReferenceDate),
+              gmtime_r(&seconds, &parts) != nil, (1900...9999).contains(parts.tm_year + 1900) else {
+            return date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        }
+        var text: [UInt8] = []
+        text.reserveCapacity(24)
+        func put(_ value: Int32, digits: Int, then separator: Unicode.Scalar) {
+            var divisor: Int32 = 1
+            for _ in 1..<digits { divisor *= 10 }
+            while divisor > 0 {
+                text.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+                divisor /= 10
+            }
+            text.append(UInt8(ascii: separator))
+        }
+        put(parts.tm_year + 1900, digits: 4, then: "-")
+        put(parts.tm_mon + 1, digits: 2, then: "-")
+        put(parts.tm_mday, digits: 2, then: "T")
+        put(parts.tm_hour, digits: 2, then: ":")
+        put(parts.tm_min, digits: 2, then: ":")
+        put(parts.tm_sec, digits: 2, then: ".")
+        put(Int32(min((sinceReference - whole) * 1000, 999)), digits: 3, then: "Z")
+        return String(decoding: text, as: UTF8.self)
+    }
 }
+
+extension Sequence where Element == UInt8 {
+    /// Lowercase hex, two digits a byte.
+    var hex: String {
+        var text: [UInt8] = []
+        text.reserveCapacity(underestimatedCount * 2)
+        for byte in self {
+            text.append(hexDigits[Int(byte >> 4)])
+            text.append(hexDigits[Int(byte & 0x0f)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+}
+
+private let hexDigits = Array("0123456789abcdef".utf8)
 
 extension Digest {
     var hex: String { Array(self).hex }
@@ -135,6 +207,21 @@ public struct AuditResult: Sendable {
 public enum CallerFingerprint {
     public static func of(authorization: String?) -> String {
         guard let authorization, !authorization.isEmpty else { return "anonymous" }
+        if let known = known.withLockedValue({ $0[authorization] }) { return known }
+        let fingerprint = compute(authorization: authorization)
+        known.withLockedValue { known in
+            if known.count >= 1_000 { known.removeAll(keepingCapacity: true) }
+            known[authorization] = fingerprint
+        }
+        return fingerprint
+    }
+
+    /// Fingerprints already computed, by `Authorization` value: a client sends the same one
+    /// on every call, and hashing it again per mutation is measurable. Bounded by dropping
+    /// everything when full, as the list cache's credential memo does.
+    private static let known = NIOLockedValueBox<[String: String]>([:])
+
+    static func compute(authorization: String) -> String {
         let parts = authorization.split(separator: " ", maxSplits: 1)
         let token = parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : authorization
         let hash = String(SHA256.hash(data: Data(token.utf8)).hex.prefix(8))

@@ -1,0 +1,130 @@
+import Crypto
+import Foundation
+@testable import MixpeekProxy
+import Testing
+
+/// The fast formatters behind each record must write exactly what the Foundation formatters
+/// they replaced wrote: hashes of logs already on disk were computed over those bytes.
+@Suite("Audit record encoding")
+struct AuditEncodingTests {
+    @Test("record times are byte for byte what Foundation's ISO 8601 style writes")
+    func timestampMatchesFoundation() {
+        var dates: [Date] = [
+            Date(), Date(timeIntervalSince1970: 0), Date(timeIntervalSinceReferenceDate: 0),
+            Date(timeIntervalSinceReferenceDate: -0.0005), Date(timeIntervalSinceReferenceDate: 0.9999999),
+            Date(timeIntervalSince1970: 951_782_400.999),  // 2000-02-29
+            Date(timeIntervalSince1970: 4_107_542_399.9995),  // 2100-02-28, the last millisecond
+            Date(timeIntervalSince1970: 253_402_300_799.999),  // 9999-12-31
+            Date(timeIntervalSince1970: -2_208_988_800),  // 1900-01-01
+            Date(timeIntervalSince1970: -12_219_292_800),  // 1582-10-15: Foundation's Julian cutover
+            Date(timeIntervalSince1970: -62_135_596_800),  // year 1
+            Date(timeIntervalSince1970: 253_402_300_800.5),  // year 10000
+        ]
+        for _ in 0..<3_000 {
+            dates.append(Date(timeIntervalSince1970: .random(in: -2_300_000_000..<4_200_000_000)))
+            dates.append(Date(timeIntervalSinceNow: .random(in: -10_000_000..<10_000_000)))
+            let second = Double(Int.random(in: 1_700_000_000..<2_000_000_000))
+            dates.append(Date(timeIntervalSince1970: second + Double(Int.random(in: 0..<1000)) / 1000))
+            dates.append(Date(timeIntervalSince1970: second + .random(in: 0.9990..<1)))
+        }
+        for _ in 0..<500 {
+            dates.append(Date())
+        }
+        var mismatches: [String] = []
+        for date in dates {
+            let expected = date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+            let written = AuditRecord.timestamp(date)
+            if written != expected {
+                mismatches.append("\(date.timeIntervalSinceReferenceDate): \(written), Foundation \(expected)")
+            }
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.count) of \(dates.count), e.g. \(mismatches.prefix(5))")
+        #expect(AuditRecord.timestamp(Date(timeIntervalSince1970: 1_795_805_643.343_9)) == "2026-11-27T18:54:03.343Z")
+    }
+
+    @Test("durations encode as %.3f did, for rounded durations and for any other number a tampered row may hold")
+    func durationMatchesPrintf() {
+        var values: [Double] = [
+            0, -0.0, 0.0005, 0.0015, 2.675, 1.0625, 0.1875, 999.9995, -1.5, -0.0004, 1e12, 1e15, 1e20,
+            .nan, .infinity, -.infinity, .leastNonzeroMagnitude, .greatestFiniteMagnitude, 123_456_789.012,
+        ]
+        values += (0..<2_000).map { Double($0) / 1000 }
+        values += (0..<64).map { Double(2 * $0 + 1) / 16 }  // exact ties of the third decimal
+        for _ in 0..<5_000 {
+            values.append((Double.random(in: 0..<100_000) * 1000).rounded() / 1000)  // what outcome(of:) writes
+            values.append(Double.random(in: 0..<10_000))
+            values.append(Double.random(in: -1_000..<0))
+        }
+        let mismatches = values.filter { AuditRecord.threeDecimals($0) != String(format: "%.3f", $0) }
+        #expect(mismatches.isEmpty, "\(mismatches.prefix(5).map { "\($0): \(AuditRecord.threeDecimals($0))" })")
+    }
+
+    @Test("hex is two lowercase digits a byte, as %02x wrote them")
+    func hexMatchesPrintf() {
+        let everyByte = (0...255).map { UInt8($0) }
+        #expect(everyByte.hex == everyByte.map { String(format: "%02x", $0) }.joined())
+        let digest = SHA256.hash(data: Data("mixpeek".utf8))
+        #expect(digest.hex == Array(digest).map { String(format: "%02x", $0) }.joined())
+        #expect([UInt8]().hex == "")
+    }
+
+    @Test("the canonical encoding is the one existing chains were hashed with")
+    func canonicalEncodingUnchanged() {
+        let intent = AuditRecord(
+            seq: 41, kind: .intent, intent_seq: nil, time: "2026-11-27T18:54:03.343Z", action: .rotate,
+            user_email: "zoë@example.com", key_name: #"build "nightly" | 3:x"#, caller: "sk_test_01…0123abcd",
+            client: "::1", request_id: "req-7", upstream_status: nil, outcome: nil, duration_ms: nil,
+            key_id: nil, key_prefix: nil, key_hash: nil, prev_hash: AuditRecord.genesis, hash: "")
+        var outcome = AuditLog.outcome(
+            of: intent, AuditResult(outcome: .ok, upstreamStatus: 200, durationMS: 12.345_678, keyID: "key_1",
+                                    keyPrefix: "sk_live_ab", keyHash: String(repeating: "c", count: 64)),
+            time: "2026-11-27T18:54:03.400Z")
+        outcome.seq = 42
+        outcome.prev_hash = String(repeating: "e", count: 64)
+        var odd = outcome
+        odd.duration_ms = -3.0625
+        odd.key_name = "🔑"
+        for record in [intent, outcome, odd] {
+            #expect(record.canonicalEncoding == Self.encodingBefore(record))
+            #expect(record.computeHash(key: nil) == SHA256.hash(data: Self.encodingBefore(record)).map { String(format: "%02x", $0) }.joined())
+        }
+    }
+
+    @Test("the memoised caller fingerprint is the one computed afresh, before and after the memo fills")
+    func callerMemoMatchesFreshHash() {
+        let values = ["Bearer sk_test_0123456789abcdef", "bearer sk_test_0123456789abcdefghij", "Bearer short",
+                      "Basic dXNlcjpwYXNz", "sk_live_0123456789abcdefghijk", "Bearer  sk_test_0123456789abcdefghij"]
+        for value in values {
+            #expect(CallerFingerprint.of(authorization: value) == CallerFingerprint.compute(authorization: value))
+            #expect(CallerFingerprint.of(authorization: value) == CallerFingerprint.compute(authorization: value))
+        }
+        #expect(CallerFingerprint.of(authorization: nil) == "anonymous")
+        #expect(CallerFingerprint.of(authorization: "") == "anonymous")
+        for index in 0..<2_500 {
+            let value = "Bearer sk_test_memo_\(index)_0123456789abcdef"
+            #expect(CallerFingerprint.of(authorization: value) == CallerFingerprint.compute(authorization: value))
+        }
+        for value in values {
+            #expect(CallerFingerprint.of(authorization: value) == CallerFingerprint.compute(authorization: value))
+        }
+    }
+
+    /// The encoding as first written, with string interpolation and `String(format:)`.
+    static func encodingBefore(_ record: AuditRecord) -> Data {
+        let fields: [String?] = [
+            String(record.seq), record.kind.rawValue, record.intent_seq.map(String.init), record.time, record.action.rawValue,
+            record.user_email, record.key_name, record.caller, record.client, record.request_id,
+            record.upstream_status.map(String.init), record.outcome?.rawValue, record.duration_ms.map { String(format: "%.3f", $0) },
+            record.key_id, record.key_prefix, record.key_hash, record.prev_hash,
+        ]
+        var text = "mixpeek-proxy-audit-v1"
+        for field in fields {
+            if let field {
+                text += "|\(field.utf8.count):\(field)"
+            } else {
+                text += "|-"
+            }
+        }
+        return Data(text.utf8)
+    }
+}
