@@ -19,6 +19,15 @@ public final class AuditLog: Sendable {
     private struct Pending {
         var drafts: [(AuditRecord, CheckedContinuation<AuditRecord, any Error>)] = []
         var flushing = false
+        /// The last committed record, once read: this log is the file's only writer, so it
+        /// need not be read again for every batch. Forgotten when a batch fails, since its
+        /// transaction was rolled back and the file is then the only word on where it ends.
+        var head: Head?
+    }
+
+    private struct Head {
+        var seq: Int64
+        var hash: String
     }
 
     /// - Parameter hmacKey: when set, the chain is an HMAC chain: only holders of the key can
@@ -121,37 +130,56 @@ public final class AuditLog: Sendable {
     }
 
     /// Commits everything pending in one transaction, then starts over while anything came in.
+    /// Batches never overlap, so the one being written owns the head.
     private func flush() {
-        let batch = pending.withLockedValue { pending in
+        let (batch, knownHead) = pending.withLockedValue { pending in
             let batch = pending.drafts
             pending.drafts = []
             if batch.isEmpty { pending.flushing = false }
-            return batch
+            return (batch, pending.head)
         }
         guard !batch.isEmpty else { return }
         let key = key
         queue.asyncWrite({ db -> [AuditRecord] in
-            var last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-                .map { (seq: $0["seq"] as Int64, hash: $0["hash"] as String) } ?? (seq: 0, hash: AuditRecord.genesis)
+            var head = try knownHead ?? Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+                .map { Head(seq: $0["seq"], hash: $0["hash"]) } ?? Head(seq: 0, hash: AuditRecord.genesis)
             return try batch.map { draft, _ in
                 var record = draft
-                record.seq = last.seq + 1
-                record.prev_hash = last.hash
+                record.seq = head.seq + 1
+                record.prev_hash = head.hash
                 record.hash = record.computeHash(key: key)
-                try record.insert(db)
-                last = (record.seq, record.hash)
+                // A seq taken by another writer fails the insert (primary key), never forks the chain.
+                try Self.insert(record, db)
+                head = Head(seq: record.seq, hash: record.hash)
                 return record
             }
         }, completion: { _, result in
             switch result {
             case .success(let records):
+                self.pending.withLockedValue { $0.head = records.last.map { Head(seq: $0.seq, hash: $0.hash) } }
                 for ((_, continuation), record) in zip(batch, records) { continuation.resume(returning: record) }
             case .failure(let error):
+                self.pending.withLockedValue { $0.head = nil }
                 self.logger.error("audit log write failed", metadata: ["error": "\(error)"])
                 for (_, continuation) in batch { continuation.resume(throwing: error) }
             }
             self.flush()
         })
+    }
+
+    /// One prepared statement for every append: GRDB's record insert goes through `Codable`
+    /// and builds its query each time, a cost that shows at a thousand records a second.
+    private static func insert(_ record: AuditRecord, _ db: Database) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO audit_records (seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
+                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """).execute(arguments: [
+                record.seq, record.kind.rawValue, record.intent_seq, record.time, record.action.rawValue, record.user_email,
+                record.key_name, record.caller, record.client, record.request_id, record.upstream_status,
+                record.outcome?.rawValue, record.duration_ms, record.key_id, record.key_prefix, record.key_hash,
+                record.prev_hash, record.hash,
+            ])
     }
 
     /// Closes every intent left without an outcome (the proxy stopped in between) with an

@@ -755,10 +755,14 @@ extension AuditTests {
         /// Takes the write lock of the audit file from another connection and keeps it until
         /// the caller rolls back: tests run as root, so file modes would not stop a write.
         static func lock(_ dataDir: String) throws -> DatabaseQueue {
+            try lock(path: path(dataDir))
+        }
+
+        static func lock(path: String) throws -> DatabaseQueue {
             var configuration = Configuration()
             configuration.busyMode = .immediateError
             configuration.allowsUnsafeTransactions = true
-            let queue = try DatabaseQueue(path: path(dataDir), configuration: configuration)
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
             try queue.inDatabase { try $0.execute(sql: "BEGIN EXCLUSIVE") }
             return queue
         }
