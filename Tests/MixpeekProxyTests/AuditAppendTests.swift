@@ -88,6 +88,29 @@ struct AuditAppendTests {
         #expect(try AuditFile.records(at: path) == [intent, outcome, unanswered])
     }
 
+    @Test("at start, an intent left without an outcome anywhere in the log is closed as unknown, and a log without one is left alone")
+    func orphansFoundAnywhere() async throws {
+        let path = AuditFile.scratchPath()
+        defer { AuditFile.remove(path) }
+        let log = try AuditFile.open(scratchFile: path)
+        let answered = AuditResult(outcome: .rejected, upstreamStatus: 404, durationMS: 2)
+        let first = try await log.recordIntent(Self.intent(user: "a@example.com"))
+        try await log.recordOutcome(of: first, answered)
+        #expect(try await log.closeOrphans() == 0)
+        #expect(try log.count() == 2)
+
+        // An outcome whose write failed leaves its intent open in the middle of the log.
+        let open = try await log.recordIntent(Self.intent(user: "b@example.com"))
+        let later = try await log.recordIntent(Self.intent(user: "c@example.com"))
+        try await log.recordOutcome(of: later, answered)
+        #expect(try await log.closeOrphans() == 1)
+        let records = try AuditFile.records(at: path)
+        #expect(records.last?.intent_seq == open.seq)
+        #expect(records.last?.outcome == .unknown)
+        #expect(try await log.closeOrphans() == 0)
+        #expect(try log.verify().isIntact)
+    }
+
     static func intent(user: String) -> AuditIntent {
         AuditIntent(action: .update, user: user, key: "ci-key", caller: "sk_test_aa…0123abcd", client: "127.0.0.1", requestID: "req-\(user)")
     }
