@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// One cached list response.
@@ -58,7 +59,8 @@ public struct CacheCounters: Sendable, Equatable, Codable {
 /// The SQLite side of the list cache: its own file under the data dir, WAL, mode 0600.
 ///
 /// Every call goes through one `DatabaseQueue`, so reads, writes and deletes run in the order
-/// they were submitted: a delete submitted before a read is always seen by that read.
+/// they were submitted: a delete submitted before a read is always seen by that read. Once
+/// the file is found damaged no call reaches it, and a delete has nothing left to hide.
 public final class CacheStore: Sendable {
     public struct Bounds: Sendable {
         public var maxEntries: Int
@@ -70,40 +72,106 @@ public final class CacheStore: Sendable {
     }
 
     let queue: DatabaseQueue
+    private let path: String
     private let bounds: Bounds
+    private let logger: Logger
+    /// Set when the check in the background finds the file damaged: from then on no list is
+    /// read from or stored in it, and the next start moves it aside.
+    private let damaged = NIOLockedValueBox(false)
+    private let backgroundCheck = DispatchGroup()
 
-    /// Opens the cache file; a file that cannot be opened or fails its integrity check is
-    /// moved aside (`cache.sqlite.corrupt-<time>`) and replaced by an empty one.
-    public static func open(path: String, bounds: Bounds, logger: Logger) throws -> CacheStore {
+    /// A file up to this size is checked whole before the store is used (tens of milliseconds
+    /// at most). A larger one is checked in the background once open, so that start does not
+    /// wait for a read of every page (0.3 s for 100k lists).
+    public static let checkBeforeUseBytes = 32 << 20
+
+    /// Opens the cache file. A file that cannot be opened, fails its integrity check, or was
+    /// found damaged by the background check of an earlier run is moved aside
+    /// (`cache.sqlite.corrupt-<time>`) and replaced by an empty one.
+    public static func open(path: String, bounds: Bounds, logger: Logger, checkBeforeUse: Int = checkBeforeUseBytes) throws -> CacheStore {
+        if FileManager.default.fileExists(atPath: damageMark(path)) {
+            moveAside(path, problem: "found damaged while the proxy last ran", logger: logger)
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         do {
-            return try CacheStore(path: path, bounds: bounds)
+            let store = try CacheStore(path: path, bounds: bounds, logger: logger, check: size <= checkBeforeUse)
+            if size > checkBeforeUse { store.checkInBackground() }
+            return store
         } catch {
-            let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
-            logger.error("cache file is unreadable; moving it aside and starting empty", metadata: [
-                "path": "\(path)", "moved_to": "\(aside)", "error": "\(error)",
-            ])
-            try? FileManager.default.moveItem(atPath: path, toPath: aside)
-            for suffix in ["-wal", "-shm"] {
-                try? FileManager.default.removeItem(atPath: path + suffix)
-            }
-            return try CacheStore(path: path, bounds: bounds)
+            moveAside(path, problem: "\(error)", logger: logger)
+            return try CacheStore(path: path, bounds: bounds, logger: logger, check: false)
         }
     }
 
-    private init(path: String, bounds: Bounds) throws {
+    private init(path: String, bounds: Bounds, logger: Logger, check: Bool) throws {
         try DataFiles.createPrivateFile(at: path)
         var configuration = Configuration()
         configuration.journalMode = .wal
         configuration.busyMode = .timeout(5)
         configuration.label = "mixpeek-proxy.cache"
         queue = try DatabaseQueue(path: path, configuration: configuration)
+        self.path = path
         self.bounds = bounds
-        try queue.write { db in
-            let check = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "missing"
-            guard check == "ok" else { throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: check) }
+        self.logger = logger
+        if check, let problem = try queue.read(Self.integrityProblem) {
+            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: problem)
         }
         try Self.migrator.migrate(queue)
     }
+
+    /// What `PRAGMA quick_check` finds wrong with the file, or nil.
+    private static func integrityProblem(_ db: Database) throws -> String? {
+        let check = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "missing"
+        return check == "ok" ? nil : check
+    }
+
+    /// The file beside the cache file that says it was found damaged.
+    private static func damageMark(_ path: String) -> String { path + ".damaged" }
+
+    private static func moveAside(_ path: String, problem: String, logger: Logger) {
+        let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
+        logger.error("cache file is unreadable; moving it aside and starting empty", metadata: [
+            "path": "\(path)", "moved_to": "\(aside)", "error": "\(problem)",
+        ])
+        try? FileManager.default.moveItem(atPath: path, toPath: aside)
+        for suffix in ["-wal", "-shm", ".damaged"] {
+            try? FileManager.default.removeItem(atPath: path + suffix)
+        }
+    }
+
+    /// Checks the whole file on a connection and a thread of its own, off the queue that every
+    /// cache call waits on. Until it ends, a damaged page shows only as a failed read, which
+    /// the list cache answers from the upstream. The file is not replaced while in use: its
+    /// connection cannot be closed safely under calls in flight, so the next start does it.
+    private func checkInBackground() {
+        backgroundCheck.enter()
+        DispatchQueue.global(qos: .utility).async { [self] in
+            defer { backgroundCheck.leave() }
+            let problem: String?
+            do {
+                var configuration = Configuration()
+                configuration.readonly = true
+                configuration.label = "mixpeek-proxy.cache-check"
+                problem = try DatabaseQueue(path: path, configuration: configuration).read(Self.integrityProblem)
+            } catch {
+                problem = "\(error)"
+            }
+            guard let problem else { return }
+            damaged.withLockedValue { $0 = true }
+            try? DataFiles.createPrivateFile(at: Self.damageMark(path))
+            logger.error("cache file is damaged; lists are no longer read from or stored in it, and the next start moves it aside",
+                         metadata: ["path": "\(path)", "problem": "\(problem)"])
+        }
+    }
+
+    /// Returns once the check in the background (if any) has ended.
+    func backgroundCheckFinished() async {
+        await withCheckedContinuation { continuation in
+            backgroundCheck.notify(queue: .global()) { continuation.resume() }
+        }
+    }
+
+    private var isDamaged: Bool { damaged.withLockedValue { $0 } }
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -131,7 +199,8 @@ public final class CacheStore: Sendable {
     }
 
     public func load(_ key: CacheKey) async throws -> CachedList? {
-        try await withCheckedThrowingContinuation { continuation in
+        guard !isDamaged else { return nil }
+        return try await withCheckedThrowingContinuation { continuation in
             queue.asyncRead { db in
                 continuation.resume(with: Result {
                     try Row.fetchOne(
@@ -146,6 +215,7 @@ public final class CacheStore: Sendable {
 
     /// Queues the write now (so it keeps its place among deletes) and returns at once.
     func save(_ entry: CachedList, for key: CacheKey, logger: Logger) {
+        guard !isDamaged else { return }
         queue.asyncWrite({ db in
             try db.execute(
                 sql: """
@@ -172,6 +242,7 @@ public final class CacheStore: Sendable {
 
     /// Queues the delete now, so it lands before any read or write submitted after this call.
     func enqueueDelete(user: String?, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        guard !isDamaged else { return completion(.success(())) }
         queue.asyncWrite({ db in
             if let user {
                 try db.execute(sql: "DELETE FROM cache_entries WHERE user_email = ?", arguments: [user])
@@ -216,6 +287,7 @@ public final class CacheStore: Sendable {
     }
 
     func saveCounters(_ counters: CacheCounters) throws {
+        guard !isDamaged else { return }
         let text = String(decoding: try JSONEncoder().encode(counters), as: UTF8.self)
         try queue.write { db in
             try db.execute(sql: "INSERT OR REPLACE INTO cache_counters (id, counters) VALUES (1, ?)", arguments: [text])
