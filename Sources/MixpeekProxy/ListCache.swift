@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// The list cache: an in-memory tier in front of `CacheStore`, request coalescing, and exact
 /// invalidation with read-your-writes.
@@ -92,7 +93,9 @@ public final class ListCache: Sendable {
     private let store: CacheStore?
     private let clock: @Sendable () -> Double
     private let logger: Logger
-    private let state = NIOLockedValueBox(State())
+    private let state = ReadWriteLockedValue(State())
+    /// Hits are counted outside the lock so that a hit only reads the state.
+    private let hits = Atomic<Int>(0)
     /// Counters loaded from disk at start; `counters` adds this run's.
     private let baseCounters: CacheCounters
 
@@ -155,12 +158,19 @@ public final class ListCache: Sendable {
     /// waits: cache hits are answered with it on the event loop.
     public func lookup(authorization: String?, user: String, includeRevoked: Bool, refresh: Bool) -> (CacheKey, CachedList?) {
         let now = clock()
-        return state.withLockedValue { state in
-            let key = Self.key(authorization: authorization, user: user, includeRevoked: includeRevoked, in: &state)
+        let authorization = authorization ?? ""
+        // Under the shared read lock: a credential seen before and a fresh entry in memory.
+        let found = state.withReadLock { state -> (CacheKey, CachedList?)? in
+            guard let credential = state.fingerprints[authorization] else { return nil }
+            let key = CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
             guard !refresh, let entry = state.memory[key], now - entry.storedAt < settings.ttl else { return (key, nil) }
-            state.counters.hits += 1
             return (key, entry)
         }
+        if let found {
+            if found.1 != nil { hits.wrappingAdd(1, ordering: .relaxed) }
+            return found
+        }
+        return (key(authorization: authorization, user: user, includeRevoked: includeRevoked), nil)
     }
 
     /// Answers a list request: a fresh entry (memory, then SQLite), or one upstream fetch shared
@@ -216,7 +226,7 @@ public final class ListCache: Sendable {
         } else {
             storedEntry(key) { entry in
                 if let entry, self.clock() - entry.storedAt < self.settings.ttl {
-                    self.state.withLockedValue { $0.counters.hits += 1 }
+                    self.hits.wrappingAdd(1, ordering: .relaxed)
                     promise.succeed(.hit(entry))
                 } else {
                     fetchOrJoin()
@@ -342,12 +352,14 @@ public final class ListCache: Sendable {
 
     /// This run's counters plus those kept from earlier runs.
     public var counters: CacheCounters {
-        baseCounters + state.withLockedValue { $0.counters }
+        var counters = state.withReadLock { $0.counters }
+        counters.hits += hits.load(ordering: .relaxed)
+        return baseCounters + counters
     }
 
     /// Entries and bytes in memory.
     public var memoryFootprint: (entries: Int, bytes: Int) {
-        state.withLockedValue { ($0.memory.count, $0.memoryBytes) }
+        state.withReadLock { ($0.memory.count, $0.memoryBytes) }
     }
 
     /// Writes the counters to the cache file, for `cache stats` and the next start.
