@@ -23,6 +23,11 @@ public struct ProxyConfig: Sendable, Equatable {
     public var passThrough = true
     public var allowNonLoopback = false
     public var clientTimeout: Double = 30
+    /// One event loop, like nginx's one worker: it serves more than 50,000 cache hits a second
+    /// on this project's 2-core machine with a shorter tail than two loops (which add about a
+    /// quarter more hits a second but share the cores with everything else). 0 means one per
+    /// CPU this process may run on.
+    public var eventLoops = 1
     public var logLevel = Logger.Level.info
     public var logFormat = LogFormat.text
 
@@ -54,6 +59,7 @@ public struct ProxyConfig: Sendable, Equatable {
         Key(name: "pass_through", help: "forward other /v1/... paths unchanged (uncached, unaudited)"),
         Key(name: "allow_non_loopback", help: "allow listening on a non-loopback address"),
         Key(name: "client_timeout", help: "seconds a client has to send a whole request (idle and slow clients are closed)"),
+        Key(name: "event_loops", help: "event-loop threads serving clients and the upstream; 0 = one per CPU this process may use"),
         Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical"),
         Key(name: "log_format", help: "text or json"),
     ]
@@ -126,6 +132,7 @@ public struct ProxyConfig: Sendable, Equatable {
         case "pass_through": passThrough = try boolean()
         case "allow_non_loopback": allowNonLoopback = try boolean()
         case "client_timeout": clientTimeout = try number(0.1...3_600)
+        case "event_loops": eventLoops = try integer(0...256)
         case "log_level":
             guard let level = Logger.Level(rawValue: raw.lowercased()) else { throw fail("one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))") }
             logLevel = level
@@ -166,6 +173,22 @@ public struct ProxyConfig: Sendable, Equatable {
             settings.append((name, (value, index + 1)))
         }
         return settings
+    }
+
+    /// The number of event-loop threads to start: `eventLoops`, or for 0 the CPUs this process
+    /// may run on (its affinity mask, so `taskset -c 0` means one).
+    public var resolvedEventLoops: Int {
+        eventLoops > 0 ? eventLoops : Self.availableCPUs()
+    }
+
+    static func availableCPUs() -> Int {
+        // `Cpus_allowed:` in /proc/self/status is the affinity mask in hex (comma-grouped).
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+           let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") }) {
+            let count = line.dropFirst("Cpus_allowed:".count).compactMap { $0.hexDigitValue?.nonzeroBitCount }.reduce(0, +)
+            if count > 0 { return count }
+        }
+        return ProcessInfo.processInfo.activeProcessorCount
     }
 
     /// Loopback addresses, the only ones served unless `allow_non_loopback` is set.

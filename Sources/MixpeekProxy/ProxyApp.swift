@@ -13,6 +13,8 @@ public final class ProxyApp: Service, Sendable {
     public let proxy: Proxy
     public let server: HTTPServer
     private let ownedUpstream: HTTPClientUpstream?
+    /// The event loops of the server and the upstream client (`event_loops` of them).
+    private let group: MultiThreadedEventLoopGroup
     private let counterFlush: Task<Void, Never>
     private let logger: Logger
 
@@ -20,8 +22,10 @@ public final class ProxyApp: Service, Sendable {
     public var port: Int { server.port }
     public var url: String { "http://\(config.host.contains(":") ? "[\(config.host)]" : config.host):\(port)" }
 
-    private init(config: ProxyConfig, proxy: Proxy, server: HTTPServer, ownedUpstream: HTTPClientUpstream?, logger: Logger) {
+    private init(config: ProxyConfig, proxy: Proxy, server: HTTPServer, ownedUpstream: HTTPClientUpstream?,
+                 group: MultiThreadedEventLoopGroup, logger: Logger) {
         self.config = config
+        self.group = group
         self.proxy = proxy
         self.server = server
         self.ownedUpstream = ownedUpstream
@@ -74,16 +78,22 @@ public final class ProxyApp: Service, Sendable {
             audit = nil
         }
 
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
         var ownedUpstream: HTTPClientUpstream?
         let chosenUpstream: any Upstream
         if let upstream {
             chosenUpstream = upstream
         } else {
-            let client = try HTTPClientUpstream(
-                url: config.upstream, timeout: .milliseconds(Int64(config.upstreamTimeout * 1000)),
-                caFile: config.upstreamCAFile, group: MultiThreadedEventLoopGroup.singleton)
-            ownedUpstream = client
-            chosenUpstream = client
+            do {
+                let client = try HTTPClientUpstream(
+                    url: config.upstream, timeout: .milliseconds(Int64(config.upstreamTimeout * 1000)),
+                    caFile: config.upstreamCAFile, group: group)
+                ownedUpstream = client
+                chosenUpstream = client
+            } catch {
+                try? await group.shutdownGracefully()
+                throw error
+            }
         }
 
         var settings = Proxy.Settings()
@@ -96,12 +106,13 @@ public final class ProxyApp: Service, Sendable {
         limits.requestReadTimeout = .milliseconds(Int64(config.clientTimeout * 1000))
         let server: HTTPServer
         do {
-            server = try await HTTPServer.start(host: config.host, port: config.port, responder: proxy, limits: limits)
+            server = try await HTTPServer.start(host: config.host, port: config.port, responder: proxy, limits: limits, group: group)
         } catch {
             await ownedUpstream?.shutdown()
+            try? await group.shutdownGracefully()
             throw error
         }
-        return ProxyApp(config: config, proxy: proxy, server: server, ownedUpstream: ownedUpstream, logger: logger)
+        return ProxyApp(config: config, proxy: proxy, server: server, ownedUpstream: ownedUpstream, group: group, logger: logger)
     }
 
     public func run() async throws {
@@ -116,5 +127,6 @@ public final class ProxyApp: Service, Sendable {
         counterFlush.cancel()
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()
+        try? await group.shutdownGracefully()
     }
 }

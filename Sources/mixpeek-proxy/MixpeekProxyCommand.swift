@@ -55,6 +55,8 @@ struct ServerOptions: ParsableArguments {
     var allowNonLoopback: String?
     @Option(help: "Seconds a client has to send a whole request (default 30).")
     var clientTimeout: String?
+    @Option(help: "Event-loop threads; 0 = one per CPU this process may use (default 1).")
+    var eventLoops: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String?
     @Option(help: "text or json (default text).")
@@ -66,7 +68,7 @@ struct ServerOptions: ParsableArguments {
             ("stale_if_error", staleIfError), ("upstream_timeout", upstreamTimeout), ("upstream_ca_file", upstreamCaFile),
             ("max_body_bytes", maxBodyBytes), ("cache_max_entries", cacheMaxEntries), ("cache_max_bytes", cacheMaxBytes),
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
-            ("client_timeout", clientTimeout), ("log_level", logLevel), ("log_format", logFormat),
+            ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("log_level", logLevel), ("log_format", logFormat),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }

@@ -47,10 +47,19 @@ struct ConfigTests {
     @Test("a bad value names the key, the value and where it came from", arguments: [
         ("port", "eighty", "flag --port"), ("cache_ttl", "-1", "flag --cache-ttl"), ("upstream", "ftp://x", "flag --upstream"),
         ("log_level", "loud", "flag --log-level"), ("pass_through", "maybe", "flag --pass-through"),
+        ("event_loops", "-1", "flag --event-loops"),
     ])
     func badValue(key: String, value: String, source: String) throws {
         let error = #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: [key: value]) }
         #expect(error?.message.hasPrefix("\(key) = \"\(value)\" in \(source): expected") == true)
+    }
+
+    @Test("event_loops: one by default, as set, and 0 means the CPUs the process may run on")
+    func eventLoops() throws {
+        #expect(ProxyConfig().resolvedEventLoops == 1)
+        #expect(try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_EVENT_LOOPS": "3"], flags: [:]).resolvedEventLoops == 3)
+        let perCPU = try ProxyConfig.load(file: nil, environment: [:], flags: ["event_loops": "0"]).resolvedEventLoops
+        #expect((1...ProcessInfo.processInfo.activeProcessorCount).contains(perCPU))
     }
 
     @Test("a bad environment value names the variable")
