@@ -23,10 +23,11 @@ public struct ProxyConfig: Sendable, Equatable {
     public var passThrough = true
     public var allowNonLoopback = false
     public var clientTimeout: Double = 30
-    /// One event loop, like nginx's one worker: it serves more than 50,000 cache hits a second
-    /// on this project's 2-core machine with a shorter tail than two loops (which add about a
-    /// quarter more hits a second but share the cores with everything else). 0 means one per
-    /// CPU this process may run on.
+    /// One event loop for clients, like nginx's one worker: it serves more than 50,000 cache
+    /// hits a second on this project's 2-core machine with a shorter tail than two loops (which
+    /// add about a quarter more hits a second but share the cores with everything else). The
+    /// upstream client gets as many loops of its own, so list misses use a second core. 0 means
+    /// one per CPU this process may run on.
     public var eventLoops = 1
     public var logLevel = Logger.Level.info
     public var logFormat = LogFormat.text
@@ -59,7 +60,7 @@ public struct ProxyConfig: Sendable, Equatable {
         Key(name: "pass_through", help: "forward other /v1/... paths unchanged (uncached, unaudited)"),
         Key(name: "allow_non_loopback", help: "allow listening on a non-loopback address"),
         Key(name: "client_timeout", help: "seconds a client has to send a whole request (idle and slow clients are closed)"),
-        Key(name: "event_loops", help: "event-loop threads serving clients and the upstream; 0 = one per CPU this process may use"),
+        Key(name: "event_loops", help: "event-loop threads serving clients, and as many for upstream connections; 0 = one per CPU this process may use"),
         Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical"),
         Key(name: "log_format", help: "text or json"),
     ]

@@ -13,8 +13,10 @@ public final class ProxyApp: Service, Sendable {
     public let proxy: Proxy
     public let server: HTTPServer
     private let ownedUpstream: HTTPClientUpstream?
-    /// The event loops of the server and the upstream client (`event_loops` of them).
+    /// The server's event loops and, apart, the upstream client's (`event_loops` of each):
+    /// list misses then use a second core while hits keep the first to themselves.
     private let group: MultiThreadedEventLoopGroup
+    private let upstreamGroup: MultiThreadedEventLoopGroup
     private let counterFlush: Task<Void, Never>
     private let logger: Logger
 
@@ -23,9 +25,10 @@ public final class ProxyApp: Service, Sendable {
     public var url: String { "http://\(config.host.contains(":") ? "[\(config.host)]" : config.host):\(port)" }
 
     private init(config: ProxyConfig, proxy: Proxy, server: HTTPServer, ownedUpstream: HTTPClientUpstream?,
-                 group: MultiThreadedEventLoopGroup, logger: Logger) {
+                 group: MultiThreadedEventLoopGroup, upstreamGroup: MultiThreadedEventLoopGroup, logger: Logger) {
         self.config = config
         self.group = group
+        self.upstreamGroup = upstreamGroup
         self.proxy = proxy
         self.server = server
         self.ownedUpstream = ownedUpstream
@@ -79,6 +82,7 @@ public final class ProxyApp: Service, Sendable {
         }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
+        let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
         var ownedUpstream: HTTPClientUpstream?
         let chosenUpstream: any Upstream
         if let upstream {
@@ -87,11 +91,12 @@ public final class ProxyApp: Service, Sendable {
             do {
                 let client = try HTTPClientUpstream(
                     url: config.upstream, timeout: .milliseconds(Int64(config.upstreamTimeout * 1000)),
-                    caFile: config.upstreamCAFile, group: group)
+                    caFile: config.upstreamCAFile, group: upstreamGroup)
                 ownedUpstream = client
                 chosenUpstream = client
             } catch {
                 try? await group.shutdownGracefully()
+                try? await upstreamGroup.shutdownGracefully()
                 throw error
             }
         }
@@ -110,9 +115,12 @@ public final class ProxyApp: Service, Sendable {
         } catch {
             await ownedUpstream?.shutdown()
             try? await group.shutdownGracefully()
+            try? await upstreamGroup.shutdownGracefully()
             throw error
         }
-        return ProxyApp(config: config, proxy: proxy, server: server, ownedUpstream: ownedUpstream, group: group, logger: logger)
+        return ProxyApp(
+            config: config, proxy: proxy, server: server, ownedUpstream: ownedUpstream, group: group, upstreamGroup: upstreamGroup,
+            logger: logger)
     }
 
     public func run() async throws {
@@ -127,6 +135,7 @@ public final class ProxyApp: Service, Sendable {
         counterFlush.cancel()
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()
+        try? await upstreamGroup.shutdownGracefully()
         try? await group.shutdownGracefully()
     }
 }

@@ -108,9 +108,9 @@ public final class HTTPClientUpstream: Upstream {
         }
     }
 
-    /// Answered on the caller's event loop, over a pooled connection of that loop when one is
-    /// idle (preferred, not required: AHC closes connections made for a required loop as soon
-    /// as they fall idle, which would cost a connect per miss).
+    /// Answered on the caller's event loop. The connection itself runs on the client's own
+    /// event loops (a required loop would make AHC close the connection as soon as it falls
+    /// idle, a connect per miss), so the upstream half of a miss runs beside the server's loop.
     public func send(_ request: UpstreamRequest, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamResponse> {
         let outgoing: HTTPClient.Request
         do {
@@ -122,8 +122,9 @@ public final class HTTPClientUpstream: Upstream {
         }
         return client.execute(
             request: outgoing, delegate: ResponseAccumulator(request: outgoing, maxBodySize: maxResponseBytes),
-            eventLoop: .delegate(on: eventLoop), deadline: .now() + timeout
+            eventLoop: .indifferent, deadline: .now() + timeout
         ).futureResult
+            .hop(to: eventLoop)
             .map { UpstreamResponse(status: $0.status, headers: $0.headers, body: $0.body ?? ByteBuffer()) }
             .flatMapErrorThrowing { throw Self.upstreamError($0) }
     }

@@ -55,7 +55,7 @@ struct ServerOptions: ParsableArguments {
     var allowNonLoopback: String?
     @Option(help: "Seconds a client has to send a whole request (default 30).")
     var clientTimeout: String?
-    @Option(help: "Event-loop threads; 0 = one per CPU this process may use (default 1).")
+    @Option(help: "Event-loop threads for clients, and as many for upstream connections; 0 = one per CPU this process may use (default 1).")
     var eventLoops: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String?
