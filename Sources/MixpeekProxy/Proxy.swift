@@ -91,9 +91,8 @@ public final class Proxy: HTTPResponder {
     private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String,
                       on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
         cache.answer(key, refresh: refresh, on: eventLoop) {
-            self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop)
-                .map { ListCache.FetchOutcome.response($0) }
-                .recover { .failure($0 as? UpstreamError ?? .unreachable("\($0)")) }
+            // A failure becomes `.failure` in the cache, which knows what to serve instead.
+            self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop).map { .response($0) }
         }.map { answer in self.listResponse(answer, requestID: requestID) }
     }
 

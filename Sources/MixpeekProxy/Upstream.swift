@@ -62,6 +62,8 @@ extension Upstream {
 /// The upstream through one shared, pooled AsyncHTTPClient (TLS verified, redirects not followed).
 public final class HTTPClientUpstream: Upstream {
     private let client: HTTPClient
+    /// The client's event loops, where list misses are prepared, sent and read.
+    private let group: any EventLoopGroup
     private let baseURL: String
     private let timeout: TimeAmount
     private let maxResponseBytes: Int
@@ -87,6 +89,7 @@ public final class HTTPClientUpstream: Upstream {
         // Fail fast like nginx (502 at once) rather than retry a refused connection until the deadline.
         configuration.connectionPool.retryConnectionEstablishment = false
         self.client = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+        self.group = group
         self.baseURL = url.hasSuffix("/") ? String(url.dropLast()) : url
         self.timeout = timeout
         self.maxResponseBytes = maxResponseBytes
@@ -108,25 +111,35 @@ public final class HTTPClientUpstream: Upstream {
         }
     }
 
-    /// Answered on the caller's event loop. The connection itself runs on the client's own
-    /// event loops (a required loop would make AHC close the connection as soon as it falls
-    /// idle, a connect per miss), so the upstream half of a miss runs beside the server's loop.
+    /// Answered on the caller's event loop. The request is built, sent and read on one of the
+    /// client's own event loops, so the upstream half of a miss runs beside the server's loop
+    /// (the loop is preferred, not required: AHC closes a connection made for a required loop
+    /// as soon as it falls idle, a connect per miss).
     public func send(_ request: UpstreamRequest, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamResponse> {
-        let outgoing: HTTPClient.Request
-        do {
-            outgoing = try HTTPClient.Request(
-                url: baseURL + request.target, method: request.method, headers: request.headers,
-                body: request.body.map { .byteBuffer($0) })
-        } catch {
-            return eventLoop.makeFailedFuture(Self.upstreamError(error))
+        let answer = eventLoop.makePromise(of: UpstreamResponse.self)
+        let loop = group.next()
+        loop.execute {
+            do {
+                let outgoing = try HTTPClient.Request(
+                    url: self.baseURL + request.target, method: request.method, headers: request.headers,
+                    body: request.body.map { .byteBuffer($0) })
+                self.client.execute(
+                    request: outgoing, delegate: ResponseAccumulator(request: outgoing, maxBodySize: self.maxResponseBytes),
+                    eventLoop: .delegate(on: loop), deadline: .now() + self.timeout
+                ).futureResult.whenComplete { result in
+                    // Completing the caller's promise brings the answer back to its loop.
+                    switch result {
+                    case .success(let response):
+                        answer.succeed(UpstreamResponse(status: response.status, headers: response.headers, body: response.body ?? ByteBuffer()))
+                    case .failure(let error):
+                        answer.fail(Self.upstreamError(error))
+                    }
+                }
+            } catch {
+                answer.fail(Self.upstreamError(error))
+            }
         }
-        return client.execute(
-            request: outgoing, delegate: ResponseAccumulator(request: outgoing, maxBodySize: maxResponseBytes),
-            eventLoop: .indifferent, deadline: .now() + timeout
-        ).futureResult
-            .hop(to: eventLoop)
-            .map { UpstreamResponse(status: $0.status, headers: $0.headers, body: $0.body ?? ByteBuffer()) }
-            .flatMapErrorThrowing { throw Self.upstreamError($0) }
+        return answer.futureResult
     }
 
     /// Any failure of the client as an `UpstreamError`, in words a user can act on.
