@@ -261,6 +261,9 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         head.writeInteger(UInt8(ascii: " "))
         head.writeString(response.status.reasonPhrase)
         head.writeStaticString("\r\n")
+        if let block = response.headerBlock {
+            head.writeImmutableBuffer(block.bytes)
+        }
         for (name, value) in response.headers
         where !Self.equalsIgnoringCase(name, "content-length") && !Self.equalsIgnoringCase(name, "connection") {
             head.writeString(name)

@@ -46,13 +46,35 @@ public struct HTTPRequest: Sendable {
 /// A complete response: the server adds `Content-Length` and `Connection` itself.
 public struct HTTPResponse: Sendable {
     public var status: HTTPResponseStatus
+    /// Fields encoded ahead, written first (a cached list's fixed fields).
+    public var headerBlock: HTTPHeaderBlock?
     public var headers: HTTPHeaders
     public var body: ByteBuffer
 
-    public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
+    public init(status: HTTPResponseStatus, headerBlock: HTTPHeaderBlock? = nil, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
         self.status = status
+        self.headerBlock = headerBlock
         self.headers = headers
         self.body = body
+    }
+}
+
+/// Header fields encoded and checked once, for a response sent many times: each field as
+/// `name: value` CRLF, as the server writes them.
+public struct HTTPHeaderBlock: Sendable {
+    let bytes: ByteBuffer
+
+    /// Nil when a field could not be sent (see `HTTPRequestHandler.canSend`).
+    public init?(_ headers: HTTPHeaders) {
+        guard HTTPRequestHandler.canSend(headers) else { return nil }
+        var bytes = ByteBuffer()
+        for (name, value) in headers {
+            bytes.writeString(name)
+            bytes.writeStaticString(": ")
+            bytes.writeString(value)
+            bytes.writeStaticString("\r\n")
+        }
+        self.bytes = bytes
     }
 }
 

@@ -1,8 +1,10 @@
 import Crypto
 import Foundation
 import Logging
+import MixpeekHTTP
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 import Synchronization
 
 /// The list cache: an in-memory tier in front of `CacheStore`, request coalescing, and exact
@@ -73,7 +75,7 @@ public final class ListCache: Sendable {
     }
 
     private struct State {
-        var memory: [CacheKey: CachedList] = [:]
+        var memory: [CacheKey: Remembered] = [:]
         var memoryBytes = 0
         var generations: [String: UInt64] = [:]
         /// Bumped by a purge of everything: part of every user's generation.
@@ -83,6 +85,22 @@ public final class ListCache: Sendable {
         var counters = CacheCounters()
         var fingerprints: [String: String] = [:]
         var onDisk = CacheIndex()
+    }
+
+    /// An entry in memory, with its fixed response fields encoded once for every hit.
+    public struct Remembered: Sendable {
+        public let entry: CachedList
+        public let headerBlock: HTTPHeaderBlock?
+
+        init(_ entry: CachedList) {
+            self.entry = entry
+            var fields = HTTPHeaders()
+            if let contentType = entry.contentType { fields.add(name: "content-type", value: contentType) }
+            if let etag = entry.etag { fields.add(name: "etag", value: etag) }
+            if let lastModified = entry.lastModified { fields.add(name: "last-modified", value: lastModified) }
+            fields.add(name: "via", value: Headers.via)
+            headerBlock = HTTPHeaderBlock(fields)
+        }
     }
 
     private static func generation(of user: String, in state: State) -> UInt64 {
@@ -156,15 +174,15 @@ public final class ListCache: Sendable {
 
     /// The key of a list request and its fresh entry in memory, if any, under one lock. Never
     /// waits: cache hits are answered with it on the event loop.
-    public func lookup(authorization: String?, user: String, includeRevoked: Bool, refresh: Bool) -> (CacheKey, CachedList?) {
+    public func lookup(authorization: String?, user: String, includeRevoked: Bool, refresh: Bool) -> (CacheKey, Remembered?) {
         let now = clock()
         let authorization = authorization ?? ""
         // Under the shared read lock: a credential seen before and a fresh entry in memory.
-        let found = state.withReadLock { state -> (CacheKey, CachedList?)? in
+        let found = state.withReadLock { state -> (CacheKey, Remembered?)? in
             guard let credential = state.fingerprints[authorization] else { return nil }
             let key = CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
-            guard !refresh, let entry = state.memory[key], now - entry.storedAt < settings.ttl else { return (key, nil) }
-            return (key, entry)
+            guard !refresh, let remembered = state.memory[key], now - remembered.entry.storedAt < settings.ttl else { return (key, nil) }
+            return (key, remembered)
         }
         if let found {
             if found.1 != nil { hits.wrappingAdd(1, ordering: .relaxed) }
@@ -250,7 +268,7 @@ public final class ListCache: Sendable {
     /// be there), else nil; `completion` runs at once unless the file is read.
     private func storedEntry(_ key: CacheKey, completion: @escaping @Sendable (CachedList?) -> Void) {
         let (memory, generation, mayBeOnDisk) = state.withLockedValue {
-            ($0.memory[key], Self.generation(of: key.user, in: $0), $0.onDisk.mayContain(key))
+            ($0.memory[key]?.entry, Self.generation(of: key.user, in: $0), $0.onDisk.mayContain(key))
         }
         if let memory { return completion(memory) }
         guard let store, mayBeOnDisk else { return completion(nil) }
@@ -305,15 +323,15 @@ public final class ListCache: Sendable {
 
     private func remember(_ entry: CachedList, for key: CacheKey, in state: inout State) {
         if let old = state.memory.removeValue(forKey: key) {
-            state.memoryBytes -= old.body.readableBytes
+            state.memoryBytes -= old.entry.body.readableBytes
         }
         // A body larger than the whole budget is served from SQLite only.
         guard entry.body.readableBytes <= settings.memoryBytes else { return }
-        state.memory[key] = entry
+        state.memory[key] = Remembered(entry)
         state.memoryBytes += entry.body.readableBytes
         while state.memoryBytes > settings.memoryBytes, let victim = state.memory.first(where: { $0.key != key }) {
             state.memory[victim.key] = nil
-            state.memoryBytes -= victim.value.body.readableBytes
+            state.memoryBytes -= victim.value.entry.body.readableBytes
         }
     }
 
@@ -326,7 +344,7 @@ public final class ListCache: Sendable {
                 if let user {
                     state.generations[user, default: 0] += 1
                     for key in state.memory.keys where key.user == user {
-                        state.memoryBytes -= state.memory.removeValue(forKey: key)?.body.readableBytes ?? 0
+                        state.memoryBytes -= state.memory.removeValue(forKey: key)?.entry.body.readableBytes ?? 0
                     }
                 } else {
                     state.epoch += 1

@@ -56,10 +56,10 @@ public final class Proxy: HTTPResponder {
             return finish(.now(ProxyError.notFound(why).response(requestID: requestID)), request, route: "pass-through", cache: nil, started: started)
         case .list(let user, let includeRevoked?):
             let refresh = request.headers.demandsRefresh
-            let (key, entry) = cache.lookup(
+            let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
-            if let entry {
-                return finish(.now(cachedResponse(entry, result: "HIT", requestID: requestID)), request, route: "list", cache: "HIT", started: started)
+            if let remembered {
+                return finish(.now(hitResponse(remembered, requestID: requestID)), request, route: "list", cache: "HIT", started: started)
             }
             return later(request, route: "list", started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
@@ -108,6 +108,18 @@ public final class Proxy: HTTPResponder {
         case .fetched(.failure(let error), _):
             return (upstreamFailure(error).response(requestID: requestID), "MISS")
         }
+    }
+
+    /// A hit from memory: the entry's fixed fields were encoded when it was stored.
+    private func hitResponse(_ remembered: ListCache.Remembered, requestID: String) -> HTTPResponse {
+        guard let block = remembered.headerBlock else { return cachedResponse(remembered.entry, result: "HIT", requestID: requestID) }
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(3)
+        headers.add(name: "age", value: String(cache.age(of: remembered.entry)))
+        headers.add(name: "x-cache", value: "HIT")
+        headers.add(name: "x-request-id", value: requestID)
+        return HTTPResponse(
+            status: HTTPResponseStatus(statusCode: remembered.entry.status), headerBlock: block, headers: headers, body: remembered.entry.body)
     }
 
     private func cachedResponse(_ entry: CachedList, result: String, requestID: String) -> HTTPResponse {
