@@ -182,15 +182,10 @@ struct CacheTests {
         }
         let dataDir = TestProxy.makeDataDir()
         defer { try? FileManager.default.removeItem(atPath: dataDir) }
-        var config = ProxyConfig()
-        config.port = 0
-        config.dataDir = dataDir
-        config.logLevel = .warning
-        let app = try await ProxyApp.start(config: config, upstream: upstream, logger: Self.quietLogger)
         let request = Array("GET \(TestProxy.path()) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(TestProxy.token)\r\nConnection: close\r\n\r\n".utf8)
-        let first = try await rawExchange(port: app.port, request).text.lowercased()
-        let second = try await rawExchange(port: app.port, request).text.lowercased()
-        await app.shutdown()
+        let (first, second) = try await withStubProxy(upstream, dataDir: dataDir, logger: Self.quietLogger) { app, _ in
+            (try await rawExchange(port: app.port, request).text.lowercased(), try await rawExchange(port: app.port, request).text.lowercased())
+        }
         #expect(first.hasPrefix("http/1.1 200"))
         #expect(first.contains("x-cache: miss"))
         #expect(second.contains("x-cache: \(secondResult.lowercased())"))

@@ -178,12 +178,12 @@ final class TestClock: Sendable {
 
 /// Writes raw bytes to a port and returns everything read until the peer closes or
 /// `timeout` passes: for requests no well-behaved client would send.
-/// Runs `body` against a proxy in front of `upstream` (no fake), with a fresh data dir that
-/// `body` may still read after shutting the proxy down; the dir is removed afterwards.
-func withStubProxy<T>(_ upstream: StubUpstream, logger: Logger? = nil,
+/// Runs `body` against a proxy in front of `upstream` (no fake) and shuts it down. The data
+/// dir is a fresh one removed afterwards, unless `dataDir` is given (to read it afterwards).
+func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, logger: Logger? = nil,
                       _ body: (_ app: ProxyApp, _ dataDir: String) async throws -> T) async throws -> T {
-    let dataDir = TestProxy.makeDataDir()
-    defer { try? FileManager.default.removeItem(atPath: dataDir) }
+    let dataDir = given ?? TestProxy.makeDataDir()
+    defer { if given == nil { try? FileManager.default.removeItem(atPath: dataDir) } }
     var config = ProxyConfig()
     config.port = 0
     config.dataDir = dataDir
