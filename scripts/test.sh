@@ -34,7 +34,7 @@ if ! BIN=.build/debug/mixpeek-proxy bash scripts/bench.sh --smoke >.build/bench-
   tail -n 30 .build/bench-smoke.log >&2
   exit 1
 fi
-grep -A 12 '^\*\*Targets' .build/bench-smoke.md || true
+echo "bench smoke: the script ran every section and check (debug-build figures, not meaningful: .build/bench-smoke.md)"
 
 echo "== README command blocks marked runnable"
 bash scripts/readme_check.sh .build/debug/mixpeek-proxy
