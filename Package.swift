@@ -76,6 +76,7 @@ let package = Package(
         .executableTarget(
             name: "mixpeek-proxy",
             dependencies: [
+                "MixpeekAPI",
                 "MixpeekProxy",
                 "MixpeekFake",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

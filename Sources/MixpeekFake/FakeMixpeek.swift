@@ -212,29 +212,18 @@ public final class FakeMixpeek: Sendable {
     }
 
     static func sha256Hex(_ text: String) -> String {
-        hex(Array(SHA256.hash(data: Data(text.utf8))))
+        Array(SHA256.hash(data: Data(text.utf8))).hex
     }
 
     static func shortHash(_ text: String) -> String { String(sha256Hex(text).prefix(12)) }
 
     static func randomHex(_ bytes: Int) -> String {
         var generator = SystemRandomNumberGenerator()
-        return hex((0..<bytes).map { _ in generator.next() as UInt8 })
-    }
-
-    static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var text: [UInt8] = []
-        text.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0xF)])
-        }
-        return String(decoding: text, as: UTF8.self)
+        return (0..<bytes).map { _ in generator.next() as UInt8 }.hex
     }
 
     static func timestamp() -> String {
-        Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        Timestamp.string(Date())
     }
 
     static func json<T: Encodable>(_ value: T, status: HTTPResponseStatus = .ok) -> HTTPResponse {

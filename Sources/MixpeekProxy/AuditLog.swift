@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import GRDB
 import Logging
+import MixpeekAPI
 import NIOConcurrencyHelpers
 
 /// The append-only, hash-chained audit log in its own SQLite file (WAL, `synchronous=FULL`,
@@ -217,6 +218,6 @@ public final class AuditLog: Sendable {
     }
 
     static func now() -> String {
-        AuditRecord.timestamp(Date())
+        Timestamp.string(Date())
     }
 }

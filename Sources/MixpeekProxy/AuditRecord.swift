@@ -1,11 +1,7 @@
 import Crypto
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import GRDB
+import MixpeekAPI
 import NIOConcurrencyHelpers
 
 /// How a mutation ended.
@@ -100,58 +96,6 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     /// The `prev_hash` of the first record.
     static let genesis = String(repeating: "0", count: 64)
 }
-
-extension AuditRecord {
-    /// `date` as the log writes times, e.g. `2026-11-27T18:54:03.343Z`: byte for byte what
-    /// Foundation's ISO 8601 style (year, month, day, time with fractional seconds) makes of
-    /// it, at a small part of its cost, which was measurable at a thousand records a second.
-    static func timestamp(_ date: Date) -> String {
-        // Split as Foundation does: whole seconds and truncated milliseconds of the time since
-        // 2001, the number a `Date` holds. Years before 1900 are left to Foundation, whose
-        // calendar turns Julian before 1582 where gmtime stays Gregorian.
-        let sinceReference = date.timeIntervalSinceReferenceDate
-        let whole = sinceReference.rounded(.down)
-        var parts = tm()
-        guard whole.magnitude < 1e11, case var seconds = time_t(whole + Date.timeIntervalBetween1970AndReferenceDate),
-              gmtime_r(&seconds, &parts) != nil, (1900...9999).contains(parts.tm_year + 1900) else {
-            return date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
-        }
-        var text: [UInt8] = []
-        text.reserveCapacity(24)
-        func put(_ value: Int32, digits: Int, then separator: Unicode.Scalar) {
-            var divisor: Int32 = 1
-            for _ in 1..<digits { divisor *= 10 }
-            while divisor > 0 {
-                text.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
-                divisor /= 10
-            }
-            text.append(UInt8(ascii: separator))
-        }
-        put(parts.tm_year + 1900, digits: 4, then: "-")
-        put(parts.tm_mon + 1, digits: 2, then: "-")
-        put(parts.tm_mday, digits: 2, then: "T")
-        put(parts.tm_hour, digits: 2, then: ":")
-        put(parts.tm_min, digits: 2, then: ":")
-        put(parts.tm_sec, digits: 2, then: ".")
-        put(Int32(min((sinceReference - whole) * 1000, 999)), digits: 3, then: "Z")
-        return String(decoding: text, as: UTF8.self)
-    }
-}
-
-extension Sequence where Element == UInt8 {
-    /// Lowercase hex, two digits a byte.
-    var hex: String {
-        var text: [UInt8] = []
-        text.reserveCapacity(underestimatedCount * 2)
-        for byte in self {
-            text.append(hexDigits[Int(byte >> 4)])
-            text.append(hexDigits[Int(byte & 0x0f)])
-        }
-        return String(decoding: text, as: UTF8.self)
-    }
-}
-
-private let hexDigits = Array("0123456789abcdef".utf8)
 
 extension Digest {
     var hex: String { Array(self).hex }

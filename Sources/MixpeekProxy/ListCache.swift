@@ -150,24 +150,11 @@ public final class ListCache: Sendable {
         if let known = state.fingerprints[authorization] {
             credential = known
         } else {
-            credential = hex(SHA256.hash(data: Data(authorization.utf8)))
+            credential = SHA256.hash(data: Data(authorization.utf8)).hex
             if state.fingerprints.count >= 10_000 { state.fingerprints.removeAll(keepingCapacity: true) }
             state.fingerprints[authorization] = credential
         }
         return CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
-    }
-
-    private static func hex(_ digest: SHA256.Digest) -> String {
-        String(unsafeUninitializedCapacity: SHA256.byteCount * 2) { buffer in
-            var index = 0
-            for byte in digest {
-                for nibble in [byte >> 4, byte & 0xF] {
-                    buffer[index] = nibble < 10 ? nibble + 0x30 : nibble + 0x57
-                    index += 1
-                }
-            }
-            return index
-        }
     }
 
     // MARK: Reads

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MixpeekAPI
 import MixpeekProxy
 
 /// Log output: swift-log's stream handler for `text`, one JSON object a line for `json`.
@@ -33,7 +34,7 @@ struct JSONLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         var object: [String: String] = [
-            "time": Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)),
+            "time": Timestamp.string(Date()),
             "level": event.level.rawValue, "label": label, "message": event.message.description,
         ]
         for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { _, new in new }) {

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import MixpeekAPI
 @testable import MixpeekProxy
 import Testing
 
@@ -33,13 +34,13 @@ struct AuditEncodingTests {
         var mismatches: [String] = []
         for date in dates {
             let expected = date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
-            let written = AuditRecord.timestamp(date)
+            let written = Timestamp.string(date)
             if written != expected {
                 mismatches.append("\(date.timeIntervalSinceReferenceDate): \(written), Foundation \(expected)")
             }
         }
         #expect(mismatches.isEmpty, "\(mismatches.count) of \(dates.count), e.g. \(mismatches.prefix(5))")
-        #expect(AuditRecord.timestamp(Date(timeIntervalSince1970: 1_795_805_643.343_9)) == "2026-11-27T18:54:03.343Z")
+        #expect(Timestamp.string(Date(timeIntervalSince1970: 1_795_805_643.343_9)) == "2026-11-27T18:54:03.343Z")
     }
 
     @Test("durations encode as %.3f did, for rounded durations and for any other number a tampered row may hold")
