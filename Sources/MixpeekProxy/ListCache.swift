@@ -94,12 +94,18 @@ public final class ListCache: Sendable {
 
         init(_ entry: CachedList) {
             self.entry = entry
+            headerBlock = HTTPHeaderBlock(Self.fixedFields(of: entry))
+        }
+
+        /// The response fields a cached list always answers with (its age, X-Cache and request
+        /// id are added per response).
+        static func fixedFields(of entry: CachedList) -> HTTPHeaders {
             var fields = HTTPHeaders()
             if let contentType = entry.contentType { fields.add(name: "content-type", value: contentType) }
             if let etag = entry.etag { fields.add(name: "etag", value: etag) }
             if let lastModified = entry.lastModified { fields.add(name: "last-modified", value: lastModified) }
             fields.add(name: "via", value: Headers.via)
-            headerBlock = HTTPHeaderBlock(fields)
+            return fields
         }
     }
 

@@ -59,7 +59,8 @@ public final class Proxy: HTTPResponder {
             let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
-                return finish(.now(hitResponse(remembered, requestID: requestID)), request, route: "list", cache: "HIT", started: started)
+                let response = cachedResponse(remembered.entry, headerBlock: remembered.headerBlock, result: "HIT", requestID: requestID)
+                return finish(.now(response), request, route: "list", cache: "HIT", started: started)
             }
             return later(request, route: "list", started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
@@ -110,28 +111,13 @@ public final class Proxy: HTTPResponder {
         }
     }
 
-    /// A hit from memory: the entry's fixed fields were encoded when it was stored.
-    private func hitResponse(_ remembered: ListCache.Remembered, requestID: String) -> HTTPResponse {
-        guard let block = remembered.headerBlock else { return cachedResponse(remembered.entry, result: "HIT", requestID: requestID) }
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(3)
-        headers.add(name: "age", value: String(cache.age(of: remembered.entry)))
-        headers.add(name: "x-cache", value: "HIT")
-        headers.add(name: "x-request-id", value: requestID)
-        return HTTPResponse(
-            status: HTTPResponseStatus(statusCode: remembered.entry.status), headerBlock: block, headers: headers, body: remembered.entry.body)
-    }
-
-    private func cachedResponse(_ entry: CachedList, result: String, requestID: String) -> HTTPResponse {
-        var headers = HTTPHeaders()
-        if let contentType = entry.contentType { headers.add(name: "content-type", value: contentType) }
-        if let etag = entry.etag { headers.add(name: "etag", value: etag) }
-        if let lastModified = entry.lastModified { headers.add(name: "last-modified", value: lastModified) }
+    /// A list from the cache. A hit from memory brings its fixed fields already encoded.
+    private func cachedResponse(_ entry: CachedList, headerBlock: HTTPHeaderBlock? = nil, result: String, requestID: String) -> HTTPResponse {
+        var headers = headerBlock == nil ? ListCache.Remembered.fixedFields(of: entry) : HTTPHeaders()
         headers.add(name: "age", value: String(cache.age(of: entry)))
         headers.add(name: "x-cache", value: result)
-        headers.add(name: "via", value: Headers.via)
         headers.add(name: "x-request-id", value: requestID)
-        return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headers: headers, body: entry.body)
+        return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headerBlock: headerBlock, headers: headers, body: entry.body)
     }
 
     // MARK: Mutations
