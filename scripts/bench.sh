@@ -153,28 +153,13 @@ exec {SLEEPFD}<>"$SLEEP_FIFO"
 # Sleeps without forking (a read that never gets data).
 nap() { read -r -t "$1" -u "$SLEEPFD" _ 2>/dev/null || true; }
 
-# Stops one PID: SIGTERM, a bounded wait, then SIGKILL.
-stop_pid() {
-  local pid="$1" what="$2" i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < STOP_SECONDS * 20; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    nap 0.05
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$what (pid $pid) did not stop within ${STOP_SECONDS}s of SIGTERM; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
+. scripts/proc.sh
 
 # Stops a started process, then any child it had at start that outlived it (same command).
 stop_proc() {
   local name="$1" kid comm
   [ -n "${PID[$name]:-}" ] || return 0
-  stop_pid "${PID[$name]}" "$name"
+  stop_pid "${PID[$name]}" "bench: $name"
   for kid in ${KIDS[$name]:-}; do
     comm="${kid#*:}"; kid="${kid%%:*}"
     if [ -r "/proc/$kid/comm" ] && [ "$(cat "/proc/$kid/comm" 2>/dev/null)" = "$comm" ]; then

@@ -3,12 +3,9 @@
 # Sets $pid and $url.
 work="$(mktemp -d)"
 pid=""
+. "$(realpath "$(dirname "${BASH_SOURCE[0]}")")/proc.sh"
 cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
+  STOP_SECONDS=5 stop_pid "$pid" "demo"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -26,27 +26,12 @@ mkdir -p "$DATA"
 FAKE_PID=""
 PROXY_PID=""
 
-# Stops one process by PID: SIGTERM, a bounded wait, then SIGKILL.
-stop() {
-  local pid="$1" i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < STOP_SECONDS * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "e2e: pid $pid did not stop within ${STOP_SECONDS}s of SIGTERM; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
+. scripts/proc.sh
 
 cleanup() {
   local status=$?
-  stop "$PROXY_PID"
-  stop "$FAKE_PID"
+  stop_pid "$PROXY_PID" "e2e: proxy"
+  stop_pid "$FAKE_PID" "e2e: fake upstream"
   if [ "${E2E_KEEP:-0}" = "1" ]; then
     echo "e2e: kept $WORK (data dir, and the servers' stdout and stderr)" >&2
   else
