@@ -20,7 +20,10 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
-if mode == "create" then
+if mode == "create" or mode == "update" then
+   -- create: POST a unique name (200). update: PATCH a key that does not exist: the upstream
+   -- answers 404, the proxy still audits it (outcome `rejected`), and the fake upstream's work
+   -- stays constant.
    local path = os.getenv("BENCH_PATH") or "/v1/organizations/users/bench@example.com/api-keys"
    counter = 0
    ok = 0
@@ -30,27 +33,14 @@ if mode == "create" then
    end
    function request()
       counter = counter + 1
-      return wrk.format("POST", path, nil, '{"name":"k-' .. id .. '-' .. counter .. '"}')
-   end
-   function response(status, headers, body)
-      if status >= 200 and status < 300 then ok = ok + 1 else bad = bad + 1 end
-   end
-elseif mode == "update" then
-   -- PATCH a key that does not exist: the upstream answers 404, the proxy still audits it
-   -- (outcome `rejected`), and the fake upstream's work stays constant.
-   local path = os.getenv("BENCH_PATH") or "/v1/organizations/users/bench@example.com/api-keys"
-   counter = 0
-   ok = 0
-   bad = 0
-   function init(args)
-      wrk.headers["Content-Type"] = "application/json"
-   end
-   function request()
-      counter = counter + 1
+      if mode == "create" then
+         return wrk.format("POST", path, nil, '{"name":"k-' .. id .. '-' .. counter .. '"}')
+      end
       return wrk.format("PATCH", path .. "/missing-" .. id .. "-" .. counter, nil, '{"description":"bench"}')
    end
    function response(status, headers, body)
-      if status == 404 then ok = ok + 1 else bad = bad + 1 end
+      local expected = (mode == "create" and status >= 200 and status < 300) or (mode == "update" and status == 404)
+      if expected then ok = ok + 1 else bad = bad + 1 end
    end
 elseif mode == "users" then
    local users = tonumber(os.getenv("BENCH_USERS") or "1000")
