@@ -146,21 +146,14 @@ public final class ListCache: Sendable {
     /// The credential part of a cache key: SHA-256 of the whole `Authorization` value,
     /// memoised so hits do not hash. Requests without one share the empty credential (their
     /// lists are refused upstream and so never stored).
-    public func key(authorization: String?, user: String, includeRevoked: Bool) -> CacheKey {
-        state.withLockedValue { Self.key(authorization: authorization, user: user, includeRevoked: includeRevoked, in: &$0) }
-    }
-
-    private static func key(authorization: String?, user: String, includeRevoked: Bool, in state: inout State) -> CacheKey {
-        let authorization = authorization ?? ""
-        let credential: String
-        if let known = state.fingerprints[authorization] {
-            credential = known
-        } else {
-            credential = SHA256.hash(data: Data(authorization.utf8)).hex
+    private func credential(for authorization: String) -> String {
+        state.withLockedValue { state in
+            if let known = state.fingerprints[authorization] { return known }
+            let credential = SHA256.hash(data: Data(authorization.utf8)).hex
             if state.fingerprints.count >= 10_000 { state.fingerprints.removeAll(keepingCapacity: true) }
             state.fingerprints[authorization] = credential
+            return credential
         }
-        return CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
     }
 
     // MARK: Reads
@@ -181,7 +174,7 @@ public final class ListCache: Sendable {
             if found.1 != nil { hits.wrappingAdd(1, ordering: .relaxed) }
             return found
         }
-        return (key(authorization: authorization, user: user, includeRevoked: includeRevoked), nil)
+        return (CacheKey(credential: credential(for: authorization), user: user, includeRevoked: includeRevoked), nil)
     }
 
     /// Answers a list request: a fresh entry (memory, then SQLite), or one upstream fetch shared
