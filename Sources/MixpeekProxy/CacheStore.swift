@@ -204,17 +204,23 @@ public final class CacheStore: Sendable {
     }
 
     public func load(_ key: CacheKey) async throws -> CachedList? {
-        guard !isDamaged else { return nil }
-        return try await withCheckedThrowingContinuation { continuation in
-            queue.asyncRead { db in
-                continuation.resume(with: Result {
-                    try Row.fetchOne(
-                        try db.get(),
-                        sql: "SELECT * FROM cache_entries WHERE credential = ? AND user_email = ? AND include_revoked = ?",
-                        arguments: [key.credential, key.user, key.includeRevoked]
-                    ).map(Self.entry(from:))
-                })
-            }
+        try await withCheckedThrowingContinuation { continuation in
+            load(key) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Reads one entry, queued after every write submitted before; `completion` runs on the
+    /// store's queue.
+    func load(_ key: CacheKey, completion: @escaping @Sendable (Result<CachedList?, any Error>) -> Void) {
+        guard !isDamaged else { return completion(.success(nil)) }
+        queue.asyncRead { db in
+            completion(Result {
+                try Row.fetchOne(
+                    try db.get(),
+                    sql: "SELECT * FROM cache_entries WHERE credential = ? AND user_email = ? AND include_revoked = ?",
+                    arguments: [key.credential, key.user, key.includeRevoked]
+                ).map(Self.entry(from:))
+            })
         }
     }
 

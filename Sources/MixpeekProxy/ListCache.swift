@@ -258,9 +258,9 @@ public final class ListCache: Sendable {
         }
         if let memory { return completion(memory) }
         guard let store, mayBeOnDisk else { return completion(nil) }
-        Task {
-            do {
-                let entry = try await store.load(key)
+        store.load(key) { result in
+            switch result {
+            case .success(let entry):
                 // Keep it in memory only if no invalidation came while it was read.
                 completion(entry.flatMap { entry in
                     self.state.withLockedValue { state in
@@ -269,7 +269,7 @@ public final class ListCache: Sendable {
                         return entry
                     }
                 })
-            } catch {
+            case .failure(let error):
                 self.logger.warning("could not read the cache file; answering from the upstream", metadata: ["error": "\(error)"])
                 completion(nil)
             }
