@@ -40,12 +40,55 @@ public enum Route: Equatable, Sendable {
         self = target.withUTF8 { Self.parse(method: method, target: $0) }
     }
 
-    /// The route of a target's bytes. Works on the bytes as the upstream does (a separator is
-    /// a byte, segments compare byte for byte) and makes Strings only of the user and key.
+    /// The route of the call named by a user and what follows its `api-keys` segment: nothing
+    /// (`key` nil), a key, or a key and an operation segment (`rotate`). Nil for an operation
+    /// the API does not have. `query` is what follows the `?`, if anything did. The proxy
+    /// reaches it from the canonical spelling, the fake from the path as the upstream decodes it.
+    public init?(method: HTTPMethod, user: String, key: String?, operation: Substring?, query: Substring?) {
+        switch (key, operation, method) {
+        case (nil, _, .GET): self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
+        case (nil, _, .POST): self = .create(user: user)
+        case (nil, _, _): self = .rejected(.methodNotAllowed(allowed: "GET, POST"))
+        case (let key?, nil, .PATCH): self = .update(user: user, key: key)
+        case (let key?, nil, .DELETE): self = .delete(user: user, key: key)
+        case (_, nil, _): self = .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
+        case (let key?, "rotate", .POST): self = .rotate(user: user, key: key)
+        case (_, "rotate", _): self = .rejected(.methodNotAllowed(allowed: "POST"))
+        default: return nil
+        }
+    }
+
+    /// The route of a target's bytes. The canonical spelling (what the SDK sends) is read
+    /// byte-wise and makes Strings only of the user and key. Any other spelling that the
+    /// upstream, or a front end before it, may route into the API-keys namespace is refused:
+    /// the proxy must never forward a mutation it did not recognise, audit and invalidate.
     private static func parse(method: HTTPMethod, target: UnsafeBufferPointer<UInt8>) -> Route {
         let questionMark = target.firstIndex(of: UInt8(ascii: "?"))
         let path = UnsafeBufferPointer(rebasing: target[..<(questionMark ?? target.endIndex)])
-        guard path.starts(with: usersPrefix) else { return .passThrough }
+        if let route = canonical(method: method, path: path, target: target, questionMark: questionMark) {
+            return route
+        }
+        guard PathSpelling.isInAPIKeysNamespace(path) else { return .passThrough }
+        let normalized = PathSpelling.normalized(path)
+        if normalized != String(decoding: path, as: UTF8.self), canonical(method: method, path: normalized) != nil {
+            return .rejected(.nonCanonical(suggestion: normalized))
+        }
+        return .rejected(.nonCanonical(suggestion: nil))
+    }
+
+    private static func canonical(method: HTTPMethod, path: String) -> Route? {
+        var path = path
+        return path.withUTF8 { canonical(method: method, path: $0, target: $0, questionMark: nil) }
+    }
+
+    /// The route of a canonically spelled API-keys path, or nil when `path` is not one: the
+    /// literal segments exactly as the API spells them, no empty or dot segment (so no trailing
+    /// slash), no percent-encoded unreserved character, and no `/` in a decoded user or key.
+    /// An API-keys path of the canonical form with a user or key that cannot be decoded, or an
+    /// operation the API does not have, is a route too: refused, never forwarded.
+    private static func canonical(method: HTTPMethod, path: UnsafeBufferPointer<UInt8>,
+                                  target: UnsafeBufferPointer<UInt8>, questionMark: Int?) -> Route? {
+        guard path.starts(with: usersPrefix) else { return nil }
         // Segment ranges; the first is the empty one before the leading `/`.
         var segments: [Range<Int>] = []
         segments.reserveCapacity(9)
@@ -56,31 +99,20 @@ public enum Route: Equatable, Sendable {
         }
         segments.append(start..<path.endIndex)
         func segment(_ number: Int) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: path[segments[number]]) }
-        guard segments.count >= 6, segment(5).elementsEqual("api-keys".utf8) else { return .passThrough }
-        // One trailing slash names the same resource; the target still goes upstream as sent.
-        if segments.count > 6, segments.last!.isEmpty { segments.removeLast() }
-        if segments.count > 8 { return .rejected(.unknownPath) }
-        if segments.dropFirst().contains(where: { $0.isEmpty }) { return .rejected(.emptySegment) }
+        guard segments.count >= 6, segment(5).elementsEqual("api-keys".utf8) else { return nil }
+        for number in 4..<segments.count where !PathSpelling.isCanonicalSegment(segment(number)) { return nil }
         guard let user = decodeSegment(segment(4)) else { return .rejected(.invalidSegment("user_email")) }
         var key: String?
         if segments.count >= 7 {
             guard let decoded = decodeSegment(segment(6)) else { return .rejected(.invalidSegment("key_name")) }
             key = decoded
         }
-        let rotate = segments.count == 8 && segment(7).elementsEqual("rotate".utf8)
-        switch (segments.count, key, method) {
-        case (6, _, .GET):
-            let query = questionMark.map { Substring(decoding: UnsafeBufferPointer(rebasing: target[($0 + 1)...]), as: UTF8.self) }
-            return .list(user: user, includeRevoked: includeRevoked(in: query))
-        case (6, _, .POST): return .create(user: user)
-        case (6, _, _): return .rejected(.methodNotAllowed(allowed: "GET, POST"))
-        case (7, let key?, .PATCH): return .update(user: user, key: key)
-        case (7, let key?, .DELETE): return .delete(user: user, key: key)
-        case (7, _, _): return .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
-        case (8, let key?, .POST) where rotate: return .rotate(user: user, key: key)
-        case (8, _, _) where rotate: return .rejected(.methodNotAllowed(allowed: "POST"))
-        default: return .rejected(.unknownPath)
-        }
+        // A `/` in a decoded name is a separator to an upstream that routes on the decoded path.
+        if user.utf8.contains(UInt8(ascii: "/")) || key?.utf8.contains(UInt8(ascii: "/")) == true { return nil }
+        if segments.count > 8 { return .rejected(.unknownPath) }
+        let operation = segments.count == 8 ? Substring(decoding: segment(7), as: UTF8.self) : nil
+        let query = questionMark.map { Substring(decoding: UnsafeBufferPointer(rebasing: target[($0 + 1)...]), as: UTF8.self) }
+        return Route(method: method, user: user, key: key, operation: operation, query: query) ?? .rejected(.unknownPath)
     }
 
     /// Every API-keys path starts so; segments are compared as bytes, as the upstream does.
@@ -157,7 +189,7 @@ public enum Route: Equatable, Sendable {
         while let byte = iterator.next() {
             switch byte {
             case UInt8(ascii: "%"):
-                guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else { return nil }
+                guard let high = iterator.next().flatMap(PathSpelling.hexValue), let low = iterator.next().flatMap(PathSpelling.hexValue) else { return nil }
                 bytes.append(high << 4 | low)
             case UInt8(ascii: "+") where plusIsSpace:
                 bytes.append(UInt8(ascii: " "))
@@ -167,28 +199,24 @@ public enum Route: Equatable, Sendable {
         }
         return String(validating: bytes, as: UTF8.self)
     }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
-    }
 }
 
 /// Why an API-keys path is refused by the proxy itself.
 public enum RouteRejection: Equatable, Sendable {
     case methodNotAllowed(allowed: String)
-    case emptySegment
+    /// A spelling of an API-keys path other than the canonical one; `suggestion` is the
+    /// canonical spelling when RFC 3986 normalization finds one.
+    case nonCanonical(suggestion: String?)
     case invalidSegment(String)
     case unknownPath
 
     public var message: String {
         switch self {
         case .methodNotAllowed(let allowed): "method not allowed here; allowed: \(allowed)"
-        case .emptySegment: "empty path segment in an API-keys path"
+        case .nonCanonical(let suggestion?):
+            "this API-keys path is not spelled canonically (percent-encoded letters, digits or -._~, dot or empty segments, a trailing slash, or a / inside a name); send \(suggestion) instead"
+        case .nonCanonical(nil):
+            "this API-keys path is not spelled canonically; send /v1/organizations/users/{user_email}/api-keys[/{key_name}[/rotate]] with each name percent-encoded once (letters, digits and -._~ as themselves, / as %2F is not accepted) and no dot or empty segments or trailing slash"
         case .invalidSegment(let name): "\(name) is not valid: bad percent-encoding, not UTF-8, a control character, or longer than \(Route.maxSegmentBytes) bytes"
         case .unknownPath: "no such API-keys operation"
         }

@@ -34,6 +34,22 @@ public enum FakeFault: Sendable, Equatable {
     case truncatedBody
 }
 
+/// A create, update, rotate or delete the fake carried out (whatever it answered), as it
+/// routed it: the user and key as it decoded them from the path.
+public struct FakeMutation: Sendable, Equatable, CustomStringConvertible {
+    public var operation: FakeOperation
+    public var user: String
+    public var key: String?
+
+    public init(operation: FakeOperation, user: String, key: String?) {
+        self.operation = operation
+        self.user = user
+        self.key = key
+    }
+
+    public var description: String { "\(operation.rawValue) \(user) \(key ?? "-")" }
+}
+
 /// What tests read from and switch on in the fake: call counts, faults and held responses.
 public final class FakeControls: Sendable {
     private struct State {
@@ -42,6 +58,8 @@ public final class FakeControls: Sendable {
         var faults: [FakeOperation: FakeFault] = [:]
         var held: Set<FakeOperation> = []
         var waiting: [FakeOperation: [EventLoopPromise<Void>]] = [:]
+        var applied: [FakeMutation] = []
+        var caseInsensitiveUsers = false
     }
 
     private let state = NIOLockedValueBox(State())
@@ -88,6 +106,33 @@ public final class FakeControls: Sendable {
     /// How many responses to `operation` are held right now.
     public func heldCount(_ operation: FakeOperation) -> Int {
         state.withLockedValue { $0.waiting[operation]?.count ?? 0 }
+    }
+
+    /// Every mutation the fake carried out, oldest first.
+    public var appliedMutations: [FakeMutation] {
+        state.withLockedValue { $0.applied }
+    }
+
+    /// Whether users are matched as the same when their addresses fold to the same string
+    /// (`Carol@EXAMPLE.com` is `carol@example.com`), as many identity stores do. Off by default.
+    public var matchesUsersCaseInsensitively: Bool {
+        state.withLockedValue { $0.caseInsensitiveUsers }
+    }
+
+    public func matchUsersCaseInsensitively(_ on: Bool) {
+        state.withLockedValue { $0.caseInsensitiveUsers = on }
+    }
+
+    /// Notes a mutation the fake is about to carry out; a create's key is the name in its body.
+    func noteApplied(_ route: Route, createdName: String?) {
+        let operation = FakeOperation(route)
+        guard operation != .list, operation != .other, let user = route.user else { return }
+        let mutation = FakeMutation(operation: operation, user: user, key: route.key ?? createdName)
+        state.withLockedValue { state in
+            // Bounded for long runs (benchmarks, soak): the oldest half goes.
+            if state.applied.count >= 100_000 { state.applied.removeFirst(50_000) }
+            state.applied.append(mutation)
+        }
     }
 
     public func reset() {

@@ -52,11 +52,14 @@ public final class FakeMixpeek: Sendable {
 
     /// Answers one request, with the state as it is now.
     func answer(_ request: HTTPRequest) -> HTTPResponse {
-        let route = Route(method: request.method, target: request.target)
-        if case .passThrough = route {
-            return Self.error(.notFound, "Not Found", type: "not_found")
+        let routed: Route
+        switch UpstreamRouting(request) {
+        case .route(let route): routed = route
+        case .notFound: return Self.error(.notFound, "Not Found", type: "not_found")
+        case .redirect(let location):
+            return HTTPResponse(status: .temporaryRedirect, headers: ["location": location], body: ByteBuffer())
         }
-        if case .rejected(let why) = route {
+        if case .rejected(let why) = routed {
             if case .methodNotAllowed = why { return Self.error(.methodNotAllowed, "Method Not Allowed", type: "method_not_allowed") }
             return Self.error(.notFound, why.message, type: "not_found")
         }
@@ -64,6 +67,8 @@ public final class FakeMixpeek: Sendable {
             return Self.error(.unauthorized, "Missing or invalid API key. Use 'Authorization: Bearer sk_...'.", type: "unauthorized")
         }
         let body = request.body.flatMap { try? JSONSerialization.jsonObject(with: Data(buffer: $0)) }
+        controls.noteApplied(routed, createdName: (body as? [String: Any])?["name"] as? String)
+        let route = controls.matchesUsersCaseInsensitively ? routed.withUser(UserIdentity.folded) : routed
         return organizations.withLockedValue { orgs in
             if orgs[token] == nil { orgs[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
             // In place: a copy of the organisation would copy every key list on each mutation.
@@ -253,5 +258,19 @@ extension FakeMixpeek.Organization {
             users[user] = FakeMixpeek.UserKeys(admin)
         }
         return body(&users[user]!)
+    }
+}
+
+extension Route {
+    /// The same call about `transform(user)`.
+    func withUser(_ transform: (String) -> String) -> Route {
+        switch self {
+        case .create(let user): .create(user: transform(user))
+        case .list(let user, let includeRevoked): .list(user: transform(user), includeRevoked: includeRevoked)
+        case .update(let user, let key): .update(user: transform(user), key: key)
+        case .rotate(let user, let key): .rotate(user: transform(user), key: key)
+        case .delete(let user, let key): .delete(user: transform(user), key: key)
+        case .passThrough, .rejected: self
+        }
     }
 }

@@ -11,7 +11,7 @@ struct FakeResponder: HTTPResponder {
         if request.path == "/_fake/fault" {
             return .now(setFault(request.query ?? ""))
         }
-        let operation = FakeOperation(Route(method: request.method, target: request.target))
+        let operation: FakeOperation = if case .route(let route) = UpstreamRouting(request) { FakeOperation(route) } else { .other }
         let (fault, gate) = fake.controls.admit(request, as: operation, on: eventLoop)
         let response: HTTPResponse
         switch fault {

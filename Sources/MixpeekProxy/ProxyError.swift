@@ -9,6 +9,9 @@ public enum ProxyError: Error, Sendable, Equatable {
     case upstreamTimeout(seconds: Double)
     case auditUnavailable
     case malformed(String)
+    /// An API-keys path spelled other than canonically: refused, never forwarded (the message
+    /// says what to send instead).
+    case nonCanonicalPath(String)
     case methodNotAllowed(allowed: String)
     case notAnOpenProxy(String)
     case notFound(String)
@@ -19,7 +22,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .upstreamUnreachable: .badGateway
         case .upstreamTimeout: .gatewayTimeout
         case .auditUnavailable: .serviceUnavailable
-        case .malformed: .badRequest
+        case .malformed, .nonCanonicalPath: .badRequest
         case .methodNotAllowed: .methodNotAllowed
         case .notAnOpenProxy: .forbidden
         case .notFound: .notFound
@@ -33,6 +36,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .upstreamTimeout: "upstream_timeout"
         case .auditUnavailable: "audit_unavailable"
         case .malformed: "bad_request"
+        case .nonCanonicalPath: "non_canonical_path"
         case .methodNotAllowed: "method_not_allowed"
         case .notAnOpenProxy: "forbidden"
         case .notFound: "not_found"
@@ -52,6 +56,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .upstreamTimeout(let seconds): "the upstream did not answer within \(seconds) s (--upstream-timeout)"
         case .auditUnavailable: "the audit log cannot be written, so this mutation was refused and not forwarded"
         case .malformed(let why): "malformed request: \(why)"
+        case .nonCanonicalPath(let why): why
         case .methodNotAllowed(let allowed): "method not allowed; allowed: \(allowed)"
         case .notAnOpenProxy(let why): "mixpeek-proxy is not an open proxy: \(why)"
         case .notFound(let what): what

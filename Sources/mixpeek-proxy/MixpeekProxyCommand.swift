@@ -167,11 +167,14 @@ struct FakeUpstream: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on; 0 picks a free port and prints it.") var port = 9000
     @Option(help: "Answer every request this many milliseconds late (to play a slow upstream).") var delayMs = 0
+    @Flag(help: "Treat addresses that differ only in letter case as one user, as many identity stores do.")
+    var caseInsensitiveUsers = false
 
     func run() async throws {
         Logs.bootstrap(level: .info, format: .text)
         let fake = try await FakeUpstreamServer.start(host: host, port: port)
         if delayMs > 0 { fake.controls.setFault(.delay(.milliseconds(Int64(delayMs)))) }
+        fake.controls.matchUsersCaseInsensitively(caseInsensitiveUsers)
         printFlushed("fake Mixpeek upstream listening on \(fake.url)")
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: FakeService(server: fake))],

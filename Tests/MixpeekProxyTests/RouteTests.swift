@@ -42,8 +42,8 @@ struct RouteTests {
         #expect(Route.list(user: "u", includeRevoked: nil).user == "u")
         #expect(Route.list(user: "u", includeRevoked: nil).key == nil)
         #expect(Route.passThrough.user == nil)
-        #expect(Route.rejected(.emptySegment).user == nil)
-        #expect(Route.rejected(.emptySegment).key == nil)
+        #expect(Route.rejected(.unknownPath).user == nil)
+        #expect(Route.rejected(.unknownPath).key == nil)
     }
 
     // MARK: Percent-encoding and unicode
@@ -52,7 +52,8 @@ struct RouteTests {
     func percentEncodedEmail() {
         #expect(Route(method: .GET, target: "\(users)/alice%40example.com/api-keys") == .list(user: "alice@example.com", includeRevoked: false))
         #expect(Route(method: .POST, target: "\(users)/alice%40example.com/api-keys") == .create(user: "alice@example.com"))
-        #expect(Route(method: .DELETE, target: "\(users)/alice%40example.com/api-keys/ci%2dkey") == .delete(user: "alice@example.com", key: "ci-key"))
+        #expect(Route(method: .DELETE, target: "\(users)/alice%40example.com/api-keys/ci%20key") == .delete(user: "alice@example.com", key: "ci key"))
+        #expect(Route(method: .DELETE, target: "\(users)/alice%40example.com/api-keys/ci%3akey") == .delete(user: "alice@example.com", key: "ci:key"))
         #expect(Route(method: .POST, target: "\(users)/alice@example.com/api-keys") == .create(user: "alice@example.com"))
     }
 
@@ -80,15 +81,15 @@ struct RouteTests {
         #expect(Route(method: .PATCH, target: "\(users)/a/api-keys/k\u{9}") == .rejected(.invalidSegment("key_name")))
     }
 
-    @Test("%2F inside a name decodes to / without adding a path segment")
+    @Test("%2F inside a name is refused: an upstream that routes on the decoded path would see another call")
     func encodedSlash() {
-        #expect(Route(method: .PATCH, target: "\(users)/a/api-keys/ci%2Fdeploy") == .update(user: "a", key: "ci/deploy"))
-        #expect(Route(method: .DELETE, target: "\(users)/a/api-keys/ci%2fdeploy") == .delete(user: "a", key: "ci/deploy"))
-        #expect(Route(method: .POST, target: "\(users)/a/api-keys/ci%2Fdeploy/rotate") == .rotate(user: "a", key: "ci/deploy"))
-        // "k/rotate" as one encoded key is a key name, not a rotate.
-        #expect(Route(method: .POST, target: "\(users)/a/api-keys/k%2Frotate") == .rejected(.methodNotAllowed(allowed: "PATCH, DELETE")))
-        #expect(Route(method: .PATCH, target: "\(users)/a/api-keys/k%2Frotate") == .update(user: "a", key: "k/rotate"))
-        #expect(Route(method: .GET, target: "\(users)/a%2Fb/api-keys") == .list(user: "a/b", includeRevoked: false))
+        for (method, target) in [
+            (HTTPMethod.PATCH, "\(users)/a/api-keys/ci%2Fdeploy"), (.DELETE, "\(users)/a/api-keys/ci%2fdeploy"),
+            (.POST, "\(users)/a/api-keys/ci%2Fdeploy/rotate"), (.POST, "\(users)/a/api-keys/k%2Frotate"),
+            (.PATCH, "\(users)/a/api-keys/k%2Frotate"), (.GET, "\(users)/a%2Fb/api-keys"),
+        ] {
+            #expect(Route(method: method, target: target) == .rejected(.nonCanonical(suggestion: nil)), "\(method) \(target)")
+        }
         #expect(Route(method: .GET, target: "\(users)/a%3Fb/api-keys?include_revoked=1") == .list(user: "a?b", includeRevoked: true))
     }
 
@@ -104,14 +105,14 @@ struct RouteTests {
 
     // MARK: Path shape
 
-    @Test("one trailing slash names the same resource")
+    @Test("a trailing slash is not the canonical spelling: refused, naming the path without it")
     func trailingSlash() {
-        #expect(Route(method: .GET, target: "\(users)/a/api-keys/") == .list(user: "a", includeRevoked: false))
-        #expect(Route(method: .GET, target: "\(users)/a/api-keys/?include_revoked=yes") == .list(user: "a", includeRevoked: true))
-        #expect(Route(method: .POST, target: "\(users)/a/api-keys/") == .create(user: "a"))
-        #expect(Route(method: .PATCH, target: "\(users)/a/api-keys/k/") == .update(user: "a", key: "k"))
-        #expect(Route(method: .DELETE, target: "\(users)/a/api-keys/k/") == .delete(user: "a", key: "k"))
-        #expect(Route(method: .POST, target: "\(users)/a/api-keys/k/rotate/") == .rotate(user: "a", key: "k"))
+        #expect(Route(method: .GET, target: "\(users)/a/api-keys/") == .rejected(.nonCanonical(suggestion: "\(users)/a/api-keys")))
+        #expect(Route(method: .GET, target: "\(users)/a/api-keys/?include_revoked=yes") == .rejected(.nonCanonical(suggestion: "\(users)/a/api-keys")))
+        #expect(Route(method: .POST, target: "\(users)/a/api-keys/") == .rejected(.nonCanonical(suggestion: "\(users)/a/api-keys")))
+        #expect(Route(method: .PATCH, target: "\(users)/a/api-keys/k/") == .rejected(.nonCanonical(suggestion: "\(users)/a/api-keys/k")))
+        #expect(Route(method: .DELETE, target: "\(users)/a/api-keys/k/") == .rejected(.nonCanonical(suggestion: "\(users)/a/api-keys/k")))
+        #expect(Route(method: .POST, target: "\(users)/a/api-keys/k/rotate/") == .rejected(.nonCanonical(suggestion: "\(users)/a/api-keys/k/rotate")))
     }
 
     @Test(
@@ -122,7 +123,7 @@ struct RouteTests {
             (.HEAD, "\(users)/a/api-keys", "GET, POST"),
             (.GET, "\(users)/a/api-keys/k", "PATCH, DELETE"),
             (.POST, "\(users)/a/api-keys/k", "PATCH, DELETE"),
-            (.PUT, "\(users)/a/api-keys/k/", "PATCH, DELETE"),
+            (.PUT, "\(users)/a/api-keys/k", "PATCH, DELETE"),
             (.GET, "\(users)/a/api-keys/k/rotate", "POST"),
             (.DELETE, "\(users)/a/api-keys/k/rotate", "POST"),
         ])
@@ -131,7 +132,7 @@ struct RouteTests {
     }
 
     @Test(
-        "an empty segment in an API-keys path is refused, not guessed at",
+        "an empty segment in an API-keys path is refused as not canonical, not guessed at",
         arguments: [
             "\(users)//api-keys",
             "\(users)//api-keys/k",
@@ -140,7 +141,10 @@ struct RouteTests {
             "\(users)/a/api-keys/k//",
         ])
     func emptySegment(target: String) {
-        #expect(Route(method: .POST, target: target) == .rejected(.emptySegment))
+        guard case .rejected(.nonCanonical) = Route(method: .POST, target: target) else {
+            Issue.record("\(target): \(Route(method: .POST, target: target))")
+            return
+        }
     }
 
     @Test(
@@ -168,8 +172,8 @@ struct RouteTests {
         #expect(Route(method: .DELETE, target: "\(users)/a/api-keys/\(longest)") == .delete(user: "a", key: longest))
         #expect(Route(method: .DELETE, target: "\(users)/a/api-keys/\(longest)k") == .rejected(.invalidSegment("key_name")))
         // The limit counts decoded bytes: escapes are shorter decoded, é is two bytes.
-        let encoded = String(repeating: "%41", count: limit)
-        #expect(Route(method: .POST, target: "\(users)/\(encoded)/api-keys") == .create(user: String(repeating: "A", count: limit)))
+        let encoded = String(repeating: "%40", count: limit)
+        #expect(Route(method: .POST, target: "\(users)/\(encoded)/api-keys") == .create(user: String(repeating: "@", count: limit)))
         let accents = String(repeating: "é", count: limit / 2)
         #expect(Route(method: .POST, target: "\(users)/\(accents)/api-keys") == .create(user: accents))
         #expect(Route(method: .POST, target: "\(users)/\(accents)é/api-keys") == .rejected(.invalidSegment("user_email")))
@@ -187,9 +191,8 @@ struct RouteTests {
         "paths outside the API-keys API pass through untouched",
         arguments: [
             "/v1/collections", "/v1/collections?x=1", "/v1/organizations/users/x/other", "/health", "/", "", "*",
-            "/v1/organizations/users/x", "/v1/organizations/users/x/API-KEYS", "/v1/organizations/users/x/Api-Keys/k",
-            "/V1/organizations/users/x/api-keys", "/v2/organizations/users/x/api-keys", "v1/organizations/users/x/api-keys",
-            "/v1/organizations/members/x/api-keys", "/v1//organizations/users/a/api-keys", "/v1/organizations/users/x/api-keys.json",
+            "/v1/organizations/users/x", "/v2/organizations/users/x/api-keys",
+            "/v1/organizations/members/x/api-keys", "/v1/organizations/users/x/api-keys.json",
             "http://evil.example/v1/organizations/users/x/api-keys",
         ])
     func passThrough(target: String) {
@@ -238,8 +241,8 @@ struct RouteTests {
     func randomTargets() {
         var random = SplitMix64(seed: 0x6d69_7870_6565_6b21)
         let methods: [HTTPMethod] = [.GET, .POST, .PATCH, .DELETE, .PUT, .HEAD]
-        let goodPieces = ["a", "alice", "@", ".", "+", "-", "é", "%40", "%C3%A9", "%2F", "%2f", "\u{301}", "ß", "🔑", "rotate"]
-        let badPieces = ["%", "%ZZ", "%4", "%C3", "%A9", "%00", "%0A", "\u{0}", "\n", "\u{85}", "?", "&", "=", "#", "/", "//", " "]
+        let goodPieces = ["a", "alice", "@", ".", "+", "-", "é", "%40", "%C3%A9", "\u{301}", "ß", "🔑", "rotate"]
+        let badPieces = ["%", "%ZZ", "%4", "%C3", "%A9", "%00", "%0A", "\u{0}", "\n", "\u{85}", "?", "&", "=", "#", "/", "//", " ", "%2F", "%2f", "%61"]
         let queryPieces = ["include_revoked", "=", "true", "0", "&", "+", "%74", "x", "\u{301}", "?"]
         func pick(_ pieces: [String], _ random: inout SplitMix64) -> String {
             pieces[Int(random.next() % UInt64(pieces.count))]
@@ -282,6 +285,12 @@ struct RouteTests {
             if Self.upstreamSeesAPIKeysPath(target) {
                 #expect(route != .passThrough, "\(method) \(target.debugDescription) passed through")
             }
+            // Nor what it would read as one once a front end normalized and it decoded the path.
+            let path = target.utf8.split(separator: UInt8(ascii: "?"), maxSplits: 1, omittingEmptySubsequences: false).first ?? target.utf8[...]
+            if let decoded = PathSpelling.upstreamSegments(path)?.segments, decoded.count >= 5,
+               decoded[..<3] == ["v1", "organizations", "users"], decoded[4] == "api-keys" {
+                #expect(route != .passThrough, "\(method) \(target.debugDescription) passed through")
+            }
         }
         // The generator must actually reach the parser's interesting branches.
         #expect(recognised > 500)
@@ -302,7 +311,7 @@ struct RouteTests {
 }
 
 /// A small deterministic generator, so a failure reproduces.
-private struct SplitMix64: RandomNumberGenerator {
+struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
 
     init(seed: UInt64) { state = seed }
