@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import GRDB
+import MixpeekAPI
 
 /// One mutation as compliance reads it: its intent joined with its outcome.
 public struct AuditEntry: Codable, Sendable, Equatable {
@@ -76,7 +77,11 @@ extension AuditLog {
         var conditions = ["i.kind = 'intent'"]
         var arguments = StatementArguments()
         if let action = filter.action { conditions.append("i.action = ?"); _ = arguments.append(contentsOf: [action.rawValue]) }
-        if let user = filter.user { conditions.append("i.user_email = ?"); _ = arguments.append(contentsOf: [user]) }
+        if let user = filter.user {
+            // Every spelling of the address (`UserIdentity`); each record keeps the one sent.
+            conditions.append("mixpeek_fold_user(i.user_email) = ?")
+            _ = arguments.append(contentsOf: [UserIdentity.folded(user)])
+        }
         if let key = filter.key { conditions.append("i.key_name = ?"); _ = arguments.append(contentsOf: [key]) }
         if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [Self.storedTime(since)]) }
         if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [Self.storedTime(until)]) }
@@ -96,6 +101,7 @@ extension AuditLog {
             _ = arguments.append(contentsOf: [limit])
         }
         try queue.read { db in
+            db.add(function: .foldUser())
             let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
             while let row = try rows.next() {
                 try body(AuditEntry(

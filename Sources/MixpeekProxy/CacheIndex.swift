@@ -1,4 +1,5 @@
 import GRDB
+import MixpeekAPI
 
 /// Which lists may be in the cache file, so a miss asks SQLite only when the answer can be
 /// yes. Holds hashes, not keys: a collision costs one needless read, never a wrong answer.
@@ -7,8 +8,9 @@ import GRDB
 /// Keys stored since then are added as they are stored; deletes and evictions are not
 /// removed, which again only costs a read.
 ///
-/// Users are kept by name, exactly: an invalidation skips the file's delete only for a user
-/// that has certainly nothing in it, so a collision can never leave a stale list behind.
+/// Users are kept by folded name (`UserIdentity`), exactly: an invalidation skips the file's
+/// delete only for a user none of whose spellings has anything in it, so a collision can never
+/// leave a stale list behind.
 struct CacheIndex {
     private var known: Set<Int>?
     private var storedWhileLoading: Set<Int> = []
@@ -21,18 +23,19 @@ struct CacheIndex {
         known?.contains(Self.hash(key)) ?? true
     }
 
-    /// False only when the file certainly holds no list of `user`.
-    func mayHaveLists(of user: String) -> Bool {
-        users?.contains(user) ?? true
+    /// False only when the file certainly holds no list of any spelling of the user whose
+    /// folded name is `folded`.
+    func mayHaveLists(ofFolded folded: String) -> Bool {
+        users?.contains(folded) ?? true
     }
 
     mutating func noteStored(_ key: CacheKey) {
         if known != nil {
             known!.insert(Self.hash(key))
-            users!.insert(key.user)
+            users!.insert(UserIdentity.folded(key.user))
         } else {
             storedWhileLoading.insert(Self.hash(key))
-            usersStoredWhileLoading.insert(key.user)
+            usersStoredWhileLoading.insert(UserIdentity.folded(key.user))
         }
     }
 
@@ -44,10 +47,10 @@ struct CacheIndex {
         usersStoredWhileLoading = []
     }
 
-    /// A delete of every list of `user` is queued: whatever was stored before it is gone, and
-    /// what is stored after it adds the user again.
-    mutating func deleted(user: String) {
-        users?.remove(user)
+    /// A delete of every list of every spelling of `folded` is queued: whatever was stored
+    /// before it is gone, and what is stored after it adds the user again.
+    mutating func deleted(folded: String) {
+        users?.remove(folded)
     }
 
     /// After a purge of everything, nothing stored before is on disk.
@@ -61,17 +64,17 @@ struct CacheIndex {
 
 extension CacheStore {
     /// Reads the key of every stored list, queued like any other read, and hands their
-    /// hashes and the users they belong to to `completion` (on the store's queue).
+    /// hashes and the (folded) users they belong to to `completion` (on the store's queue).
     func loadIndex(completion: @escaping @Sendable (Result<(hashes: Set<Int>, users: Set<String>), any Error>) -> Void) {
         queue.asyncRead { db in
             completion(Result {
                 var hashes = Set<Int>()
                 var users = Set<String>()
-                let rows = try Row.fetchCursor(try db.get(), sql: "SELECT credential, user_email, include_revoked FROM cache_entries")
+                let rows = try Row.fetchCursor(try db.get(), sql: "SELECT credential, user_email, include_revoked, user_fold FROM cache_entries")
                 while let row = try rows.next() {
                     let key = CacheKey(credential: row[0], user: row[1], includeRevoked: row[2])
                     hashes.insert(CacheIndex.hash(key))
-                    users.insert(key.user)
+                    users.insert(row[3])
                 }
                 return (hashes, users)
             })

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Logging
+import MixpeekAPI
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -200,6 +201,15 @@ public final class CacheStore: Sendable {
                 t.column("counters", .text).notNull()
             }
         }
+        // Invalidation drops every spelling of a user (`UserIdentity`): lists are found by the
+        // folded address, kept beside the spelling that was sent.
+        migrator.registerMigration("v2-user-fold") { db in
+            db.add(function: .foldUser())
+            try db.alter(table: "cache_entries") { t in t.add(column: "user_fold", .text) }
+            try db.execute(sql: "UPDATE cache_entries SET user_fold = mixpeek_fold_user(user_email)")
+            try db.create(index: "cache_entries_user_fold", on: "cache_entries", columns: ["user_fold"])
+            try db.drop(index: "cache_entries_user")
+        }
         return migrator
     }
 
@@ -235,11 +245,11 @@ public final class CacheStore: Sendable {
             try db.execute(
                 sql: """
                     INSERT OR REPLACE INTO cache_entries
-                    (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at, user_fold)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [key.credential, key.user, key.includeRevoked, entry.status, entry.contentType,
-                            entry.etag, entry.lastModified, Data(buffer: entry.body), entry.storedAt])
+                            entry.etag, entry.lastModified, Data(buffer: entry.body), entry.storedAt, UserIdentity.folded(key.user)])
             totals.count += replaced == nil ? 1 : 0
             totals.bytes += entry.body.readableBytes - (replaced ?? 0)
             try self.evictBeyondBounds(db, totals: totals, keeping: db.lastInsertedRowID)
@@ -251,7 +261,8 @@ public final class CacheStore: Sendable {
         })
     }
 
-    /// Deletes every entry of `user` (every credential), or every entry when `user` is nil.
+    /// Deletes every entry of `user` in every spelling (`UserIdentity`) and for every
+    /// credential, or every entry when `user` is nil.
     public func delete(user: String?) async throws {
         try await withCheckedThrowingContinuation { continuation in
             enqueueDelete(user: user) { continuation.resume(with: $0) }
@@ -263,7 +274,8 @@ public final class CacheStore: Sendable {
         guard !isDamaged else { return completion(.success(())) }
         queue.asyncWrite({ db in
             if let user {
-                let sizes = try Int.fetchAll(db, sql: "DELETE FROM cache_entries WHERE user_email = ? RETURNING length(body)", arguments: [user])
+                let sizes = try Int.fetchAll(
+                    db, sql: "DELETE FROM cache_entries WHERE user_fold = ? RETURNING length(body)", arguments: [UserIdentity.folded(user)])
                 self.totals.withLockedValue { totals in
                     totals = totals.map { ($0.count - sizes.count, $0.bytes - sizes.reduce(0, +)) }
                 }

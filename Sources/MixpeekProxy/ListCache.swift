@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Logging
+import MixpeekAPI
 import MixpeekHTTP
 import NIOConcurrencyHelpers
 import NIOCore
@@ -77,6 +78,7 @@ public final class ListCache: Sendable {
     private struct State {
         var memory: [CacheKey: Remembered] = [:]
         var memoryBytes = 0
+        /// By folded user (`UserIdentity`): a mutation of any spelling of a user bumps it.
         var generations: [String: UInt64] = [:]
         /// Bumped by a purge of everything: part of every user's generation.
         var epoch: UInt64 = 0
@@ -110,7 +112,7 @@ public final class ListCache: Sendable {
     }
 
     private static func generation(of user: String, in state: State) -> UInt64 {
-        state.epoch &+ state.generations[user, default: 0]
+        state.epoch &+ state.generations[UserIdentity.folded(user), default: 0]
     }
 
     public let settings: Settings
@@ -321,15 +323,16 @@ public final class ListCache: Sendable {
         }
     }
 
-    /// Drops every cached list of `user` (of everyone when nil), for every credential, and
-    /// makes any list fetch already in flight for that user unstorable. Returns when the
-    /// delete is on disk.
+    /// Drops every cached list of `user` in every spelling that folds to the same address
+    /// (`UserIdentity`; of everyone when nil), for every credential, and makes any list fetch
+    /// already in flight for that user unstorable. Returns when the delete is on disk.
     public func invalidate(user: String?) async {
+        let folded = user.map(UserIdentity.folded)
         let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
             state.withLockedValue { state in
-                if let user {
-                    state.generations[user, default: 0] += 1
-                    for key in state.memory.keys where key.user == user {
+                if let folded {
+                    state.generations[folded, default: 0] += 1
+                    for key in state.memory.keys where UserIdentity.folded(key.user) == folded {
                         state.memoryBytes -= state.memory.removeValue(forKey: key)?.entry.body.readableBytes ?? 0
                     }
                 } else {
@@ -339,12 +342,12 @@ public final class ListCache: Sendable {
                     state.onDisk.purged()
                 }
                 // Nothing of this user's in the file: nothing to delete, nothing to wait for.
-                guard let store, user.map(state.onDisk.mayHaveLists(of:)) ?? true else {
+                guard let store, folded.map(state.onDisk.mayHaveLists(ofFolded:)) ?? true else {
                     return continuation.resume(returning: .success(()))
                 }
                 // Queued under the lock: every read or store submitted after this sees it.
                 store.enqueueDelete(user: user) { continuation.resume(returning: $0) }
-                if let user { state.onDisk.deleted(user: user) }
+                if let folded { state.onDisk.deleted(folded: folded) }
             }
         }
         if case .failure(let error) = result {
