@@ -58,6 +58,58 @@ enum Headers {
     }
 }
 
+/// An origin (RFC 6454: scheme, host, port) that redirects may name.
+struct Origin: Sendable, Equatable {
+    var scheme: String
+    var host: String
+    var port: Int
+
+    /// The origin of an `http` or `https` URL; nil for anything else.
+    init?(url: String) {
+        guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
+              let defaultPort = Self.defaultPorts[scheme], let host = components.host?.lowercased(), !host.isEmpty
+        else { return nil }
+        self.scheme = scheme
+        self.host = host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host
+        port = components.port ?? defaultPort
+    }
+
+    init(scheme: String, host: String, port: Int) {
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+    }
+
+    private static let defaultPorts = ["http": 80, "https": 443]
+
+    /// `scheme://host:port`, with an IPv6 host in brackets and a default port left out.
+    var serialized: String {
+        let host = host.contains(":") ? "[\(host)]" : host
+        return port == Self.defaultPorts[scheme] ? "\(scheme)://\(host)" : "\(scheme)://\(host):\(port)"
+    }
+}
+
+extension Headers {
+    /// `Location` and `Content-Location` that point at the upstream's origin, rewritten to the
+    /// proxy's own, as nginx's `proxy_redirect default` does: a client that follows a redirect
+    /// stays on the proxy instead of going around its audit and its cache. References without
+    /// a scheme and host, and other origins, are left alone.
+    static func rewriteRedirects(_ headers: inout HTTPHeaders, from upstream: Origin, to proxy: Origin) {
+        for name in ["location", "content-location"] {
+            guard let value = headers.first(name: name), let rewritten = rewritten(value, from: upstream, to: proxy) else { continue }
+            headers.replaceOrAdd(name: name, value: rewritten)
+        }
+    }
+
+    static func rewritten(_ reference: String, from upstream: Origin, to proxy: Origin) -> String? {
+        guard let schemeEnd = reference.range(of: "://") else { return nil }
+        let authorityEnd = reference[schemeEnd.upperBound...].firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? reference.endIndex
+        guard Origin(url: String(reference[..<authorityEnd])) == upstream else { return nil }
+        let rest = reference[authorityEnd...]
+        return proxy.serialized + (rest.isEmpty ? "/" : rest)
+    }
+}
+
 extension HTTPHeaders {
     /// True when `Cache-Control` carries `directive` (case-insensitive, arguments ignored).
     func cacheControl(contains directive: String) -> Bool {

@@ -15,6 +15,8 @@ public final class Proxy: HTTPResponder {
         public var passThrough = true
         /// Shown in the 504 message.
         public var upstreamTimeoutSeconds: Double = 30
+        /// The upstream's URL: redirects to its origin are rewritten to the proxy's own.
+        public var upstream: String?
         public init() {}
     }
 
@@ -23,6 +25,8 @@ public final class Proxy: HTTPResponder {
     /// Nil when the audit file could not be opened: every mutation is then refused (503).
     public let audit: AuditLog?
     let settings: Settings
+    /// `settings.upstream`'s origin, parsed once (`Headers.rewriteRedirects`).
+    private let upstreamOrigin: Origin?
     let logger: Logger
     let metrics: ProxyMetrics
 
@@ -31,6 +35,7 @@ public final class Proxy: HTTPResponder {
         self.cache = cache
         self.audit = audit
         self.settings = settings
+        upstreamOrigin = settings.upstream.flatMap(Origin.init(url:))
         self.metrics = metrics
         self.logger = logger
     }
@@ -49,7 +54,11 @@ public final class Proxy: HTTPResponder {
         let route = Route(method: request.method, target: request.target)
         switch route {
         case .rejected(let why):
-            let error: ProxyError = if case .methodNotAllowed(let allowed) = why { .methodNotAllowed(allowed: allowed) } else { .malformed(why.message) }
+            let error: ProxyError = switch why {
+            case .methodNotAllowed(let allowed): .methodNotAllowed(allowed: allowed)
+            case .nonCanonical: .nonCanonicalPath(why.message)
+            case .invalidSegment, .unknownPath: .malformed(why.message)
+            }
             return finish(.now(error.response(requestID: requestID)), request, route: "rejected", cache: nil, started: started)
         case .passThrough where !settings.passThrough || !request.target.hasPrefix("/v1/"):
             let why = settings.passThrough ? "mixpeek-proxy forwards only /v1/... paths" : "pass-through is off: mixpeek-proxy forwards only the API-keys calls"
@@ -94,10 +103,10 @@ public final class Proxy: HTTPResponder {
         cache.answer(key, refresh: refresh, on: eventLoop) {
             // A failure becomes `.failure` in the cache, which knows what to serve instead.
             self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop).map { .response($0) }
-        }.map { answer in self.listResponse(answer, requestID: requestID) }
+        }.map { answer in self.listResponse(answer, to: request, requestID: requestID) }
     }
 
-    private func listResponse(_ answer: ListCache.Answer, requestID: String) -> (HTTPResponse, String?) {
+    private func listResponse(_ answer: ListCache.Answer, to request: HTTPRequest, requestID: String) -> (HTTPResponse, String?) {
         switch answer {
         case .hit(let entry):
             return (cachedResponse(entry, result: "HIT", requestID: requestID), "HIT")
@@ -105,7 +114,7 @@ public final class Proxy: HTTPResponder {
             return (cachedResponse(entry, result: "STALE", requestID: requestID), "STALE")
         case .fetched(.response(let response), let coalesced):
             let result = coalesced ? "HIT" : "MISS"
-            return (clientResponse(response, requestID: requestID, xCache: result), coalesced ? "COALESCED" : "MISS")
+            return (clientResponse(response, to: request, requestID: requestID, xCache: result), coalesced ? "COALESCED" : "MISS")
         case .fetched(.failure(let error), _):
             return (upstreamFailure(error).response(requestID: requestID), "MISS")
         }
@@ -155,7 +164,7 @@ public final class Proxy: HTTPResponder {
             }
             let ids = outcome == .ok && (action == .create || action == .rotate) ? Self.newKeyIdentifiers(upstreamResponse.body) : (nil, nil, nil)
             result = AuditResult(outcome: outcome, upstreamStatus: code, durationMS: elapsed, keyID: ids.0, keyPrefix: ids.1, keyHash: ids.2)
-            response = clientResponse(upstreamResponse, requestID: requestID, xCache: nil)
+            response = clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: nil)
         } catch {
             let failure = error as? UpstreamError ?? .unreachable("\(error)")
             result = AuditResult(outcome: failure == .timeout ? .timeout : .error, upstreamStatus: nil, durationMS: Self.milliseconds(since: started))
@@ -189,7 +198,7 @@ public final class Proxy: HTTPResponder {
     private func forward(_ request: HTTPRequest, requestID: String, xCache: String?) async -> (HTTPResponse, String?) {
         do {
             let response = try await upstream.send(upstreamRequest(request, requestID: requestID))
-            return (clientResponse(response, requestID: requestID, xCache: xCache), xCache)
+            return (clientResponse(response, to: request, requestID: requestID, xCache: xCache), xCache)
         } catch {
             return (upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID), xCache)
         }
@@ -201,8 +210,11 @@ public final class Proxy: HTTPResponder {
         return UpstreamRequest(method: request.method, target: request.target, headers: headers, body: request.body)
     }
 
-    private func clientResponse(_ response: UpstreamResponse, requestID: String, xCache: String?) -> HTTPResponse {
+    private func clientResponse(_ response: UpstreamResponse, to request: HTTPRequest, requestID: String, xCache: String?) -> HTTPResponse {
         var headers = Headers.forClient(response.headers)
+        if let upstream = upstreamOrigin, let local = request.localAddress, let ip = local.ipAddress, let port = local.port {
+            Headers.rewriteRedirects(&headers, from: upstream, to: Origin(scheme: "http", host: ip, port: port))
+        }
         if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
         if let xCache {
             // A list answered straight from the upstream is zero seconds old, unless the upstream says otherwise.
