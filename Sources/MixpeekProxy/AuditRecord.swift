@@ -4,6 +4,11 @@ import GRDB
 import MixpeekAPI
 import NIOConcurrencyHelpers
 
+/// The mutations the audit log records.
+public enum AuditAction: String, Sendable, Codable, CaseIterable {
+    case create, update, rotate, delete
+}
+
 /// How a mutation ended.
 public enum AuditOutcome: String, Sendable, Codable, CaseIterable {
     /// The upstream answered 2xx.

@@ -11,8 +11,8 @@ import NIOHTTP1
 /// parse the route → look up its policy → answer from the cache or forward → audit → respond.
 public final class Proxy: HTTPResponder {
     public struct Settings: Sendable {
-        /// Forward `/v1/...` paths that are not API-keys calls (uncached, unaudited).
-        public var passThrough = true
+        /// What `Policy.decide` reads.
+        public var policy = Policy.Settings()
         /// Shown in the 504 message.
         public var upstreamTimeoutSeconds: Double = 30
         /// The upstream's URL: redirects to its origin are rewritten to the proxy's own.
@@ -51,41 +51,32 @@ public final class Proxy: HTTPResponder {
             return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started)
         }
         let request = incoming
-        let route = Route(method: request.method, target: request.target)
-        switch route {
-        case .rejected(let why):
-            let error: ProxyError = switch why {
-            case .methodNotAllowed(let allowed): .methodNotAllowed(allowed: allowed)
-            case .nonCanonical: .nonCanonicalPath(why.message)
-            case .invalidSegment, .unknownPath: .malformed(why.message)
-            }
-            return finish(.now(error.response(requestID: requestID)), request, route: "rejected", cache: nil, started: started)
-        case .passThrough where !settings.passThrough || !request.target.hasPrefix("/v1/"):
-            let why = settings.passThrough ? "mixpeek-proxy forwards only /v1/... paths" : "pass-through is off: mixpeek-proxy forwards only the API-keys calls"
-            return finish(.now(ProxyError.notFound(why).response(requestID: requestID)), request, route: "pass-through", cache: nil, started: started)
-        case .list(let user, let includeRevoked?):
-            let refresh = request.headers.demandsRefresh
+        let decision = Policy.decide(
+            Route(method: request.method, target: request.target), target: request.target, headers: request.headers, settings: settings.policy)
+        switch decision {
+        case .refuse(let error):
+            return finish(.now(error.response(requestID: requestID)), request, route: decision.label, cache: nil, started: started)
+        case .serveList(let user, let includeRevoked, let refresh):
             let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
                 let response = cachedResponse(remembered.entry, headerBlock: remembered.headerBlock, result: "HIT", requestID: requestID)
-                return finish(.now(response), request, route: "list", cache: "HIT", started: started)
+                return finish(.now(response), request, route: decision.label, cache: "HIT", started: started)
             }
-            return later(request, route: "list", started: started,
+            return later(request, route: decision.label, started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
-        case .list:
+        case .bypassCache:
             cache.noteBypass()
-            return later(on: eventLoop, request, route: "list", started: started) {
+            return later(on: eventLoop, request, route: decision.label, started: started) {
                 await self.forward(request, requestID: requestID, xCache: "BYPASS")
             }
         case .passThrough:
-            return later(on: eventLoop, request, route: "pass-through", started: started) {
+            return later(on: eventLoop, request, route: decision.label, started: started) {
                 await self.forward(request, requestID: requestID, xCache: nil)
             }
-        case .create(let user), .update(let user, _), .rotate(let user, _), .delete(let user, _):
-            let action = Policy.of(route).audit!
-            return later(on: eventLoop, request, route: action.rawValue, started: started) {
-                await self.mutate(request, action: action, user: user, key: route.key, requestID: requestID)
+        case .mutate(let action, let user, let key):
+            return later(on: eventLoop, request, route: decision.label, started: started) {
+                await self.mutate(request, action: action, user: user, key: key, requestID: requestID)
             }
         }
     }

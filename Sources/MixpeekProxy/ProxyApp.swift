@@ -102,7 +102,7 @@ public final class ProxyApp: Service, Sendable {
         }
 
         var settings = Proxy.Settings()
-        settings.passThrough = config.passThrough
+        settings.policy.passThrough = config.passThrough
         settings.upstreamTimeoutSeconds = config.upstreamTimeout
         settings.upstream = config.upstream
         let proxy = Proxy(upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), logger: logger)

@@ -17,6 +17,15 @@ public enum ProxyError: Error, Sendable, Equatable {
     case notFound(String)
     case refused(HTTPRefusal)
 
+    /// The refusal of an API-keys path the proxy will not forward.
+    init(_ rejection: RouteRejection) {
+        self = switch rejection {
+        case .methodNotAllowed(let allowed): .methodNotAllowed(allowed: allowed)
+        case .nonCanonical: .nonCanonicalPath(rejection.message)
+        case .invalidSegment, .unknownPath: .malformed(rejection.message)
+        }
+    }
+
     var status: HTTPResponseStatus {
         switch self {
         case .upstreamUnreachable: .badGateway
