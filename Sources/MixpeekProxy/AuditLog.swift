@@ -5,6 +5,19 @@ import Logging
 import MixpeekAPI
 import NIOConcurrencyHelpers
 
+/// Why an audit file cannot be read.
+public enum AuditFileError: Error, CustomStringConvertible {
+    case newerSchema(String)
+    case olderSchema(String)
+
+    public var description: String {
+        switch self {
+        case .newerSchema(let path): "\(path) was written by a newer mixpeek-proxy (its schema has migrations this version does not know); read it with that version"
+        case .olderSchema(let path): "\(path) has an older or incomplete schema; start this version's proxy on the data dir once to migrate it, then read it"
+        }
+    }
+}
+
 /// The append-only, hash-chained audit log in its own SQLite file (WAL, `synchronous=FULL`,
 /// mode 0600). Triggers refuse `UPDATE` and `DELETE` inside the database itself.
 ///
@@ -48,7 +61,21 @@ public final class AuditLog: Sendable {
         }
         key = hmacKey.map { Data($0.utf8) }
         self.logger = logger
-        if !readOnly { try Self.migrator.migrate(queue) }
+        if readOnly {
+            // A reader never changes the file: it only says when it cannot read this schema.
+            try queue.read { db in
+                if try Self.migrator.hasBeenSuperseded(db) { throw AuditFileError.newerSchema(path) }
+                if try !Self.migrator.hasCompletedMigrations(db) { throw AuditFileError.olderSchema(path) }
+            }
+        } else {
+            try Self.migrator.migrate(queue)
+        }
+    }
+
+    /// Opens the log for `audit query` and `audit verify`: read-only, never migrated, safe
+    /// beside a running proxy (WAL readers).
+    public static func openForReading(path: String, logger: Logger) throws -> AuditLog {
+        try AuditLog(path: path, readOnly: true, logger: logger)
     }
 
     static var migrator: DatabaseMigrator {

@@ -26,7 +26,11 @@ struct Audit: AsyncParsableCommand {
         subcommands: [Query.self, Verify.self])
 
     static func open(_ dataDir: DataDirOption) throws -> AuditLog {
-        try AuditLog(path: try dataDir.existingFile("audit.sqlite"), logger: Logger(label: "mixpeek-proxy.audit"))
+        do {
+            return try AuditLog.openForReading(path: try dataDir.existingFile("audit.sqlite"), logger: Logger(label: "mixpeek-proxy.audit"))
+        } catch let error as AuditFileError {
+            throw ValidationError(error.description)
+        }
     }
 
     struct Query: ParsableCommand {
