@@ -12,6 +12,7 @@ public enum ProxyError: Error, Sendable, Equatable {
     case methodNotAllowed(allowed: String)
     case notAnOpenProxy(String)
     case notFound(String)
+    case forbidden(String)
     case refused(HTTPRefusal)
 
     var status: HTTPResponseStatus {
@@ -23,6 +24,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .methodNotAllowed: .methodNotAllowed
         case .notAnOpenProxy: .forbidden
         case .notFound: .notFound
+        case .forbidden: .forbidden
         case .refused(let refusal): refusal.status
         }
     }
@@ -36,6 +38,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .methodNotAllowed: "method_not_allowed"
         case .notAnOpenProxy: "forbidden"
         case .notFound: "not_found"
+        case .forbidden: "forbidden"
         case .refused(let refusal):
             switch refusal {
             case .bodyTooLarge: "payload_too_large"
@@ -54,7 +57,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .malformed(let why): "malformed request: \(why)"
         case .methodNotAllowed(let allowed): "method not allowed; allowed: \(allowed)"
         case .notAnOpenProxy(let why): "mixpeek-proxy is not an open proxy: \(why)"
-        case .notFound(let what): what
+        case .notFound(let what), .forbidden(let what): what
         case .refused(let refusal): refusal.message
         }
     }
