@@ -90,9 +90,16 @@ public final class ProxyApp: Service, Sendable {
             audit = nil
         }
         // The status page reads the audit file through a connection of its own.
-        let auditReader = try? AuditLog(path: auditPath, hmacKey: hmacKey, readOnly: true, logger: logger)
+        var auditReader: AuditLog?
+        if audit != nil {
+            do {
+                auditReader = try AuditLog(path: auditPath, hmacKey: hmacKey, readOnly: true, logger: logger)
+            } catch {
+                logger.warning("the status page cannot read the audit log", metadata: ["error": "\(error)"])
+            }
+        }
         let status = StatusBoard(
-            cache: cache, audit: audit == nil ? nil : auditReader,
+            cache: cache, audit: auditReader,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
