@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 import MixpeekHTTP
 import NIOConcurrencyHelpers
 import NIOCore
@@ -181,6 +182,27 @@ struct StatusPageTests {
             #expect((json["savings"] as? [String: Any])?["hits"] as? Int == 50)
             let upstream = json["upstream"] as? [String: Any]
             #expect((upstream?["list_misses"] as? [String: Any])?["count"] as? Int == 1)
+        }
+    }
+
+    @Test("verify now checks an HMAC chain with the proxy's key, and finds a chain broken without it")
+    func verifyHMACChain() async throws {
+        let dir = TestProxy.makeDataDir()
+        try DataFiles.createPrivateDirectory(at: dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/audit.sqlite"
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let writer = try AuditLog(path: path, hmacKey: "status-secret", logger: logger)
+        let intent = try await writer.recordIntent(AuditIntent(
+            action: .create, user: "a@example.com", key: "k", caller: "anonymous", client: "127.0.0.1", requestID: "r1"))
+        try await writer.recordOutcome(of: intent, AuditResult(outcome: .ok, upstreamStatus: 200, durationMS: 1))
+        let cache = ListCache(settings: .init(ttl: 30, staleIfError: 0, memoryBytes: 1 << 20), store: nil, logger: logger)
+        let limits = StatusBoard.Limits(upstreamURL: "http://127.0.0.1:1", cacheMaxEntries: 1, cacheMaxBytes: 1)
+        for (key, intact) in [("status-secret", true), (nil, false)] {
+            let reader = try AuditLog(path: path, hmacKey: key, readOnly: true, logger: logger)
+            let result = await StatusBoard(cache: cache, audit: reader, limits: limits).verifyAudit()
+            #expect(result.intact == intact)
+            #expect(result.records == (intact ? 2 : 1))
         }
     }
 
