@@ -25,4 +25,8 @@ grep -qi 'x-cache: HIT' out.* || { echo "demo_check: no HIT seen"; exit 1; }
 grep -q '"status":403' out.* || { echo "demo_check: admin-key was not refused"; exit 1; }
 grep -q 'audit chain intact' out.* || { echo "demo_check: audit verify did not pass"; exit 1; }
 grep -q 'rotate' out.* || { echo "demo_check: audit query shows no rotate"; exit 1; }
+# The tour ends with the status page's address, and it serves the page.
+page="$(tail -n 1 tour.txt | sed -e 's/^ *//')"
+[[ "$page" == "$url/_proxy/" ]] || { echo "demo_check: the tour does not end with the status page's address: $page"; exit 1; }
+curl -fsS "$page" | grep -q '<title>mixpeek-proxy status</title>' || { echo "demo_check: no status page at $page"; exit 1; }
 echo "demo_check: ran $count commands from the demo tour: all passed"

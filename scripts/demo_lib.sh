@@ -12,6 +12,7 @@ trap cleanup EXIT
 cd "$work"
 "$BIN" demo --port 0 --data-dir "$work/data" --log-level warning > tour.txt 2> demo.log &
 pid=$!
-for _ in $(seq 100); do grep -q 'audit verify' tour.txt 2>/dev/null && break; sleep 0.1; done
+# The tour's last line is the status page's address.
+for _ in $(seq 100); do grep -q '/_proxy/$' tour.txt 2>/dev/null && break; sleep 0.1; done
 url="$(grep -o 'proxy on http://127.0.0.1:[0-9]*' tour.txt | head -1 | sed 's/proxy on //')"
 [ -n "$url" ] || { echo "$(basename "$0"): the demo did not start"; cat demo.log; exit 1; }

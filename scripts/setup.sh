@@ -3,13 +3,14 @@
 # with the Swift toolchain: SQLite's headers (GRDB links the system libsqlite3), curl (the
 # demo tour and checks), the official Mixpeek Python SDK (end-to-end test), and what
 # scripts/bench.sh compares against and measures with (nginx, Varnish, wrk, strace; its
-# smoke run is part of scripts/test.sh).
+# smoke run is part of scripts/test.sh), and Debian's Chromium, which
+# scripts/status_page_check.py drives headless over the DevTools protocol on a pipe.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libsqlite3-dev sqlite3 curl ca-certificates openssl nginx varnish wrk strace procps util-linux; do
+for pkg in libsqlite3-dev sqlite3 curl ca-certificates openssl nginx varnish wrk strace procps util-linux chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

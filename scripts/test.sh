@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: builds (no warnings allowed in our code), runs the Swift test suites,
 # then the end-to-end check with the official Python SDK against the real binary, the
-# demo's printed commands, crash/shutdown and soak checks, a benchmark smoke run, and the
+# demo's printed commands, the status page in headless Chromium, crash/shutdown and soak checks, a benchmark smoke run, and the
 # README's runnable blocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,9 @@ bash scripts/demo_check.sh .build/debug/mixpeek-proxy
 
 echo "== end to end with the Mixpeek Python SDK"
 bash scripts/e2e.sh .build/debug/mixpeek-proxy
+
+echo "== the status page in headless Chromium (screenshots under .build/)"
+python3 scripts/status_page_check.py .build/debug/mixpeek-proxy
 
 echo "== crashes and shutdown against the real binary"
 python3 scripts/crash_check.py .build/debug/mixpeek-proxy

@@ -26,7 +26,7 @@ public enum AuditFileError: Error, CustomStringConvertible {
 /// durable, so an intent is on disk before its mutation is forwarded.
 public final class AuditLog: Sendable {
     let queue: DatabaseQueue
-    private let key: Data?
+    let key: Data?
     private let logger: Logger
     private let pending = NIOLockedValueBox(Pending())
 

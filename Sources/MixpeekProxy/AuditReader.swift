@@ -89,13 +89,7 @@ extension AuditLog {
             conditions.append("COALESCE(o.outcome, 'unknown') = ?")
             _ = arguments.append(contentsOf: [outcome.rawValue])
         }
-        var sql = """
-            SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
-                   COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
-                   o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at
-            FROM audit_records i LEFT JOIN audit_records o ON o.intent_seq = i.seq AND o.kind = 'outcome'
-            WHERE \(conditions.joined(separator: " AND ")) ORDER BY i.seq
-            """
+        var sql = Self.entriesSQL(where: conditions.joined(separator: " AND "), order: "i.seq")
         if let limit = filter.limit {
             sql += " LIMIT ?"
             _ = arguments.append(contentsOf: [limit])
@@ -104,14 +98,29 @@ extension AuditLog {
             db.add(function: .foldUser())
             let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
             while let row = try rows.next() {
-                try body(AuditEntry(
-                    seq: row["seq"], time: row["time"], action: row["action"], user_email: row["user_email"],
-                    key_name: row["key_name"], caller: row["caller"], client: row["client"], request_id: row["request_id"],
-                    outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
-                    key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
-                    finished_at: row["finished_at"]))
+                try body(Self.entry(from: row))
             }
         }
+    }
+
+    /// Intents joined with their outcomes: the one query behind `query` and the status page.
+    static func entriesSQL(where conditions: String, order: String) -> String {
+        """
+        SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
+               COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
+               o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at
+        FROM audit_records i LEFT JOIN audit_records o ON o.intent_seq = i.seq AND o.kind = 'outcome'
+        WHERE \(conditions) ORDER BY \(order)
+        """
+    }
+
+    static func entry(from row: Row) -> AuditEntry {
+        AuditEntry(
+            seq: row["seq"], time: row["time"], action: row["action"], user_email: row["user_email"],
+            key_name: row["key_name"], caller: row["caller"], client: row["client"], request_id: row["request_id"],
+            outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
+            key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
+            finished_at: row["finished_at"])
     }
 
     /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing
@@ -130,8 +139,16 @@ extension AuditLog {
     /// removed or reordered. A record removed from the very end leaves a valid shorter chain:
     /// compare `head` with one kept elsewhere (`audit verify --expect-head`) to catch that.
     public func verify(hmacKey: String? = nil) throws -> AuditVerification {
-        let key = hmacKey.map { Data($0.utf8) }
-        return try queue.read { db in
+        try verify(key: hmacKey.map { Data($0.utf8) })
+    }
+
+    /// `verify` with the key the log was opened with (the status page's verify button).
+    func verifyWithOwnKey() throws -> AuditVerification {
+        try verify(key: key)
+    }
+
+    private func verify(key: Data?) throws -> AuditVerification {
+        try queue.read { db in
             var expectedSeq: Int64 = 1
             var previousHash = AuditRecord.genesis
             var count = 0

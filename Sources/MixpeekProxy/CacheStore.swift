@@ -322,6 +322,22 @@ public final class CacheStore: Sendable {
         totals.withLockedValue { $0 = (count, bytes) }
     }
 
+    /// Entries and bytes in the file from the running totals, counted once (on the queue,
+    /// in order with the writes) when not known yet; nil once the file was found damaged.
+    func footprint(completion: @escaping @Sendable (Result<(count: Int, bytes: Int)?, any Error>) -> Void) {
+        guard !isDamaged else { return completion(.success(nil)) }
+        if let known = totals.withLockedValue({ $0 }) { return completion(.success(known)) }
+        queue.asyncRead { db in
+            completion(Result {
+                let counted = try self.currentTotals(db.get())
+                self.totals.withLockedValue { totals in
+                    if totals == nil { totals = counted }
+                }
+                return counted
+            })
+        }
+    }
+
     /// Entries and bytes on disk.
     public func size() throws -> (entries: Int, bytes: Int) {
         try queue.read { db in

@@ -31,6 +31,7 @@ public struct ProxyConfig: Sendable, Equatable {
     public var eventLoops = 1
     public var logLevel = Logger.Level.info
     public var logFormat = LogFormat.text
+    public var statusPage = StatusPageAccess.loopback
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
 
@@ -63,6 +64,7 @@ public struct ProxyConfig: Sendable, Equatable {
         Key(name: "event_loops", help: "event-loop threads serving clients, and as many for upstream connections; 0 = one per CPU this process may use"),
         Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical"),
         Key(name: "log_format", help: "text or json"),
+        Key(name: "status_page", help: "who may see the status page at /_proxy/: loopback (clients on this machine), on or off"),
     ]
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -140,6 +142,9 @@ public struct ProxyConfig: Sendable, Equatable {
         case "log_format":
             guard let format = LogFormat(rawValue: raw.lowercased()) else { throw fail("text or json") }
             logFormat = format
+        case "status_page":
+            guard let access = StatusPageAccess(rawValue: raw.lowercased()) else { throw fail("loopback, on or off") }
+            statusPage = access
         default:
             throw ConfigError(message: "unknown setting '\(name)' in \(source); known: \(Self.keys.map(\.name).joined(separator: ", "))")
         }

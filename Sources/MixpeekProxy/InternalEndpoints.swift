@@ -4,8 +4,9 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 
-/// `/_proxy/health`, `/_proxy/stats` and `/_proxy/metrics`: the proxy's own surface. None of
-/// them shows a token, a secret or a cached body.
+/// `/_proxy/health`, `/_proxy/stats` and `/_proxy/metrics`: the proxy's own surface (the status
+/// page's paths are in `StatusEndpoints.swift`). None of them shows a token, a secret or a
+/// cached body.
 extension Proxy {
     struct Stats: Codable {
         struct Cache: Codable {
@@ -25,6 +26,9 @@ extension Proxy {
     }
 
     func internalEndpoint(_ request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+        if Self.statusPaths.contains(request.path) {
+            return statusEndpoint(request, on: eventLoop)
+        }
         guard request.method == .GET || request.method == .HEAD else {
             return .now(ProxyError.methodNotAllowed(allowed: "GET").response())
         }
@@ -45,7 +49,7 @@ extension Proxy {
             promise.completeWithTask { Self.json(await self.stats()) }
             return .later(promise.futureResult)
         default:
-            return .now(ProxyError.notFound("no such proxy endpoint; try /_proxy/health, /_proxy/stats, /_proxy/metrics").response())
+            return .now(ProxyError.notFound("no such proxy endpoint; try /_proxy/, /_proxy/health, /_proxy/stats, /_proxy/metrics").response())
         }
     }
 

@@ -369,6 +369,17 @@ public final class ListCache: Sendable {
         state.withReadLock { ($0.memory.count, $0.memoryBytes) }
     }
 
+    /// Entries and bytes in the cache file; nil without a usable file.
+    public func diskFootprint() async -> (entries: Int, bytes: Int)? {
+        guard let store else { return nil }
+        return await withCheckedContinuation { continuation in
+            store.footprint { result in
+                let found = try? result.get()
+                continuation.resume(returning: found.map { (entries: $0.count, bytes: $0.bytes) })
+            }
+        }
+    }
+
     /// Writes the counters to the cache file, for `cache stats` and the next start.
     public func persistCounters() {
         do {

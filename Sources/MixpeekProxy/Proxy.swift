@@ -17,6 +17,8 @@ public final class Proxy: HTTPResponder {
         public var upstreamTimeoutSeconds: Double = 30
         /// The upstream's URL: redirects to its origin are rewritten to the proxy's own.
         public var upstream: String?
+        /// Who may see the status page (`status_page`).
+        public var statusPage = StatusPageAccess.loopback
         public init() {}
     }
 
@@ -29,9 +31,13 @@ public final class Proxy: HTTPResponder {
     private let upstreamOrigin: Origin?
     let logger: Logger
     let metrics: ProxyMetrics
+    /// The status page's figures; nil serves no status page.
+    let status: StatusBoard?
 
-    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics, logger: Logger) {
+    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics, logger: Logger,
+                status: StatusBoard? = nil) {
         self.upstream = upstream
+        self.status = status
         self.cache = cache
         self.audit = audit
         self.settings = settings
@@ -93,7 +99,10 @@ public final class Proxy: HTTPResponder {
                       on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
         cache.answer(key, refresh: refresh, on: eventLoop) {
             // A failure becomes `.failure` in the cache, which knows what to serve instead.
-            self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop).map { .response($0) }
+            let started = NIODeadline.now()
+            return self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop)
+                .always { result in self.noteUpstream(.list, result.map { Int($0.status.code) }, since: started) }
+                .map { .response($0) }
         }.map { answer in self.listResponse(answer, to: request, requestID: requestID) }
     }
 
@@ -148,6 +157,7 @@ public final class Proxy: HTTPResponder {
             let upstreamResponse = try await upstream.send(upstreamRequest(request, requestID: requestID))
             let elapsed = Self.milliseconds(since: started)
             let code = Int(upstreamResponse.status.code)
+            noteUpstream(.mutation, .success(code), since: started)
             let outcome: AuditOutcome = switch code {
             case 200..<300: .ok
             case 400..<500: .rejected
@@ -158,6 +168,7 @@ public final class Proxy: HTTPResponder {
             response = clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: nil)
         } catch {
             let failure = error as? UpstreamError ?? .unreachable("\(error)")
+            noteUpstream(.mutation, .failure(failure), since: started)
             result = AuditResult(outcome: failure == .timeout ? .timeout : .error, upstreamStatus: nil, durationMS: Self.milliseconds(since: started))
             response = upstreamFailure(failure).response(requestID: requestID)
         }
@@ -213,6 +224,16 @@ public final class Proxy: HTTPResponder {
             if !headers.contains(name: "age") { headers.add(name: "age", value: "0") }
         }
         return HTTPResponse(status: response.status, headers: headers, body: response.body)
+    }
+
+    /// Tells the status page how an upstream call (a list miss or a mutation) went.
+    private func noteUpstream(_ call: UpstreamHealth.Call, _ result: Result<Int, any Error>, since started: NIODeadline) {
+        guard let health = status?.health else { return }
+        let elapsed = Self.milliseconds(since: started)
+        switch result {
+        case .success(let code): health.answered(call, status: code, milliseconds: elapsed)
+        case .failure(let error): health.failed(call, error as? UpstreamError ?? .unreachable("\(error)"), milliseconds: elapsed)
+        }
     }
 
     private func upstreamFailure(_ error: UpstreamError) -> ProxyError {

@@ -18,6 +18,8 @@ public final class ProxyApp: Service, Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let upstreamGroup: MultiThreadedEventLoopGroup
     private let counterFlush: Task<Void, Never>
+    /// Closes a minute of the status page's history at each minute's end.
+    private let minuteTicks: Task<Void, Never>
     private let logger: Logger
 
     /// The port the proxy listens on (the chosen one for port 0).
@@ -38,6 +40,14 @@ public final class ProxyApp: Service, Sendable {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(5))
                 cache.persistCounters()
+            }
+        }
+        let status = proxy.status
+        minuteTicks = Task {
+            while !Task.isCancelled {
+                let intoMinute = Date().timeIntervalSince1970.truncatingRemainder(dividingBy: 60)
+                try? await Task.sleep(for: .seconds(60 - intoMinute))
+                if !Task.isCancelled { status?.recordMinute() }
             }
         }
     }
@@ -68,11 +78,10 @@ public final class ProxyApp: Service, Sendable {
             store: store, logger: logger, clock: clock ?? { Date().timeIntervalSince1970 })
 
         let audit: AuditLog?
+        let auditPath = dataDir.appendingPathComponent("audit.sqlite").path
+        let hmacKey = ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         do {
-            let log = try AuditLog(
-                path: dataDir.appendingPathComponent("audit.sqlite").path,
-                hmacKey: ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"].flatMap { $0.isEmpty ? nil : $0 },
-                logger: logger)
+            let log = try AuditLog(path: auditPath, hmacKey: hmacKey, logger: logger)
             try await log.closeOrphans()
             audit = log
         } catch {
@@ -80,6 +89,18 @@ public final class ProxyApp: Service, Sendable {
             logger.critical("audit log cannot be opened; mutations will be refused", metadata: ["error": "\(error)"])
             audit = nil
         }
+        // The status page reads the audit file through a connection of its own.
+        var auditReader: AuditLog?
+        if audit != nil {
+            do {
+                auditReader = try AuditLog(path: auditPath, hmacKey: hmacKey, readOnly: true, logger: logger)
+            } catch {
+                logger.warning("the status page cannot read the audit log", metadata: ["error": "\(error)"])
+            }
+        }
+        let status = StatusBoard(
+            cache: cache, audit: auditReader,
+            limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
         let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
@@ -105,7 +126,10 @@ public final class ProxyApp: Service, Sendable {
         settings.policy.passThrough = config.passThrough
         settings.upstreamTimeoutSeconds = config.upstreamTimeout
         settings.upstream = config.upstream
-        let proxy = Proxy(upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), logger: logger)
+        settings.statusPage = config.statusPage
+        let proxy = Proxy(
+            upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), logger: logger,
+            status: status)
 
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes
@@ -134,6 +158,7 @@ public final class ProxyApp: Service, Sendable {
         logger.info("shutting down: finishing requests in flight")
         await server.shutdown(grace: .seconds(10))
         counterFlush.cancel()
+        minuteTicks.cancel()
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()
         try? await upstreamGroup.shutdownGracefully()

@@ -15,6 +15,7 @@ public enum ProxyError: Error, Sendable, Equatable {
     case methodNotAllowed(allowed: String)
     case notAnOpenProxy(String)
     case notFound(String)
+    case forbidden(String)
     case refused(HTTPRefusal)
 
     /// The refusal of an API-keys path the proxy will not forward.
@@ -35,6 +36,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .methodNotAllowed: .methodNotAllowed
         case .notAnOpenProxy: .forbidden
         case .notFound: .notFound
+        case .forbidden: .forbidden
         case .refused(let refusal): refusal.status
         }
     }
@@ -49,6 +51,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .methodNotAllowed: "method_not_allowed"
         case .notAnOpenProxy: "forbidden"
         case .notFound: "not_found"
+        case .forbidden: "forbidden"
         case .refused(let refusal):
             switch refusal {
             case .bodyTooLarge: "payload_too_large"
@@ -68,7 +71,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .nonCanonicalPath(let why): why
         case .methodNotAllowed(let allowed): "method not allowed; allowed: \(allowed)"
         case .notAnOpenProxy(let why): "mixpeek-proxy is not an open proxy: \(why)"
-        case .notFound(let what): what
+        case .notFound(let what), .forbidden(let what): what
         case .refused(let refusal): refusal.message
         }
     }

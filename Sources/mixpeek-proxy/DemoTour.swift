@@ -25,6 +25,9 @@ enum DemoTour {
           mixpeek-proxy cache stats --data-dir \(dataDir)
           mixpeek-proxy audit query --data-dir \(dataDir) --format table
           mixpeek-proxy audit verify --data-dir \(dataDir)
+
+        Status page (savings, upstream, cache, audit; open it in a browser on this machine):
+          \(proxy)/_proxy/
         """
     }
 }

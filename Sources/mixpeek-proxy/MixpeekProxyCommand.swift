@@ -61,6 +61,8 @@ struct ServerOptions: ParsableArguments {
     var logLevel: String?
     @Option(help: "text or json (default text).")
     var logFormat: String?
+    @Option(help: "Who may see the status page at /_proxy/: loopback, on or off (default loopback).")
+    var statusPage: String?
 
     var flags: [String: String] {
         let all: [(String, String?)] = [
@@ -69,6 +71,7 @@ struct ServerOptions: ParsableArguments {
             ("max_body_bytes", maxBodyBytes), ("cache_max_entries", cacheMaxEntries), ("cache_max_bytes", cacheMaxBytes),
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("log_level", logLevel), ("log_format", logFormat),
+            ("status_page", statusPage),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }

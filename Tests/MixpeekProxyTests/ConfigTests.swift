@@ -47,7 +47,7 @@ struct ConfigTests {
     @Test("a bad value names the key, the value and where it came from", arguments: [
         ("port", "eighty", "flag --port"), ("cache_ttl", "-1", "flag --cache-ttl"), ("upstream", "ftp://x", "flag --upstream"),
         ("log_level", "loud", "flag --log-level"), ("pass_through", "maybe", "flag --pass-through"),
-        ("event_loops", "-1", "flag --event-loops"),
+        ("event_loops", "-1", "flag --event-loops"), ("status_page", "public", "flag --status-page"),
     ])
     func badValue(key: String, value: String, source: String) throws {
         let error = #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: [key: value]) }

@@ -1,0 +1,158 @@
+import Foundation
+import GRDB
+import MixpeekAPI
+import NIOConcurrencyHelpers
+
+/// Gathers the status page's figures when the page or its JSON is asked for, and keeps the
+/// little state only it needs: the minute history and the last verification of the audit
+/// chain. Nothing here runs on a request's way through the proxy.
+public final class StatusBoard: Sendable {
+    /// The bounds and settings the page shows beside the figures.
+    public struct Limits: Sendable {
+        public var upstreamURL: String
+        public var cacheMaxEntries: Int
+        public var cacheMaxBytes: Int
+
+        public init(upstreamURL: String, cacheMaxEntries: Int, cacheMaxBytes: Int) {
+            self.upstreamURL = upstreamURL
+            self.cacheMaxEntries = cacheMaxEntries
+            self.cacheMaxBytes = cacheMaxBytes
+        }
+    }
+
+    /// Mutations the page lists.
+    public static let recentMutations = 50
+
+    let cache: ListCache
+    public let health: UpstreamHealth
+    /// A read-only connection of its own to the audit file, so that reading the newest
+    /// records and walking the chain never wait for, or hold up, an append.
+    private let audit: AuditLog?
+    private let limits: Limits
+    private let clock: @Sendable () -> Double
+    private let startedAt: Double
+    private let history = NIOLockedValueBox(MinuteHistory())
+    private let verification = NIOLockedValueBox<(last: StatusSnapshot.Verification?, running: Task<StatusSnapshot.Verification, Never>?)>((nil, nil))
+
+    public init(cache: ListCache, audit: AuditLog?, limits: Limits, health: UpstreamHealth = UpstreamHealth(),
+                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
+        self.cache = cache
+        self.audit = audit
+        self.limits = limits
+        self.health = health
+        self.clock = clock
+        startedAt = clock()
+        history.withLockedValue { $0.record(cache.counters, at: startedAt) }
+    }
+
+    /// Closes the running minute of the history: called by a timer once a minute.
+    public func recordMinute() {
+        let counters = cache.counters
+        let now = clock()
+        history.withLockedValue { $0.record(counters, at: now) }
+    }
+
+    /// Everything the page shows, as of now.
+    public func snapshot() async -> StatusSnapshot {
+        let counters = cache.counters
+        let memory = cache.memoryFootprint
+        let disk = await cache.diskFootprint()
+        return StatusSnapshot(
+            generated_at: Self.time(clock()), started_at: Self.time(startedAt),
+            savings: .init(
+                hit_ratio: (counters.hitRatio * 1000).rounded() / 1000, upstream_list_calls_saved: counters.saved,
+                upstream_list_calls: counters.upstreamListCalls, hits: counters.hits, misses: counters.misses,
+                stale: counters.stale, coalesced: counters.coalesced, bypass: counters.bypass,
+                minutes: history.withLockedValue { $0.minutes(current: counters) }),
+            upstream: health.snapshot(url: Self.displayed(limits.upstreamURL)),
+            cache: .init(
+                entries: disk?.entries, entries_max: limits.cacheMaxEntries, bytes: disk?.bytes, bytes_max: limits.cacheMaxBytes,
+                memory_entries: memory.entries, memory_bytes: memory.bytes, memory_bytes_max: cache.settings.memoryBytes,
+                ttl_seconds: cache.settings.ttl, stale_if_error_seconds: cache.settings.staleIfError),
+            audit: await auditPanel(),
+            group: nil)
+    }
+
+    private func auditPanel() async -> StatusSnapshot.Audit {
+        let last = verification.withLockedValue { $0.last }
+        guard let audit, let newest = try? await audit.newest(Self.recentMutations) else {
+            return .init(available: false, records: 0, head: nil, recent: [], last_verification: last)
+        }
+        return .init(
+            available: true, records: newest.records, head: newest.head,
+            recent: newest.mutations.map {
+                .init(seq: $0.seq, time: $0.time, action: $0.action, user_email: $0.user_email, key_name: $0.key_name,
+                      outcome: $0.outcome, upstream_status: $0.upstream_status, caller: $0.caller, request_id: $0.request_id)
+            },
+            last_verification: last)
+    }
+
+    /// Walks the whole audit chain off the event loops; requests that come while a walk is
+    /// running share it rather than start another.
+    public func verifyAudit() async -> StatusSnapshot.Verification {
+        let task = verification.withLockedValue { state in
+            if let running = state.running { return running }
+            let task = Task { await self.walkChain() }
+            state.running = task
+            return task
+        }
+        return await task.value
+    }
+
+    private func walkChain() async -> StatusSnapshot.Verification {
+        let started = clock()
+        let outcome: Result<AuditVerification, any Error> = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .utility).async { [audit] in
+                continuation.resume(returning: Result {
+                    guard let audit else { throw AuditUnavailable() }
+                    return try audit.verifyWithOwnKey()
+                })
+            }
+        }
+        let result: StatusSnapshot.Verification = switch outcome {
+        case .success(let found):
+            .init(time: Self.time(clock()), intact: found.isIntact, records: found.records,
+                  head: found.isIntact ? found.head : nil, problem: found.problem,
+                  unknown_outcomes: found.unknownOutcomes.count, duration_ms: milliseconds(since: started))
+        case .failure(let error):
+            .init(time: Self.time(clock()), intact: false, records: 0, head: nil,
+                  problem: "the audit log could not be read: \(error)", unknown_outcomes: 0,
+                  duration_ms: milliseconds(since: started))
+        }
+        verification.withLockedValue { $0 = (result, nil) }
+        return result
+    }
+
+    private struct AuditUnavailable: Error, CustomStringConvertible {
+        var description: String { "the audit file is not open" }
+    }
+
+    private func milliseconds(since start: Double) -> Double {
+        ((clock() - start) * 10_000).rounded() / 10
+    }
+
+    /// `scheme://host[:port]` of the upstream: a path, a query or user information in the
+    /// configured URL never reach the page.
+    static func displayed(_ url: String) -> String {
+        guard let parts = URLComponents(string: url), let scheme = parts.scheme, let host = parts.host else { return "" }
+        return "\(scheme)://\(host)\(parts.port.map { ":\($0)" } ?? "")"
+    }
+
+    static func time(_ seconds: Double) -> String {
+        Timestamp.string(Date(timeIntervalSince1970: seconds))
+    }
+}
+
+extension AuditLog {
+    /// The record count, the head (`seq:hash`) and the newest `count` mutations, newest first,
+    /// in one read transaction so that they agree with one another.
+    func newest(_ count: Int) async throws -> (records: Int, head: String?, mutations: [AuditEntry]) {
+        try await queue.read { db in
+            let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            let records = try AuditRecord.fetchCount(db)
+            let mutations = try Row.fetchAll(db, sql: Self.entriesSQL(where: "i.kind = 'intent'", order: "i.seq DESC LIMIT ?"), arguments: [count])
+                .map(Self.entry(from:))
+            return (records, head.map { "\($0["seq"] as Int64):\($0["hash"] as String)" }, mutations)
+        }
+    }
+}

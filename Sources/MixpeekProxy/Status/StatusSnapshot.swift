@@ -1,0 +1,132 @@
+import Foundation
+
+/// Everything the status page shows, as `GET /_proxy/status.json` serves it (the README
+/// documents each field). It holds no token, no secret and no key value: mutations carry the
+/// caller's fingerprint and the key's name only.
+public struct StatusSnapshot: Codable, Sendable {
+    /// Bumped when a field changes meaning or goes away (new fields may come at any time).
+    public var version = 1
+    public var generated_at: String
+    public var started_at: String
+    public var savings: Savings
+    public var upstream: Upstream
+    public var cache: Cache
+    public var audit: Audit
+    /// The group panel's place: members and leases once proxies can share a PostgreSQL
+    /// database (`postgres_url`, not built yet). Always null until then, and the page shows
+    /// nothing for it.
+    public var group: Group?
+
+    public struct Savings: Codable, Sendable {
+        public var hit_ratio: Double
+        public var upstream_list_calls_saved: Int
+        public var upstream_list_calls: Int
+        public var hits: Int
+        public var misses: Int
+        public var stale: Int
+        public var coalesced: Int
+        public var bypass: Int
+        /// The last hour, a minute a slot, oldest first; the last slot is the running minute.
+        public var minutes: [MinuteHistory.Minute]
+    }
+
+    public struct Upstream: Codable, Sendable {
+        public enum State: String, Codable, Sendable {
+            /// The last call got an answer below 500.
+            case reachable
+            /// The last call got a 5xx.
+            case erroring
+            /// The last call got no answer (refused, timed out).
+            case unreachable
+            /// No call yet since the proxy started.
+            case unknown
+        }
+
+        public struct Failure: Codable, Sendable {
+            public var time: String
+            public var message: String
+        }
+
+        /// Scheme, host and port only.
+        public var url: String
+        public var state: State
+        public var last_call: String?
+        public var last_error: Failure?
+        public var window_seconds: Int
+        public var list_misses: Latency
+        public var mutations: Latency
+    }
+
+    /// Upstream calls within the window and their latencies (null when there were none).
+    public struct Latency: Codable, Sendable {
+        public var count: Int
+        public var p50_ms: Double?
+        public var p99_ms: Double?
+    }
+
+    public struct Cache: Codable, Sendable {
+        /// Lists and body bytes in the cache file (null when it is unusable), and their bounds.
+        public var entries: Int?
+        public var entries_max: Int
+        public var bytes: Int?
+        public var bytes_max: Int
+        /// The memory tier hits are answered from.
+        public var memory_entries: Int
+        public var memory_bytes: Int
+        public var memory_bytes_max: Int
+        public var ttl_seconds: Double
+        public var stale_if_error_seconds: Double
+    }
+
+    public struct Audit: Codable, Sendable {
+        /// False when the audit file cannot be read: the rest of this object is then empty.
+        public var available: Bool
+        public var records: Int
+        /// `seq:hash` of the newest record: keep it elsewhere for `audit verify --expect-head`.
+        public var head: String?
+        /// The newest mutations, newest first.
+        public var recent: [Mutation]
+        public var last_verification: Verification?
+    }
+
+    /// One mutation as the page lists it.
+    public struct Mutation: Codable, Sendable, Equatable {
+        public var seq: Int64
+        public var time: String
+        public var action: String
+        public var user_email: String
+        public var key_name: String?
+        public var outcome: String
+        public var upstream_status: Int?
+        public var caller: String
+        public var request_id: String
+    }
+
+    public struct Verification: Codable, Sendable {
+        public var time: String
+        public var intact: Bool
+        public var records: Int
+        /// The head verified up to, when intact.
+        public var head: String?
+        /// The first broken record and how, when not.
+        public var problem: String?
+        public var unknown_outcomes: Int
+        public var duration_ms: Double
+    }
+
+    /// Reserved for the group of proxies; see `group`.
+    public struct Group: Codable, Sendable {}
+
+    /// `group` is written even when null, so that scripts find the key where it will be.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(version, forKey: .version)
+        try container.encode(generated_at, forKey: .generated_at)
+        try container.encode(started_at, forKey: .started_at)
+        try container.encode(savings, forKey: .savings)
+        try container.encode(upstream, forKey: .upstream)
+        try container.encode(cache, forKey: .cache)
+        try container.encode(audit, forKey: .audit)
+        try container.encode(group, forKey: .group)
+    }
+}

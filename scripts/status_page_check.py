@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""The status page in a real browser: Debian's headless Chromium, driven over the Chrome
+DevTools Protocol on a pipe (--remote-debugging-pipe: no driver, no websocket, nothing from
+PyPI).
+
+Starts `mixpeek-proxy fake-upstream` and `mixpeek-proxy serve` in front of it, runs a tour
+(creates, lists, a rotate, a 403), then in the browser: reads the page with scripts off (the
+server's render) and on (the script's render from status.json) and checks they agree with
+the tour, sees a list made afterwards arrive without a reload, clicks 'verify now', checks a
+key named like markup stays text, that a phone-width page does not scroll sideways and that
+the console shows no CSP violation or error, and saves screenshots under .build/.
+
+    python3 scripts/status_page_check.py [path/to/mixpeek-proxy]   (default .build/debug/mixpeek-proxy)
+"""
+import json, os, shutil, subprocess, sys, tempfile, time, urllib.error, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proctools import Checks, start, stop  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "sk_browser_0123456789abcdefghijklmnop"
+MARKUP = "<img src=x onerror=alert(1)>"
+
+
+class Browser:
+    """Headless Chromium and one page in it, spoken to over fds 3 (commands) and 4 (replies)."""
+
+    def __init__(self, profile):
+        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not binary:
+            raise RuntimeError("no chromium on PATH (scripts/setup.sh installs Debian's)")
+        to_browser, self._to_browser = os.pipe()
+        self._from_browser, from_browser = os.pipe()
+
+        def pipes_as_3_and_4():
+            # Copied above 4 first so that neither dup2 overwrites the other's source.
+            a, b = os.dup(to_browser), os.dup(from_browser)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--no-default-browser-check", "--hide-scrollbars", "--mute-audio", f"--user-data-dir={profile}",
+             "--remote-debugging-pipe", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(profile, "chromium.log"), "w"),
+            close_fds=False, preexec_fn=pipes_as_3_and_4)
+        os.close(to_browser)
+        os.close(from_browser)
+        self._buffer = b""
+        self._next_id = 0
+        self.events = []
+        target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(domain + ".enable")
+
+    def _read_message(self, deadline):
+        while b"\0" not in self._buffer:
+            if time.time() > deadline:
+                raise TimeoutError("no answer from chromium")
+            chunk = os.read(self._from_browser, 1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium closed the pipe")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method, params=None, session=True, timeout=30):
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.time() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def evaluate(self, expression):
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression, seconds=15):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if self.evaluate(expression):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def open(self, url, scripts=True, width=1100, height=900):
+        self.call("Emulation.setScriptExecutionDisabled", {"value": not scripts})
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
+        self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
+        self.call("Page.navigate", {"url": url})
+        deadline = time.time() + 30
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
+            self.events.append(self._read_message(deadline))
+
+    def click(self, selector):
+        x, y = self.evaluate(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def screenshot(self, path):
+        width = self.evaluate("window.innerWidth")
+        # Measured in a short viewport, so that the picture ends where the page does.
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": 200, "deviceScaleFactor": 1, "mobile": width < 600})
+        height = self.evaluate("Math.ceil(document.documentElement.scrollHeight)")
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
+        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
+        with open(path, "wb") as f:
+            import base64
+            f.write(base64.b64decode(data))
+
+    def console_problems(self):
+        problems = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                problems.append(params["entry"]["text"])
+            elif method == "Runtime.exceptionThrown":
+                problems.append(json.dumps(params["exceptionDetails"])[:300])
+            elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+                problems.append(json.dumps(params.get("args"))[:300])
+            elif method == "Page.javascriptDialogOpening":
+                problems.append("a dialog opened: " + params.get("message", ""))
+        return problems
+
+    def close(self):
+        try:
+            self.call("Browser.close", session=False, timeout=5)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def send(base, method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def tour(base):
+    """2 creates, 3 lists (a miss, then hits), a rotate, a refused delete: 4 mutations."""
+    keys = "/v1/organizations/users/alice@example.com/api-keys"
+    statuses = [
+        send(base, "POST", keys, {"name": "ci-key"})[0],
+        send(base, "POST", keys, {"name": MARKUP})[0],
+        send(base, "GET", keys)[0], send(base, "GET", keys)[0], send(base, "GET", keys)[0],
+        send(base, "POST", keys + "/ci-key/rotate")[0],
+        send(base, "DELETE", keys + "/admin-key")[0],
+    ]
+    return statuses
+
+
+FIGURES = "Object.fromEntries([...document.querySelectorAll('[data-v]')].map(e => [e.dataset.v, e.textContent]))"
+ROWS = "[...document.querySelectorAll('#mutations tbody tr')].map(tr => [...tr.cells].map(td => td.textContent))"
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build/debug/mixpeek-proxy"))
+    out_dir = os.path.join(ROOT, ".build")
+    os.makedirs(out_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="mixpeek-status-")
+    check = Checks()
+    fake = proxy = browser = None
+    try:
+        fake, fake_port = start(binary, ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
+        proxy, port = start(binary, ["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}",
+                                     "--data-dir", os.path.join(work, "data"), "--log-level", "warning"],
+                            os.path.join(work, "proxy.log"))
+        base = f"http://127.0.0.1:{port}"
+        statuses = tour(base)
+        check("the tour ran (200s, then 403 for admin-key)", statuses == [200, 200, 200, 200, 200, 200, 403], str(statuses))
+
+        os.makedirs(os.path.join(work, "profile"))
+        browser = Browser(os.path.join(work, "profile"))
+        page = base + "/_proxy/"
+
+        browser.open(page, scripts=False)
+        served = browser.evaluate(FIGURES)
+        check("without scripts the server's page shows the savings",
+              (served.get("savings.hits"), served.get("savings.misses"), served.get("savings.upstream_list_calls_saved"),
+               served.get("savings.hit_ratio")) == ("2", "1", "2", "66.7%"), json.dumps(served)[:400])
+        check("without scripts the page reloads itself (noscript refresh)",
+              browser.evaluate("document.querySelector('noscript') !== null && document.documentElement.innerHTML.includes('http-equiv=\"refresh\"')"))
+
+        browser.open(page, scripts=True)
+        check("the script runs under the page's CSP and refreshes from status.json",
+              browser.wait_for("document.getElementById('live').textContent === 'live'"))
+        live = browser.evaluate(FIGURES)
+        differing = {k: (served.get(k), v) for k, v in live.items() if served.get(k) != v and k not in ("generated_at", "audit.records")}
+        check("the script's render of status.json shows what the server rendered", not differing, json.dumps(differing)[:400])
+        check("upstream shows reachable", live.get("upstream.state") == "reachable", live.get("upstream.state"))
+        rows = browser.evaluate(ROWS)
+        check("four mutations listed, newest first",
+              [r[1] for r in rows] == ["delete", "rotate", "create", "create"], json.dumps(rows)[:400])
+        check("the refused delete shows as rejected 403 on admin-key",
+              rows and rows[0][3:6] == ["admin-key", "rejected", "403"], json.dumps(rows[:1]))
+        check("a key named like markup is shown as text, never as an element",
+              any(r[3] == MARKUP for r in rows) and browser.evaluate("document.querySelectorAll('main img').length") == 0)
+        check("no token on the page", TOKEN not in browser.evaluate("document.documentElement.outerHTML"))
+        check("the chain head is shown with a copy button",
+              browser.evaluate("/^[0-9]+:[0-9a-f]{64}$/.test(document.getElementById('head').textContent) && !document.getElementById('copy-head').hidden"))
+
+        # The rotate emptied alice's cache: a miss, then a hit.
+        send(base, "GET", "/v1/organizations/users/alice@example.com/api-keys")
+        send(base, "GET", "/v1/organizations/users/alice@example.com/api-keys")
+        check("lists made afterwards show up without a reload",
+              browser.wait_for("document.querySelector('[data-v=\"savings.hits\"]').textContent === '3'", seconds=12))
+
+        check("before 'verify now' the last verification is 'never'",
+              browser.evaluate("document.getElementById('verdict').textContent") == "never")
+        browser.click("#verify")
+        check("clicking 'verify now' shows the chain intact",
+              browser.wait_for("document.getElementById('verdict').textContent === 'intact'"))
+        check("the verification's time is shown",
+              browser.evaluate("document.querySelector('[data-v=\"audit.last_verification.time\"]').textContent.startsWith('20')"))
+        check("the chart has a bar for the running minute", browser.evaluate("document.querySelectorAll('#bars rect').length") > 0)
+        browser.screenshot(os.path.join(out_dir, "status-page.png"))
+
+        browser.open(page, scripts=True, width=390, height=844)
+        browser.wait_for("document.getElementById('live').textContent === 'live'")
+        check("at phone width the page does not scroll sideways",
+              browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth"),
+              str(browser.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")))
+        browser.screenshot(os.path.join(out_dir, "status-page-phone.png"))
+
+        problems = browser.console_problems()
+        check("no CSP violation, error or dialog in the console", not problems, "; ".join(problems)[:600])
+        print(f"status page check: screenshots in {out_dir}/status-page.png and status-page-phone.png")
+    except Exception as error:  # a failure to even run is one failed check, with its reason
+        check("the browser check ran", False, repr(error))
+    finally:
+        if browser:
+            browser.close()
+        for proc in (proxy, fake):
+            if proc:
+                stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+    return check.summary("status page check")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
