@@ -99,6 +99,7 @@ let package = Package(
             dependencies: [
                 "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

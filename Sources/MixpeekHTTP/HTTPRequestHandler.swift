@@ -151,11 +151,6 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     switch result {
                     case .success(let response):
                         self.write(response, keepAlive: keepAlive && !self.quiescing, version: head.version, context: context)
-                    case .failure(HTTPServerError.dropConnection):
-                        self.state = .closing
-                        context.close(promise: nil)
-                    case .failure(HTTPServerError.truncate(let response)):
-                        self.writeTruncated(response, context: context)
                     case .failure:
                         self.write(self.responder.refusal(.internalError), keepAlive: false, version: head.version, context: context)
                     }
@@ -238,16 +233,6 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(response.body)).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
-        }
-    }
-
-    private func writeTruncated(_ response: HTTPResponse, context: ChannelHandlerContext) {
-        state = .closing
-        queued.removeAll()
-        let half = response.body.getSlice(at: response.body.readerIndex, length: response.body.readableBytes / 2) ?? ByteBuffer()
-        writeHead(response, contentLength: response.body.readableBytes, connection: nil, version: .http1_1, context: context)
-        context.writeAndFlush(wrapOutboundOut(half)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
         }
     }
 

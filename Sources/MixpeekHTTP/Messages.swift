@@ -94,14 +94,6 @@ public protocol HTTPResponder: Sendable {
     func refusal(_ reason: HTTPRefusal) -> HTTPResponse
 }
 
-/// Errors a responder's future may fail with to steer the connection.
-public enum HTTPServerError: Error, Sendable {
-    /// Close the connection without a response (the fake uses it to play a broken upstream).
-    case dropConnection
-    /// Send this response's head and half its body, then close: a response cut mid-body.
-    case truncate(HTTPResponse)
-}
-
 /// Why the server itself refused a request.
 public enum HTTPRefusal: Sendable, Equatable {
     case malformed(String)
