@@ -41,6 +41,7 @@ public enum ProxyError: Error, Sendable, Equatable {
             case .bodyTooLarge: "payload_too_large"
             case .headersTooLarge, .tooManyHeaders: "headers_too_large"
             case .malformed: "bad_request"
+            case .expectationFailed: "expectation_failed"
             case .internalError: "internal_error"
             }
         }
