@@ -114,9 +114,9 @@ public final class Proxy: HTTPResponder {
     /// A list from the cache. A hit from memory brings its fixed fields already encoded.
     private func cachedResponse(_ entry: CachedList, headerBlock: HTTPHeaderBlock? = nil, result: String, requestID: String) -> HTTPResponse {
         var headers = headerBlock == nil ? ListCache.Remembered.fixedFields(of: entry) : HTTPHeaders()
-        headers.add(name: "age", value: String(cache.age(of: entry)))
-        headers.add(name: "x-cache", value: result)
-        headers.add(name: "x-request-id", value: requestID)
+        headers.add(name: "Age", value: String(cache.age(of: entry)))
+        headers.add(name: "X-Cache", value: result)
+        headers.add(name: "X-Request-Id", value: requestID)
         return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headerBlock: headerBlock, headers: headers, body: entry.body)
     }
 
@@ -189,7 +189,7 @@ public final class Proxy: HTTPResponder {
     private func forward(_ request: HTTPRequest, requestID: String, xCache: String?) async -> (HTTPResponse, String?) {
         do {
             let response = try await upstream.send(upstreamRequest(request, requestID: requestID))
-            return (clientResponse(response, requestID: requestID, xCache: xCache), xCache)
+            return (clientResponse(response, requestID: requestID, xCache: xCache, answersHead: request.method == .HEAD), xCache)
         } catch {
             return (upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID), xCache)
         }
@@ -197,17 +197,20 @@ public final class Proxy: HTTPResponder {
 
     private func upstreamRequest(_ request: HTTPRequest, requestID: String) -> UpstreamRequest {
         var headers = Headers.forUpstream(request.headers)
-        if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
+        if !headers.contains(name: "x-request-id") { headers.add(name: "X-Request-Id", value: requestID) }
         return UpstreamRequest(method: request.method, target: request.target, headers: headers, body: request.body)
     }
 
-    private func clientResponse(_ response: UpstreamResponse, requestID: String, xCache: String?) -> HTTPResponse {
-        var headers = Headers.forClient(response.headers)
-        if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
+    /// The upstream's answer for the client: its fields keep their spelling, ours are added in
+    /// theirs (the SDK hands headers to users as a case-sensitive dict).
+    private func clientResponse(_ response: UpstreamResponse, requestID: String, xCache: String?, answersHead: Bool = false) -> HTTPResponse {
+        // Without a body, `Content-Length` is the representation's length and passes unchanged.
+        var headers = Headers.forClient(response.headers, keepingLength: answersHead || response.status == .notModified)
+        if !headers.contains(name: "x-request-id") { headers.add(name: "X-Request-Id", value: requestID) }
         if let xCache {
             // A list answered straight from the upstream is zero seconds old, unless the upstream says otherwise.
-            headers.replaceOrAdd(name: "x-cache", value: xCache)
-            if !headers.contains(name: "age") { headers.add(name: "age", value: "0") }
+            headers.replaceOrAdd(name: "X-Cache", value: xCache)
+            if !headers.contains(name: "age") { headers.add(name: "Age", value: "0") }
         }
         return HTTPResponse(status: response.status, headers: headers, body: response.body)
     }
