@@ -85,6 +85,15 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "MixpeekHTTPTests",
+            dependencies: [
+                "MixpeekHTTP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "MixpeekProxyTests",
             dependencies: [
                 "MixpeekProxy", "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
@@ -99,6 +108,7 @@ let package = Package(
             dependencies: [
                 "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -183,8 +183,17 @@ def main() -> int:
         expect(header(response, "X-Cache") == "HIT", f"X-Cache {header(response, 'X-Cache')!r}, expected HIT after a MISS")
         expect(response.data == state.get("first_list"), "the cached list differs from the first one")
 
+    def own_headers_as_spelled():
+        # ApiResponse.headers is handed to users as it is: a user writes headers["X-Cache"].
+        headers = api.list_keys_organizations_users_email_with_http_info(user, **t).headers
+        expect(headers["X-Cache"] == "HIT", f"headers['X-Cache'] is {headers['X-Cache']!r}, expected HIT")
+        expect(headers["Via"] == "1.1 mixpeek-proxy", f"headers['Via'] is {headers['Via']!r}")
+        expect(int(headers["Age"]) >= 0, f"headers['Age'] is {headers['Age']!r}")
+        expect(len(headers["X-Request-Id"]) > 0, "headers['X-Request-Id'] is empty")
+
     checks.run("list: first call is a MISS and shows admin-key", first_list)
     checks.run("list: identical second call is an X-Cache HIT", second_list_is_hit)
+    checks.run("list: the SDK reads headers['X-Cache'], ['Age'], ['Via'], ['X-Request-Id'] as spelled", own_headers_as_spelled)
 
     # ---- create ------------------------------------------------------------------------
     def create():

@@ -20,9 +20,9 @@ struct FakeResponder: HTTPResponder {
         case .invalidJSON:
             response = HTTPResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: "{\"keys\": [ not json"))
         case .dropConnection:
-            return .later(eventLoop.makeFailedFuture(HTTPServerError.dropConnection))
+            return .now(ConnectionFaultHandler.mark(HTTPResponse(status: .ok), .drop))
         case .truncatedBody:
-            return .later(eventLoop.makeFailedFuture(HTTPServerError.truncate(fake.answer(request))))
+            return .now(ConnectionFaultHandler.mark(fake.answer(request), .truncate))
         case .delay, nil:
             response = fake.answer(request)
         }
@@ -70,7 +70,7 @@ struct FakeResponder: HTTPResponder {
     }
 }
 
-/// The fake upstream on a real socket.
+/// The fake upstream on a real socket, its connections able to play the network's faults.
 public final class FakeUpstreamServer: Sendable {
     public let fake: FakeMixpeek
     public let server: HTTPServer
@@ -86,7 +86,9 @@ public final class FakeUpstreamServer: Sendable {
     }
 
     public static func start(host: String = "127.0.0.1", port: Int = 0, fake: FakeMixpeek = FakeMixpeek()) async throws -> FakeUpstreamServer {
-        let server = try await HTTPServer.start(host: host, port: port, responder: FakeResponder(fake: fake))
+        let server = try await HTTPServer.start(
+            host: host, port: port, responder: FakeResponder(fake: fake),
+            connectionHandlers: { [ConnectionFaultHandler()] })
         return FakeUpstreamServer(fake: fake, server: server)
     }
 

@@ -11,6 +11,11 @@ import NIOHTTP1
 /// replies leave in request order; header fields are checked before they are written; a
 /// quiescing server closes each connection after its current response. It enforces the
 /// `ServerLimits` and answers parser errors with the responder's own error shape.
+///
+/// And HTTP/1.1 as RFC 9110 and 9112 say: no body in an answer to HEAD or in a 1xx, 204 or
+/// 304, and no `Content-Length` on a 1xx or 204 (`Framing`); `Expect: 100-continue` answered
+/// with `100 Continue` before the body is read, or with the final status when the request is
+/// refused anyway; an HTTP/1.0 connection kept open only when the client asks for it.
 final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = ByteBuffer
@@ -119,14 +124,18 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch (part, state) {
         case (.head(let head), .idle):
-            if let refusal = check(head) {
-                refuse(refusal, context: context)
-                return
+            switch check(head) {
+            case .refuse(let refusal):
+                return refuse(refusal, to: head, context: context)
+            case .read(let sendContinue):
+                if sendContinue {
+                    context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
+                }
             }
             state = .readingBody(head, nil)
         case (.body(var chunk), .readingBody(let head, var body)):
             if (body?.readableBytes ?? 0) + chunk.readableBytes > limits.maxBodyBytes {
-                refuse(.bodyTooLarge(limit: limits.maxBodyBytes), context: context)
+                refuse(.bodyTooLarge(limit: limits.maxBodyBytes), to: head, context: context)
                 return
             }
             if body == nil {
@@ -144,27 +153,22 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let keepAlive = head.isKeepAlive && !quiescing
             switch responder.respond(to: request, on: context.eventLoop) {
             case .now(let response):
-                write(response, keepAlive: keepAlive, version: head.version, context: context)
+                write(response, to: head, keepAlive: keepAlive, context: context)
             case .later(let future):
                 future.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
                     guard case .responding = self.state else { return }
                     switch result {
                     case .success(let response):
-                        self.write(response, keepAlive: keepAlive && !self.quiescing, version: head.version, context: context)
-                    case .failure(HTTPServerError.dropConnection):
-                        self.state = .closing
-                        context.close(promise: nil)
-                    case .failure(HTTPServerError.truncate(let response)):
-                        self.writeTruncated(response, context: context)
+                        self.write(response, to: head, keepAlive: keepAlive && !self.quiescing, context: context)
                     case .failure:
-                        self.write(self.responder.refusal(.internalError), keepAlive: false, version: head.version, context: context)
+                        self.write(self.responder.refusal(.internalError), to: head, keepAlive: false, context: context)
                     }
                 }
             }
         case (_, .closing):
             break
         default:
-            refuse(.malformed("unexpected request part"), context: context)
+            refuse(.malformed("unexpected request part"), to: headBeingRead, context: context)
         }
     }
 
@@ -172,7 +176,7 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch state {
         case .idle, .readingBody:
             if error is HTTPParserError {
-                refuse(.malformed(Self.describe(error)), context: context)
+                refuse(.malformed(Self.describe(error)), to: headBeingRead, context: context)
             } else {
                 context.close(promise: nil)
             }
@@ -183,81 +187,118 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func check(_ head: HTTPRequestHead) -> HTTPRefusal? {
+    private var headBeingRead: HTTPRequestHead? {
+        if case .readingBody(let head, _) = state { head } else { nil }
+    }
+
+    /// What a request's head decides before its body is read.
+    private enum HeadCheck {
+        case refuse(HTTPRefusal)
+        /// Read the body; first send `100 Continue` when the client waits for it.
+        case read(sendContinue: Bool)
+    }
+
+    private static let continueResponse = ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")
+
+    /// The limits, the framing and the expectations of a request, in one pass over its fields.
+    private func check(_ head: HTTPRequestHead) -> HeadCheck {
         if head.headers.count > limits.maxHeaderCount {
-            return .tooManyHeaders(limit: limits.maxHeaderCount)
+            return .refuse(.tooManyHeaders(limit: limits.maxHeaderCount))
         }
         var headerBytes = 0
+        var length: String?
+        var conflictingLengths = false
+        var expectsContinue = false
+        var unknownExpectation = false
         for (name, value) in head.headers {
             headerBytes += name.utf8.count + value.utf8.count + 4
+            // The length of a name rules out nearly every field before its bytes are compared.
+            switch name.utf8.count {
+            case 6 where Self.equalsIgnoringCase(name.utf8, "expect"):
+                switch Self.expectation(value) {
+                case .none: break
+                case .continue: expectsContinue = true
+                case .unknown: unknownExpectation = true
+                }
+            case 14 where Self.equalsIgnoringCase(name.utf8, "content-length"):
+                if let length, length != value { conflictingLengths = true }
+                length = value
+            default:
+                break
+            }
         }
         if headerBytes > limits.maxHeaderBytes {
-            return .headersTooLarge(limit: limits.maxHeaderBytes)
+            return .refuse(.headersTooLarge(limit: limits.maxHeaderBytes))
         }
-        let lengths = head.headers["content-length"]
-        if lengths.count > 1 && Set(lengths).count > 1 {
-            return .malformed("conflicting Content-Length headers")
+        if conflictingLengths {
+            return .refuse(.malformed("conflicting Content-Length headers"))
         }
-        if let length = lengths.first {
+        if let length {
             guard let declared = Int(length), declared >= 0 else {
-                return .malformed("invalid Content-Length")
+                return .refuse(.malformed("invalid Content-Length"))
             }
-            if declared > limits.maxBodyBytes { return .bodyTooLarge(limit: limits.maxBodyBytes) }
+            // Refused before the body is read: a client waiting for 100 Continue gets 413 instead.
+            if declared > limits.maxBodyBytes { return .refuse(.bodyTooLarge(limit: limits.maxBodyBytes)) }
         }
-        return nil
+        if unknownExpectation {
+            return .refuse(.expectationFailed)
+        }
+        // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+        return .read(sendContinue: expectsContinue && !Self.isHTTP10(head.version))
     }
 
-    private func refuse(_ refusal: HTTPRefusal, context: ChannelHandlerContext) {
+    private enum Expectation { case none, `continue`, unknown }
+
+    /// What an `Expect` field asks for: `100-continue` is the only expectation there is
+    /// (RFC 9110 §10.1.1); anything else is one this server cannot meet.
+    private static func expectation(_ value: String) -> Expectation {
+        var found = Expectation.none
+        for member in value.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: true) {
+            let isBlank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+            guard let first = member.firstIndex(where: { !isBlank($0) }), let last = member.lastIndex(where: { !isBlank($0) }) else {
+                continue
+            }
+            guard equalsIgnoringCase(member[first...last], "100-continue") else { return .unknown }
+            found = .continue
+        }
+        return found
+    }
+
+    private func refuse(_ refusal: HTTPRefusal, to head: HTTPRequestHead?, context: ChannelHandlerContext) {
         readTimer?.cancel()
         readTimer = nil
-        state = .closing
-        queued.removeAll()
-        let response = responder.refusal(refusal)
-        writeHead(response, contentLength: response.body.readableBytes, connection: "close", version: .http1_1, context: context)
-        context.writeAndFlush(wrapOutboundOut(response.body)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
-        }
+        send(responder.refusal(refusal), isHead: head?.method == .HEAD, version: .http1_1, connection: .close, context: context)
     }
 
-    private func write(_ response: HTTPResponse, keepAlive: Bool, version: HTTPVersion, context: ChannelHandlerContext) {
+    private func write(_ response: HTTPResponse, to head: HTTPRequestHead, keepAlive: Bool, context: ChannelHandlerContext) {
         guard Self.canSend(response.headers) else {
             // A field that would split or corrupt the response is never written.
-            return write(responder.refusal(.internalError), keepAlive: false, version: version, context: context)
+            return write(responder.refusal(.internalError), to: head, keepAlive: false, context: context)
         }
-        let http10 = version.major == 1 && version.minor == 0
-        let connection: String? = !keepAlive ? "close" : http10 ? "keep-alive" : nil
-        writeHead(response, contentLength: response.body.readableBytes, connection: connection, version: version, context: context)
+        let connection: ConnectionField = !keepAlive ? .close : Self.isHTTP10(head.version) ? .keepAlive : .none
+        send(response, isHead: head.method == .HEAD, version: head.version, connection: connection, context: context)
         if keepAlive {
-            context.writeAndFlush(wrapOutboundOut(response.body), promise: nil)
             state = .idle
             armReadTimer(context: context)
             drainQueue(context: context)
-        } else {
-            state = .closing
-            queued.removeAll()
-            context.writeAndFlush(wrapOutboundOut(response.body)).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
         }
     }
 
-    private func writeTruncated(_ response: HTTPResponse, context: ChannelHandlerContext) {
-        state = .closing
-        queued.removeAll()
-        let half = response.body.getSlice(at: response.body.readerIndex, length: response.body.readableBytes / 2) ?? ByteBuffer()
-        writeHead(response, contentLength: response.body.readableBytes, connection: nil, version: .http1_1, context: context)
-        context.writeAndFlush(wrapOutboundOut(half)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
-        }
-    }
+    /// The `Connection` field the server writes: HTTP/1.1 connections stay open unless it says
+    /// `close`; an HTTP/1.0 connection stays open only when it says `keep-alive`.
+    private enum ConnectionField { case none, keepAlive, close }
 
-    /// Writes the status line and header section; `Content-Length` and `Connection` are the
-    /// server's own and replace any the response carries.
-    private func writeHead(_ response: HTTPResponse, contentLength: Int, connection: String?, version: HTTPVersion,
-                           context: ChannelHandlerContext) {
+    /// Writes the status line, the header section and, when the response has one (`Framing`),
+    /// the body; with `.close`, closes the connection once they are out. `Content-Length` and
+    /// `Connection` are the server's own and replace any the response carries, but for the
+    /// responder's `Content-Length` in an answer without a body.
+    private func send(_ response: HTTPResponse, isHead: Bool, version: HTTPVersion, connection: ConnectionField,
+                      context: ChannelHandlerContext) {
+        let code = response.status.code
+        let framing = Framing(status: code, isHead: isHead, body: response.body, headers: response.headers)
         var head = context.channel.allocator.buffer(capacity: 256)
-        head.writeStaticString(version.major == 1 && version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        head.writeString(String(response.status.code))
+        head.writeStaticString(Self.isHTTP10(version) ? "HTTP/1.0 " : "HTTP/1.1 ")
+        head.writeString(String(code))
         head.writeInteger(UInt8(ascii: " "))
         head.writeString(response.status.reasonPhrase)
         head.writeStaticString("\r\n")
@@ -265,20 +306,79 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             head.writeImmutableBuffer(block.bytes)
         }
         for (name, value) in response.headers
-        where !Self.equalsIgnoringCase(name, "content-length") && !Self.equalsIgnoringCase(name, "connection") {
+        where (framing.keepsGivenLength || !Self.equalsIgnoringCase(name.utf8, "content-length"))
+            && !Self.equalsIgnoringCase(name.utf8, "connection") {
             head.writeString(name)
             head.writeStaticString(": ")
             head.writeString(value)
             head.writeStaticString("\r\n")
         }
-        head.writeStaticString("content-length: ")
-        head.writeString(String(contentLength))
-        if let connection {
-            head.writeStaticString("\r\nconnection: ")
-            head.writeString(connection)
+        if let length = framing.contentLength {
+            head.writeStaticString("Content-Length: ")
+            head.writeString(String(length))
+            head.writeStaticString("\r\n")
         }
-        head.writeStaticString("\r\n\r\n")
-        context.write(wrapOutboundOut(head), promise: nil)
+        switch connection {
+        case .none: break
+        case .keepAlive: head.writeStaticString("Connection: keep-alive\r\n")
+        case .close: head.writeStaticString("Connection: close\r\n")
+        }
+        head.writeStaticString("\r\n")
+
+        if case .close = connection {
+            state = .closing
+            queued.removeAll()
+        }
+        let last: ByteBuffer
+        if framing.sendsBody {
+            context.write(wrapOutboundOut(head), promise: nil)
+            last = response.body
+        } else {
+            last = head
+        }
+        if case .close = connection {
+            context.writeAndFlush(wrapOutboundOut(last)).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(last), promise: nil)
+        }
+    }
+
+    /// How a response's body is delimited (RFC 9110 §6.4.1, §8.6, §9.3.2; RFC 9112 §6.3).
+    struct Framing: Equatable {
+        /// The body follows the head.
+        var sendsBody: Bool
+        /// The `Content-Length` the server writes, if any.
+        var contentLength: Int?
+        /// The response's own `Content-Length` is written as given: in an answer to HEAD or in
+        /// a 304 it states the representation's length, not the bytes that follow (there are none).
+        var keepsGivenLength: Bool
+
+        init(status code: UInt, isHead: Bool, body: ByteBuffer, headers: HTTPHeaders) {
+            switch code {
+            case 200..<204, 205..<304, 305...:
+                if isHead {
+                    // A HEAD answer says what a GET's would: the responder's length, or its body's.
+                    let given = headers.contains(name: "content-length")
+                    self.init(sendsBody: false, contentLength: given || body.readableBytes == 0 ? nil : body.readableBytes,
+                              keepsGivenLength: given)
+                } else {
+                    self.init(sendsBody: true, contentLength: body.readableBytes, keepsGivenLength: false)
+                }
+            case 304:
+                self.init(sendsBody: false, contentLength: nil, keepsGivenLength: true)
+            default:
+                // 1xx and 204: neither content nor a Content-Length.
+                self.init(sendsBody: false, contentLength: nil, keepsGivenLength: false)
+            }
+        }
+
+        init(sendsBody: Bool, contentLength: Int?, keepsGivenLength: Bool) {
+            self.sendsBody = sendsBody
+            self.contentLength = contentLength
+            self.keepsGivenLength = keepsGivenLength
+        }
     }
 
     /// Field names are tokens and values hold no CR, LF or NUL (RFC 9110 §5.1, §5.5).
@@ -297,17 +397,22 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private static func equalsIgnoringCase(_ name: String, _ lowercase: StaticString) -> Bool {
-        guard name.utf8.count == lowercase.utf8CodeUnitCount else { return false }
+    private static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
         return lowercase.withUTF8Buffer { expected in
-            zip(name.utf8, expected).allSatisfy { ($0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0) == $1 }
+            zip(bytes, expected).allSatisfy { ($0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0) == $1 }
         }
+    }
+
+    private static func isHTTP10(_ version: HTTPVersion) -> Bool {
+        version.major == 1 && version.minor == 0
     }
 
     /// Starts the clock on reading the next request. The connection's one timer is scheduled
     /// only if none is pending; one that fires before the deadline schedules itself again.
+    /// Time is the event loop's, so that tests on an embedded loop can advance it.
     private func armReadTimer(context: ChannelHandlerContext) {
-        readDeadline = .now() + limits.requestReadTimeout
+        readDeadline = context.eventLoop.now + limits.requestReadTimeout
         if readTimer == nil { scheduleReadTimer(context: context) }
     }
 
@@ -316,7 +421,7 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.readTimer = nil
             switch self.state {
             case .idle, .readingBody:
-                if NIODeadline.now() >= self.readDeadline {
+                if context.eventLoop.now >= self.readDeadline {
                     self.state = .closing
                     context.close(promise: nil)
                 } else {

@@ -22,9 +22,12 @@ public final class HTTPServer: Sendable {
         self.quiesce = quiesce
     }
 
+    /// - Parameter connectionHandlers: made for each connection and put nearest the socket, in
+    ///   front of the server's own (the fake upstream plays a broken network with them).
     public static func start(
         host: String, port: Int, responder: any HTTPResponder, limits: ServerLimits = ServerLimits(),
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        connectionHandlers: @escaping @Sendable () -> [any ChannelHandler] = { [] }
     ) async throws -> HTTPServer {
         let quiesce = ServerQuiescingHelper(group: group)
         let channel = try await ServerBootstrap(group: group)
@@ -39,15 +42,23 @@ public final class HTTPServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    // The decoder only: `HTTPRequestHandler` orders pipelined requests and writes responses itself.
-                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try sync.addHandler(HTTPRequestHandler(responder: responder, limits: limits))
+                    try addHandlers(
+                        to: channel.pipeline.syncOperations, responder: responder, limits: limits,
+                        connectionHandlers: connectionHandlers())
                 }
             }
             .bind(host: host, port: port)
             .get()
         return HTTPServer(host: host, group: group, channel: channel, quiesce: quiesce)
+    }
+
+    /// One connection's handlers: `connectionHandlers`, NIO's request decoder only, then
+    /// `HTTPRequestHandler`, which orders pipelined requests and writes responses itself.
+    static func addHandlers(to pipeline: ChannelPipeline.SynchronousOperations, responder: any HTTPResponder,
+                            limits: ServerLimits, connectionHandlers: [any ChannelHandler] = []) throws {
+        try pipeline.addHandlers(connectionHandlers)
+        try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+        try pipeline.addHandler(HTTPRequestHandler(responder: responder, limits: limits))
     }
 
     /// Stops accepting connections, lets requests in flight finish (each connection closes

@@ -43,7 +43,9 @@ public struct HTTPRequest: Sendable {
     }
 }
 
-/// A complete response: the server adds `Content-Length` and `Connection` itself.
+/// A complete response: the server adds `Content-Length` and `Connection` itself, and leaves
+/// out the body where HTTP has none (an answer to HEAD, 1xx, 204, 304). In an answer to HEAD
+/// and in a 304, a `Content-Length` in `headers` is kept: it states the representation's length.
 public struct HTTPResponse: Sendable {
     public var status: HTTPResponseStatus
     /// Fields encoded ahead, written first (a cached list's fixed fields).
@@ -90,16 +92,9 @@ public enum HTTPReply: Sendable {
 /// anything that waits on the network or the disk answers `.later`.
 public protocol HTTPResponder: Sendable {
     func respond(to request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply
-    /// The response for a request the server refused before it reached `respond`.
+    /// The response for a request the server refused before it reached `respond`. A failed
+    /// `.later` future is answered with `refusal(.internalError)`.
     func refusal(_ reason: HTTPRefusal) -> HTTPResponse
-}
-
-/// Errors a responder's future may fail with to steer the connection.
-public enum HTTPServerError: Error, Sendable {
-    /// Close the connection without a response (the fake uses it to play a broken upstream).
-    case dropConnection
-    /// Send this response's head and half its body, then close: a response cut mid-body.
-    case truncate(HTTPResponse)
 }
 
 /// Why the server itself refused a request.
@@ -108,6 +103,8 @@ public enum HTTPRefusal: Sendable, Equatable {
     case bodyTooLarge(limit: Int)
     case headersTooLarge(limit: Int)
     case tooManyHeaders(limit: Int)
+    /// An `Expect` field asking for something other than `100-continue`.
+    case expectationFailed
     case internalError
 
     public var status: HTTPResponseStatus {
@@ -115,6 +112,7 @@ public enum HTTPRefusal: Sendable, Equatable {
         case .malformed: .badRequest
         case .bodyTooLarge: .payloadTooLarge
         case .headersTooLarge, .tooManyHeaders: .requestHeaderFieldsTooLarge
+        case .expectationFailed: .expectationFailed
         case .internalError: .internalServerError
         }
     }
@@ -125,6 +123,7 @@ public enum HTTPRefusal: Sendable, Equatable {
         case .bodyTooLarge(let limit): "request body is larger than the limit of \(limit) bytes"
         case .headersTooLarge(let limit): "request header section is larger than the limit of \(limit) bytes"
         case .tooManyHeaders(let limit): "request has more than \(limit) header fields"
+        case .expectationFailed: "the only expectation this server meets is Expect: 100-continue"
         case .internalError: "internal error"
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 
 /// Every setting of `serve` (and `demo`), with its defaults. Values come from, in rising
 /// precedence: the defaults, a config file (`--config`), `MIXPEEK_PROXY_*` environment
@@ -197,9 +198,19 @@ public struct ProxyConfig: Sendable, Equatable {
         return ProcessInfo.processInfo.activeProcessorCount
     }
 
-    /// Loopback addresses, the only ones served unless `allow_non_loopback` is set.
+    /// Loopback addresses, the only ones served unless `allow_non_loopback` is set: an IP
+    /// literal in 127.0.0.0/8, `::1`, or exactly `localhost`. Any other name, `127.example.com`
+    /// included, resolves to wherever its owner points it.
     public var hostIsLoopback: Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        if host == "localhost" { return true }
+        // Parsed as a literal (inet_pton: four decimal parts, no name lookup), then read back
+        // in its one canonical spelling.
+        guard let address = try? SocketAddress(ipAddress: host, port: 0), let canonical = address.ipAddress else { return false }
+        switch address {
+        case .v4: return canonical.hasPrefix("127.")
+        case .v6: return canonical == "::1"
+        case .unixDomainSocket: return false
+        }
     }
 }
 

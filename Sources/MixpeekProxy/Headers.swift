@@ -12,8 +12,9 @@ enum Headers {
     ]
 
     /// `headers` without hop-by-hop fields, the fields `Connection` names, any `Proxy-*`
-    /// field, and the framing fields the next hop sets again (`Host`, `Content-Length`).
-    static func endToEnd(_ headers: HTTPHeaders) -> HTTPHeaders {
+    /// field, and the framing fields the next hop sets again (`Host`, `Content-Length`; the
+    /// length is kept with `keepingLength`, for an answer without a body: HEAD's, a 304).
+    static func endToEnd(_ headers: HTTPHeaders, keepingLength: Bool = false) -> HTTPHeaders {
         var named = Set<String>()
         for value in headers["connection"] {
             for token in listTokens(value) { named.insert(token) }
@@ -23,7 +24,7 @@ enum Headers {
         for (name, value) in headers {
             let lower = name.lowercased()
             if hopByHop.contains(lower) || named.contains(lower) || lower.hasPrefix("proxy-")
-                || lower == "host" || lower == "content-length" {
+                || lower == "host" || (lower == "content-length" && !keepingLength) {
                 continue
             }
             kept.add(name: name, value: value)
@@ -46,14 +47,14 @@ enum Headers {
     /// Headers for the upstream request: end-to-end fields plus our `Via`.
     static func forUpstream(_ headers: HTTPHeaders) -> HTTPHeaders {
         var forwarded = endToEnd(headers)
-        forwarded.add(name: "via", value: via)
+        forwarded.add(name: "Via", value: via)
         return forwarded
     }
 
     /// Headers for the client: the upstream's end-to-end fields plus our `Via`.
-    static func forClient(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var returned = endToEnd(headers)
-        returned.add(name: "via", value: via)
+    static func forClient(_ headers: HTTPHeaders, keepingLength: Bool = false) -> HTTPHeaders {
+        var returned = endToEnd(headers, keepingLength: keepingLength)
+        returned.add(name: "Via", value: via)
         return returned
     }
 }
@@ -95,10 +96,15 @@ extension Headers {
     /// stays on the proxy instead of going around its audit and its cache. References without
     /// a scheme and host, and other origins, are left alone.
     static func rewriteRedirects(_ headers: inout HTTPHeaders, from upstream: Origin, to proxy: Origin) {
-        for name in ["location", "content-location"] {
-            guard let value = headers.first(name: name), let rewritten = rewritten(value, from: upstream, to: proxy) else { continue }
-            headers.replaceOrAdd(name: name, value: rewritten)
+        guard headers.contains(name: "location") || headers.contains(name: "content-location") else { return }
+        var rewrittenHeaders = HTTPHeaders()
+        for (name, value) in headers {
+            let lower = name.lowercased()
+            let isReference = lower == "location" || lower == "content-location"
+            // The field keeps the upstream's spelling; only its value changes.
+            rewrittenHeaders.add(name: name, value: isReference ? rewritten(value, from: upstream, to: proxy) ?? value : value)
         }
+        headers = rewrittenHeaders
     }
 
     static func rewritten(_ reference: String, from upstream: Origin, to proxy: Origin) -> String? {

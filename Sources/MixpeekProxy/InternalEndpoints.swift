@@ -30,7 +30,7 @@ extension Proxy {
             return statusEndpoint(request, on: eventLoop)
         }
         guard request.method == .GET || request.method == .HEAD else {
-            return .now(ProxyError.methodNotAllowed(allowed: "GET").response())
+            return .now(ProxyError.methodNotAllowed(allowed: "GET, HEAD").response())
         }
         switch request.path {
         case "/_proxy/health":
@@ -42,7 +42,7 @@ extension Proxy {
             let memory = cache.memoryFootprint
             let text = metrics.exposition(cache: cache.counters, entries: memory.entries, bytes: memory.bytes)
             return .now(HTTPResponse(
-                status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"],
+                status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],
                 body: ByteBuffer(string: text)))
         case "/_proxy/stats":
             let promise = eventLoop.makePromise(of: HTTPResponse.self)
@@ -70,6 +70,6 @@ extension Proxy {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let body = (try? encoder.encodeAsByteBuffer(value, allocator: ByteBufferAllocator())) ?? ByteBuffer()
-        return HTTPResponse(status: status, headers: ["content-type": "application/json"], body: body)
+        return HTTPResponse(status: status, headers: ["Content-Type": "application/json"], body: body)
     }
 }

@@ -103,10 +103,10 @@ public final class ListCache: Sendable {
         /// id are added per response).
         static func fixedFields(of entry: CachedList) -> HTTPHeaders {
             var fields = HTTPHeaders()
-            if let contentType = entry.contentType { fields.add(name: "content-type", value: contentType) }
-            if let etag = entry.etag { fields.add(name: "etag", value: etag) }
-            if let lastModified = entry.lastModified { fields.add(name: "last-modified", value: lastModified) }
-            fields.add(name: "via", value: Headers.via)
+            if let contentType = entry.contentType { fields.add(name: "Content-Type", value: contentType) }
+            if let etag = entry.etag { fields.add(name: "ETag", value: etag) }
+            if let lastModified = entry.lastModified { fields.add(name: "Last-Modified", value: lastModified) }
+            fields.add(name: "Via", value: Headers.via)
             return fields
         }
     }

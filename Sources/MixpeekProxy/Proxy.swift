@@ -123,9 +123,9 @@ public final class Proxy: HTTPResponder {
     /// A list from the cache. A hit from memory brings its fixed fields already encoded.
     private func cachedResponse(_ entry: CachedList, headerBlock: HTTPHeaderBlock? = nil, result: String, requestID: String) -> HTTPResponse {
         var headers = headerBlock == nil ? ListCache.Remembered.fixedFields(of: entry) : HTTPHeaders()
-        headers.add(name: "age", value: String(cache.age(of: entry)))
-        headers.add(name: "x-cache", value: result)
-        headers.add(name: "x-request-id", value: requestID)
+        headers.add(name: "Age", value: String(cache.age(of: entry)))
+        headers.add(name: "X-Cache", value: result)
+        headers.add(name: "X-Request-Id", value: requestID)
         return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headerBlock: headerBlock, headers: headers, body: entry.body)
     }
 
@@ -208,20 +208,23 @@ public final class Proxy: HTTPResponder {
 
     private func upstreamRequest(_ request: HTTPRequest, requestID: String) -> UpstreamRequest {
         var headers = Headers.forUpstream(request.headers)
-        if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
+        if !headers.contains(name: "x-request-id") { headers.add(name: "X-Request-Id", value: requestID) }
         return UpstreamRequest(method: request.method, target: request.target, headers: headers, body: request.body)
     }
 
+    /// The upstream's answer for the client: its fields keep their spelling, ours are added in
+    /// theirs (the SDK hands headers to users as a case-sensitive dict).
     private func clientResponse(_ response: UpstreamResponse, to request: HTTPRequest, requestID: String, xCache: String?) -> HTTPResponse {
-        var headers = Headers.forClient(response.headers)
+        // Without a body, `Content-Length` is the representation's length and passes unchanged.
+        var headers = Headers.forClient(response.headers, keepingLength: request.method == .HEAD || response.status == .notModified)
         if let upstream = upstreamOrigin, let local = request.localAddress, let ip = local.ipAddress, let port = local.port {
             Headers.rewriteRedirects(&headers, from: upstream, to: Origin(scheme: "http", host: ip, port: port))
         }
-        if !headers.contains(name: "x-request-id") { headers.add(name: "x-request-id", value: requestID) }
+        if !headers.contains(name: "x-request-id") { headers.add(name: "X-Request-Id", value: requestID) }
         if let xCache {
             // A list answered straight from the upstream is zero seconds old, unless the upstream says otherwise.
-            headers.replaceOrAdd(name: "x-cache", value: xCache)
-            if !headers.contains(name: "age") { headers.add(name: "age", value: "0") }
+            headers.replaceOrAdd(name: "X-Cache", value: xCache)
+            if !headers.contains(name: "age") { headers.add(name: "Age", value: "0") }
         }
         return HTTPResponse(status: response.status, headers: headers, body: response.body)
     }

@@ -57,6 +57,7 @@ public enum ProxyError: Error, Sendable, Equatable {
             case .bodyTooLarge: "payload_too_large"
             case .headersTooLarge, .tooManyHeaders: "headers_too_large"
             case .malformed: "bad_request"
+            case .expectationFailed: "expectation_failed"
             case .internalError: "internal_error"
             }
         }
@@ -78,9 +79,9 @@ public enum ProxyError: Error, Sendable, Equatable {
 
     /// The response for this error, in the API's error shape, with `code` naming it as ours.
     func response(requestID: String? = nil) -> HTTPResponse {
-        var headers: HTTPHeaders = ["content-type": "application/json", "via": Headers.via]
-        if let requestID { headers.add(name: "x-request-id", value: requestID) }
-        if case .methodNotAllowed(let allowed) = self { headers.add(name: "allow", value: allowed) }
+        var headers: HTTPHeaders = ["Content-Type": "application/json", "Via": Headers.via]
+        if let requestID { headers.add(name: "X-Request-Id", value: requestID) }
+        if case .methodNotAllowed(let allowed) = self { headers.add(name: "Allow", value: allowed) }
         return HTTPResponse(
             status: status, headers: headers,
             body: ErrorBody(status: status, message: message, type: type, code: "mixpeek_proxy." + type).buffer)

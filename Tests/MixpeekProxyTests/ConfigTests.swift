@@ -70,12 +70,26 @@ struct ConfigTests {
         #expect(error?.message.contains("MIXPEEK_PROXY_UPSTREAM_TIMEOUT") == true)
     }
 
-    @Test("a non-loopback address is refused unless explicitly allowed")
-    func loopbackOnly() async throws {
+    @Test("a non-loopback address is refused unless explicitly allowed", arguments: ["0.0.0.0", "127.example.com"])
+    func loopbackOnly(host: String) async throws {
         var config = ProxyConfig()
-        config.host = "0.0.0.0"
+        config.host = host
         config.port = 0
         config.dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("nl-\(UUID())").path
         await #expect(throws: ConfigError.self) { _ = try await ProxyApp.start(config: config) }
+        #expect(!FileManager.default.fileExists(atPath: config.dataDir), "refused before anything is created")
+    }
+
+    @Test("loopback is an IP literal in 127.0.0.0/8, ::1, or exactly localhost; a name that merely starts with 127. is not", arguments: [
+        ("127.0.0.1", true), ("127.255.255.254", true), ("127.1.2.3", true), ("::1", true), ("0:0:0:0:0:0:0:1", true),
+        ("localhost", true),
+        ("127.example.com", false), ("127.0.0.1.example.com", false), ("127.0.0.1.", false), ("127.", false),
+        ("127.0.0.256", false), ("localhost.example.com", false), ("0.0.0.0", false), ("::", false), ("10.0.0.1", false),
+        ("128.0.0.1", false), ("::2", false), ("", false),
+    ])
+    func loopbackHosts(host: String, loopback: Bool) {
+        var config = ProxyConfig()
+        config.host = host
+        #expect(config.hostIsLoopback == loopback)
     }
 }

@@ -176,8 +176,6 @@ final class TestClock: Sendable {
     func advance(_ seconds: Double) { now.withLockedValue { $0 += seconds } }
 }
 
-/// Writes raw bytes to a port and returns everything read until the peer closes or
-/// `timeout` passes: for requests no well-behaved client would send.
 /// Runs `body` against a proxy in front of `upstream` (no fake) and shuts it down. The data
 /// dir is a fresh one removed afterwards, unless `dataDir` is given (to read it afterwards).
 func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, logger: Logger? = nil,
@@ -199,23 +197,58 @@ func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, lo
     }
 }
 
+/// Writes raw bytes to a port and returns everything read until the peer closes or
+/// `timeout` passes: for requests no well-behaved client would send.
 func rawExchange(port: Int, _ bytes: [UInt8], timeout: TimeAmount = .seconds(3)) async throws -> (text: String, closed: Bool) {
-    let collector = RawCollector()
-    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
-        }
-        .connect(host: "127.0.0.1", port: port).get()
-    try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
-    let closed: Bool
-    do {
-        try await channel.closeFuture.timeout(after: timeout, on: channel.eventLoop)
-        closed = true
-    } catch {
-        closed = false
-        try? await channel.close()
+    let connection = try await RawConnection.open(port: port)
+    // Nothing to send (an idle client) is no write that could meet a connection already timed out.
+    if !bytes.isEmpty { try await connection.send(bytes) }
+    let closed = await connection.closedByServer(within: timeout)
+    return (connection.text, closed)
+}
+
+func rawExchange(port: Int, _ text: String, timeout: TimeAmount = .seconds(3)) async throws -> (text: String, closed: Bool) {
+    try await rawExchange(port: port, Array(text.utf8), timeout: timeout)
+}
+
+/// A client connection of raw bytes that can wait for the server between writes (for
+/// `Expect: 100-continue`).
+struct RawConnection: Sendable {
+    let channel: any Channel
+    let collector: RawCollector
+
+    static func open(port: Int) async throws -> RawConnection {
+        let collector = RawCollector()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        return RawConnection(channel: channel, collector: collector)
     }
-    return (collector.text, closed)
+
+    /// Everything received so far.
+    var text: String { collector.text }
+
+    func send(_ bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+    }
+
+    func send(_ text: String) async throws {
+        try await send(Array(text.utf8))
+    }
+
+    /// True when the server closes the connection within `timeout`; the connection is closed
+    /// either way afterwards.
+    func closedByServer(within timeout: TimeAmount) async -> Bool {
+        do {
+            try await channel.closeFuture.timeout(after: timeout, on: channel.eventLoop)
+            return true
+        } catch {
+            try? await channel.close()
+            return false
+        }
+    }
 }
 
 final class RawCollector: ChannelInboundHandler, Sendable {
