@@ -123,11 +123,6 @@ public enum Route: Equatable, Sendable {
 
     /// Percent-decodes one path segment; nil for a bad escape, bytes that are not UTF-8,
     /// control characters, or a value longer than `maxSegmentBytes`.
-    static func decodeSegment(_ segment: Substring) -> String? {
-        var segment = segment
-        return segment.withUTF8 { decodeSegment($0) }
-    }
-
     static func decodeSegment(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
         // Printable ASCII without `%` decodes to itself and holds no control character.
         if (1...maxSegmentBytes).contains(bytes.count), bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "%") }) {

@@ -83,8 +83,8 @@ extension AuditLog {
             _ = arguments.append(contentsOf: [UserIdentity.folded(user)])
         }
         if let key = filter.key { conditions.append("i.key_name = ?"); _ = arguments.append(contentsOf: [key]) }
-        if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [Self.storedTime(since)]) }
-        if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [Self.storedTime(until)]) }
+        if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [Self.storedTime(since) ?? since]) }
+        if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [Self.storedTime(until) ?? until]) }
         if let outcome = filter.outcome {
             conditions.append("COALESCE(o.outcome, 'unknown') = ?")
             _ = arguments.append(contentsOf: [outcome.rawValue])
@@ -126,10 +126,10 @@ extension AuditLog {
     /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing
     /// strings compares instants: `…T12:00:00Z` as it is would sort after every record of that
     /// second. A date is midnight, missing seconds are zero, a fraction is cut to milliseconds
-    /// (the records' precision); anything else is compared as given.
-    static func storedTime(_ bound: String) -> String {
+    /// (the records' precision). Nil for anything else: the command line refuses it.
+    public static func storedTime(_ bound: String) -> String? {
         guard let match = bound.wholeMatch(of: #/(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2})(?::(\d{2})(?:\.(\d+))?)?Z?)?/#) else {
-            return bound
+            return nil
         }
         let fraction = (match.4 ?? "") + "000"
         return "\(match.1)T\(match.2 ?? "00:00"):\(match.3 ?? "00").\(fraction.prefix(3))Z"

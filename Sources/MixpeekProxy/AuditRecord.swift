@@ -153,22 +153,18 @@ public struct AuditResult: Sendable {
 /// 10 characters Mixpeek itself shows as `key_prefix`, plus 8 hex of SHA-256 of the token.
 /// A token that does not look like a Mixpeek key gets the hash alone, so that a short or
 /// foreign token is never written even in part.
-public enum CallerFingerprint {
-    public static func of(authorization: String?) -> String {
-        guard let authorization, !authorization.isEmpty else { return "anonymous" }
-        if let known = known.withLockedValue({ $0[authorization] }) { return known }
-        let fingerprint = compute(authorization: authorization)
-        known.withLockedValue { known in
-            if known.count >= 1_000 { known.removeAll(keepingCapacity: true) }
-            known[authorization] = fingerprint
-        }
-        return fingerprint
-    }
+///
+/// One per proxy, remembering fingerprints already computed: a client sends the same
+/// `Authorization` on every call, and hashing it again per mutation is measurable.
+public final class CallerFingerprints: Sendable {
+    private let known = NIOLockedValueBox(BoundedMemo<String>(capacity: 1_000))
 
-    /// Fingerprints already computed, by `Authorization` value: a client sends the same one
-    /// on every call, and hashing it again per mutation is measurable. Bounded by dropping
-    /// everything when full, as the list cache's credential memo does.
-    private static let known = NIOLockedValueBox<[String: String]>([:])
+    public init() {}
+
+    public func of(authorization: String?) -> String {
+        guard let authorization, !authorization.isEmpty else { return "anonymous" }
+        return known.withLockedValue { $0.value(for: authorization, else: Self.compute) }
+    }
 
     static func compute(authorization: String) -> String {
         let parts = authorization.split(separator: " ", maxSplits: 1)

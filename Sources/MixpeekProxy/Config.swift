@@ -36,37 +36,26 @@ public struct ProxyConfig: Sendable, Equatable {
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
 
+    /// The audit chain's HMAC key: from the environment only, never from a file or a flag
+    /// (where it would be on disk or in `ps`).
+    public var auditHMACKey: String?
+    public static let auditHMACKeyVariable = "MIXPEEK_PROXY_AUDIT_HMAC_KEY"
+
     public init() {}
 
-    /// One setting: its key in the file, its flag and its environment variable.
+    /// One setting: its key in the file, and its environment variable. Each is documented in
+    /// `config/mixpeek-proxy.conf` and the README's configuration table (a test checks both).
     public struct Key: Sendable {
         public var name: String
-        public var help: String
-        public var flag: String { "--" + name.replacingOccurrences(of: "_", with: "-") }
         public var environment: String { "MIXPEEK_PROXY_" + name.uppercased() }
     }
 
     public static let keys: [Key] = [
-        Key(name: "host", help: "address to listen on; non-loopback needs allow_non_loopback"),
-        Key(name: "port", help: "port to listen on; 0 picks a free one and prints it"),
-        Key(name: "upstream", help: "the Mixpeek API base URL"),
-        Key(name: "data_dir", help: "directory of cache.sqlite and audit.sqlite (created 0700)"),
-        Key(name: "cache_ttl", help: "seconds a cached list is served as a HIT"),
-        Key(name: "stale_if_error", help: "seconds past the TTL a list may be served STALE when the upstream fails"),
-        Key(name: "upstream_timeout", help: "seconds to wait for the upstream before answering 504"),
-        Key(name: "upstream_ca_file", help: "PEM file of CA certificates to trust for the upstream"),
-        Key(name: "max_body_bytes", help: "largest request body accepted (413 above)"),
-        Key(name: "cache_max_entries", help: "most cached lists kept on disk"),
-        Key(name: "cache_max_bytes", help: "most bytes of cached bodies kept on disk"),
-        Key(name: "cache_memory_bytes", help: "bytes of cached bodies kept in memory for hits"),
-        Key(name: "pass_through", help: "forward other /v1/... paths unchanged (uncached, unaudited)"),
-        Key(name: "allow_non_loopback", help: "allow listening on a non-loopback address"),
-        Key(name: "client_timeout", help: "seconds a client has to send a whole request (idle and slow clients are closed)"),
-        Key(name: "event_loops", help: "event-loop threads serving clients, and as many for upstream connections; 0 = one per CPU this process may use"),
-        Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical"),
-        Key(name: "log_format", help: "text or json"),
-        Key(name: "status_page", help: "who may see the status page at /_proxy/: loopback (clients on this machine), on or off"),
-    ]
+        "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
+        "upstream_ca_file", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
+        "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "log_level", "log_format",
+        "status_page"
+    ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
     /// Throws `ConfigError` naming the key and where its value came from.
@@ -90,6 +79,7 @@ public struct ProxyConfig: Sendable, Equatable {
         for (name, value) in flags.sorted(by: { $0.key < $1.key }) {
             try config.set(name, value, source: "flag --\(name.replacingOccurrences(of: "_", with: "-"))")
         }
+        config.auditHMACKey = environment[auditHMACKeyVariable].flatMap { $0.isEmpty ? nil : $0 }
         return config
     }
 

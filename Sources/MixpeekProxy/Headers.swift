@@ -44,18 +44,13 @@ enum Headers {
         }
     }
 
-    /// Headers for the upstream request: end-to-end fields plus our `Via`.
-    static func forUpstream(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var forwarded = endToEnd(headers)
+    /// A message's fields as they cross the proxy, either way: the end-to-end ones plus our
+    /// `Via` (RFC 9110 §7.6.3). `keepingLength` keeps `Content-Length` for an answer without a
+    /// body (HEAD, 304), where it is the representation's length.
+    static func forwarded(_ headers: HTTPHeaders, keepingLength: Bool = false) -> HTTPHeaders {
+        var forwarded = endToEnd(headers, keepingLength: keepingLength)
         forwarded.add(name: "Via", value: via)
         return forwarded
-    }
-
-    /// Headers for the client: the upstream's end-to-end fields plus our `Via`.
-    static func forClient(_ headers: HTTPHeaders, keepingLength: Bool = false) -> HTTPHeaders {
-        var returned = endToEnd(headers, keepingLength: keepingLength)
-        returned.add(name: "Via", value: via)
-        return returned
     }
 }
 

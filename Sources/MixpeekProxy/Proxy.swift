@@ -31,6 +31,7 @@ public final class Proxy: HTTPResponder {
     private let upstreamOrigin: Origin?
     let logger: Logger
     let metrics: ProxyMetrics
+    private let callers = CallerFingerprints()
     /// The status page's figures; nil serves no status page.
     let status: StatusBoard?
 
@@ -142,7 +143,7 @@ public final class Proxy: HTTPResponder {
             intent = try await metrics.timeAuditAppend {
                 try await audit.recordIntent(AuditIntent(
                     action: action, user: user, key: key ?? Self.createdName(request.body),
-                    caller: CallerFingerprint.of(authorization: authorization), client: request.clientAddress,
+                    caller: callers.of(authorization: authorization), client: request.clientAddress,
                     requestID: requestID))
             }
         } catch {
@@ -207,7 +208,7 @@ public final class Proxy: HTTPResponder {
     }
 
     private func upstreamRequest(_ request: HTTPRequest, requestID: String) -> UpstreamRequest {
-        var headers = Headers.forUpstream(request.headers)
+        var headers = Headers.forwarded(request.headers)
         if !headers.contains(name: "x-request-id") { headers.add(name: "X-Request-Id", value: requestID) }
         return UpstreamRequest(method: request.method, target: request.target, headers: headers, body: request.body)
     }
@@ -216,7 +217,7 @@ public final class Proxy: HTTPResponder {
     /// theirs (the SDK hands headers to users as a case-sensitive dict).
     private func clientResponse(_ response: UpstreamResponse, to request: HTTPRequest, requestID: String, xCache: String?) -> HTTPResponse {
         // Without a body, `Content-Length` is the representation's length and passes unchanged.
-        var headers = Headers.forClient(response.headers, keepingLength: request.method == .HEAD || response.status == .notModified)
+        var headers = Headers.forwarded(response.headers, keepingLength: request.method == .HEAD || response.status == .notModified)
         if let upstream = upstreamOrigin, let local = request.localAddress, let ip = local.ipAddress, let port = local.port {
             Headers.rewriteRedirects(&headers, from: upstream, to: Origin(scheme: "http", host: ip, port: port))
         }

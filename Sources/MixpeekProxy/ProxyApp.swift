@@ -79,7 +79,7 @@ public final class ProxyApp: Service, Sendable {
 
         let audit: AuditLog?
         let auditPath = dataDir.appendingPathComponent("audit.sqlite").path
-        let hmacKey = ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        let hmacKey = config.auditHMACKey
         do {
             let log = try AuditLog(path: auditPath, hmacKey: hmacKey, logger: logger)
             try await log.closeOrphans()

@@ -95,20 +95,10 @@ public final class HTTPClientUpstream: Upstream {
         self.maxResponseBytes = maxResponseBytes
     }
 
+    /// Every request takes the one path below: mutations and pass-through too, answered on one
+    /// of the client's loops.
     public func send(_ request: UpstreamRequest) async throws -> UpstreamResponse {
-        var outgoing = HTTPClientRequest(url: baseURL + request.target)
-        outgoing.method = request.method
-        outgoing.headers = request.headers
-        if let body = request.body {
-            outgoing.body = .bytes(body)
-        }
-        do {
-            let response = try await client.execute(outgoing, deadline: .now() + timeout)
-            let body = try await response.body.collect(upTo: maxResponseBytes)
-            return UpstreamResponse(status: response.status, headers: response.headers, body: body)
-        } catch {
-            throw Self.upstreamError(error)
-        }
+        try await send(request, on: group.next()).get()
     }
 
     /// Answered on the caller's event loop. The request is built, sent and read on one of the

@@ -69,7 +69,7 @@ struct Audit: AsyncParsableCommand {
                 filter.outcome = parsed
             }
             for (name, value) in [("--since", since), ("--until", until)] {
-                if let value, !AuditTime.isValid(value) {
+                if let value, AuditLog.storedTime(value) == nil {
                     throw ValidationError("\(name) must be an RFC 3339 UTC time (2026-10-01T00:00:00Z) or a date (2026-10-01)")
                 }
             }
@@ -98,7 +98,7 @@ struct Audit: AsyncParsableCommand {
 
         func run() throws {
             let log = try Audit.open(dataDir)
-            let result = try log.verify(hmacKey: ProcessInfo.processInfo.environment["MIXPEEK_PROXY_AUDIT_HMAC_KEY"])
+            let result = try log.verify(hmacKey: ProcessInfo.processInfo.environment[ProxyConfig.auditHMACKeyVariable])
             if let problem = result.problem {
                 print("audit chain BROKEN after \(result.records) records: \(problem)")
                 throw ExitCode(1)
@@ -115,13 +115,6 @@ struct Audit: AsyncParsableCommand {
                 print("mutations with unknown outcome (the proxy stopped before the upstream answered): seq \(result.unknownOutcomes.map(String.init).joined(separator: ", "))")
             }
         }
-    }
-}
-
-/// Times given on the command line (the query reads a date as midnight UTC).
-enum AuditTime {
-    static func isValid(_ text: String) -> Bool {
-        (try? Regex(#"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?$"#).wholeMatch(in: text)) != nil
     }
 }
 

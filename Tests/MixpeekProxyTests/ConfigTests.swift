@@ -20,6 +20,18 @@ struct ConfigTests {
         for key in ProxyConfig.keys {
             #expect(text.contains("\(key.name) ="), "\(key.name) is missing from config/mixpeek-proxy.conf")
         }
+        let readme = try String(contentsOfFile: Self.shippedFile.replacingOccurrences(of: "config/mixpeek-proxy.conf", with: "README.md"), encoding: .utf8)
+        for key in ProxyConfig.keys {
+            #expect(readme.contains("| \(key.name) | `--\(key.name.replacingOccurrences(of: "_", with: "-"))` | `\(key.environment)` |"),
+                    "\(key.name) is missing from the README's configuration table")
+        }
+    }
+
+    @Test("the audit HMAC key comes from the environment only, and an empty one is none")
+    func hmacKeyFromEnvironment() throws {
+        #expect(try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_AUDIT_HMAC_KEY": "k1"], flags: [:]).auditHMACKey == "k1")
+        #expect(try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_AUDIT_HMAC_KEY": ""], flags: [:]).auditHMACKey == nil)
+        #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["audit_hmac_key": "k1"]) }
     }
 
     @Test("flags win over the environment, which wins over the file")

@@ -42,8 +42,8 @@ struct HeaderSanitiserTests {
     @Test("Via is added once in each direction")
     func via() {
         let headers: HTTPHeaders = ["Via": "1.0 other", "Connection": "close"]
-        #expect(Headers.forUpstream(headers)["via"] == ["1.0 other", "1.1 mixpeek-proxy"])
-        #expect(Headers.forClient(headers)["via"] == ["1.0 other", "1.1 mixpeek-proxy"])
+        #expect(Headers.forwarded(headers)["via"] == ["1.0 other", "1.1 mixpeek-proxy"])
+        #expect(Headers.forwarded(headers)["via"] == ["1.0 other", "1.1 mixpeek-proxy"])
     }
 
     @Test("Cache-Control no-cache, max-age=0 and Pragma no-cache demand a refresh; max-age=60 does not")
