@@ -29,10 +29,21 @@ public struct ProxyConfig: Sendable, Equatable {
     /// upstream client gets as many loops of its own, so list misses use a second core. 0 means
     /// one per CPU this process may run on.
     public var eventLoops = 1
+    /// The request log: one line per request, on by default, apart from `logLevel` (which
+    /// governs the diagnostics only).
+    public var accessLog = AccessLogTarget.stderr
     public var logLevel = Logger.Level.info
     public var logFormat = LogFormat.text
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
+
+    /// Where request-log lines go.
+    public enum AccessLogTarget: Sendable, Equatable {
+        case stderr
+        /// A file opened for appending, opened again on SIGHUP (after logrotate renamed it).
+        case file(String)
+        case off
+    }
 
     public init() {}
 
@@ -61,7 +72,8 @@ public struct ProxyConfig: Sendable, Equatable {
         Key(name: "allow_non_loopback", help: "allow listening on a non-loopback address"),
         Key(name: "client_timeout", help: "seconds a client has to send a whole request (idle and slow clients are closed)"),
         Key(name: "event_loops", help: "event-loop threads serving clients, and as many for upstream connections; 0 = one per CPU this process may use"),
-        Key(name: "log_level", help: "trace, debug, info, notice, warning, error or critical"),
+        Key(name: "access_log", help: "the request log, one line per request: stderr, a file path (reopened on SIGHUP) or off"),
+        Key(name: "log_level", help: "diagnostics: trace, debug, info, notice, warning, error or critical"),
         Key(name: "log_format", help: "text or json"),
     ]
 
@@ -134,6 +146,18 @@ public struct ProxyConfig: Sendable, Equatable {
         case "allow_non_loopback": allowNonLoopback = try boolean()
         case "client_timeout": clientTimeout = try number(0.1...3_600)
         case "event_loops": eventLoops = try integer(0...256)
+        case "access_log":
+            switch raw.lowercased() {
+            case "stderr": accessLog = .stderr
+            case "off": accessLog = .off
+            default:
+                var isDirectory: ObjCBool = false
+                guard !raw.isEmpty, !raw.hasSuffix("/"), !raw.utf8.contains(where: { $0 < 0x20 }),
+                      !(FileManager.default.fileExists(atPath: raw, isDirectory: &isDirectory) && isDirectory.boolValue) else {
+                    throw fail("stderr, off or the path of a file")
+                }
+                accessLog = .file(raw)
+            }
         case "log_level":
             guard let level = Logger.Level(rawValue: raw.lowercased()) else { throw fail("one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))") }
             logLevel = level

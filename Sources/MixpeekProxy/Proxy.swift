@@ -23,15 +23,19 @@ public final class Proxy: HTTPResponder {
     /// Nil when the audit file could not be opened: every mutation is then refused (503).
     public let audit: AuditLog?
     let settings: Settings
+    /// The request log; nil when `access_log` is `off`.
+    public let accessLog: AccessLog?
     let logger: Logger
     let metrics: ProxyMetrics
 
-    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics, logger: Logger) {
+    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics,
+                accessLog: AccessLog?, logger: Logger) {
         self.upstream = upstream
         self.cache = cache
         self.audit = audit
         self.settings = settings
         self.metrics = metrics
+        self.accessLog = accessLog
         self.logger = logger
     }
 
@@ -43,24 +47,25 @@ public final class Proxy: HTTPResponder {
         let requestID = Self.requestID(request.headers)
         var incoming = request
         if let refusal = Self.originForm(&incoming) {
-            return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started)
+            return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started, on: eventLoop)
         }
         let request = incoming
         let route = Route(method: request.method, target: request.target)
         switch route {
         case .rejected(let why):
             let error: ProxyError = if case .methodNotAllowed(let allowed) = why { .methodNotAllowed(allowed: allowed) } else { .malformed(why.message) }
-            return finish(.now(error.response(requestID: requestID)), request, route: "rejected", cache: nil, started: started)
+            return finish(.now(error.response(requestID: requestID)), request, route: "rejected", cache: nil, started: started, on: eventLoop)
         case .passThrough where !settings.passThrough || !request.target.hasPrefix("/v1/"):
             let why = settings.passThrough ? "mixpeek-proxy forwards only /v1/... paths" : "pass-through is off: mixpeek-proxy forwards only the API-keys calls"
-            return finish(.now(ProxyError.notFound(why).response(requestID: requestID)), request, route: "pass-through", cache: nil, started: started)
+            return finish(.now(ProxyError.notFound(why).response(requestID: requestID)), request, route: "pass-through", cache: nil,
+                          started: started, on: eventLoop)
         case .list(let user, let includeRevoked?):
             let refresh = request.headers.demandsRefresh
             let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
                 let response = cachedResponse(remembered.entry, headerBlock: remembered.headerBlock, result: "HIT", requestID: requestID)
-                return finish(.now(response), request, route: "list", cache: "HIT", started: started)
+                return finish(.now(response), request, route: "list", cache: "HIT", started: started, on: eventLoop)
             }
             return later(request, route: "list", started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
@@ -292,28 +297,26 @@ public final class Proxy: HTTPResponder {
     private func later(_ request: HTTPRequest, route: String, started: NIODeadline,
                        _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
-            self.observe(request, route: route, response: response, cache: cacheResult, started: started)
+            self.observe(request, route: route, response: response, cache: cacheResult, started: started, on: answer.eventLoop)
             return response
         })
     }
 
-    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline) -> HTTPReply {
+    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline,
+                        on eventLoop: any EventLoop) -> HTTPReply {
         if case .now(let response) = reply {
-            observe(request, route: route, response: response, cache: cache, started: started)
+            observe(request, route: route, response: response, cache: cache, started: started, on: eventLoop)
         }
         return reply
     }
 
-    /// One log line and the request metrics, per request. Never logs headers or bodies.
-    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline) {
+    /// The request-log line and the request metrics, per request. Never logs headers or bodies.
+    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline,
+                         on eventLoop: any EventLoop) {
         let elapsed = Self.milliseconds(since: started)
         metrics.request(route: route, status: Int(response.status.code), cache: cache, seconds: elapsed / 1000)
-        if logger.logLevel <= .info {
-            logger.info("request", metadata: [
-                "method": "\(request.method.rawValue)", "route": "\(route)", "status": "\(response.status.code)",
-                "cache": "\(cache ?? "-")", "ms": "\(String(format: "%.2f", elapsed))",
-                "request_id": "\(response.headers.first(name: "x-request-id") ?? "-")",
-            ])
-        }
+        accessLog?.record(AccessLogEntry(
+            method: request.method, route: route, status: response.status.code, cache: cache, milliseconds: elapsed,
+            requestID: response.headers.first(name: "x-request-id")), on: eventLoop)
     }
 }

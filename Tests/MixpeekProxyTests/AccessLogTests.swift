@@ -1,4 +1,5 @@
 import Foundation
+import MixpeekFake
 @testable import MixpeekProxy
 import NIOCore
 import NIOPosix
@@ -195,5 +196,41 @@ struct AccessLogTests {
         }
         #expect(Self.lines(in: rotated).count == 4, "the lines recorded before the reopen, even those still buffered")
         #expect(Self.lines(in: path).count == 2)
+    }
+
+    @Test("through the proxy: every request's line is in the access_log file once it has shut down")
+    func proxyWritesFile() async throws {
+        let path = Self.temporaryFile()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let proxy = try await TestProxy.start(configure: { $0.accessLog = .file(path) })
+        for _ in 0..<20 { _ = try await proxy.list() }
+        _ = try await proxy.create(name: "logged")
+        await proxy.stop()
+        proxy.removeData()
+        let lines = Self.lines(in: path)
+        #expect(lines.count == 21)
+        #expect(lines.filter { $0.contains("route=list") && $0.contains("cache=HIT") }.count == 19)
+        #expect(lines.last?.contains("route=create") == true)
+    }
+
+    @Test("access_log = off writes nothing")
+    func off() async throws {
+        let sink = LineSink()
+        let fake = try await FakeUpstreamServer.start()
+        var config = ProxyConfig()
+        config.port = 0
+        config.upstream = fake.url
+        config.dataDir = TestProxy.makeDataDir()
+        config.accessLog = .off
+        defer { try? FileManager.default.removeItem(atPath: config.dataDir) }
+        let app = try await ProxyApp.start(config: config, accessLogSink: sink)
+        let client = try await TestProxy.start(fake: fake)
+        _ = try await client.request(.GET, TestProxy.path(), base: app.url)
+        _ = try await client.request(.GET, TestProxy.path(), base: app.url)
+        await app.shutdown()
+        await client.stop()
+        client.removeData()
+        #expect(app.proxy.accessLog == nil)
+        #expect(sink.text.isEmpty)
     }
 }
