@@ -135,13 +135,12 @@ struct AccessLogTests {
             settings.flushBytes = 4096
             settings.queueBytes = 64 << 10
             let log = AccessLog(sink: sink, eventLoops: loops, settings: settings)
-            let started = ContinuousClock.now
-            try await Self.record(10_000, on: loops, into: log)
-            #expect(ContinuousClock.now - started < .seconds(5), "recording waited for the writer")
+            // The sink is held throughout: had recording waited for room, this would never return.
+            try await Self.record(3_000, on: loops, into: log)
             #expect(log.droppedLines > 0)
             sink.release()
             await log.close()
-            #expect(log.writtenLines + log.droppedLines == 10_000)
+            #expect(log.writtenLines + log.droppedLines == 3_000)
             #expect(sink.lines.count == log.writtenLines)
         }
     }
