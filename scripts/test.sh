@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: builds (no warnings allowed in our code), runs the Swift test suites,
 # then the end-to-end check with the official Python SDK against the real binary, the
-# demo's printed commands, the status page in headless Chromium, crash/shutdown and soak checks, a benchmark smoke run, and the
-# README's runnable blocks.
+# demo's printed commands, the status page in headless Chromium, crash/shutdown, soak and
+# request-log checks, a benchmark smoke run, and the README's runnable blocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,9 @@ python3 scripts/crash_check.py .build/debug/mixpeek-proxy
 
 echo "== soak (short form; scripts/soak.py --seconds 60 for the long one)"
 python3 scripts/soak.py --seconds 10 --binary .build/debug/mixpeek-proxy
+
+echo "== request log (short form; bench.sh counts 60 s of load): a line per request after SIGTERM, SIGHUP reopens"
+python3 scripts/access_log_check.py --requests 3000 --binary .build/debug/mixpeek-proxy
 
 echo "== benchmark smoke run (scripts/bench.sh --smoke: the script works; figures not asserted)"
 if ! BIN=.build/debug/mixpeek-proxy bash scripts/bench.sh --smoke >.build/bench-smoke.md 2>.build/bench-smoke.log; then

@@ -30,6 +30,9 @@ public struct ProxyConfig: Sendable, Equatable {
     /// upstream client gets as many loops of its own, so list misses use a second core. 0 means
     /// one per CPU this process may run on.
     public var eventLoops = 1
+    /// The request log: one line per request, on by default, apart from `logLevel` (which
+    /// governs the diagnostics only).
+    public var accessLog = AccessLogTarget.stderr
     public var logLevel = Logger.Level.info
     public var logFormat = LogFormat.text
     public var statusPage = StatusPageAccess.loopback
@@ -40,6 +43,14 @@ public struct ProxyConfig: Sendable, Equatable {
     /// (where it would be on disk or in `ps`).
     public var auditHMACKey: String?
     public static let auditHMACKeyVariable = "MIXPEEK_PROXY_AUDIT_HMAC_KEY"
+
+    /// Where request-log lines go.
+    public enum AccessLogTarget: Sendable, Equatable {
+        case stderr
+        /// A file opened for appending, opened again on SIGHUP (after logrotate renamed it).
+        case file(String)
+        case off
+    }
 
     public init() {}
 
@@ -53,8 +64,8 @@ public struct ProxyConfig: Sendable, Equatable {
     public static let keys: [Key] = [
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
         "upstream_ca_file", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
-        "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "log_level", "log_format",
-        "status_page"
+        "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
+        "log_format", "status_page"
     ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -127,6 +138,18 @@ public struct ProxyConfig: Sendable, Equatable {
         case "allow_non_loopback": allowNonLoopback = try boolean()
         case "client_timeout": clientTimeout = try number(0.1...3_600)
         case "event_loops": eventLoops = try integer(0...256)
+        case "access_log":
+            switch raw.lowercased() {
+            case "stderr": accessLog = .stderr
+            case "off": accessLog = .off
+            default:
+                var isDirectory: ObjCBool = false
+                guard !raw.isEmpty, !raw.hasSuffix("/"), !raw.utf8.contains(where: { $0 < 0x20 }),
+                      !(FileManager.default.fileExists(atPath: raw, isDirectory: &isDirectory) && isDirectory.boolValue) else {
+                    throw fail("stderr, off or the path of a file")
+                }
+                accessLog = .file(raw)
+            }
         case "log_level":
             guard let level = Logger.Level(rawValue: raw.lowercased()) else { throw fail("one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))") }
             logLevel = level

@@ -40,7 +40,8 @@ extension Proxy {
                 status: ready ? .ok : .serviceUnavailable))
         case "/_proxy/metrics":
             let memory = cache.memoryFootprint
-            let text = metrics.exposition(cache: cache.counters, entries: memory.entries, bytes: memory.bytes)
+            let text = metrics.exposition(
+                cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0)
             return .now(HTTPResponse(
                 status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],
                 body: ByteBuffer(string: text)))

@@ -29,14 +29,16 @@ public final class Proxy: HTTPResponder {
     let settings: Settings
     /// `settings.upstream`'s origin, parsed once (`Headers.rewriteRedirects`).
     private let upstreamOrigin: Origin?
+    /// The request log; nil when `access_log` is `off`.
+    public let accessLog: AccessLog?
     let logger: Logger
     let metrics: ProxyMetrics
     private let callers = CallerFingerprints()
     /// The status page's figures; nil serves no status page.
     let status: StatusBoard?
 
-    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics, logger: Logger,
-                status: StatusBoard? = nil) {
+    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics,
+                accessLog: AccessLog?, logger: Logger, status: StatusBoard? = nil) {
         self.upstream = upstream
         self.status = status
         self.cache = cache
@@ -44,6 +46,7 @@ public final class Proxy: HTTPResponder {
         self.settings = settings
         upstreamOrigin = settings.upstream.flatMap(Origin.init(url:))
         self.metrics = metrics
+        self.accessLog = accessLog
         self.logger = logger
     }
 
@@ -55,20 +58,20 @@ public final class Proxy: HTTPResponder {
         let requestID = Self.requestID(request.headers)
         var incoming = request
         if let refusal = Self.originForm(&incoming) {
-            return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started)
+            return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started, on: eventLoop)
         }
         let request = incoming
         let decision = Policy.decide(
             Route(method: request.method, target: request.target), target: request.target, headers: request.headers, settings: settings.policy)
         switch decision {
         case .refuse(let error):
-            return finish(.now(error.response(requestID: requestID)), request, route: decision.label, cache: nil, started: started)
+            return finish(.now(error.response(requestID: requestID)), request, route: decision.label, cache: nil, started: started, on: eventLoop)
         case .serveList(let user, let includeRevoked, let refresh):
             let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
                 let response = cachedResponse(remembered.entry, headerBlock: remembered.headerBlock, result: "HIT", requestID: requestID)
-                return finish(.now(response), request, route: decision.label, cache: "HIT", started: started)
+                return finish(.now(response), request, route: decision.label, cache: "HIT", started: started, on: eventLoop)
             }
             return later(request, route: decision.label, started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
@@ -320,28 +323,26 @@ public final class Proxy: HTTPResponder {
     private func later(_ request: HTTPRequest, route: String, started: NIODeadline,
                        _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
-            self.observe(request, route: route, response: response, cache: cacheResult, started: started)
+            self.observe(request, route: route, response: response, cache: cacheResult, started: started, on: answer.eventLoop)
             return response
         })
     }
 
-    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline) -> HTTPReply {
+    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline,
+                        on eventLoop: any EventLoop) -> HTTPReply {
         if case .now(let response) = reply {
-            observe(request, route: route, response: response, cache: cache, started: started)
+            observe(request, route: route, response: response, cache: cache, started: started, on: eventLoop)
         }
         return reply
     }
 
-    /// One log line and the request metrics, per request. Never logs headers or bodies.
-    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline) {
+    /// The request-log line and the request metrics, per request. Never logs headers or bodies.
+    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline,
+                         on eventLoop: any EventLoop) {
         let elapsed = Self.milliseconds(since: started)
         metrics.request(route: route, status: Int(response.status.code), cache: cache, seconds: elapsed / 1000)
-        if logger.logLevel <= .info {
-            logger.info("request", metadata: [
-                "method": "\(request.method.rawValue)", "route": "\(route)", "status": "\(response.status.code)",
-                "cache": "\(cache ?? "-")", "ms": "\(String(format: "%.2f", elapsed))",
-                "request_id": "\(response.headers.first(name: "x-request-id") ?? "-")",
-            ])
-        }
+        accessLog?.record(AccessLogEntry(
+            method: request.method, route: route, status: response.status.code, cache: cache, milliseconds: elapsed,
+            requestID: response.headers.first(name: "x-request-id")), on: eventLoop)
     }
 }

@@ -53,10 +53,11 @@ public final class ProxyApp: Service, Sendable {
     }
 
     /// Builds and starts the whole proxy. `upstream` replaces the HTTP client (tests);
-    /// `clock` replaces the wall clock of the cache (tests).
+    /// `clock` replaces the wall clock of the cache (tests); `accessLogSink` receives the
+    /// request log in place of standard error or the file (tests; unused when it is `off`).
     public static func start(
         config: ProxyConfig, upstream: (any Upstream)? = nil, logger: Logger = Logger(label: "mixpeek-proxy"),
-        clock: (@Sendable () -> Double)? = nil
+        clock: (@Sendable () -> Double)? = nil, accessLogSink: (any AccessLogSink)? = nil
     ) async throws -> ProxyApp {
         if !config.hostIsLoopback && !config.allowNonLoopback {
             throw ConfigError(message: "host \(config.host) is not a loopback address; set allow_non_loopback (--allow-non-loopback) to listen on it")
@@ -106,20 +107,22 @@ public final class ProxyApp: Service, Sendable {
         let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
         var ownedUpstream: HTTPClientUpstream?
         let chosenUpstream: any Upstream
-        if let upstream {
-            chosenUpstream = upstream
-        } else {
-            do {
+        let accessLog: AccessLog?
+        do {
+            accessLog = try Self.accessLog(config, sink: accessLogSink, eventLoops: Array(group.makeIterator()), logger: logger)
+            if let upstream {
+                chosenUpstream = upstream
+            } else {
                 let client = try HTTPClientUpstream(
                     url: config.upstream, timeout: .milliseconds(Int64(config.upstreamTimeout * 1000)),
                     caFile: config.upstreamCAFile, group: upstreamGroup)
                 ownedUpstream = client
                 chosenUpstream = client
-            } catch {
-                try? await group.shutdownGracefully()
-                try? await upstreamGroup.shutdownGracefully()
-                throw error
             }
+        } catch {
+            try? await group.shutdownGracefully()
+            try? await upstreamGroup.shutdownGracefully()
+            throw error
         }
 
         var settings = Proxy.Settings()
@@ -128,8 +131,8 @@ public final class ProxyApp: Service, Sendable {
         settings.upstream = config.upstream
         settings.statusPage = config.statusPage
         let proxy = Proxy(
-            upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), logger: logger,
-            status: status)
+            upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), accessLog: accessLog,
+            logger: logger, status: status)
 
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes
@@ -138,6 +141,7 @@ public final class ProxyApp: Service, Sendable {
         do {
             server = try await HTTPServer.start(host: config.host, port: config.port, responder: proxy, limits: limits, group: group)
         } catch {
+            await accessLog?.close()
             await ownedUpstream?.shutdown()
             try? await group.shutdownGracefully()
             try? await upstreamGroup.shutdownGracefully()
@@ -148,15 +152,43 @@ public final class ProxyApp: Service, Sendable {
             logger: logger)
     }
 
+    /// The request log for `config`: nil when it is off; `sink`, when given, in place of its
+    /// standard error or file.
+    static func accessLog(_ config: ProxyConfig, sink: (any AccessLogSink)?, eventLoops: [any EventLoop],
+                          logger: Logger) throws -> AccessLog? {
+        let chosen: any AccessLogSink
+        switch config.accessLog {
+        case .off: return nil
+        case .stderr: chosen = sink ?? FileSink.standardError()
+        case .file(let path):
+            do {
+                chosen = try sink ?? FileSink(path: path)
+            } catch let error as AccessLogError {
+                throw ConfigError(message: "access_log: \(error.message)")
+            }
+        }
+        var settings = AccessLog.Settings()
+        settings.format = config.logFormat
+        return AccessLog(sink: chosen, eventLoops: eventLoops, settings: settings, logger: logger)
+    }
+
+    /// Runs until graceful shutdown (SIGTERM, SIGINT); meanwhile SIGHUP reopens a request-log file.
     public func run() async throws {
+        var hangUp: HangUpSignal?
+        if case .file = config.accessLog, let accessLog = proxy.accessLog {
+            hangUp = HangUpSignal(reopening: accessLog)
+        }
         try? await gracefulShutdown()
+        hangUp?.cancel()
         await shutdown()
     }
 
-    /// Stops accepting, lets requests in flight finish (10 s at most), saves the counters.
+    /// Stops accepting, lets requests in flight finish (10 s at most), writes out the request
+    /// log, saves the counters.
     public func shutdown() async {
         logger.info("shutting down: finishing requests in flight")
         await server.shutdown(grace: .seconds(10))
+        await proxy.accessLog?.close()
         counterFlush.cancel()
         minuteTicks.cancel()
         proxy.cache.persistCounters()

@@ -81,8 +81,8 @@ public final class ProxyMetrics: Sendable {
         }
     }
 
-    /// The Prometheus text exposition, with the cache's figures read at scrape time.
-    public func exposition(cache: CacheCounters, entries: Int, bytes: Int) -> String {
+    /// The Prometheus text exposition, with the cache's and the request log's figures read at scrape time.
+    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int) -> String {
         var text = registry.emitToString()
         func counter(_ name: String, _ help: String, _ value: Int) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
@@ -96,6 +96,7 @@ public final class ProxyMetrics: Sendable {
         counter("mixpeek_proxy_cache_bypass_total", "Lists forwarded uncached (queries the cache does not key).", cache.bypass)
         counter("mixpeek_proxy_cache_coalesced_total", "List requests that waited on another request's upstream fetch.", cache.coalesced)
         counter("mixpeek_proxy_upstream_list_calls_total", "List calls sent to the upstream.", cache.upstreamListCalls)
+        counter("mixpeek_proxy_log_lines_dropped_total", "Request-log lines lost because the log writer was behind or could not write.", logLinesDropped)
         gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
         gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
         return text

@@ -57,9 +57,11 @@ struct ServerOptions: ParsableArguments {
     var clientTimeout: String?
     @Option(help: "Event-loop threads for clients, and as many for upstream connections; 0 = one per CPU this process may use (default 1).")
     var eventLoops: String?
-    @Option(help: "trace, debug, info, notice, warning, error or critical (default info).")
+    @Option(help: "The request log, one line per request: stderr, a file path (reopened on SIGHUP) or off (default stderr).")
+    var accessLog: String?
+    @Option(help: "Diagnostics: trace, debug, info, notice, warning, error or critical (default info); the request log is apart.")
     var logLevel: String?
-    @Option(help: "text or json (default text).")
+    @Option(help: "text or json, for the request log and the diagnostics (default text).")
     var logFormat: String?
     @Option(help: "Who may see the status page at /_proxy/: loopback, on or off (default loopback).")
     var statusPage: String?
@@ -70,8 +72,8 @@ struct ServerOptions: ParsableArguments {
             ("stale_if_error", staleIfError), ("upstream_timeout", upstreamTimeout), ("upstream_ca_file", upstreamCaFile),
             ("max_body_bytes", maxBodyBytes), ("cache_max_entries", cacheMaxEntries), ("cache_max_bytes", cacheMaxBytes),
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
-            ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("log_level", logLevel), ("log_format", logFormat),
-            ("status_page", statusPage),
+            ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),
+            ("log_format", logFormat), ("status_page", statusPage),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }

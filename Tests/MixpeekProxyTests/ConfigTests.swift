@@ -60,6 +60,8 @@ struct ConfigTests {
         ("port", "eighty", "flag --port"), ("cache_ttl", "-1", "flag --cache-ttl"), ("upstream", "ftp://x", "flag --upstream"),
         ("log_level", "loud", "flag --log-level"), ("pass_through", "maybe", "flag --pass-through"),
         ("event_loops", "-1", "flag --event-loops"), ("status_page", "public", "flag --status-page"),
+        ("access_log", "", "flag --access-log"), ("access_log", "/tmp", "flag --access-log"),
+        ("access_log", "logs/", "flag --access-log"),
     ])
     func badValue(key: String, value: String, source: String) throws {
         let error = #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: [key: value]) }
@@ -72,6 +74,27 @@ struct ConfigTests {
         #expect(try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_EVENT_LOOPS": "3"], flags: [:]).resolvedEventLoops == 3)
         let perCPU = try ProxyConfig.load(file: nil, environment: [:], flags: ["event_loops": "0"]).resolvedEventLoops
         #expect((1...ProcessInfo.processInfo.activeProcessorCount).contains(perCPU))
+    }
+
+    @Test("access_log: stderr by default, off, or a file path; log_level does not turn it off")
+    func accessLog() throws {
+        #expect(ProxyConfig().accessLog == .stderr)
+        #expect(try ProxyConfig.load(file: nil, environment: [:], flags: ["access_log": "OFF"]).accessLog == .off)
+        #expect(try ProxyConfig.load(file: nil, environment: [:], flags: ["access_log": "stderr"]).accessLog == .stderr)
+        #expect(try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_ACCESS_LOG": "/var/log/mixpeek-proxy/access.log"], flags: [:])
+            .accessLog == .file("/var/log/mixpeek-proxy/access.log"))
+        #expect(try ProxyConfig.load(file: nil, environment: [:], flags: ["log_level": "warning"]).accessLog == .stderr)
+    }
+
+    @Test("an access_log file that cannot be opened stops start-up with a message naming it")
+    func accessLogUnopenable() async throws {
+        var config = ProxyConfig()
+        config.port = 0
+        config.dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("al-\(UUID())").path
+        config.accessLog = .file("/nonexistent-\(UUID())/access.log")
+        defer { try? FileManager.default.removeItem(atPath: config.dataDir) }
+        let error = await #expect(throws: ConfigError.self) { _ = try await ProxyApp.start(config: config) }
+        #expect(error?.message.hasPrefix("access_log: cannot open /nonexistent-") == true)
     }
 
     @Test("a bad environment value names the variable")

@@ -56,6 +56,7 @@ struct ObservabilityTests {
             #expect(lines.contains("mixpeek_proxy_upstream_list_calls_total 1"))
             #expect(lines.contains("mixpeek_proxy_audit_appends_total 6"))
             #expect(lines.contains("mixpeek_proxy_audit_failures_total 0"))
+            #expect(lines.contains("mixpeek_proxy_log_lines_dropped_total 0"))
             #expect(lines.contains("mixpeek_proxy_cache_entries 0"), "the create invalidated alice's list")
             #expect(text.contains("# TYPE mixpeek_proxy_audit_append_duration_seconds histogram"))
             #expect(text.contains("mixpeek_proxy_audit_append_duration_seconds_count 6"))
@@ -75,9 +76,10 @@ struct ObservabilityTests {
         }
     }
 
-    @Test("one log line per request, and no token or secret in any log line at trace level")
+    @Test("one request-log line per request, and no token or secret in it or in any diagnostics line at trace level")
     func logsCarryNoSecrets() async throws {
         let capture = LogCapture()
+        let requestLog = LineSink()
         let fake = try await FakeUpstreamServer.start()
         let dataDir = TestProxy.makeDataDir()
         defer { try? FileManager.default.removeItem(atPath: dataDir) }
@@ -86,7 +88,7 @@ struct ObservabilityTests {
         config.upstream = fake.url
         config.dataDir = dataDir
         config.logLevel = .trace
-        let app = try await ProxyApp.start(config: config, logger: capture.logger)
+        let app = try await ProxyApp.start(config: config, logger: capture.logger, accessLogSink: requestLog)
         let client = try await TestProxy.start(dataDir: TestProxy.makeDataDir(), fake: fake)
         defer { client.removeData() }
         // `client` is a second proxy on the same fake; its HTTP client talks to `app`.
@@ -103,9 +105,11 @@ struct ObservabilityTests {
         _ = try await send(.DELETE, TestProxy.path(key: "log-key"))
         await app.shutdown()
         await client.stop()
-        let lines = capture.all
-        #expect(lines.filter { $0.contains("request") && $0.contains("route=") || $0.contains("\"route\"") || $0.contains("route: ") }.count >= 5)
-        for line in lines {
+        let requests = requestLog.lines
+        #expect(requests.map { $0.firstMatch(of: /route=(\S+)/)?.1 ?? "?" } == ["create", "rotate", "list", "list", "delete"])
+        #expect(requests.map { $0.firstMatch(of: /cache=(\S+)/)?.1 ?? "?" } == ["-", "-", "MISS", "HIT", "-"])
+        #expect(requests.allSatisfy { $0.contains(" method=") && $0.contains(" status=") && $0.contains(" ms=") && $0.contains(" request_id=") })
+        for line in capture.all + requests {
             #expect(!line.contains(TestProxy.token), "token in: \(line)")
             #expect(!line.contains(secret) && !line.contains(secret2), "secret in: \(line)")
             #expect(!line.contains("sk_test"), "token prefix in: \(line)")

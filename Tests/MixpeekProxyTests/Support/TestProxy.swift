@@ -76,7 +76,9 @@ final class TestProxy: Sendable {
         configure(&config)
         var logger = Logger(label: "test-proxy")
         logger.logLevel = config.logLevel
-        let app = try await ProxyApp.start(config: config, logger: logger, clock: clock)
+        // The request log stays on (its code runs in every test) but is kept out of the test output.
+        let app = try await ProxyApp.start(
+            config: config, logger: logger, clock: clock, accessLogSink: config.accessLog == .stderr ? LineSink() : nil)
         var clientConfiguration = HTTPClient.Configuration(redirectConfiguration: .disallow)
         clientConfiguration.httpVersion = .http1Only
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
@@ -186,7 +188,9 @@ func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, lo
     config.port = 0
     config.dataDir = dataDir
     config.logLevel = .warning
-    let app = try await ProxyApp.start(config: config, upstream: upstream, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    let app = try await ProxyApp.start(
+        config: config, upstream: upstream, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+        accessLogSink: LineSink())
     do {
         let result = try await body(app, dataDir)
         await app.shutdown()
