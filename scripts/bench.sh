@@ -37,6 +37,10 @@
 #            --hits-only (only the cache-hit rounds: for quick comparisons while tuning)
 #   environment: BIN=path/to/mixpeek-proxy skips the release build
 #                (default: swift build -c release --scratch-path .build-release)
+#                BASELINE_BIN=path/to/another/mixpeek-proxy adds that binary (an earlier
+#                revision, say) to the log-off table, with BASELINE_FLAGS (default
+#                "--cache-ttl 3600 --log-level warning": before the request log existed, that
+#                was how to turn the per-request line off) and BASELINE_REV naming it
 #
 # Installs what is missing with apt-get: nginx, varnish, wrk, sqlite3, curl, strace.
 # Exits non-zero when a tool cannot be installed, a process fails to start, a cache fails its
@@ -392,6 +396,8 @@ pick_port NGINX_NOLOG_PORT
 pick_port VARNISH_PORT
 pick_port PROXY_PORT
 pick_port PROXY_NOLOG_PORT
+[ -n "${BASELINE_BIN:-}" ] && pick_port BASE_PORT
+BASELINE_FLAGS="${BASELINE_FLAGS:---cache-ttl 3600 --log-level warning}"
 pick_port LOGCOUNT_PORT
 pick_port FAKE_PORT
 pick_port MUT_PORT
@@ -546,6 +552,12 @@ wait_http nginx "http://127.0.0.1:$NGINX_PORT/_ready"
 wait_http varnish "http://127.0.0.1:$VARNISH_PORT/_ready"
 wait_http proxy "http://127.0.0.1:$PROXY_PORT/_proxy/health"
 wait_http proxy_nolog "http://127.0.0.1:$PROXY_NOLOG_PORT/_proxy/health"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  start_proc proxy_base "$BASELINE_BIN" serve --port "$BASE_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT" \
+    --data-dir "$WORK/proxy-base-data" $BASELINE_FLAGS
+  wait_http proxy_base "http://127.0.0.1:$BASE_PORT/_proxy/health"
+  note_children proxy_base
+fi
 note_children nginx
 note_children varnish
 note_children proxy
@@ -556,8 +568,10 @@ origin_count() { wc -l <"$O/$1.log" | tr -d ' '; }
 # The two pairs: as shipped (request logs on), then logs off (with Varnish and the static file).
 SHIPPED_KEYS=(proxy nginx)
 NOLOG_KEYS=(proxy_nolog nginx_nolog varnish static)
+[ -n "${BASELINE_BIN:-}" ] && NOLOG_KEYS=(proxy_nolog proxy_base nginx_nolog varnish static)
 KEYS=("${SHIPPED_KEYS[@]}" "${NOLOG_KEYS[@]}")
 CACHE_KEYS=(proxy nginx proxy_nolog nginx_nolog varnish)
+[ -n "${BASELINE_BIN:-}" ] && CACHE_KEYS+=(proxy_base)
 declare -A LABEL=([proxy]="mixpeek-proxy" [nginx]="nginx proxy_cache" [proxy_nolog]="mixpeek-proxy, request log off"
   [nginx_nolog]="nginx proxy_cache, access log off" [varnish]="Varnish" [static]="nginx static file (origin; reference)")
 declare -A CONFIG=(
@@ -566,20 +580,25 @@ declare -A CONFIG=(
   [proxy_nolog]="\`serve $PROXY_NOLOG_FLAGS\`"
   [nginx_nolog]="1 worker, \`access_log off\`"
   [varnish]="\`-s malloc,64m\`, no log file (varnishlog not running)"
-  [static]="1 worker, \`access_log off\`")
+  [static]="1 worker, \`access_log off\`"
+  [proxy_base]="\`serve $BASELINE_FLAGS\`")
+LABEL[proxy_base]="mixpeek-proxy ${BASELINE_REV:-baseline}"
 # Each row's ratios are to the nginx of its pair.
-declare -A REF=([proxy]=nginx [nginx]=nginx [proxy_nolog]=nginx_nolog [nginx_nolog]=nginx_nolog [varnish]=nginx_nolog [static]=nginx_nolog)
+declare -A REF=([proxy]=nginx [nginx]=nginx [proxy_nolog]=nginx_nolog [nginx_nolog]=nginx_nolog [varnish]=nginx_nolog [static]=nginx_nolog
+  [proxy_base]=nginx_nolog)
 declare -A URL=(
   [proxy]="http://127.0.0.1:$PROXY_PORT$LIST_PATH" [nginx]="http://127.0.0.1:$NGINX_PORT$LIST_PATH"
   [proxy_nolog]="http://127.0.0.1:$PROXY_NOLOG_PORT$LIST_PATH" [nginx_nolog]="http://127.0.0.1:$NGINX_NOLOG_PORT$LIST_PATH"
-  [varnish]="http://127.0.0.1:$VARNISH_PORT$LIST_PATH" [static]="http://127.0.0.1:$STATIC_PORT$LIST_PATH")
-declare -A PROC=([proxy]=proxy [nginx]=nginx [proxy_nolog]=proxy_nolog [nginx_nolog]=nginx [varnish]=varnish [static]=origin)
+  [varnish]="http://127.0.0.1:$VARNISH_PORT$LIST_PATH" [static]="http://127.0.0.1:$STATIC_PORT$LIST_PATH"
+  [proxy_base]="http://127.0.0.1:${BASE_PORT:-0}$LIST_PATH")
+declare -A PROC=([proxy]=proxy [nginx]=nginx [proxy_nolog]=proxy_nolog [nginx_nolog]=nginx [varnish]=varnish [static]=origin
+  [proxy_base]=proxy_base)
 
 # Which cache result a response's headers show: MISS, HIT or something else.
 cache_result() { # KEY HEADERS
   local key="$1" headers="$2" v
   case "$key" in
-    proxy|proxy_nolog) header x-cache <<<"$headers" ;;
+    proxy|proxy_nolog|proxy_base) header x-cache <<<"$headers" ;;
     nginx|nginx_nolog) header x-cache-status <<<"$headers" ;;
     varnish)
       v="$(header x-varnish <<<"$headers")"
@@ -852,7 +871,7 @@ stop_proc bigfirst
 DB="$BIG_DATA/cache.sqlite"
 SCHEMA="$(sqlite3 "$DB" .schema)"
 COLUMNS="$(sqlite3 "$DB" 'SELECT group_concat(name, ",") FROM pragma_table_info("cache_entries")')"
-[ "$COLUMNS" = "credential,user_email,include_revoked,status,content_type,etag,last_modified,body,stored_at" ] \
+[ "$COLUMNS" = "credential,user_email,include_revoked,status,content_type,etag,last_modified,body,stored_at,user_fold" ] \
   || die "cache_entries has columns $COLUMNS; update the pre-fill in scripts/bench.sh. Schema: $SCHEMA"
 CREDENTIAL="$(printf '%s' "Bearer $TOKEN" | sha256sum | cut -d' ' -f1)"
 log "pre-filling $DB with $ENTRIES entries of $BODY_BYTES bytes"
@@ -860,9 +879,9 @@ sqlite3 "$DB" <<SQL || die "pre-filling the cache file failed"
 BEGIN;
 CREATE TEMP TABLE bench_body AS SELECT readfile('$BODY') AS b;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $ENTRIES)
-INSERT INTO cache_entries (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at)
+INSERT INTO cache_entries (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at, user_fold)
 SELECT '$CREDENTIAL', 'user' || i || '@example.com', 0, 200, 'application/json', NULL, NULL,
-       (SELECT b FROM bench_body), $EPOCHREALTIME
+       (SELECT b FROM bench_body), $EPOCHREALTIME, 'user' || i || '@example.com'
 FROM n;
 COMMIT;
 SQL
@@ -914,7 +933,7 @@ log_count_text() { echo "${LOG_LINES[$1]} lines for ${LOG_COUNTED[$1]} requests,
   echo "Command: \`$COMMAND_LINE\` — mixpeek-proxy $REVISION ($(basename "$(dirname "$BIN")") build), nginx $NGINX_VERSION, Varnish $VARNISH_VERSION, wrk $WRK_VERSION."
   echo "Body: $BODY_BYTES bytes of JSON (7 keys, APIKeyModel fields), \`Authorization: Bearer sk_bench_…\`."
   echo
-  echo "**Cache hits** — wrk -t2 -c$HIT_CONNECTIONS, $ROUNDS interleaved round(s) × ${DURATION} s per server (all six servers interleaved), medians; CPU = server utime+stime per request; ratios to the nginx of the same table."
+  echo "**Cache hits** — wrk -t2 -c$HIT_CONNECTIONS, $ROUNDS interleaved round(s) × ${DURATION} s per server (all ${#KEYS[@]} servers interleaved), medians; CPU = server utime+stime per request; ratios to the nginx of the same table."
   echo
   echo "As shipped — request logs on, each as it comes by default (mixpeek-proxy's request log on stderr, redirected by the script to a file; nginx's access log to a file):"
   hit_rows "${SHIPPED_KEYS[@]}"
