@@ -57,3 +57,5 @@ struct ReadYourWrites<Shared> {
         }
     }
 }
+
+extension ReadYourWrites.Flight: Sendable where Shared: Sendable {}

@@ -24,8 +24,10 @@ struct ReadYourWritesTests {
     func landing() {
         var core = ReadYourWrites<Int>()
         let first = core.fetch(key, refresh: false) { 1 }
-        #expect(core.land(first.flight, for: key))
-        #expect(core.fetch(key, refresh: false) { 2 }.leader)
+        let stored = core.land(first.flight, for: key)
+        let next = core.fetch(key, refresh: false) { 2 }
+        #expect(stored)
+        #expect(next.leader)
     }
 
     @Test("a fetch started before an invalidation of any spelling of its user is neither joined nor stored")
@@ -37,9 +39,12 @@ struct ReadYourWritesTests {
         #expect(core.generation(of: key.user) != generation)
         let after = core.fetch(key, refresh: false) { 2 }
         #expect(after.leader, "a request after the mutation does not get the older fetch")
-        #expect(!core.land(before.flight, for: key), "the older fetch is not stored")
-        #expect(core.fetch(key, refresh: false) { 3 }.flight.id == after.flight.id, "landing the older fetch leaves the newer in flight")
-        #expect(core.land(after.flight, for: key))
+        let olderStored = core.land(before.flight, for: key)
+        #expect(!olderStored, "the older fetch is not stored")
+        let joined = core.fetch(key, refresh: false) { 3 }
+        #expect(joined.flight.id == after.flight.id, "landing the older fetch leaves the newer in flight")
+        let newerStored = core.land(after.flight, for: key)
+        #expect(newerStored)
     }
 
     @Test("a purge of everything invalidates every user; an invalidation of one user leaves the others")
@@ -49,10 +54,13 @@ struct ReadYourWritesTests {
         let carolFetch = core.fetch(key, refresh: false) { 1 }
         let daveFetch = core.fetch(dave, refresh: false) { 2 }
         core.invalidate(folded: UserIdentity.folded(key.user))
-        #expect(core.land(daveFetch.flight, for: dave), "another user's fetch is still storable")
-        #expect(!core.land(carolFetch.flight, for: key))
+        let daveStored = core.land(daveFetch.flight, for: dave)
+        let carolStored = core.land(carolFetch.flight, for: key)
+        #expect(daveStored, "another user's fetch is still storable")
+        #expect(!carolStored)
         let again = core.fetch(dave, refresh: false) { 3 }
         core.invalidate(folded: nil)
-        #expect(!core.land(again.flight, for: dave))
+        let storedAfterPurge = core.land(again.flight, for: dave)
+        #expect(!storedAfterPurge)
     }
 }
