@@ -1,3 +1,5 @@
+import GRDB
+
 /// Where mutations are recorded: an intent before forwarding, its outcome after. `AuditLog`
 /// (a hash-chained SQLite file) is today's.
 ///
@@ -12,6 +14,12 @@ public protocol AuditSink: Sendable {
     func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord
     @discardableResult
     func recordOutcome(of intent: AuditRecord, _ result: AuditResult) async throws -> AuditRecord
+    /// Records in the log (`/_proxy/stats`), read without holding up appends for long.
+    func recordCount() async throws -> Int
 }
 
-extension AuditLog: AuditSink {}
+extension AuditLog: AuditSink {
+    public func recordCount() async throws -> Int {
+        try await queue.read { db in try AuditRecord.fetchCount(db) }
+    }
+}
