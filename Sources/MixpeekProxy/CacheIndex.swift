@@ -65,7 +65,7 @@ struct CacheIndex {
 extension CacheStore {
     /// Reads the key of every stored list, queued like any other read, and hands their
     /// hashes and the (folded) users they belong to to `completion` (on the store's queue).
-    func loadIndex(completion: @escaping @Sendable (Result<(hashes: Set<Int>, users: Set<String>), any Error>) -> Void) {
+    public func loadIndex(completion: @escaping @Sendable (Result<(hashes: Set<Int>, users: Set<String>), any Error>) -> Void) {
         queue.asyncRead { db in
             completion(Result {
                 var hashes = Set<Int>()

@@ -221,7 +221,7 @@ public final class CacheStore: Sendable {
 
     /// Reads one entry, queued after every write submitted before; `completion` runs on the
     /// store's queue.
-    func load(_ key: CacheKey, completion: @escaping @Sendable (Result<CachedList?, any Error>) -> Void) {
+    public func load(_ key: CacheKey, completion: @escaping @Sendable (Result<CachedList?, any Error>) -> Void) {
         guard !isDamaged else { return completion(.success(nil)) }
         queue.asyncRead { db in
             completion(Result {
@@ -235,7 +235,7 @@ public final class CacheStore: Sendable {
     }
 
     /// Queues the write now (so it keeps its place among deletes) and returns at once.
-    func save(_ entry: CachedList, for key: CacheKey, logger: Logger) {
+    public func save(_ entry: CachedList, for key: CacheKey, logger: Logger) {
         guard !isDamaged else { return }
         queue.asyncWrite({ db in
             var totals = try self.currentTotals(db)
@@ -270,7 +270,7 @@ public final class CacheStore: Sendable {
     }
 
     /// Queues the delete now, so it lands before any read or write submitted after this call.
-    func enqueueDelete(user: String?, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+    public func enqueueDelete(user: String?, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
         guard !isDamaged else { return completion(.success(())) }
         queue.asyncWrite({ db in
             if let user {
@@ -324,7 +324,7 @@ public final class CacheStore: Sendable {
 
     /// Entries and bytes in the file from the running totals, counted once (on the queue,
     /// in order with the writes) when not known yet; nil once the file was found damaged.
-    func footprint(completion: @escaping @Sendable (Result<(count: Int, bytes: Int)?, any Error>) -> Void) {
+    public func footprint(completion: @escaping @Sendable (Result<(count: Int, bytes: Int)?, any Error>) -> Void) {
         guard !isDamaged else { return completion(.success(nil)) }
         if let known = totals.withLockedValue({ $0 }) { return completion(.success(known)) }
         queue.asyncRead { db in
@@ -355,7 +355,7 @@ public final class CacheStore: Sendable {
         }
     }
 
-    func saveCounters(_ counters: CacheCounters) throws {
+    public func saveCounters(_ counters: CacheCounters) throws {
         guard !isDamaged else { return }
         let text = String(decoding: try JSONEncoder().encode(counters), as: UTF8.self)
         try queue.write { db in

@@ -57,7 +57,7 @@ extension Proxy {
     func stats() async -> Stats {
         let counters = cache.counters
         let memory = cache.memoryFootprint
-        let records = try? await audit?.queue.read { db in try AuditRecord.fetchCount(db) }
+        let records = try? await audit?.recordCount()
         return Stats(
             cache: .init(
                 entries_in_memory: memory.entries, bytes_in_memory: memory.bytes, hits: counters.hits,

@@ -2,20 +2,16 @@ import Crypto
 import Foundation
 import Logging
 import MixpeekAPI
-import MixpeekHTTP
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOHTTP1
 import Synchronization
 
-/// The list cache: an in-memory tier in front of `CacheStore`, request coalescing, and exact
-/// invalidation with read-your-writes.
+/// The list cache: a memory tier (`MemoryTier`) in front of a durable store (`ListStore`),
+/// request coalescing, and exact invalidation with read-your-writes (`ReadYourWrites`).
 ///
-/// Read-your-writes rests on a per-user generation. A fetch remembers the generation it
-/// started under and is stored (and shared with waiters that join it) only while that
-/// generation is current; `invalidate(user:)` bumps it. So a list that left for the upstream
-/// before a mutation can never be stored, or handed to a request that arrived after it.
-public final class ListCache: Sendable {
+/// `Prepared` is what the HTTP side makes of an entry once, when it enters memory, so that a
+/// hit costs no encoding (`CachedListResponse`); the cache only keeps it beside the entry.
+public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     public struct Settings: Sendable {
         /// How long an entry is served as a HIT.
         public var ttl: Double
@@ -45,12 +41,6 @@ public final class ListCache: Sendable {
         case stale(CachedList)
     }
 
-    private struct Flight {
-        let id: UInt64
-        let generation: UInt64
-        let result: FlightResult
-    }
-
     /// The outcome of one upstream fetch, handed to the request that started it and to every
     /// request that joined it.
     private final class FlightResult: Sendable {
@@ -75,62 +65,44 @@ public final class ListCache: Sendable {
         }
     }
 
+    /// An entry in memory, with what the HTTP side prepared from it once for every hit
+    /// (`prepare`, given at init).
+    public struct Remembered: Sendable {
+        public let entry: CachedList
+        public let prepared: Prepared
+    }
+
+    /// Everything the cache's lock guards. Only small, bounded work happens under it: no
+    /// parsing, no encoding (`complete` and `storedEntry` prepare entries before locking).
     private struct State {
-        var memory: [CacheKey: Remembered] = [:]
-        var memoryBytes = 0
-        /// By folded user (`UserIdentity`): a mutation of any spelling of a user bumps it.
-        var generations: [String: UInt64] = [:]
-        /// Bumped by a purge of everything: part of every user's generation.
-        var epoch: UInt64 = 0
-        var flights: [CacheKey: Flight] = [:]
-        var nextFlight: UInt64 = 0
+        var memory: MemoryTier<Remembered>
+        var readYourWrites = ReadYourWrites<FlightResult>()
         var counters = CacheCounters()
         var fingerprints: [String: String] = [:]
         var onDisk = CacheIndex()
     }
 
-    /// An entry in memory, with its fixed response fields encoded once for every hit.
-    public struct Remembered: Sendable {
-        public let entry: CachedList
-        public let headerBlock: HTTPHeaderBlock?
-
-        init(_ entry: CachedList) {
-            self.entry = entry
-            headerBlock = HTTPHeaderBlock(Self.fixedFields(of: entry))
-        }
-
-        /// The response fields a cached list always answers with (its age, X-Cache and request
-        /// id are added per response).
-        static func fixedFields(of entry: CachedList) -> HTTPHeaders {
-            var fields = HTTPHeaders()
-            if let contentType = entry.contentType { fields.add(name: "Content-Type", value: contentType) }
-            if let etag = entry.etag { fields.add(name: "ETag", value: etag) }
-            if let lastModified = entry.lastModified { fields.add(name: "Last-Modified", value: lastModified) }
-            fields.add(name: "Via", value: Headers.via)
-            return fields
-        }
-    }
-
-    private static func generation(of user: String, in state: State) -> UInt64 {
-        state.epoch &+ state.generations[UserIdentity.folded(user), default: 0]
-    }
-
     public let settings: Settings
-    private let store: CacheStore?
+    private let store: (any ListStore)?
+    private let prepare: @Sendable (CachedList) -> Prepared
     private let clock: @Sendable () -> Double
     private let logger: Logger
-    private let state = ReadWriteLockedValue(State())
+    private let state: ReadWriteLockedValue<State>
     /// Hits are counted outside the lock so that a hit only reads the state.
     private let hits = Atomic<Int>(0)
     /// Counters loaded from disk at start; `counters` adds this run's.
     private let baseCounters: CacheCounters
 
-    public init(settings: Settings, store: CacheStore?, logger: Logger,
-                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
+    /// `prepare` runs once per entry that enters memory, outside the cache's lock.
+    public init(settings: Settings, store: (any ListStore)?, logger: Logger,
+                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
+                prepare: @escaping @Sendable (CachedList) -> Prepared) {
         self.settings = settings
         self.store = store
+        self.prepare = prepare
         self.logger = logger
         self.clock = clock
+        state = ReadWriteLockedValue(State(memory: MemoryTier(capacity: settings.memoryBytes)))
         self.baseCounters = (try? store?.loadCounters()) ?? CacheCounters()
         store?.loadIndex { [state, logger] result in
             switch result {
@@ -149,9 +121,9 @@ public final class ListCache: Sendable {
     /// memoised so hits do not hash. Requests without one share the empty credential (their
     /// lists are refused upstream and so never stored).
     private func credential(for authorization: String) -> String {
-        state.withLockedValue { state in
+        let credential = SHA256.hash(data: Data(authorization.utf8)).hex
+        return state.withLockedValue { state in
             if let known = state.fingerprints[authorization] { return known }
-            let credential = SHA256.hash(data: Data(authorization.utf8)).hex
             if state.fingerprints.count >= 10_000 { state.fingerprints.removeAll(keepingCapacity: true) }
             state.fingerprints[authorization] = credential
             return credential
@@ -169,7 +141,7 @@ public final class ListCache: Sendable {
         let found = state.withReadLock { state -> (CacheKey, Remembered?)? in
             guard let credential = state.fingerprints[authorization] else { return nil }
             let key = CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
-            guard !refresh, let remembered = state.memory[key], now - remembered.entry.storedAt < settings.ttl else { return (key, nil) }
+            guard !refresh, let remembered = state.memory.value(for: key), now - remembered.entry.storedAt < settings.ttl else { return (key, nil) }
             return (key, remembered)
         }
         if let found {
@@ -200,21 +172,18 @@ public final class ListCache: Sendable {
             }
         }
         @Sendable func fetchOrJoin() {
-            let (flight, leader) = state.withLockedValue { state -> (Flight, Bool) in
-                let generation = Self.generation(of: key.user, in: state)
-                if !refresh, let flight = state.flights[key], flight.generation == generation {
+            let (flight, leader) = state.withLockedValue { state in
+                let fetch = state.readYourWrites.fetch(key, refresh: refresh, sharing: FlightResult.init)
+                if fetch.leader {
+                    state.counters.misses += 1
+                    state.counters.upstreamListCalls += 1
+                } else {
                     state.counters.coalesced += 1
-                    return (flight, false)
                 }
-                state.nextFlight += 1
-                state.counters.misses += 1
-                state.counters.upstreamListCalls += 1
-                let flight = Flight(id: state.nextFlight, generation: generation, result: FlightResult())
-                state.flights[key] = flight
-                return (flight, true)
+                return fetch
             }
             guard leader else {
-                return flight.result.observe { finish($0, leader: false) }
+                return flight.shared.observe { finish($0, leader: false) }
             }
             fetch().whenComplete { result in
                 let outcome: FetchOutcome
@@ -222,8 +191,8 @@ public final class ListCache: Sendable {
                 case .success(let fetched): outcome = fetched
                 case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
                 }
-                self.complete(key, flight: flight.id, generation: flight.generation, outcome: outcome)
-                flight.result.resolve(outcome)
+                self.complete(key, flight: flight, outcome: outcome)
+                flight.shared.resolve(outcome)
                 finish(outcome, leader: true)
             }
         }
@@ -255,8 +224,8 @@ public final class ListCache: Sendable {
     /// The entry for `key` in memory, else in the file (read only when the index says it may
     /// be there), else nil; `completion` runs at once unless the file is read.
     private func storedEntry(_ key: CacheKey, completion: @escaping @Sendable (CachedList?) -> Void) {
-        let (memory, generation, mayBeOnDisk) = state.withLockedValue {
-            ($0.memory[key]?.entry, Self.generation(of: key.user, in: $0), $0.onDisk.mayContain(key))
+        let (memory, generation, mayBeOnDisk) = state.withReadLock {
+            ($0.memory.value(for: key)?.entry, $0.readYourWrites.generation(of: key.user), $0.onDisk.mayContain(key))
         }
         if let memory { return completion(memory) }
         guard let store, mayBeOnDisk else { return completion(nil) }
@@ -265,9 +234,10 @@ public final class ListCache: Sendable {
             case .success(let entry):
                 // Keep it in memory only if no invalidation came while it was read.
                 completion(entry.flatMap { entry in
-                    self.state.withLockedValue { state in
-                        guard Self.generation(of: key.user, in: state) == generation else { return nil }
-                        self.remember(entry, for: key, in: &state)
+                    let remembered = Remembered(entry: entry, prepared: self.prepare(entry))
+                    return self.state.withLockedValue { state in
+                        guard state.readYourWrites.generation(of: key.user) == generation else { return nil }
+                        state.memory.insert(remembered, bytes: entry.body.readableBytes, for: key)
                         return entry
                     }
                 })
@@ -280,25 +250,32 @@ public final class ListCache: Sendable {
 
     // MARK: Writes
 
-    private func complete(_ key: CacheKey, flight id: UInt64, generation: UInt64, outcome: FetchOutcome) {
+    /// Ends the fetch `flight` led for `key` and stores its outcome when it is a list worth
+    /// keeping and no invalidation came while it was fetched.
+    private func complete(_ key: CacheKey, flight: ReadYourWrites<FlightResult>.Flight, outcome: FetchOutcome) {
+        // Parsed and prepared before the lock: every loop's hits wait while it is held.
+        let remembered = Self.storable(outcome, storedAt: clock()).map { Remembered(entry: $0, prepared: prepare($0)) }
         state.withLockedValue { state in
-            if state.flights[key]?.id == id { state.flights[key] = nil }
-            guard case .response(let response) = outcome, (200..<300).contains(response.status.code),
-                  !response.headers.cacheControl(contains: "no-store"),
-                  Self.isJSONObject(response.body),
-                  Self.generation(of: key.user, in: state) == generation
-            else { return }
-            let entry = CachedList(
-                status: Int(response.status.code), contentType: response.headers.first(name: "content-type"),
-                etag: response.headers.first(name: "etag"), lastModified: response.headers.first(name: "last-modified"),
-                body: response.body, storedAt: clock())
-            remember(entry, for: key, in: &state)
+            guard state.readYourWrites.land(flight, for: key), let remembered else { return }
+            state.memory.insert(remembered, bytes: remembered.entry.body.readableBytes, for: key)
             // Submitted under the lock, so it is ordered before any later invalidation's delete.
             if let store {
                 state.onDisk.noteStored(key)
-                store.save(entry, for: key, logger: logger)
+                store.save(remembered.entry, for: key, logger: logger)
             }
         }
+    }
+
+    /// The entry to keep for `outcome`: a 2xx JSON object the upstream did not mark `no-store`.
+    private static func storable(_ outcome: FetchOutcome, storedAt: Double) -> CachedList? {
+        guard case .response(let response) = outcome, (200..<300).contains(response.status.code),
+              !response.headers.cacheControl(contains: "no-store"),
+              isJSONObject(response.body)
+        else { return nil }
+        return CachedList(
+            status: Int(response.status.code), contentType: response.headers.first(name: "content-type"),
+            etag: response.headers.first(name: "etag"), lastModified: response.headers.first(name: "last-modified"),
+            body: response.body, storedAt: storedAt)
     }
 
     /// A list body worth keeping: a JSON object. A 200 whose body does not parse is an
@@ -309,20 +286,6 @@ public final class ListCache: Sendable {
         }
     }
 
-    private func remember(_ entry: CachedList, for key: CacheKey, in state: inout State) {
-        if let old = state.memory.removeValue(forKey: key) {
-            state.memoryBytes -= old.entry.body.readableBytes
-        }
-        // A body larger than the whole budget is served from SQLite only.
-        guard entry.body.readableBytes <= settings.memoryBytes else { return }
-        state.memory[key] = Remembered(entry)
-        state.memoryBytes += entry.body.readableBytes
-        while state.memoryBytes > settings.memoryBytes, let victim = state.memory.first(where: { $0.key != key }) {
-            state.memory[victim.key] = nil
-            state.memoryBytes -= victim.value.entry.body.readableBytes
-        }
-    }
-
     /// Drops every cached list of `user` in every spelling that folds to the same address
     /// (`UserIdentity`; of everyone when nil), for every credential, and makes any list fetch
     /// already in flight for that user unstorable. Returns when the delete is on disk.
@@ -330,15 +293,11 @@ public final class ListCache: Sendable {
         let folded = user.map(UserIdentity.folded)
         let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
             state.withLockedValue { state in
+                state.readYourWrites.invalidate(folded: folded)
                 if let folded {
-                    state.generations[folded, default: 0] += 1
-                    for key in state.memory.keys where UserIdentity.folded(key.user) == folded {
-                        state.memoryBytes -= state.memory.removeValue(forKey: key)?.entry.body.readableBytes ?? 0
-                    }
+                    state.memory.remove(folded: folded)
                 } else {
-                    state.epoch += 1
                     state.memory.removeAll()
-                    state.memoryBytes = 0
                     state.onDisk.purged()
                 }
                 // Nothing of this user's in the file: nothing to delete, nothing to wait for.
@@ -366,7 +325,7 @@ public final class ListCache: Sendable {
 
     /// Entries and bytes in memory.
     public var memoryFootprint: (entries: Int, bytes: Int) {
-        state.withReadLock { ($0.memory.count, $0.memoryBytes) }
+        state.withReadLock { ($0.memory.count, $0.memory.bytes) }
     }
 
     /// Entries and bytes in the cache file; nil without a usable file.

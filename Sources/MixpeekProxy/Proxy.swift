@@ -23,9 +23,11 @@ public final class Proxy: HTTPResponder {
     }
 
     let upstream: any Upstream
-    let cache: ListCache
+    let cache: ProxyListCache
+    /// How a mutation drops its user's cached lists: the cache itself, in process.
+    let invalidation: any Invalidation
     /// Nil when the audit file could not be opened: every mutation is then refused (503).
-    public let audit: AuditLog?
+    let audit: (any AuditSink)?
     let settings: Settings
     /// `settings.upstream`'s origin, parsed once (`Headers.rewriteRedirects`).
     private let upstreamOrigin: Origin?
@@ -37,11 +39,13 @@ public final class Proxy: HTTPResponder {
     /// The status page's figures; nil serves no status page.
     let status: StatusBoard?
 
-    public init(upstream: any Upstream, cache: ListCache, audit: AuditLog?, settings: Settings, metrics: ProxyMetrics,
-                accessLog: AccessLog?, logger: Logger, status: StatusBoard? = nil) {
+    /// `invalidation` defaults to `cache`, which then drops lists in this process only.
+    public init(upstream: any Upstream, cache: ProxyListCache, invalidation: (any Invalidation)? = nil, audit: (any AuditSink)?,
+                settings: Settings, metrics: ProxyMetrics, accessLog: AccessLog?, logger: Logger, status: StatusBoard? = nil) {
         self.upstream = upstream
         self.status = status
         self.cache = cache
+        self.invalidation = invalidation ?? cache
         self.audit = audit
         self.settings = settings
         upstreamOrigin = settings.upstream.flatMap(Origin.init(url:))
@@ -70,7 +74,7 @@ public final class Proxy: HTTPResponder {
             let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
-                let response = cachedResponse(remembered.entry, headerBlock: remembered.headerBlock, result: "HIT", requestID: requestID)
+                let response = cachedResponse(remembered.entry, headerBlock: remembered.prepared.fixedFields, result: "HIT", requestID: requestID)
                 return finish(.now(response), request, route: decision.label, cache: "HIT", started: started, on: eventLoop)
             }
             return later(request, route: decision.label, started: started,
@@ -110,7 +114,7 @@ public final class Proxy: HTTPResponder {
         }.map { answer in self.listResponse(answer, to: request, requestID: requestID) }
     }
 
-    private func listResponse(_ answer: ListCache.Answer, to request: HTTPRequest, requestID: String) -> (HTTPResponse, String?) {
+    private func listResponse(_ answer: ProxyListCache.Answer, to request: HTTPRequest, requestID: String) -> (HTTPResponse, String?) {
         switch answer {
         case .hit(let entry):
             return (cachedResponse(entry, result: "HIT", requestID: requestID), "HIT")
@@ -126,7 +130,7 @@ public final class Proxy: HTTPResponder {
 
     /// A list from the cache. A hit from memory brings its fixed fields already encoded.
     private func cachedResponse(_ entry: CachedList, headerBlock: HTTPHeaderBlock? = nil, result: String, requestID: String) -> HTTPResponse {
-        var headers = headerBlock == nil ? ListCache.Remembered.fixedFields(of: entry) : HTTPHeaders()
+        var headers = headerBlock == nil ? CachedListResponse.fixedFields(of: entry) : HTTPHeaders()
         headers.add(name: "Age", value: String(cache.age(of: entry)))
         headers.add(name: "X-Cache", value: result)
         headers.add(name: "X-Request-Id", value: requestID)
@@ -153,7 +157,7 @@ public final class Proxy: HTTPResponder {
             logger.error("audit intent could not be written; mutation refused", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
             return (ProxyError.auditUnavailable.response(requestID: requestID), nil)
         }
-        await cache.invalidate(user: user)
+        await invalidation.invalidate(user: user)
         let started = NIODeadline.now()
         let response: HTTPResponse
         let result: AuditResult
@@ -176,7 +180,7 @@ public final class Proxy: HTTPResponder {
             result = AuditResult(outcome: failure == .timeout ? .timeout : .error, upstreamStatus: nil, durationMS: Self.milliseconds(since: started))
             response = upstreamFailure(failure).response(requestID: requestID)
         }
-        await cache.invalidate(user: user)
+        await invalidation.invalidate(user: user)
         do {
             _ = try await metrics.timeAuditAppend { try await audit.recordOutcome(of: intent, result) }
         } catch {

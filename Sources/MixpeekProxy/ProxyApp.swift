@@ -11,6 +11,9 @@ import ServiceLifecycle
 public final class ProxyApp: Service, Sendable {
     public let config: ProxyConfig
     public let proxy: Proxy
+    /// The audit log the proxy records mutations in (its `AuditSink`); nil when it could not
+    /// be opened.
+    public let audit: AuditLog?
     public let server: HTTPServer
     private let ownedUpstream: HTTPClientUpstream?
     /// The server's event loops and, apart, the upstream client's (`event_loops` of each):
@@ -26,9 +29,10 @@ public final class ProxyApp: Service, Sendable {
     public var port: Int { server.port }
     public var url: String { "http://\(config.host.contains(":") ? "[\(config.host)]" : config.host):\(port)" }
 
-    private init(config: ProxyConfig, proxy: Proxy, server: HTTPServer, ownedUpstream: HTTPClientUpstream?,
+    private init(config: ProxyConfig, proxy: Proxy, audit: AuditLog?, server: HTTPServer, ownedUpstream: HTTPClientUpstream?,
                  group: MultiThreadedEventLoopGroup, upstreamGroup: MultiThreadedEventLoopGroup, logger: Logger) {
         self.config = config
+        self.audit = audit
         self.group = group
         self.upstreamGroup = upstreamGroup
         self.proxy = proxy
@@ -148,7 +152,7 @@ public final class ProxyApp: Service, Sendable {
             throw error
         }
         return ProxyApp(
-            config: config, proxy: proxy, server: server, ownedUpstream: ownedUpstream, group: group, upstreamGroup: upstreamGroup,
+            config: config, proxy: proxy, audit: audit, server: server, ownedUpstream: ownedUpstream, group: group, upstreamGroup: upstreamGroup,
             logger: logger)
     }
 

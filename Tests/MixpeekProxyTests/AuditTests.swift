@@ -917,7 +917,7 @@ struct AuditDurabilityTests {
     func synchronousFull() async throws {
         try await withTestProxy { proxy in
             _ = try await proxy.create(name: "durable")
-            let log = try #require(proxy.app.proxy.audit)
+            let log = try #require(proxy.app.audit)
             #expect(try log.synchronousMode() == 2)
         }
     }

@@ -123,7 +123,7 @@ struct SpellingTests {
             }
             #expect(proxy.controls.totalCalls == forwarded, "nothing reached the upstream")
             var entries: [AuditEntry] = []
-            try proxy.app.proxy.audit!.query(AuditFilter()) { entries.append($0) }
+            try proxy.app.audit!.query(AuditFilter()) { entries.append($0) }
             #expect(entries.map(\.action) == ["create"])
             let list = try await proxy.list(user: "a@b.com")
             #expect(list.keyNames.contains("k"), "the key was not deleted behind the proxy's back")
@@ -173,7 +173,7 @@ struct SpellingTests {
             _ = try await proxy.create(user: "Erin@Example.COM", name: "b")
             _ = try await proxy.create(user: "frank@example.com", name: "c")
             var entries: [AuditEntry] = []
-            try proxy.app.proxy.audit!.query(AuditFilter(user: "ERIN@example.com")) { entries.append($0) }
+            try proxy.app.audit!.query(AuditFilter(user: "ERIN@example.com")) { entries.append($0) }
             #expect(entries.map(\.user_email) == ["erin@example.com", "Erin@Example.COM"])
             #expect(entries.map(\.key_name) == ["a", "b"])
         }

@@ -23,7 +23,7 @@ public final class StatusBoard: Sendable {
     /// Mutations the page lists.
     public static let recentMutations = 50
 
-    let cache: ListCache
+    let cache: ProxyListCache
     public let health: UpstreamHealth
     /// A read-only connection of its own to the audit file, so that reading the newest
     /// records and walking the chain never wait for, or hold up, an append.
@@ -34,7 +34,7 @@ public final class StatusBoard: Sendable {
     private let history = NIOLockedValueBox(MinuteHistory())
     private let verification = NIOLockedValueBox<(last: StatusSnapshot.Verification?, running: Task<StatusSnapshot.Verification, Never>?)>((nil, nil))
 
-    public init(cache: ListCache, audit: AuditLog?, limits: Limits, health: UpstreamHealth = UpstreamHealth(),
+    public init(cache: ProxyListCache, audit: AuditLog?, limits: Limits, health: UpstreamHealth = UpstreamHealth(),
                 clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.cache = cache
         self.audit = audit
