@@ -102,14 +102,6 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     static let genesis = String(repeating: "0", count: 64)
 }
 
-extension Digest {
-    var hex: String { Array(self).hex }
-}
-
-extension HashedAuthenticationCode {
-    var hex: String { Array(self).hex }
-}
-
 /// What a mutation's intent says, before the upstream is asked.
 public struct AuditIntent: Sendable {
     public var action: AuditAction
