@@ -16,10 +16,21 @@ public final class ProxyApp: Service, Sendable {
     public let audit: AuditLog?
     public let server: HTTPServer
     private let ownedUpstream: HTTPClientUpstream?
-    /// The server's event loops and, apart, the upstream client's (`event_loops` of each):
-    /// list misses then use a second core while hits keep the first to themselves.
-    private let group: MultiThreadedEventLoopGroup
-    private let upstreamGroup: MultiThreadedEventLoopGroup
+    /// Event-loop groups for the proxy: the server's and, apart, the upstream client's, so list
+    /// misses use a second core while hits keep the first to themselves.
+    public struct EventLoops: Sendable {
+        public var server: any EventLoopGroup
+        public var upstream: any EventLoopGroup
+
+        public init(server: any EventLoopGroup, upstream: any EventLoopGroup) {
+            self.server = server
+            self.upstream = upstream
+        }
+    }
+
+    private let eventLoops: EventLoops
+    /// Whether the proxy made its event loops (`event_loops` threads each), and so shuts them down.
+    private let ownsEventLoops: Bool
     private let counterFlush: Task<Void, Never>
     /// Closes a minute of the status page's history at each minute's end.
     private let minuteTicks: Task<Void, Never>
@@ -30,11 +41,11 @@ public final class ProxyApp: Service, Sendable {
     public var url: String { "http://\(config.host.contains(":") ? "[\(config.host)]" : config.host):\(port)" }
 
     private init(config: ProxyConfig, proxy: Proxy, audit: AuditLog?, server: HTTPServer, ownedUpstream: HTTPClientUpstream?,
-                 group: MultiThreadedEventLoopGroup, upstreamGroup: MultiThreadedEventLoopGroup, logger: Logger) {
+                 eventLoops: EventLoops, ownsEventLoops: Bool, logger: Logger) {
         self.config = config
         self.audit = audit
-        self.group = group
-        self.upstreamGroup = upstreamGroup
+        self.eventLoops = eventLoops
+        self.ownsEventLoops = ownsEventLoops
         self.proxy = proxy
         self.server = server
         self.ownedUpstream = ownedUpstream
@@ -58,10 +69,12 @@ public final class ProxyApp: Service, Sendable {
 
     /// Builds and starts the whole proxy. `upstream` replaces the HTTP client (tests);
     /// `clock` replaces the wall clock of the cache (tests); `accessLogSink` receives the
-    /// request log in place of standard error or the file (tests; unused when it is `off`).
+    /// request log in place of standard error or the file (tests; unused when it is `off`);
+    /// `eventLoops`, when given, are used instead of `event_loops` threads of the proxy's own,
+    /// and left running at shutdown.
     public static func start(
         config: ProxyConfig, upstream: (any Upstream)? = nil, logger: Logger = Logger(label: "mixpeek-proxy"),
-        clock: (@Sendable () -> Double)? = nil, accessLogSink: (any AccessLogSink)? = nil
+        clock: (@Sendable () -> Double)? = nil, accessLogSink: (any AccessLogSink)? = nil, eventLoops given: EventLoops? = nil
     ) async throws -> ProxyApp {
         if !config.hostIsLoopback && !config.allowNonLoopback {
             throw ConfigError(message: "host \(config.host) is not a loopback address; set allow_non_loopback (--allow-non-loopback) to listen on it")
@@ -107,8 +120,17 @@ public final class ProxyApp: Service, Sendable {
             cache: cache, audit: auditReader,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
-        let upstreamGroup = MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops)
+        let eventLoops = given ?? EventLoops(
+            server: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops),
+            upstream: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops))
+        let ownsEventLoops = given == nil
+        let group = eventLoops.server
+        let upstreamGroup = eventLoops.upstream
+        @Sendable func shutdownOwnedEventLoops() async {
+            guard ownsEventLoops else { return }
+            try? await upstreamGroup.shutdownGracefully()
+            try? await group.shutdownGracefully()
+        }
         var ownedUpstream: HTTPClientUpstream?
         let chosenUpstream: any Upstream
         let accessLog: AccessLog?
@@ -124,8 +146,7 @@ public final class ProxyApp: Service, Sendable {
                 chosenUpstream = client
             }
         } catch {
-            try? await group.shutdownGracefully()
-            try? await upstreamGroup.shutdownGracefully()
+            await shutdownOwnedEventLoops()
             throw error
         }
 
@@ -147,13 +168,12 @@ public final class ProxyApp: Service, Sendable {
         } catch {
             await accessLog?.close()
             await ownedUpstream?.shutdown()
-            try? await group.shutdownGracefully()
-            try? await upstreamGroup.shutdownGracefully()
+            await shutdownOwnedEventLoops()
             throw error
         }
         return ProxyApp(
-            config: config, proxy: proxy, audit: audit, server: server, ownedUpstream: ownedUpstream, group: group, upstreamGroup: upstreamGroup,
-            logger: logger)
+            config: config, proxy: proxy, audit: audit, server: server, ownedUpstream: ownedUpstream, eventLoops: eventLoops,
+            ownsEventLoops: ownsEventLoops, logger: logger)
     }
 
     /// The request log for `config`: nil when it is off; `sink`, when given, in place of its
@@ -197,7 +217,9 @@ public final class ProxyApp: Service, Sendable {
         minuteTicks.cancel()
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()
-        try? await upstreamGroup.shutdownGracefully()
-        try? await group.shutdownGracefully()
+        if ownsEventLoops {
+            try? await eventLoops.upstream.shutdownGracefully()
+            try? await eventLoops.server.shutdownGracefully()
+        }
     }
 }

@@ -78,7 +78,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         var memory: MemoryTier<Remembered>
         var readYourWrites = ReadYourWrites<FlightResult>()
         var counters = CacheCounters()
-        var fingerprints: [String: String] = [:]
+        var fingerprints = BoundedMemo<String>(capacity: 10_000)
         var onDisk = CacheIndex()
     }
 
@@ -122,12 +122,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// lists are refused upstream and so never stored).
     private func credential(for authorization: String) -> String {
         let credential = SHA256.hash(data: Data(authorization.utf8)).hex
-        return state.withLockedValue { state in
-            if let known = state.fingerprints[authorization] { return known }
-            if state.fingerprints.count >= 10_000 { state.fingerprints.removeAll(keepingCapacity: true) }
-            state.fingerprints[authorization] = credential
-            return credential
-        }
+        return state.withLockedValue { $0.fingerprints.value(for: authorization) { _ in credential } }
     }
 
     // MARK: Reads
