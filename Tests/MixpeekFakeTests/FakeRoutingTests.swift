@@ -7,17 +7,6 @@ import Testing
 /// proxy's tests face the risk of a spelling the proxy does not recognise.
 @Suite("Fake upstream routes like the real thing")
 struct FakeRoutingTests {
-    private func withFake(_ body: (FakeUpstreamServer, TestHTTPClient) async throws -> Void) async throws {
-        let server = try await FakeUpstreamServer.start()
-        do {
-            try await body(server, try TestHTTPClient(url: server.url, token: "sk_alpha"))
-        } catch {
-            await server.shutdown()
-            throw error
-        }
-        await server.shutdown()
-    }
-
     @Test("non-canonical spellings of a path reach the same operation: encoded unreserved characters, dot and empty segments, encoded slashes")
     func normalizesThenDecodes() async throws {
         try await withFake { (server: FakeUpstreamServer, client: TestHTTPClient) async throws in

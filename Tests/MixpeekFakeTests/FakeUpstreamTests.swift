@@ -34,7 +34,7 @@ private struct DeleteBody: Decodable {
 }
 
 /// Runs `body` against a fresh fake on a real socket, reached with token `sk_alpha`.
-private func withFake(_ body: (FakeUpstreamServer, TestHTTPClient) async throws -> Void) async throws {
+func withFake(_ body: (FakeUpstreamServer, TestHTTPClient) async throws -> Void) async throws {
     let server = try await FakeUpstreamServer.start()
     do {
         try await body(server, try TestHTTPClient(url: server.url, token: "sk_alpha"))
