@@ -128,11 +128,15 @@ public enum Route: Equatable, Sendable {
         if (1...maxSegmentBytes).contains(bytes.count), bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "%") }) {
             return String(decoding: bytes, as: UTF8.self)
         }
-        guard let decoded = percentDecode(bytes, plusIsSpace: false),
-              (1...maxSegmentBytes).contains(decoded.utf8.count),
-              !decoded.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
-        else { return nil }
+        guard let decoded = percentDecode(bytes, plusIsSpace: false), isValidName(decoded) else { return nil }
         return decoded
+    }
+
+    /// A decoded user_email or key_name the API accepts: 1 to `maxSegmentBytes` bytes, no
+    /// control character. The proxy checks it after decoding a segment, the fake after routing.
+    public static func isValidName(_ name: String) -> Bool {
+        (1...maxSegmentBytes).contains(name.utf8.count)
+            && !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
     }
 
     /// `include_revoked` read the way the upstream (FastAPI and pydantic) reads a boolean.

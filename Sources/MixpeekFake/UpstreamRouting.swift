@@ -30,7 +30,7 @@ enum UpstreamRouting: Equatable {
         let user = segments[3]
         let key = segments.count >= 6 ? segments[5] : nil
         let operation = segments.count == 7 ? Substring(segments[6]) : nil
-        guard [user, key ?? "k"].allSatisfy(Self.isName),
+        guard Route.isValidName(user), key.map(Route.isValidName) ?? true,
               let route = Route(method: request.method, user: user, key: key, operation: operation, query: query)
         else {
             self = .notFound
@@ -43,11 +43,5 @@ enum UpstreamRouting: Equatable {
             return
         }
         self = .route(route)
-    }
-
-    /// The upstream's own limits on a user_email or key_name.
-    private static func isName(_ name: String) -> Bool {
-        (1...Route.maxSegmentBytes).contains(name.utf8.count)
-            && !name.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
 }
