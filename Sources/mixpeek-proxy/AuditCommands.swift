@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MixpeekProxy
+import PostgresNIO
 
 struct DataDirOption: ParsableArguments {
     @Option(help: "The proxy's data directory (default $MIXPEEK_PROXY_DATA_DIR or ./mixpeek-proxy-data).")
@@ -25,6 +26,14 @@ struct Audit: AsyncParsableCommand {
         abstract: "Query, verify and export the audit log.",
         subcommands: [Query.self, Verify.self])
 
+    static func connect(_ url: PostgresURL, logger: Logger) async throws -> PostgresConnection {
+        do {
+            return try await GroupChain.connect(url, logger: logger)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
     static func open(_ dataDir: DataDirOption) throws -> AuditLog {
         do {
             return try AuditLog.openForReading(path: try dataDir.existingFile("audit.sqlite"), logger: Logger(label: "mixpeek-proxy.audit"))
@@ -33,7 +42,7 @@ struct Audit: AsyncParsableCommand {
         }
     }
 
-    struct Query: ParsableCommand {
+    struct Query: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List mutations (intent joined with outcome), oldest first, streamed.",
             discussion: """
@@ -49,6 +58,7 @@ struct Audit: AsyncParsableCommand {
         enum Format: String, ExpressibleByArgument, CaseIterable { case table, json, jsonl, csv }
 
         @OptionGroup var dataDir: DataDirOption
+        @OptionGroup var postgres: PostgresOption
         @Option(help: "create, update, rotate or delete.") var action: String?
         @Option(help: "Only this user_email.") var user: String?
         @Option(help: "Only this key_name.") var key: String?
@@ -58,7 +68,7 @@ struct Audit: AsyncParsableCommand {
         @Option(help: "At most this many rows.") var limit: Int?
         @Option(help: "table, json, jsonl or csv.") var format: Format = .table
 
-        func run() throws {
+        func run() async throws {
             var filter = AuditFilter(user: user, key: key, since: since, until: until, limit: limit)
             if let action {
                 guard let parsed = AuditAction(rawValue: action) else { throw ValidationError("--action must be create, update, rotate or delete") }
@@ -73,14 +83,26 @@ struct Audit: AsyncParsableCommand {
                     throw ValidationError("\(name) must be an RFC 3339 UTC time (2026-10-01T00:00:00Z) or a date (2026-10-01)")
                 }
             }
-            let log = try Audit.open(dataDir)
             var writer = AuditTableWriter(format: format.rawValue)
-            try log.query(filter) { writer.write($0) }
+            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
+                let logger = Logger(label: "mixpeek-proxy.audit")
+                let connection = try await Audit.connect(url, logger: logger)
+                do {
+                    try await GroupChain.query(filter, on: connection, logger: logger) { writer.write($0) }
+                } catch {
+                    try? await connection.close()
+                    throw ValidationError("audit query failed: \(GroupError.describe(error))")
+                }
+                try? await connection.close()
+            } else {
+                let log = try Audit.open(dataDir)
+                try log.query(filter) { writer.write($0) }
+            }
             writer.finish()
         }
     }
 
-    struct Verify: ParsableCommand {
+    struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check the hash chain: exit 0 when intact, 1 naming the first bad record.",
             discussion: """
@@ -93,12 +115,20 @@ struct Audit: AsyncParsableCommand {
                 """)
 
         @OptionGroup var dataDir: DataDirOption
+        @OptionGroup var postgres: PostgresOption
         @Option(help: "A head printed by an earlier verify (seq:hash) that must still be in the chain.")
         var expectHead: String?
+        @Option(help: "With --postgres-url: a proxy's data directory whose witness file (its own appends) must all be in the chain; repeat for each proxy.")
+        var witness: [String] = []
 
-        func run() throws {
+        func run() async throws {
+            let hmacKey = ProcessInfo.processInfo.environment[ProxyConfig.auditHMACKeyVariable]
+            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
+                return try await verifyGroup(url, hmacKey: hmacKey)
+            }
+            guard witness.isEmpty else { throw ValidationError("--witness goes with --postgres-url") }
             let log = try Audit.open(dataDir)
-            let result = try log.verify(hmacKey: ProcessInfo.processInfo.environment[ProxyConfig.auditHMACKeyVariable])
+            let result = try log.verify(hmacKey: hmacKey)
             if let problem = result.problem {
                 print("audit chain BROKEN after \(result.records) records: \(problem)")
                 throw ExitCode(1)
@@ -110,6 +140,30 @@ struct Audit: AsyncParsableCommand {
                     throw ExitCode(1)
                 }
             }
+            Self.report(result)
+        }
+
+        private func verifyGroup(_ url: PostgresURL, hmacKey: String?) async throws {
+            let logger = Logger(label: "mixpeek-proxy.audit")
+            let connection = try await Audit.connect(url, logger: logger)
+            let result: AuditVerification
+            do {
+                result = try await GroupChain.verify(on: connection, hmacKey: hmacKey, witnesses: witness, logger: logger)
+            } catch {
+                try? await connection.close()
+                print("audit verify failed: \(GroupError.describe(error))")
+                throw ExitCode(2)
+            }
+            try? await connection.close()
+            if let problem = result.problem {
+                print("audit chain BROKEN after \(result.records) records: \(problem)")
+                throw ExitCode(1)
+            }
+            if !witness.isEmpty { print("witnesses: every record appended by \(witness.joined(separator: ", ")) is in the chain") }
+            Self.report(result)
+        }
+
+        static func report(_ result: AuditVerification) {
             print("audit chain intact: \(result.records) records, head \(result.head)")
             if !result.unknownOutcomes.isEmpty {
                 print("mutations with unknown outcome (the proxy stopped before the upstream answered): seq \(result.unknownOutcomes.map(String.init).joined(separator: ", "))")

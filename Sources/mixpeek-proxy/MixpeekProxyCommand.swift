@@ -17,7 +17,7 @@ struct MixpeekProxyCommand: AsyncParsableCommand {
 
             Try it with no account:  mixpeek-proxy demo
             """,
-        subcommands: [Serve.self, Demo.self, FakeUpstream.self, Audit.self, Cache.self])
+        subcommands: [Serve.self, Demo.self, FakeUpstream.self, Audit.self, Cache.self, Group.self])
 }
 
 /// The settings `serve` and `demo` share; every one is also a config-file key and a
@@ -65,6 +65,12 @@ struct ServerOptions: ParsableArguments {
     var logFormat: String?
     @Option(help: "Who may see the status page at /_proxy/: loopback, on or off (default loopback).")
     var statusPage: String?
+    @Option(help: "Join a group of proxies sharing this PostgreSQL (postgres://user:password@host:port/db?sslmode=require); prefer the environment variable MIXPEEK_PROXY_POSTGRES_URL for a password.")
+    var postgresUrl: String?
+    @Option(help: "This proxy's name in its group (default: host name and process id).")
+    var proxyId: String?
+    @Option(help: "Seconds a group lease lasts: the longest a frozen proxy holds up the others' mutations (default 2).")
+    var groupLease: String?
 
     var flags: [String: String] {
         let all: [(String, String?)] = [
@@ -73,7 +79,8 @@ struct ServerOptions: ParsableArguments {
             ("max_body_bytes", maxBodyBytes), ("cache_max_entries", cacheMaxEntries), ("cache_max_bytes", cacheMaxBytes),
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),
-            ("log_format", logFormat), ("status_page", statusPage),
+            ("log_format", logFormat), ("status_page", statusPage), ("postgres_url", postgresUrl), ("proxy_id", proxyId),
+            ("group_lease", groupLease),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }
@@ -122,7 +129,8 @@ struct Serve: AsyncParsableCommand {
         let config = try options.load()
         let logger = Logger(label: "mixpeek-proxy")
         let app = try await ProxyApp.start(config: config, logger: logger)
-        printFlushed("mixpeek-proxy listening on \(app.url) (upstream \(config.upstream), data \(config.dataDir))")
+        let group = config.group.map { ", group \($0.database) as \($0.proxyID)" } ?? ""
+        printFlushed("mixpeek-proxy listening on \(app.url) (upstream \(config.upstream), data \(config.dataDir)\(group))")
         try await runUntilSignalled(app, logger: logger)
     }
 }

@@ -36,6 +36,12 @@ public struct ProxyConfig: Sendable, Equatable {
     public var logLevel = Logger.Level.info
     public var logFormat = LogFormat.text
     public var statusPage = StatusPageAccess.loopback
+    /// A group of proxies: the PostgreSQL they share (nil: a lone proxy, SQLite only).
+    public var postgresURL: PostgresURL?
+    /// This proxy's name in its group (default: host name and process id).
+    public var proxyID: String?
+    /// Seconds a group lease lasts.
+    public var groupLease: Double = 2
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
 
@@ -65,7 +71,7 @@ public struct ProxyConfig: Sendable, Equatable {
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
         "upstream_ca_file", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
-        "log_format", "status_page"
+        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease"
     ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -159,6 +165,19 @@ public struct ProxyConfig: Sendable, Equatable {
         case "status_page":
             guard let access = StatusPageAccess(rawValue: raw.lowercased()) else { throw fail("loopback, on or off") }
             statusPage = access
+        case "postgres_url":
+            do {
+                postgresURL = raw.isEmpty ? nil : try PostgresURL(raw)
+            } catch let error as ConfigError {
+                // The message never repeats the URL: it may hold a password.
+                throw ConfigError(message: "postgres_url in \(source): \(error.message.replacingOccurrences(of: "postgres_url: ", with: ""))")
+            }
+        case "proxy_id":
+            guard !raw.isEmpty, raw.count <= 64, raw.allSatisfy({ $0.isLetter || $0.isNumber || "-_.:".contains($0) }) else {
+                throw fail("up to 64 letters, digits, '-', '_', '.' or ':'")
+            }
+            proxyID = raw
+        case "group_lease": groupLease = try number(0.2...60)
         default:
             throw ConfigError(message: "unknown setting '\(name)' in \(source); known: \(Self.keys.map(\.name).joined(separator: ", "))")
         }
@@ -193,6 +212,14 @@ public struct ProxyConfig: Sendable, Equatable {
             settings.append((name, (value, index + 1)))
         }
         return settings
+    }
+
+    /// The group this proxy joins, when `postgres_url` is set.
+    public var group: GroupSettings? {
+        postgresURL.map {
+            GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID(), leaseSeconds: groupLease,
+                          upstreamTimeoutSeconds: upstreamTimeout)
+        }
     }
 
     /// The number of event-loop threads to start: `eventLoops`, or for 0 the CPUs this process

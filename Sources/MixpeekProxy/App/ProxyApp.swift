@@ -34,6 +34,8 @@ public final class ProxyApp: Service, Sendable {
     private let counterFlush: Task<Void, Never>
     /// Closes a minute of the status page's history at each minute's end.
     private let minuteTicks: Task<Void, Never>
+    /// In a group: listening and the lease (`GroupMember.run`), and the reaper.
+    private let groupTasks: [Task<Void, Never>]
     private let logger: Logger
 
     /// The port the proxy listens on (the chosen one for port 0).
@@ -51,6 +53,13 @@ public final class ProxyApp: Service, Sendable {
         self.ownedUpstream = ownedUpstream
         self.logger = logger
         let cache = proxy.cache
+        if let member = proxy.group {
+            var tasks = [Task { await member.run(dropping: cache) }]
+            if let groupAudit = proxy.audit as? GroupAuditLog { tasks.append(Task { await groupAudit.reap() }) }
+            groupTasks = tasks
+        } else {
+            groupTasks = []
+        }
         counterFlush = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(5))
@@ -91,21 +100,35 @@ public final class ProxyApp: Service, Sendable {
             logger.error("cache file unusable; caching in memory only", metadata: ["error": "\(error)"])
             store = nil
         }
+        // In a group, the cache serves a user's lists only while the group says it may.
+        let member = config.group.map { GroupMember(settings: $0, logger: logger) }
         let cache = ListCache(
             settings: .init(ttl: config.cacheTTL, staleIfError: config.staleIfError, memoryBytes: config.cacheMemoryBytes),
-            store: store, logger: logger, clock: clock ?? { Date().timeIntervalSince1970 })
+            store: store, gate: member, logger: logger, clock: clock ?? { Date().timeIntervalSince1970 })
 
         let audit: AuditLog?
         let auditPath = dataDir.appendingPathComponent("audit.sqlite").path
         let hmacKey = config.auditHMACKey
-        do {
-            let log = try AuditLog(path: auditPath, hmacKey: hmacKey, logger: logger)
-            try await log.closeOrphans()
-            audit = log
-        } catch {
-            // Fail closed: lists are still served, every mutation is refused with 503.
-            logger.critical("audit log cannot be opened; mutations will be refused", metadata: ["error": "\(error)"])
+        var groupAudit: GroupAuditLog?
+        if let member {
+            // The group's chain in PostgreSQL replaces audit.sqlite; this proxy keeps a witness.
             audit = nil
+            do {
+                groupAudit = GroupAuditLog(
+                    member: member, hmacKey: hmacKey, witness: try WitnessFile(directory: config.dataDir), logger: logger)
+            } catch {
+                logger.critical("the group witness file cannot be opened; mutations will be refused", metadata: ["error": "\(error)"])
+            }
+        } else {
+            do {
+                let log = try AuditLog(path: auditPath, hmacKey: hmacKey, logger: logger)
+                try await log.closeOrphans()
+                audit = log
+            } catch {
+                // Fail closed: lists are still served, every mutation is refused with 503.
+                logger.critical("audit log cannot be opened; mutations will be refused", metadata: ["error": "\(error)"])
+                audit = nil
+            }
         }
         // The status page reads the audit file through a connection of its own.
         var auditReader: AuditLog?
@@ -156,8 +179,8 @@ public final class ProxyApp: Service, Sendable {
         settings.upstream = config.upstream
         settings.statusPage = config.statusPage
         let proxy = Proxy(
-            upstream: chosenUpstream, cache: cache, audit: audit, settings: settings, metrics: ProxyMetrics(), accessLog: accessLog,
-            logger: logger, status: status)
+            upstream: chosenUpstream, cache: cache, audit: groupAudit ?? audit, settings: settings, metrics: ProxyMetrics(),
+            accessLog: accessLog, logger: logger, status: status, group: member)
 
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes
@@ -215,6 +238,11 @@ public final class ProxyApp: Service, Sendable {
         await proxy.accessLog?.close()
         counterFlush.cancel()
         minuteTicks.cancel()
+        for task in groupTasks { task.cancel() }
+        if let member = proxy.group {
+            for task in groupTasks { await task.value }
+            await member.leave()
+        }
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()
         if ownsEventLoops {

@@ -149,40 +149,10 @@ extension AuditLog {
 
     private func verify(key: Data?) throws -> AuditVerification {
         try queue.read { db in
-            var expectedSeq: Int64 = 1
-            var previousHash = AuditRecord.genesis
-            var count = 0
-            var open = Set<Int64>()
-            var unknown: [Int64] = []
+            var check = AuditChainCheck(key: key)
             let records = try AuditRecord.fetchCursor(db, sql: "SELECT * FROM audit_records ORDER BY seq")
-            func broken(_ seq: Int64, _ why: String) -> AuditVerification {
-                AuditVerification(records: count, problem: why, problemSeq: seq, unknownOutcomes: unknown, head: "")
-            }
-            while let record = try records.next() {
-                count += 1
-                if record.seq != expectedSeq {
-                    return broken(expectedSeq, "record \(expectedSeq) is missing (records \(expectedSeq)...\(record.seq - 1) were removed)")
-                }
-                if record.prev_hash != previousHash {
-                    return broken(record.seq, "record \(record.seq) does not follow record \(record.seq - 1): a record was inserted, removed or reordered before it")
-                }
-                if record.hash != record.computeHash(key: key) {
-                    return broken(record.seq, "record \(record.seq) was altered: its hash does not match its contents")
-                }
-                switch record.kind {
-                case .intent:
-                    open.insert(record.seq)
-                case .outcome:
-                    if let intent = record.intent_seq { open.remove(intent) }
-                    if record.outcome == .unknown, let intent = record.intent_seq { unknown.append(intent) }
-                }
-                expectedSeq += 1
-                previousHash = record.hash
-            }
-            unknown.append(contentsOf: open.sorted())
-            return AuditVerification(
-                records: count, problem: nil, problemSeq: nil, unknownOutcomes: unknown.sorted(),
-                head: "\(expectedSeq - 1):\(previousHash)")
+            while let record = try records.next(), check.next(record) {}
+            return check.verification
         }
     }
 }

@@ -84,6 +84,8 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
 
     public let settings: Settings
     private let store: (any ListStore)?
+    /// In a group, whether lists of a user may be served from and kept in this cache now.
+    private let gate: (any ListGate)?
     private let prepare: @Sendable (CachedList) -> Prepared
     private let clock: @Sendable () -> Double
     private let logger: Logger
@@ -94,11 +96,12 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     private let baseCounters: CacheCounters
 
     /// `prepare` runs once per entry that enters memory, outside the cache's lock.
-    public init(settings: Settings, store: (any ListStore)?, logger: Logger,
+    public init(settings: Settings, store: (any ListStore)?, gate: (any ListGate)? = nil, logger: Logger,
                 clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
                 prepare: @escaping @Sendable (CachedList) -> Prepared) {
         self.settings = settings
         self.store = store
+        self.gate = gate
         self.prepare = prepare
         self.logger = logger
         self.clock = clock
@@ -140,7 +143,10 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             return (key, remembered)
         }
         if let found {
-            if found.1 != nil { hits.wrappingAdd(1, ordering: .relaxed) }
+            if found.1 != nil {
+                if let gate, !gate.admits(user: user) { return (found.0, nil) }
+                hits.wrappingAdd(1, ordering: .relaxed)
+            }
             return found
         }
         return (CacheKey(credential: credential(for: authorization), user: user, includeRevoked: includeRevoked), nil)
@@ -153,6 +159,20 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     public func answer(_ key: CacheKey, refresh: Bool, on eventLoop: any EventLoop,
                        fetch: @escaping @Sendable () -> EventLoopFuture<FetchOutcome>) -> EventLoopFuture<Answer> {
         let promise = eventLoop.makePromise(of: Answer.self)
+        if let gate, !gate.admits(user: key.user) {
+            // Not now (a group's mutation in progress, or not caught up): forwarded, not kept.
+            state.withLockedValue { state in
+                state.counters.misses += 1
+                state.counters.upstreamListCalls += 1
+            }
+            fetch().whenComplete { result in
+                switch result {
+                case .success(let outcome): promise.succeed(.fetched(outcome, coalesced: false))
+                case .failure(let error): promise.succeed(.fetched(.failure(error as? UpstreamError ?? .unreachable("\(error)")), coalesced: false))
+                }
+            }
+            return promise.futureResult
+        }
         @Sendable func finish(_ outcome: FetchOutcome, leader: Bool) {
             if case .response(let response) = outcome, response.status.code < 500 {
                 return promise.succeed(.fetched(outcome, coalesced: !leader))

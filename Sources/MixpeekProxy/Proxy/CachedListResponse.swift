@@ -30,8 +30,8 @@ public struct CachedListResponse: Sendable {
 public typealias ProxyListCache = ListCache<CachedListResponse>
 
 extension ListCache where Prepared == CachedListResponse {
-    public convenience init(settings: Settings, store: (any ListStore)?, logger: Logger,
+    public convenience init(settings: Settings, store: (any ListStore)?, gate: (any ListGate)? = nil, logger: Logger,
                             clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
-        self.init(settings: settings, store: store, logger: logger, clock: clock, prepare: CachedListResponse.init)
+        self.init(settings: settings, store: store, gate: gate, logger: logger, clock: clock, prepare: CachedListResponse.init)
     }
 }

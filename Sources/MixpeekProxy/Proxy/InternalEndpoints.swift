@@ -34,10 +34,17 @@ extension Proxy {
         }
         switch request.path {
         case "/_proxy/health":
-            let ready = audit != nil
-            return .now(Self.json(
-                ["status": ready ? "ok" : "degraded", "audit": ready ? "ok" : "unavailable"],
-                status: ready ? .ok : .serviceUnavailable))
+            var fields = ["status": "ok", "audit": audit != nil ? "ok" : "unavailable"]
+            if let group {
+                // In a group the audit chain and the invalidations both live in PostgreSQL.
+                let health = group.health
+                fields["group"] = health.state
+                if let problem = health.problem { fields["group_problem"] = problem }
+                if !health.ok { fields["audit"] = "unavailable" }
+            }
+            let ready = fields["audit"] == "ok"
+            if !ready { fields["status"] = "degraded" }
+            return .now(Self.json(fields, status: ready ? .ok : .serviceUnavailable))
         case "/_proxy/metrics":
             let memory = cache.memoryFootprint
             let text = metrics.exposition(

@@ -38,11 +38,15 @@ public final class Proxy: HTTPResponder {
     private let callers = CallerFingerprints()
     /// The status page's figures; nil serves no status page.
     let status: StatusBoard?
+    /// The group this proxy is in (`/_proxy/health` reports on it); nil for a lone proxy.
+    let group: GroupMember?
 
     /// `invalidation` defaults to `cache`, which then drops lists in this process only.
     public init(upstream: any Upstream, cache: ProxyListCache, invalidation: (any Invalidation)? = nil, audit: (any AuditSink)?,
-                settings: Settings, metrics: ProxyMetrics, accessLog: AccessLog?, logger: Logger, status: StatusBoard? = nil) {
+                settings: Settings, metrics: ProxyMetrics, accessLog: AccessLog?, logger: Logger, status: StatusBoard? = nil,
+                group: GroupMember? = nil) {
         self.upstream = upstream
+        self.group = group
         self.status = status
         self.cache = cache
         self.invalidation = invalidation ?? cache

@@ -1,0 +1,245 @@
+import Foundation
+import Logging
+import MixpeekAPI
+import NIOConcurrencyHelpers
+import NIOCore
+import PostgresNIO
+
+/// The group's one audit chain in PostgreSQL, as an `AuditSink`.
+///
+/// Appends are group-committed like `AuditLog`'s: records that arrive while a transaction is
+/// being written go together into the next one. Each transaction takes an advisory lock (the
+/// proxies' role may INSERT and SELECT the chain, never UPDATE it, so there is no head row to
+/// lock `FOR UPDATE`), reads the head, inserts the records chained on it, and commits; the
+/// primary key on `seq` refuses a fork even if the lock were bypassed. After the commit the
+/// `(seq, hash)` of each record goes to this proxy's witness file.
+///
+/// An intent returns only when it is committed **and** every live proxy has read past it
+/// (`GroupMember.awaitPeers`): only then may the mutation be forwarded.
+public final class GroupAuditLog: AuditSink, Sendable {
+    private struct Draft {
+        var record: AuditRecord
+        /// For the reaper's `unknown`: written only if that intent still has no outcome.
+        var onlyIfOpen: Int64?
+        var continuation: CheckedContinuation<AuditRecord?, any Error>
+    }
+
+    private struct Pending {
+        var drafts: [Draft] = []
+        var flushing = false
+    }
+
+    let member: GroupMember
+    private let writer: GroupLink
+    private let key: Data?
+    private let witness: WitnessFile?
+    private let logger: Logger
+    private let pending = NIOLockedValueBox(Pending())
+
+    public init(member: GroupMember, hmacKey: String?, witness: WitnessFile?, logger: Logger) {
+        self.member = member
+        self.key = hmacKey.map { Data($0.utf8) }
+        self.witness = witness
+        self.logger = logger
+        writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)", logger: logger)
+    }
+
+    public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
+        guard let record = try await append(AuditRecord(
+            seq: 0, kind: .intent, intent_seq: nil, time: AuditLog.now(), action: intent.action, user_email: intent.user,
+            key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
+            upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
+            prev_hash: "", hash: ""), onlyIfOpen: nil) else { throw GroupError.chain("intent not written") }
+        // This proxy stops caching the user at once; the others once they have read it.
+        member.noteOpen(record.seq, user: UserIdentity.folded(record.user_email))
+        try await member.awaitPeers(pastSeq: record.seq)
+        return record
+    }
+
+    @discardableResult
+    public func recordOutcome(of intent: AuditRecord, _ result: AuditResult) async throws -> AuditRecord {
+        guard let record = try await append(AuditLog.outcome(of: intent, result, time: AuditLog.now()), onlyIfOpen: nil) else {
+            throw GroupError.chain("outcome not written")
+        }
+        return record
+    }
+
+    public func recordCount() async throws -> Int {
+        try await member.link.run { connection in
+            var count = 0
+            for try await value in try await connection.query("SELECT count(*)::bigint FROM mixpeek_audit", logger: self.logger).decode(Int64.self) {
+                count = Int(value)
+            }
+            return count
+        }
+    }
+
+    private func append(_ record: AuditRecord, onlyIfOpen: Int64?) async throws -> AuditRecord? {
+        try await withCheckedThrowingContinuation { continuation in
+            let start = pending.withLockedValue { pending -> Bool in
+                pending.drafts.append(Draft(record: record, onlyIfOpen: onlyIfOpen, continuation: continuation))
+                defer { pending.flushing = true }
+                return !pending.flushing
+            }
+            if start { flush() }
+        }
+    }
+
+    /// Commits everything pending in one transaction, then starts over while anything came in.
+    private func flush() {
+        let batch = pending.withLockedValue { pending in
+            let batch = pending.drafts
+            pending.drafts = []
+            if batch.isEmpty { pending.flushing = false }
+            return batch
+        }
+        guard !batch.isEmpty else { return }
+        Task {
+            do {
+                let written = try await writer.run { connection in try await self.commit(batch, on: connection) }
+                witness?.append(written.compactMap { $0 })
+                for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: record) }
+            } catch {
+                let problem = GroupError.describe(error)
+                logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
+                for draft in batch { draft.continuation.resume(throwing: GroupError.unavailable(problem)) }
+            }
+            self.flush()
+        }
+    }
+
+    private func commit(_ batch: [Draft], on connection: PostgresConnection) async throws -> [AuditRecord?] {
+        try await connection.query("BEGIN", logger: logger)
+        try await connection.query("SELECT pg_advisory_xact_lock(\(GroupSchema.appendLock))", logger: logger)
+        var head = (seq: Int64(0), hash: AuditRecord.genesis)
+        for try await (seq, hash) in try await connection.query(
+            "SELECT seq, hash FROM mixpeek_audit ORDER BY seq DESC LIMIT 1", logger: logger).decode((Int64, String).self) {
+            head = (seq, hash)
+        }
+        var closed = Set<Int64>()
+        let reaped = batch.compactMap(\.onlyIfOpen)
+        if !reaped.isEmpty {
+            for try await seq in try await connection.query(
+                "SELECT DISTINCT intent_seq FROM mixpeek_audit WHERE intent_seq = ANY(\(reaped))", logger: logger).decode(Int64.self) {
+                closed.insert(seq)
+            }
+        }
+        var written: [AuditRecord?] = []
+        var bindings = PostgresBindings(capacity: batch.count * 20)
+        var rows: [String] = []
+        let proxyID = member.settings.proxyID
+        for draft in batch {
+            if let intent = draft.onlyIfOpen, closed.contains(intent) {
+                written.append(nil)
+                continue
+            }
+            var record = draft.record
+            record.seq = head.seq + 1
+            record.prev_hash = head.hash
+            record.hash = record.computeHash(key: key)
+            head = (record.seq, record.hash)
+            written.append(record)
+            let first = bindings.count
+            rows.append("(" + (1...20).map { "$\(first + $0)" }.joined(separator: ", ") + ")")
+            bindings.append(record.seq)
+            bindings.append(record.kind.rawValue)
+            bindings.append(record.intent_seq)
+            bindings.append(record.time)
+            bindings.append(record.action.rawValue)
+            bindings.append(record.user_email)
+            bindings.append(UserIdentity.folded(record.user_email))
+            bindings.append(record.key_name)
+            bindings.append(record.caller)
+            bindings.append(record.client)
+            bindings.append(record.request_id)
+            bindings.append(record.upstream_status)
+            bindings.append(record.outcome?.rawValue)
+            bindings.append(record.duration_ms)
+            bindings.append(record.key_id)
+            bindings.append(record.key_prefix)
+            bindings.append(record.key_hash)
+            bindings.append(record.prev_hash)
+            bindings.append(record.hash)
+            bindings.append(proxyID)
+        }
+        if !rows.isEmpty {
+            try await connection.query(PostgresQuery(unsafeSQL: """
+                INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller, client,
+                    request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, proxy_id)
+                VALUES \(rows.joined(separator: ", "))
+                """, binds: bindings), logger: logger)
+        }
+        try await connection.query("COMMIT", logger: logger)
+        return written
+    }
+
+    // MARK: The reaper
+
+    /// Closes, as `unknown`, intents left open longer than the upstream timeout, one lease and
+    /// a margin: their proxy died or was cut off mid-mutation. Any proxy may; the append
+    /// checks under the chain's lock that no outcome came first. Runs until cancelled.
+    public func reap() async {
+        let settings = member.settings
+        let age = TimeAmount.nanoseconds(Int64((settings.upstreamTimeoutSeconds + settings.leaseSeconds + settings.reapMarginSeconds) * 1e9))
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            for seq in member.openIntents(olderThan: age) {
+                do {
+                    guard let intent = try await member.link.run({ connection in
+                        try await GroupChain.openIntent(seq, on: connection, logger: self.logger)
+                    }) else {
+                        member.noteClosed(seq)
+                        continue
+                    }
+                    if try await append(
+                        AuditLog.outcome(of: intent, AuditResult(outcome: .unknown, upstreamStatus: nil, durationMS: 0), time: AuditLog.now()),
+                        onlyIfOpen: seq) != nil {
+                        logger.warning("group: closed a mutation left without an outcome as unknown", metadata: [
+                            "seq": "\(seq)", "user": "\(intent.user_email)", "proxy_id": "\(settings.proxyID)"])
+                    }
+                } catch {
+                    logger.warning("group: reaper could not close an open intent", metadata: ["seq": "\(seq)", "error": "\(GroupError.describe(error))"])
+                }
+            }
+        }
+    }
+}
+
+/// This proxy's own record of its appends to the group chain: a line `seq hash` per record,
+/// in its data directory. `audit verify --witness DIR` checks that each is still in the chain,
+/// which finds a chain rewritten or cut short by whoever controls the database.
+public final class WitnessFile: Sendable {
+    public static let name = "group-witness.log"
+    private let handle: NIOLockedValueBox<FileHandle>
+
+    public init(directory: String) throws {
+        let path = URL(fileURLWithPath: directory).appendingPathComponent(Self.name).path
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                throw GroupError.unavailable("cannot create \(path)")
+            }
+        }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        try handle.seekToEnd()
+        self.handle = NIOLockedValueBox(handle)
+    }
+
+    func append(_ records: [AuditRecord]) {
+        guard !records.isEmpty else { return }
+        let lines = records.map { "\($0.seq) \($0.hash)\n" }.joined()
+        handle.withLockedValue { try? $0.write(contentsOf: Data(lines.utf8)) }
+    }
+
+    /// The `(seq, hash)` pairs in the witness file of `directory`.
+    public static func read(directory: String) throws -> [(seq: Int64, hash: String)] {
+        let path = URL(fileURLWithPath: directory).appendingPathComponent(name).path
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw GroupError.chain("no \(name) in \(directory)")
+        }
+        return text.split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, let seq = Int64(parts[0]) else { return nil }
+            return (seq, String(parts[1]))
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PostgresNIO
+
+/// One PostgreSQL connection, opened when first needed and again after it broke. Queries from
+/// several tasks share it (PostgresNIO queues them on the connection).
+actor GroupLink {
+    private let url: PostgresURL
+    private let applicationName: String
+    private let logger: Logger
+    private var connection: PostgresConnection?
+    private var connecting: Task<PostgresConnection, any Error>?
+    private static let ids = NIOLockedValueBox(0)
+
+    init(url: PostgresURL, applicationName: String, logger: Logger) {
+        self.url = url
+        self.applicationName = applicationName
+        self.logger = logger
+    }
+
+    /// The open connection, or a new one.
+    func connected() async throws -> PostgresConnection {
+        if let connection, !connection.isClosed { return connection }
+        if let connecting { return try await connecting.value }
+        let (url, name, logger) = (url, applicationName, logger)
+        let id = Self.ids.withLockedValue { $0 += 1; return $0 }
+        let task = Task { () throws -> PostgresConnection in
+            try await PostgresConnection.connect(configuration: url.connectionConfiguration(applicationName: name), id: id, logger: logger)
+        }
+        connecting = task
+        defer { connecting = nil }
+        let made = try await task.value
+        connection = made
+        return made
+    }
+
+    /// Runs `body` on the connection; a failure closes it, so the next call connects again.
+    func run<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let connection = try await connected()
+        do {
+            return try await body(connection)
+        } catch {
+            if self.connection === connection {
+                self.connection = nil
+                try? await connection.close()
+            }
+            throw error
+        }
+    }
+
+    func close() async {
+        try? await connection?.close()
+        connection = nil
+    }
+}

@@ -1,0 +1,356 @@
+import Foundation
+import Logging
+import MixpeekAPI
+import NIOConcurrencyHelpers
+import NIOCore
+import PostgresNIO
+import Synchronization
+
+/// This proxy's membership in a group: the guarantee that once any proxy has answered a
+/// mutation, no proxy serves a list of that user that predates it.
+///
+/// How (the README's "Running many proxies" argues it):
+/// - Every record appended to the chain is announced on the `mixpeek_proxy` channel. This
+///   proxy LISTENs on a connection of its own; for an intent it marks the user *open* (no hit,
+///   nothing stored) and drops the user's lists; for an outcome it drops them again and clears
+///   the mark. Then it writes how far it has read (`read_seq`).
+/// - It holds a lease in `mixpeek_proxies`, renewed on that same connection every quarter
+///   lease. It serves hits only while its own reckoning of the lease (from before it sent the
+///   renewal, shortened by a tenth) holds; after a lapse or a new connection it catches up:
+///   drops every cached list and reloads the open intents before serving a hit again.
+/// - A proxy that appended an intent forwards the mutation only when every proxy whose lease
+///   is live (in PostgreSQL's clock) has read past it (`awaitPeers`). So from then until the
+///   outcome is read, every live proxy forwards that user's lists uncached, and a proxy that
+///   was not live serves no hit until it has caught up.
+public final class GroupMember: ListGate, Sendable {
+    public let settings: GroupSettings
+    private let logger: Logger
+    /// Misc queries: the peers' positions, the open intents, the reaper's reads.
+    let link: GroupLink
+    /// Until when (`NIODeadline` uptime, ns) hits may be served; 0 while they may not.
+    private let servingUntil = Atomic<UInt64>(0)
+    /// Open intents anywhere in the group: while 0, `admits` folds no name.
+    private let openCount = Atomic<Int>(0)
+    private let state = NIOLockedValueBox(State())
+
+    struct OpenIntent {
+        var user: String
+        var since: NIODeadline
+    }
+
+    private struct State {
+        var open: [Int64: OpenIntent] = [:]
+        var openUsers: [String: Int] = [:]
+        /// Intents whose outcome was heard lately, so a catch-up's older reading cannot reopen them.
+        var recentlyClosed: [Int64] = []
+        /// The last chain record this proxy has acted on.
+        var processed: Int64 = 0
+        var ackRunning = false
+        /// `read_seq` of each peer, as announced.
+        var peers: [String: Int64] = [:]
+        var waiters: [ObjectIdentifier: PeerWaiter] = [:]
+        var connected = false
+        var lastProblem: String?
+    }
+
+    /// A mutation waiting for peers to read past `seq`.
+    final class PeerWaiter: Sendable {
+        let ids: Set<String>
+        let seq: Int64
+        private let continuation = NIOLockedValueBox<CheckedContinuation<Void, Never>?>(nil)
+        init(ids: Set<String>, seq: Int64) {
+            self.ids = ids
+            self.seq = seq
+        }
+        func set(_ continuation: CheckedContinuation<Void, Never>) { self.continuation.withLockedValue { $0 = continuation } }
+        func resume() { continuation.withLockedValue { $0?.resume(); $0 = nil } }
+    }
+
+    public init(settings: GroupSettings, logger: Logger) {
+        self.settings = settings
+        self.logger = logger
+        link = GroupLink(url: settings.database, applicationName: "mixpeek-proxy \(settings.proxyID)", logger: logger)
+    }
+
+    // MARK: The gate (event loops)
+
+    public func admits(user: String) -> Bool {
+        guard NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring) else { return false }
+        if openCount.load(ordering: .relaxed) == 0 { return true }
+        let folded = UserIdentity.folded(user)
+        return state.withLockedValue { $0.openUsers[folded] == nil }
+    }
+
+    /// `ok` while this proxy hears the group and holds its lease, else `unreachable`, with the
+    /// last problem (no password in it).
+    public var health: (ok: Bool, state: String, problem: String?) {
+        let serving = NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring)
+        return state.withLockedValue { state in
+            if serving && state.connected { return (true, "ok", nil) }
+            return (false, "unreachable", state.lastProblem)
+        }
+    }
+
+    // MARK: Listening
+
+    /// Listens, renews the lease and reconnects after a failure, until cancelled. `local` is
+    /// this proxy's cache (`ListCache`), whose lists what it hears drops.
+    public func run(dropping local: any Invalidation) async {
+        while !Task.isCancelled {
+            do {
+                try await session(local)
+            } catch is CancellationError {
+                break
+            } catch {
+                let problem = GroupError.describe(error)
+                state.withLockedValue { $0.lastProblem = problem; $0.connected = false }
+                if !Task.isCancelled {
+                    logger.error("group: PostgreSQL connection lost; serving no hits until caught up", metadata: [
+                        "postgres": "\(settings.database)", "error": "\(problem)"])
+                }
+            }
+            closeGate()
+            state.withLockedValue { $0.connected = false }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    private func closeGate() {
+        servingUntil.store(0, ordering: .releasing)
+    }
+
+    private func session(_ local: any Invalidation) async throws {
+        let connection = try await PostgresConnection.connect(
+            configuration: settings.database.connectionConfiguration(applicationName: "mixpeek-proxy listen \(settings.proxyID)"),
+            id: 0, logger: logger)
+        do {
+            try await GroupSchema.migrate(connection, logger: logger)
+            try await connection.query("SET synchronous_commit = off", logger: logger)
+            try await connection.listen(on: "mixpeek_proxy") { notifications in
+                // LISTEN is in effect: whatever is appended from now on will be heard.
+                try await catchUp(connection, local)
+                state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
+                logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await self.renewLease(connection, local) }
+                    group.addTask {
+                        for try await notification in notifications {
+                            await self.hear(notification.payload, on: connection, local)
+                        }
+                        throw GroupError.unavailable("the LISTEN connection closed")
+                    }
+                    try await group.next()
+                    group.cancelAll()
+                }
+            }
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    /// Drops every cached list (any may predate what this proxy did not hear), loads the open
+    /// intents, then takes the lease: only then are hits served.
+    private func catchUp(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
+        closeGate()
+        var head: Int64 = 0
+        for try await value in try await connection.query("SELECT coalesce(max(seq), 0)::bigint FROM mixpeek_audit", logger: logger).decode(Int64.self) {
+            head = value
+        }
+        var open: [Int64: OpenIntent] = [:]
+        let now = NIODeadline.now()
+        for try await (seq, user) in try await connection.query("""
+            SELECT i.seq, i.user_fold FROM mixpeek_audit i WHERE i.kind = 'intent'
+            AND NOT EXISTS (SELECT 1 FROM mixpeek_audit o WHERE o.intent_seq = i.seq)
+            """, logger: logger).decode((Int64, String).self) {
+            open[seq] = OpenIntent(user: user, since: now)
+        }
+        await local.invalidate(user: nil)
+        state.withLockedValue { state in
+            // Intents past `head` heard meanwhile stay; the reading decides the rest.
+            for (seq, intent) in state.open where seq > head && open[seq] == nil { open[seq] = intent }
+            for seq in state.recentlyClosed { open[seq] = nil }
+            state.open = open
+            state.openUsers = [:]
+            for intent in open.values { state.openUsers[intent.user, default: 0] += 1 }
+            state.processed = max(state.processed, head)
+            openCount.store(open.count, ordering: .relaxed)
+        }
+        try await renew(connection, local, catchingUp: true)
+    }
+
+    /// Renews the lease every quarter lease until a renewal fails.
+    private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
+        while true {
+            try await Task.sleep(for: .seconds(settings.leaseSeconds / 4))
+            try await renew(connection, local, catchingUp: false)
+        }
+    }
+
+    /// One renewal. Hits may be served until the lease ends by this proxy's clock, counted from
+    /// before the renewal was sent and shortened by a tenth, so never after PostgreSQL's. A
+    /// renewal that comes back after the previous lease ran out is a lapse: catch up first.
+    private func renew(_ connection: PostgresConnection, _ local: any Invalidation, catchingUp: Bool) async throws {
+        let sent = NIODeadline.now()
+        let processed = state.withLockedValue { $0.processed }
+        try await connection.query("""
+            INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq)
+            VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), \(processed))
+            ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until,
+                read_seq = greatest(mixpeek_proxies.read_seq, EXCLUDED.read_seq)
+            """, logger: logger)
+        let until = sent + .nanoseconds(Int64(settings.leaseSeconds * 0.9 * 1e9))
+        let now = NIODeadline.now()
+        if !catchingUp && now.uptimeNanoseconds >= servingUntil.load(ordering: .acquiring) {
+            logger.warning("group: lease lapsed; catching up before serving hits", metadata: ["proxy_id": "\(settings.proxyID)"])
+            return try await catchUp(connection, local)
+        }
+        if now < until {
+            servingUntil.store(until.uptimeNanoseconds, ordering: .releasing)
+        }
+    }
+
+    /// One announcement: `i seq intent_seq user` (a record appended) or `a proxy read_seq`.
+    private func hear(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) async {
+        let parts = payload.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+        if parts.first == "a", parts.count == 3, let seq = Int64(parts[2]) {
+            return peerRead(String(parts[1]), seq)
+        }
+        guard parts.first == "i", parts.count == 4, let seq = Int64(parts[1]), let intentSeq = Int64(parts[2]) else {
+            return logger.warning("group: unreadable announcement", metadata: ["payload": "\(payload.prefix(80))"])
+        }
+        let user = String(parts[3])
+        if intentSeq == 0 {
+            // An intent: no list of this user is cached from now until its outcome.
+            noteOpen(seq, user: user)
+            await local.invalidate(user: user)
+        } else {
+            await local.invalidate(user: user)
+            noteClosed(intentSeq)
+        }
+        state.withLockedValue { $0.processed = max($0.processed, seq) }
+        acknowledge(on: connection)
+    }
+
+    /// Marks intent `seq` open, unless this proxy has read past it already (then its outcome
+    /// may have been heard, or it was loaded at catch-up).
+    func noteOpen(_ seq: Int64, user: String) {
+        state.withLockedValue { state in
+            guard seq > state.processed, state.open[seq] == nil else { return }
+            state.open[seq] = OpenIntent(user: user, since: .now())
+            state.openUsers[user, default: 0] += 1
+            openCount.store(state.open.count, ordering: .relaxed)
+        }
+    }
+
+    func noteClosed(_ intentSeq: Int64) {
+        state.withLockedValue { state in
+            state.recentlyClosed.append(intentSeq)
+            if state.recentlyClosed.count > 4096 { state.recentlyClosed.removeFirst(2048) }
+            guard let intent = state.open.removeValue(forKey: intentSeq) else { return }
+            let left = (state.openUsers[intent.user] ?? 1) - 1
+            state.openUsers[intent.user] = left > 0 ? left : nil
+            openCount.store(state.open.count, ordering: .relaxed)
+        }
+    }
+
+    /// Writes `read_seq`: one write at a time, each carrying the latest position.
+    private func acknowledge(on connection: PostgresConnection) {
+        let start = state.withLockedValue { state -> Bool in
+            defer { state.ackRunning = true }
+            return !state.ackRunning
+        }
+        guard start else { return }
+        Task {
+            var written: Int64 = -1
+            while true {
+                let position = state.withLockedValue { state -> Int64? in
+                    if state.processed == written { state.ackRunning = false; return nil }
+                    return state.processed
+                }
+                guard let position else { return }
+                do {
+                    try await connection.query(
+                        "UPDATE mixpeek_proxies SET read_seq = greatest(read_seq, \(position)) WHERE proxy_id = \(settings.proxyID)",
+                        logger: logger)
+                    written = position
+                } catch {
+                    // The connection is failing: the lease renewal will fail too and end the session.
+                    state.withLockedValue { $0.ackRunning = false }
+                    return
+                }
+            }
+        }
+    }
+
+    private func peerRead(_ id: String, _ seq: Int64) {
+        let ready = state.withLockedValue { state -> [PeerWaiter] in
+            state.peers[id] = max(state.peers[id] ?? 0, seq)
+            let peers = state.peers
+            let ready = state.waiters.values.filter { waiter in waiter.ids.allSatisfy { (peers[$0] ?? 0) >= waiter.seq } }
+            for waiter in ready { state.waiters[ObjectIdentifier(waiter)] = nil }
+            return ready
+        }
+        for waiter in ready { waiter.resume() }
+    }
+
+    // MARK: Mutations
+
+    /// Returns when every other proxy whose lease is live has read past record `seq`, or its
+    /// lease has run out (PostgreSQL's clock decides both). Throws when PostgreSQL cannot say.
+    func awaitPeers(pastSeq seq: Int64) async throws {
+        let me = settings.proxyID
+        while true {
+            let lagging = try await link.run { connection in
+                var ids = Set<String>()
+                for try await id in try await connection.query("""
+                    SELECT proxy_id FROM mixpeek_proxies
+                    WHERE proxy_id <> \(me) AND lease_until > now() AND read_seq < \(seq)
+                    """, logger: self.logger).decode(String.self) {
+                    ids.insert(id)
+                }
+                return ids
+            }
+            if lagging.isEmpty { return }
+            // Woken when they announce their reads; asked again every 50 ms, as leases lapse.
+            let waiter = PeerWaiter(ids: lagging, seq: seq)
+            await withCheckedContinuation { continuation in
+                waiter.set(continuation)
+                let done = state.withLockedValue { state -> Bool in
+                    if lagging.allSatisfy({ (state.peers[$0] ?? 0) >= seq }) { return true }
+                    state.waiters[ObjectIdentifier(waiter)] = waiter
+                    return false
+                }
+                if done { return waiter.resume() }
+                Task {
+                    try? await Task.sleep(for: .milliseconds(50))
+                    state.withLockedValue { _ = $0.waiters.removeValue(forKey: ObjectIdentifier(waiter)) }
+                    waiter.resume()
+                }
+            }
+            let read = state.withLockedValue { state in lagging.allSatisfy { (state.peers[$0] ?? 0) >= seq } }
+            if read { return }
+        }
+    }
+
+    /// Intents open longer than `age`, oldest first: the reaper's candidates.
+    func openIntents(olderThan age: TimeAmount) -> [Int64] {
+        let now = NIODeadline.now()
+        return state.withLockedValue { state in
+            guard state.connected else { return [] }
+            return state.open.filter { now - $0.value.since > age }.keys.sorted()
+        }
+    }
+}
+
+extension GroupMember {
+    /// At shutdown: ends this proxy's lease now, so no peer's mutation waits for it.
+    public func leave() async {
+        closeGate()
+        _ = try? await link.run { connection in
+            try await connection.query(
+                "UPDATE mixpeek_proxies SET lease_until = now() WHERE proxy_id = \(self.settings.proxyID)", logger: self.logger)
+        }
+        await link.close()
+    }
+}

@@ -1,0 +1,208 @@
+import Logging
+import PostgresNIO
+
+/// The group's tables in PostgreSQL, created by versioned migrations.
+///
+/// - `mixpeek_audit`: the one audit chain, the same records and hash as `audit.sqlite`, plus
+///   `user_fold` (which user's lists a record invalidates) and `proxy_id`, outside the hash:
+///   each proxy's witness file is what binds its appends. Triggers refuse UPDATE, DELETE and
+///   TRUNCATE, and announce every insert on the `mixpeek_proxy` channel (`i seq intent_seq user`).
+/// - `mixpeek_proxies`: a row per proxy: its lease and how far it has read the chain; a change
+///   of `read_seq` is announced on the same channel (`a proxy_id read_seq`).
+public enum GroupSchema {
+    /// The versions this build knows, oldest first.
+    static let migrations: [(version: String, sql: [String])] = [
+        ("v1-audit-chain-leases", [
+            """
+            CREATE TABLE mixpeek_audit (
+                seq bigint PRIMARY KEY,
+                kind text NOT NULL CHECK (kind IN ('intent', 'outcome')),
+                intent_seq bigint,
+                time text NOT NULL,
+                action text NOT NULL,
+                user_email text NOT NULL,
+                user_fold text NOT NULL,
+                key_name text,
+                caller text NOT NULL,
+                client text NOT NULL,
+                request_id text NOT NULL,
+                upstream_status integer,
+                outcome text,
+                duration_ms double precision,
+                key_id text,
+                key_prefix text,
+                key_hash text,
+                prev_hash text NOT NULL,
+                hash text NOT NULL,
+                proxy_id text NOT NULL,
+                committed_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            "CREATE INDEX mixpeek_audit_intent_seq ON mixpeek_audit (intent_seq)",
+            "CREATE INDEX mixpeek_audit_user_fold ON mixpeek_audit (user_fold, seq)",
+            "CREATE INDEX mixpeek_audit_open_intents ON mixpeek_audit (seq) WHERE kind = 'intent'",
+            """
+            CREATE TABLE mixpeek_proxies (
+                proxy_id text PRIMARY KEY,
+                lease_until timestamptz NOT NULL,
+                read_seq bigint NOT NULL DEFAULT 0,
+                started_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            """
+            CREATE FUNCTION mixpeek_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'mixpeek_audit is append-only'; END $$
+            """,
+            """
+            CREATE TRIGGER mixpeek_audit_no_change BEFORE UPDATE OR DELETE ON mixpeek_audit
+            FOR EACH ROW EXECUTE FUNCTION mixpeek_audit_append_only()
+            """,
+            """
+            CREATE TRIGGER mixpeek_audit_no_truncate BEFORE TRUNCATE ON mixpeek_audit
+            FOR EACH STATEMENT EXECUTE FUNCTION mixpeek_audit_append_only()
+            """,
+            """
+            CREATE FUNCTION mixpeek_audit_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('mixpeek_proxy', 'i ' || NEW.seq || ' ' || coalesce(NEW.intent_seq, 0) || ' ' || NEW.user_fold);
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE TRIGGER mixpeek_audit_announce AFTER INSERT ON mixpeek_audit
+            FOR EACH ROW EXECUTE FUNCTION mixpeek_audit_announce()
+            """,
+            """
+            CREATE FUNCTION mixpeek_proxies_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'INSERT' OR NEW.read_seq IS DISTINCT FROM OLD.read_seq THEN
+                    PERFORM pg_notify('mixpeek_proxy', 'a ' || NEW.proxy_id || ' ' || NEW.read_seq);
+                END IF;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE TRIGGER mixpeek_proxies_announce AFTER INSERT OR UPDATE ON mixpeek_proxies
+            FOR EACH ROW EXECUTE FUNCTION mixpeek_proxies_announce()
+            """,
+        ]),
+    ]
+
+    static var currentVersion: String { migrations.last!.version }
+
+    /// The grants a proxy's role needs, and no more: it may add to the chain and read it, never
+    /// change or remove a record.
+    static func grants(to role: String) -> [String] {
+        let role = quoteIdentifier(role)
+        return [
+            "GRANT SELECT, INSERT ON mixpeek_audit TO \(role)",
+            "GRANT SELECT, INSERT, UPDATE ON mixpeek_proxies TO \(role)",
+            "GRANT SELECT ON mixpeek_schema_migrations TO \(role)",
+        ]
+    }
+
+    static func quoteIdentifier(_ name: String) -> String {
+        "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+
+    /// Brings the schema to `currentVersion`, one transaction per migration, serialised among
+    /// proxies starting together by an advisory lock. Throws `GroupError.schema` when the
+    /// database has a newer schema, or when this role may not create it.
+    static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
+        if try await applied(connection, logger: logger).last == currentVersion { return }
+        try await connection.query("SELECT pg_advisory_lock(\(GroupSchema.migrationLock))", logger: logger)
+        defer { Task { try? await connection.query("SELECT pg_advisory_unlock(\(GroupSchema.migrationLock))", logger: logger) } }
+        do {
+            try await connection.query("""
+                CREATE TABLE IF NOT EXISTS mixpeek_schema_migrations (
+                    version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
+                """, logger: logger)
+        } catch {
+            throw GroupError.schema("cannot create the group's tables as this role (\(GroupError.describe(error))); run `mixpeek-proxy group setup --postgres-url <an owner's URL> --role <this role>` once")
+        }
+        let done = try await applied(connection, logger: logger)
+        let known = Set(migrations.map(\.version))
+        if let unknown = done.first(where: { !known.contains($0) }) {
+            throw GroupError.schema("the database's schema has migration \(unknown), which this mixpeek-proxy does not know: it is newer; upgrade the proxy")
+        }
+        for migration in migrations where !done.contains(migration.version) {
+            do {
+                try await connection.query("BEGIN", logger: logger)
+                for statement in migration.sql {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query("INSERT INTO mixpeek_schema_migrations (version) VALUES (\(migration.version))", logger: logger)
+                try await connection.query("COMMIT", logger: logger)
+                logger.notice("group schema migrated", metadata: ["version": "\(migration.version)"])
+            } catch {
+                _ = try? await connection.query("ROLLBACK", logger: logger)
+                throw GroupError.schema("migration \(migration.version) failed (\(GroupError.describe(error))); run `mixpeek-proxy group setup --postgres-url <an owner's URL> --role <this role>` once")
+            }
+        }
+    }
+
+    /// The migrations recorded in the database; empty before the first.
+    static func applied(_ connection: PostgresConnection, logger: Logger) async throws -> [String] {
+        let exists = try await connection.query("SELECT to_regclass('mixpeek_schema_migrations') IS NOT NULL", logger: logger)
+        var present = false
+        for try await value in exists.decode(Bool.self) { present = value }
+        guard present else { return [] }
+        var versions: [String] = []
+        for try await version in try await connection.query("SELECT version FROM mixpeek_schema_migrations ORDER BY applied_at, version", logger: logger).decode(String.self) {
+            versions.append(version)
+        }
+        return versions
+    }
+
+    /// `group setup`: migrate as an owner, then grant `role` what a proxy needs.
+    public static func setUp(url: PostgresURL, role: String?, logger: Logger) async throws {
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(
+                configuration: url.connectionConfiguration(applicationName: "mixpeek-proxy setup"), id: 0, logger: logger)
+        } catch {
+            throw GroupError.unavailable("cannot connect to \(url): \(GroupError.describe(error))")
+        }
+        defer { Task { try? await connection.close() } }
+        try await migrate(connection, logger: logger)
+        if let role {
+            for grant in grants(to: role) {
+                do {
+                    try await connection.query(PostgresQuery(unsafeSQL: grant), logger: logger)
+                } catch {
+                    throw GroupError.schema("\(grant) failed: \(GroupError.describe(error))")
+                }
+            }
+        }
+    }
+
+    /// Advisory-lock keys: one serialises migrations, one serialises appends to the chain.
+    static let migrationLock: Int64 = 0x6D69_7870_6D69_6701
+    static let appendLock: Int64 = 0x6D69_7870_6175_6401
+}
+
+/// What can go wrong in a group, with messages that never show a password.
+public enum GroupError: Error, CustomStringConvertible, Sendable {
+    case schema(String)
+    case unavailable(String)
+    case chain(String)
+
+    public var description: String {
+        switch self {
+        case .schema(let message), .unavailable(let message), .chain(let message): return message
+        }
+    }
+
+    /// An error from PostgresNIO in words: the server's message and SQLSTATE when it sent one
+    /// (`PSQLError`'s own description hides them).
+    public static func describe(_ error: any Error) -> String {
+        if let error = error as? PSQLError {
+            if let message = error.serverInfo?[.message] {
+                return message + (error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? "")
+            }
+            return "\(error.code)"
+        }
+        if let error = error as? GroupError { return error.description }
+        return "\(error)"
+    }
+}

@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MixpeekProxy
+
+/// Where `audit query` and `audit verify` read: a data directory, or a group's PostgreSQL.
+struct PostgresOption: ParsableArguments {
+    @Option(help: "Read the group's chain in this PostgreSQL instead (default $MIXPEEK_PROXY_POSTGRES_URL when set and --data-dir is not).")
+    var postgresUrl: String?
+
+    /// The URL to read, if any: the flag, else the environment when no data dir was named.
+    func url(dataDirGiven: Bool) throws -> PostgresURL? {
+        let text = postgresUrl ?? (dataDirGiven ? nil : ProcessInfo.processInfo.environment["MIXPEEK_PROXY_POSTGRES_URL"])
+        guard let text else { return nil }
+        do {
+            return try PostgresURL(text)
+        } catch let error as ConfigError {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+struct Group: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set up PostgreSQL for a group of proxies.",
+        subcommands: [Setup.self])
+
+    struct Setup: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create the group's tables (as an owner) and grant a proxies' role what it needs, no more.",
+            discussion: """
+                The role may then add to the audit chain and read it, but never change or delete it.
+                Example:
+                  psql -c "CREATE ROLE mixpeek_proxy LOGIN PASSWORD '…'"
+                  mixpeek-proxy group setup --postgres-url postgres://postgres@db:5432/mixpeek --role mixpeek_proxy
+                  MIXPEEK_PROXY_POSTGRES_URL=postgres://mixpeek_proxy:…@db:5432/mixpeek mixpeek-proxy serve
+                """)
+
+        @Option(help: "A URL of a role that may create tables (the database's owner).") var postgresUrl: String
+        @Option(help: "The role the proxies connect as, to grant SELECT and INSERT on the chain.") var role: String?
+
+        func run() async throws {
+            let url: PostgresURL
+            do {
+                url = try PostgresURL(postgresUrl)
+            } catch let error as ConfigError {
+                throw ValidationError(error.message)
+            }
+            do {
+                try await GroupSchema.setUp(url: url, role: role, logger: Logger(label: "mixpeek-proxy.group"))
+            } catch {
+                printFlushed("group setup failed: \(error)")
+                throw ExitCode(1)
+            }
+            printFlushed("group schema ready in \(url)" + (role.map { "; role \($0) may append to and read the chain, not change it" } ?? ""))
+        }
+    }
+}
