@@ -96,7 +96,10 @@ public final class GroupAuditLog: AuditSink, Sendable {
         guard !batch.isEmpty else { return }
         Task {
             do {
-                let written = try await writer.run { connection in try await self.commit(batch, on: connection) }
+                let drafts = batch.map { ($0.record, $0.onlyIfOpen) }
+                let written = try await withTimeout(10, "appending to the audit chain") {
+                    try await self.writer.run { connection in try await self.commit(drafts, on: connection) }
+                }
                 witness?.append(written.compactMap { $0 })
                 for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: record) }
             } catch {
@@ -108,7 +111,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
         }
     }
 
-    private func commit(_ batch: [Draft], on connection: PostgresConnection) async throws -> [AuditRecord?] {
+    private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws -> [AuditRecord?] {
         try await connection.query("BEGIN", logger: logger)
         try await connection.query("SELECT pg_advisory_xact_lock(\(GroupSchema.appendLock))", logger: logger)
         var head = (seq: Int64(0), hash: AuditRecord.genesis)

@@ -54,3 +54,17 @@ actor GroupLink {
         connection = nil
     }
 }
+
+/// `body`, or `GroupError.unavailable` when it takes longer than `seconds`: a connection
+/// whose network went quiet would otherwise hang until TCP gives up, minutes later.
+func withTimeout<T: Sendable>(_ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            throw GroupError.unavailable("\(what): no answer from PostgreSQL within \(seconds) s")
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}

@@ -183,7 +183,10 @@ public final class GroupMember: ListGate, Sendable {
     private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
         while true {
             try await Task.sleep(for: .seconds(settings.leaseSeconds / 4))
-            try await renew(connection, local, catchingUp: false)
+            // A renewal that takes a whole lease ends the session: the connection is gone.
+            try await withTimeout(settings.leaseSeconds, "lease renewal") {
+                try await self.renew(connection, local, catchingUp: false)
+            }
         }
     }
 
@@ -301,7 +304,7 @@ public final class GroupMember: ListGate, Sendable {
     func awaitPeers(pastSeq seq: Int64) async throws {
         let me = settings.proxyID
         while true {
-            let lagging = try await link.run { connection in
+            let lagging = try await withTimeout(settings.leaseSeconds + 3, "reading the other proxies' positions") { try await self.link.run { connection in
                 var ids = Set<String>()
                 for try await id in try await connection.query("""
                     SELECT proxy_id FROM mixpeek_proxies
@@ -310,7 +313,7 @@ public final class GroupMember: ListGate, Sendable {
                     ids.insert(id)
                 }
                 return ids
-            }
+            } }
             if lagging.isEmpty { return }
             // Woken when they announce their reads; asked again every 50 ms, as leases lapse.
             let waiter = PeerWaiter(ids: lagging, seq: seq)

@@ -1,0 +1,112 @@
+import Foundation
+import Logging
+import MixpeekProxy
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+
+/// The parts of a group that run without PostgreSQL: the list cache's gate, the URL and the
+/// settings. The group itself, against a real PostgreSQL and real proxy processes, is
+/// `scripts/group_check.py`.
+@Suite("Group of proxies (no database)")
+struct GroupTests {
+    /// A gate the test opens and closes, per user.
+    final class TestGate: ListGate {
+        let closed = NIOLockedValueBox<Set<String>>([])
+        func admits(user: String) -> Bool { !closed.withLockedValue { $0.contains(user) } }
+    }
+
+    static let body = #"{"keys":[{"name":"k1"}],"total":1}"#
+
+    static func cache(gate: TestGate) -> ProxyListCache {
+        ProxyListCache(settings: .init(ttl: 60, staleIfError: 0, memoryBytes: 1 << 20), store: nil, gate: gate, logger: Logger(label: "test"))
+    }
+
+    /// Answers `key` through `cache`, counting the upstream fetches in `fetches`.
+    static func answer(_ cache: ProxyListCache, _ key: CacheKey, fetches: NIOLockedValueBox<Int>) async throws -> ProxyListCache.Answer {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        return try await cache.answer(key, refresh: false, on: loop) {
+            fetches.withLockedValue { $0 += 1 }
+            return loop.makeSucceededFuture(.response(UpstreamResponse(
+                status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: body))))
+        }.get()
+    }
+
+    @Test("a closed gate serves no hit and stores nothing; the same list is a hit once it opens")
+    func gateStopsHitsAndStores() async throws {
+        let gate = TestGate()
+        let cache = Self.cache(gate: gate)
+        let fetches = NIOLockedValueBox(0)
+        gate.closed.withLockedValue { $0 = ["alice@example.com"] }
+        let (key, none) = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false)
+        #expect(none == nil)
+        // Closed: forwarded every time, never kept.
+        for _ in 0..<2 {
+            guard case .fetched(.response, coalesced: false) = try await Self.answer(cache, key, fetches: fetches) else {
+                Issue.record("a list under a closed gate must be fetched")
+                return
+            }
+        }
+        #expect(fetches.withLockedValue { $0 } == 2)
+        gate.closed.withLockedValue { $0 = [] }
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 == nil,
+                "a list fetched while the gate was closed was stored")
+        // Open: fetched once, then a hit.
+        _ = try await Self.answer(cache, key, fetches: fetches)
+        #expect(fetches.withLockedValue { $0 } == 3)
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 != nil)
+        // Closed again for this user only: no hit from memory, no hit through `answer`; others unaffected.
+        gate.closed.withLockedValue { $0 = ["alice@example.com"] }
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 == nil)
+        _ = try await Self.answer(cache, key, fetches: fetches)
+        #expect(fetches.withLockedValue { $0 } == 4)
+        let (bobKey, _) = cache.lookup(authorization: "Bearer sk_a", user: "bob@example.com", includeRevoked: false, refresh: false)
+        _ = try await Self.answer(cache, bobKey, fetches: fetches)
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "bob@example.com", includeRevoked: false, refresh: false).1 != nil)
+        // Reopened: the entry stored before is served again.
+        gate.closed.withLockedValue { $0 = [] }
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 != nil)
+    }
+
+    @Test("postgres_url: user, password, port, database and sslmode are read; the description never shows the password")
+    func postgresURL() throws {
+        let url = try PostgresURL("postgres://mixpeek_proxy:s%40cret@db.internal:6543/mixpeek?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+        #expect(url.user == "mixpeek_proxy")
+        #expect(url.password == "s@cret")
+        #expect(url.host == "db.internal")
+        #expect(url.port == 6543)
+        #expect(url.database == "mixpeek")
+        #expect(url.sslMode == "verify-full")
+        #expect(url.sslRootCert == "/etc/ca.pem")
+        #expect(!url.description.contains("cret"))
+        #expect(try PostgresURL("postgresql://u@127.0.0.1/db").sslMode == "prefer")
+        #expect(try PostgresURL("postgresql://u@127.0.0.1/db").port == 5432)
+        for bad in ["http://u@h/db", "postgres:///db", "postgres://u@h/db?sslmode=sometimes", "postgres://u@h/db?sslcert=x"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try PostgresURL(bad) }
+        }
+    }
+
+    @Test("group settings come from postgres_url, proxy_id and group_lease; a bad URL's error does not repeat it")
+    func settings() throws {
+        var config = try ProxyConfig.load(file: nil, environment: [:], flags: [:])
+        #expect(config.group == nil, "a lone proxy by default")
+        config = try ProxyConfig.load(
+            file: nil, environment: ["MIXPEEK_PROXY_POSTGRES_URL": "postgres://p:pw@127.0.0.1:5433/g?sslmode=disable"],
+            flags: ["proxy_id": "runner-7", "group_lease": "3", "upstream_timeout": "4"])
+        let group = try #require(config.group)
+        #expect(group.proxyID == "runner-7")
+        #expect(group.leaseSeconds == 3)
+        #expect(group.upstreamTimeoutSeconds == 4)
+        #expect(group.database.port == 5433)
+        do {
+            _ = try ProxyConfig.load(file: nil, environment: [:], flags: ["postgres_url": "mysql://root:hunter2@db/x"])
+            Issue.record("a non-postgres URL was accepted")
+        } catch let error as ConfigError {
+            #expect(!error.message.contains("hunter2"))
+        }
+        #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["proxy_id": "a b"]) }
+        #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["group_lease": "0"]) }
+    }
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Figures of a group of proxies on PostgreSQL (issue 13), in one run, printed as markdown:
+
+1. hits/s through a proxy in a group of 3 vs a lone proxy (wrk -t2 -c64 on one list URL,
+   interleaved rounds, medians; both as shipped: request log on, to a file; --cache-ttl 3600);
+2. a mutation's latency, sequential creates, through a proxy in the group of 3 vs the lone one
+   (p50, p99 and the p50 added);
+3. durably audited mutations/s at 16 clients spread over 2 proxies into the one chain, then
+   `audit verify --postgres-url --witness` on the chain.
+
+    scripts/group_bench.py BINARY        env: ROUNDS (3), SECONDS (8), CREATES (300), SMOKE (0)
+Needs wrk and PostgreSQL (scripts/setup.sh installs both); starts its own PostgreSQL on loopback.
+"""
+import http.client, json, os, re, statistics, subprocess, sys, tempfile, threading, time
+
+import pgtools
+import proctools
+
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".build/release/mixpeek-proxy")
+SMOKE = os.environ.get("SMOKE") == "1"
+ROUNDS = int(os.environ.get("ROUNDS", "1" if SMOKE else "3"))
+SECONDS = float(os.environ.get("SECONDS", "1" if SMOKE else "8"))
+CREATES = int(os.environ.get("CREATES", "20" if SMOKE else "300"))
+TOKEN = "sk_bench_0123456789abcdefghijklmnop"
+HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+LIST = "/v1/organizations/users/bench@example.com/api-keys"
+
+
+def wrk(port):
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECONDS}s", "--latency", "-H", f"Authorization: Bearer {TOKEN}",
+                          f"http://127.0.0.1:{port}{LIST}"], capture_output=True, text=True, timeout=SECONDS + 60).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rate, float(p99.group(1)) * scale, int(non2xx.group(1)) if non2xx else 0
+
+
+def request(port, method, path, body=None, connection=None):
+    conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=HEADERS)
+    response = conn.getresponse()
+    response.read()
+    return response.status, response.getheader("X-Cache")
+
+
+def latencies(port, label):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times = []
+    for i in range(CREATES):
+        start = time.perf_counter()
+        status, _ = request(port, "POST", "/v1/organizations/users/lat@example.com/api-keys", {"name": f"{label}-{i}"}, conn)
+        times.append((time.perf_counter() - start) * 1000)
+        if status != 200:
+            raise RuntimeError(f"create through {label} answered {status}")
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99) - 1 if len(times) >= 100 else -1]
+
+
+def mutation_rate(ports, clients=16):
+    stop_at = time.monotonic() + SECONDS
+    counts, errors = [0] * clients, [0] * clients
+
+    def client(n):
+        port = ports[n % len(ports)]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = 0
+        while time.monotonic() < stop_at:
+            status, _ = request(port, "POST", f"/v1/organizations/users/rate{n % 4}@example.com/api-keys", {"name": f"r{n}-{i}"}, conn)
+            i += 1
+            if status == 200:
+                counts[n] += 1
+            else:
+                errors[n] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - started), sum(errors)
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="mixpeek-group-bench-")
+    procs = []
+    with pgtools.Postgres() as pg:
+        version = pg.psql("SHOW server_version")
+        pg.psql("CREATE ROLE mixpeek_proxy LOGIN PASSWORD 'pw'")
+        subprocess.run([BIN, "group", "setup", "--postgres-url", pg.url, "--role", "mixpeek_proxy"], check=True,
+                       capture_output=True, timeout=60)
+        url = pg.url_for("mixpeek_proxy", "pw")
+        try:
+            fake, fake_port = proctools.start(BIN, ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
+            procs.append(fake)
+            common = ["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--cache-ttl", "3600"]
+            lone, lone_port = proctools.start(BIN, common + ["--data-dir", os.path.join(work, "lone")], os.path.join(work, "lone.log"))
+            procs.append(lone)
+            members = []
+            for name in "ABC":
+                proc, port = proctools.start(BIN, common + ["--data-dir", os.path.join(work, name), "--postgres-url", url,
+                                                            "--proxy-id", name], os.path.join(work, f"{name}.log"))
+                procs.append(proc)
+                members.append(port)
+            time.sleep(1)
+            for port in [lone_port] + members:
+                request(port, "GET", LIST)
+            if request(members[0], "GET", LIST)[1] != "HIT" or request(lone_port, "GET", LIST)[1] != "HIT":
+                raise RuntimeError("the list is not a HIT before the hit rounds")
+
+            rounds = {"lone": [], "group": []}
+            for _ in range(ROUNDS):
+                for label, port in (("lone", lone_port), ("group", members[0])):
+                    rounds[label].append(wrk(port))
+            med = {label: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), sum(r[2] for r in rs))
+                   for label, rs in rounds.items()}
+
+            lone_lat = latencies(lone_port, "lone")
+            group_lat = latencies(members[0], "grp")
+            rate, rate_errors = mutation_rate(members[:2])
+            verify = subprocess.run([BIN, "audit", "verify", "--postgres-url", url] +
+                                    sum((["--witness", os.path.join(work, n)] for n in "ABC"), []),
+                                    capture_output=True, text=True, timeout=300)
+        finally:
+            for proc in procs:
+                proctools.stop(proc)
+    print(f"group figures ({ROUNDS} interleaved rounds of {SECONDS:g} s; {CREATES} sequential creates; "
+          f"PostgreSQL {version} on loopback, fsync on)\n")
+    print("| figure | lone proxy | proxy in a group of 3 | group ÷ lone | target |")
+    print("|---|---:|---:|---:|---|")
+    print(f"| hits/s (wrk -t2 -c64), median | {med['lone'][0]:.0f} | {med['group'][0]:.0f} | {med['group'][0] / med['lone'][0]:.2f} | ≥ 0.9 |")
+    print(f"| hits p99 ms, median | {med['lone'][1]:.2f} | {med['group'][1]:.2f} | | |")
+    print(f"| create latency p50 ms | {lone_lat[0]:.2f} | {group_lat[0]:.2f} | +{group_lat[0] - lone_lat[0]:.2f} ms | |")
+    print(f"| create latency p99 ms | {lone_lat[1]:.2f} | {group_lat[1]:.2f} | +{group_lat[1] - lone_lat[1]:.2f} ms | |")
+    print(f"\n| durably audited creates/s, 16 clients over 2 proxies, one chain | {rate:.0f}/s ({rate_errors} not 200) | target ≥ 1,000/s |")
+    print("|---|---|---|")
+    print(f"\n`audit verify --postgres-url … --witness A B C`: {verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}")
+    failed = verify.returncode != 0 or med["lone"][2] or med["group"][2]
+    if failed:
+        print(f"group bench: FAILED (verify exit {verify.returncode}; non-2xx lone {med['lone'][2]}, group {med['group'][2]})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
