@@ -27,7 +27,7 @@ LIST = "/v1/organizations/users/bench@example.com/api-keys"
 
 
 def wrk(port):
-    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECONDS}s", "--latency", "-H", f"Authorization: Bearer {TOKEN}",
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{int(SECONDS)}s", "--latency", "-H", f"Authorization: Bearer {TOKEN}",
                           f"http://127.0.0.1:{port}{LIST}"], capture_output=True, text=True, timeout=SECONDS + 60).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
