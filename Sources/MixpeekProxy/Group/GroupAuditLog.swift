@@ -10,9 +10,19 @@ import PostgresNIO
 /// Appends are group-committed like `AuditLog`'s: records that arrive while a transaction is
 /// being written go together into the next one. Each transaction takes an advisory lock (the
 /// proxies' role may INSERT and SELECT the chain, never UPDATE it, so there is no head row to
-/// lock `FOR UPDATE`), reads the head, inserts the records chained on it, and commits; the
-/// primary key on `seq` refuses a fork even if the lock were bypassed. After the commit the
-/// `(seq, hash)` of each record goes to this proxy's witness file.
+/// lock `FOR UPDATE`) and reads the head in one call (`mixpeek_audit_lock_head`), inserts the
+/// records chained on it, and commits; the primary key on `seq` refuses a fork even if the lock
+/// were bypassed.
+///
+/// Durability without holding the lock through an fsync: the transaction commits with
+/// `synchronous_commit = off`, which releases the lock as soon as the commit is in the WAL
+/// buffers, and then a one-row write with `synchronous_commit = on` on another connection
+/// (`flushBarrier`) waits until the WAL is on disk up to a point after that commit. Only then
+/// is an append reported done (and a mutation forwarded), and the `(seq, hash)` of each record
+/// written to this proxy's witness file. The proxies' flushes overlap and PostgreSQL commits
+/// them together; the chain's order is decided in the short locked part alone. A crash before
+/// the flush loses those records and every later one (the WAL is sequential), and none of
+/// their mutations was forwarded.
 ///
 /// An intent returns only when it is committed **and** every live proxy has read past it
 /// (`GroupMember.awaitPeers`): only then may the mutation be forwarded.
@@ -41,7 +51,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
         self.key = hmacKey.map { Data($0.utf8) }
         self.witness = witness
         self.logger = logger
-        writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)", logger: logger)
+        writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
+                           setup: ["SET synchronous_commit = off"], logger: logger)
     }
 
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
@@ -98,7 +109,9 @@ public final class GroupAuditLog: AuditSink, Sendable {
             do {
                 let drafts = batch.map { ($0.record, $0.onlyIfOpen) }
                 let written = try await withTimeout(10, "appending to the audit chain") {
-                    try await self.writer.run { connection in try await self.commit(drafts, on: connection) }
+                    let written = try await self.writer.run { connection in try await self.commit(drafts, on: connection) }
+                    try await self.flushBarrier()
+                    return written
                 }
                 witness?.append(written.compactMap { $0 })
                 for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: record) }
@@ -113,11 +126,10 @@ public final class GroupAuditLog: AuditSink, Sendable {
 
     private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws -> [AuditRecord?] {
         try await connection.query("BEGIN", logger: logger)
-        try await connection.query("SELECT pg_advisory_xact_lock(\(GroupSchema.appendLock))", logger: logger)
         var head = (seq: Int64(0), hash: AuditRecord.genesis)
         for try await (seq, hash) in try await connection.query(
-            "SELECT seq, hash FROM mixpeek_audit ORDER BY seq DESC LIMIT 1", logger: logger).decode((Int64, String).self) {
-            head = (seq, hash)
+            "SELECT head_seq, head_hash FROM mixpeek_audit_lock_head()", logger: logger).decode((Int64?, String?).self) {
+            if let seq, let hash { head = (seq, hash) }
         }
         var closed = Set<Int64>()
         let reaped = batch.compactMap(\.onlyIfOpen)
@@ -174,6 +186,20 @@ public final class GroupAuditLog: AuditSink, Sendable {
         }
         try await connection.query("COMMIT", logger: logger)
         return written
+    }
+
+    /// Returns once the WAL is on disk past every transaction this proxy committed before the
+    /// call: a transaction that writes a row, committed with `synchronous_commit = on` (this
+    /// connection's default), waits for exactly that. (One that writes nothing would not wait,
+    /// hence the upsert: it rewrites this proxy's row, or makes it with an expired lease.)
+    private func flushBarrier() async throws {
+        let me = member.settings.proxyID
+        _ = try await member.link.run { connection in
+            try await connection.query("""
+                INSERT INTO mixpeek_proxies (proxy_id, lease_until) VALUES (\(me), now())
+                ON CONFLICT (proxy_id) DO UPDATE SET read_seq = mixpeek_proxies.read_seq
+                """, logger: self.logger)
+        }
     }
 
     // MARK: The reaper

@@ -13,7 +13,11 @@ actor GroupLink {
     private var connecting: Task<PostgresConnection, any Error>?
     private static let ids = NIOLockedValueBox(0)
 
-    init(url: PostgresURL, applicationName: String, logger: Logger) {
+    /// Run on every new connection (session settings).
+    private let setup: [PostgresQuery]
+
+    init(url: PostgresURL, applicationName: String, setup: [PostgresQuery] = [], logger: Logger) {
+        self.setup = setup
         self.url = url
         self.applicationName = applicationName
         self.logger = logger
@@ -23,10 +27,18 @@ actor GroupLink {
     func connected() async throws -> PostgresConnection {
         if let connection, !connection.isClosed { return connection }
         if let connecting { return try await connecting.value }
-        let (url, name, logger) = (url, applicationName, logger)
+        let (url, name, logger, setup) = (url, applicationName, logger, setup)
         let id = Self.ids.withLockedValue { $0 += 1; return $0 }
         let task = Task { () throws -> PostgresConnection in
-            try await PostgresConnection.connect(configuration: url.connectionConfiguration(applicationName: name), id: id, logger: logger)
+            let connection = try await PostgresConnection.connect(
+                configuration: url.connectionConfiguration(applicationName: name), id: id, logger: logger)
+            do {
+                for query in setup { let _: PostgresRowSequence = try await connection.query(query, logger: logger) }
+            } catch {
+                try? await connection.closeGracefully()
+                throw error
+            }
+            return connection
         }
         connecting = task
         defer { connecting = nil }

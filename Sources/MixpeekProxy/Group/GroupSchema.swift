@@ -50,6 +50,14 @@ public enum GroupSchema {
             )
             """,
             """
+            CREATE FUNCTION mixpeek_audit_lock_head(OUT head_seq bigint, OUT head_hash text) LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_advisory_xact_lock(\(appendLock));
+                -- A statement of its own, so its snapshot is taken after the lock is held.
+                SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
+            END $$
+            """,
+            """
             CREATE FUNCTION mixpeek_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'mixpeek_audit is append-only'; END $$
             """,
