@@ -57,7 +57,7 @@ def latencies(port, label):
     return statistics.median(times), times[int(len(times) * 0.99) - 1 if len(times) >= 100 else -1]
 
 
-def mutation_rate(ports, clients=16):
+def mutation_rate(ports, label, clients=16):
     stop_at = time.monotonic() + SECONDS
     counts, errors = [0] * clients, [0] * clients
 
@@ -66,7 +66,7 @@ def mutation_rate(ports, clients=16):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         i = 0
         while time.monotonic() < stop_at:
-            status, _ = request(port, "POST", f"/v1/organizations/users/rate{n % 4}@example.com/api-keys", {"name": f"r{n}-{i}"}, conn)
+            status, _ = request(port, "POST", f"/v1/organizations/users/rate{n % 4}@example.com/api-keys", {"name": f"{label}{n}-{i}"}, conn)
             i += 1
             if status == 200:
                 counts[n] += 1
@@ -118,8 +118,8 @@ def main():
 
             lone_lat = latencies(lone_port, "lone")
             group_lat = latencies(members[0], "grp")
-            lone_rate, _ = mutation_rate([lone_port])
-            rate, rate_errors = mutation_rate(members[:2])
+            lone_rate, _ = mutation_rate([lone_port], "lone")
+            rate, rate_errors = mutation_rate(members[:2], "grp")
             verify = subprocess.run([BIN, "audit", "verify", "--postgres-url", url] +
                                     sum((["--witness", os.path.join(work, n)] for n in "ABC"), []),
                                     capture_output=True, text=True, timeout=300)

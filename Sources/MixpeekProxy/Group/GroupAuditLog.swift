@@ -41,6 +41,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
 
     let member: GroupMember
     private let writer: GroupLink
+    /// Synchronous commits that make the writer's asynchronous ones durable (`flushBarrier`).
+    private let flusher: GroupLink
     private let key: Data?
     private let witness: WitnessFile?
     private let logger: Logger
@@ -53,6 +55,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
         self.logger = logger
         writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
                            setup: ["SET synchronous_commit = off"], logger: logger)
+        flusher = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
+                            setup: ["SET synchronous_commit = on"], logger: logger)
     }
 
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
@@ -106,22 +110,35 @@ public final class GroupAuditLog: AuditSink, Sendable {
         }
         guard !batch.isEmpty else { return }
         Task {
+            let written: [AuditRecord?]
             do {
                 let drafts = batch.map { ($0.record, $0.onlyIfOpen) }
-                let written = try await withTimeout(10, "appending to the audit chain") {
-                    let written = try await self.writer.run { connection in try await self.commit(drafts, on: connection) }
-                    try await self.flushBarrier()
-                    return written
+                written = try await withTimeout(10, "appending to the audit chain") {
+                    try await self.writer.run { connection in try await self.commit(drafts, on: connection) }
                 }
-                witness?.append(written.compactMap { $0 })
-                for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: record) }
             } catch {
-                let problem = GroupError.describe(error)
-                logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
-                for draft in batch { draft.continuation.resume(throwing: GroupError.unavailable(problem)) }
+                fail(batch, error)
+                return self.flush()
+            }
+            // Made durable apart, so that the next batch takes the lock without waiting for
+            // this one's fsync; flushes complete in order (one connection).
+            Task {
+                do {
+                    try await withTimeout(10, "flushing the audit chain to disk") { try await self.flushBarrier() }
+                    witness?.append(written.compactMap { $0 })
+                    for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: record) }
+                } catch {
+                    fail(batch, error)
+                }
             }
             self.flush()
         }
+    }
+
+    private func fail(_ batch: [Draft], _ error: any Error) {
+        let problem = GroupError.describe(error)
+        logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
+        for draft in batch { draft.continuation.resume(throwing: GroupError.unavailable(problem)) }
     }
 
     private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws -> [AuditRecord?] {
@@ -191,13 +208,13 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// Returns once the WAL is on disk past every transaction this proxy committed before the
     /// call: a transaction that writes a row, committed with `synchronous_commit = on` (this
     /// connection's default), waits for exactly that. (One that writes nothing would not wait,
-    /// hence the upsert: it rewrites this proxy's row, or makes it with an expired lease.)
+    /// hence the upsert of this proxy's row in `mixpeek_flushes`.)
     private func flushBarrier() async throws {
         let me = member.settings.proxyID
-        _ = try await member.link.run { connection in
+        _ = try await flusher.run { connection in
             try await connection.query("""
-                INSERT INTO mixpeek_proxies (proxy_id, lease_until) VALUES (\(me), now())
-                ON CONFLICT (proxy_id) DO UPDATE SET read_seq = mixpeek_proxies.read_seq
+                INSERT INTO mixpeek_flushes (proxy_id) VALUES (\(me))
+                ON CONFLICT (proxy_id) DO UPDATE SET flushes = mixpeek_flushes.flushes + 1
                 """, logger: self.logger)
         }
     }

@@ -49,6 +49,9 @@ public enum GroupSchema {
                 started_at timestamptz NOT NULL DEFAULT now()
             )
             """,
+            // One row per proxy, rewritten by `GroupAuditLog.flushBarrier`: a row of its own, so
+            // the fsync it waits for holds up no lease renewal or `read_seq` write.
+            "CREATE TABLE mixpeek_flushes (proxy_id text PRIMARY KEY, flushes bigint NOT NULL DEFAULT 0)",
             """
             CREATE FUNCTION mixpeek_audit_lock_head(OUT head_seq bigint, OUT head_hash text) LANGUAGE plpgsql AS $$
             BEGIN
@@ -105,6 +108,7 @@ public enum GroupSchema {
         return [
             "GRANT SELECT, INSERT ON mixpeek_audit TO \(role)",
             "GRANT SELECT, INSERT, UPDATE ON mixpeek_proxies TO \(role)",
+            "GRANT SELECT, INSERT, UPDATE ON mixpeek_flushes TO \(role)",
             "GRANT SELECT ON mixpeek_schema_migrations TO \(role)",
         ]
     }
