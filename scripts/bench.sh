@@ -27,7 +27,10 @@
 #     and a durability probe (fsync/fdatasync calls per sequential create, with strace);
 #   - start-to-healthy time and RSS with 100k cached entries on disk;
 #   - (full run only) the request log under sustained load: mixpeek-proxy with default flags,
-#     wrk -c64 for 60 s (--log-seconds), then SIGTERM: every request's line must be there.
+#     wrk -c64 for 60 s (--log-seconds), then SIGTERM: every request's line must be there;
+#   - a group of proxies on PostgreSQL (scripts/group_bench.py): hits through a member of a
+#     group of 3 vs a lone proxy, a create's latency in each, durable creates/s at 16 clients
+#     over 2 proxies into one chain, then `audit verify --postgres-url --witness`.
 # Prints the results as Markdown (with the machine and the command), progress on stderr.
 #
 #   scripts/bench.sh              full run (5 rounds x 10 s per server; about 7 minutes)
@@ -126,6 +129,7 @@ ensure_tools() {
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v pgrep >/dev/null || missing+=(procps)
   command -v strace >/dev/null || missing+=(strace)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || die "missing ${missing[*]} and not root (no sudo): install them first"
@@ -1010,6 +1014,19 @@ log_count_text() { echo "${LOG_LINES[$1]} lines for ${LOG_COUNTED[$1]} requests,
     for f in "${FAILURES[@]}"; do echo "- $f"; done
   fi
 }
+
+# A group of proxies on PostgreSQL (issue 13), after the rest of the run: hits through a
+# member of a group of 3 vs a lone proxy, a mutation's added latency, durable mutations/s
+# into one chain. scripts/group_bench.py starts its own PostgreSQL (scripts/postgres.sh).
+if [ "$HITS_ONLY" = 0 ]; then
+  log "a group of proxies on PostgreSQL (scripts/group_bench.py)"
+  echo
+  echo "### A group of proxies on PostgreSQL"
+  echo
+  if ! SMOKE="$([ "$MODE" = smoke ] && echo 1 || echo 0)" python3 scripts/group_bench.py "$BIN"; then
+    fail_later "the group benchmark failed (scripts/group_bench.py)"
+  fi
+fi
 
 if [ ${#FAILURES[@]} -gt 0 ]; then
   log "${#FAILURES[@]} check(s) failed"

@@ -57,6 +57,12 @@ def latencies(port, label):
     return statistics.median(times), times[int(len(times) * 0.99) - 1 if len(times) >= 100 else -1]
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (Linux)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def mutation_rate(ports, label, clients=16):
     stop_at = time.monotonic() + SECONDS
     counts, errors = [0] * clients, [0] * clients
@@ -118,8 +124,13 @@ def main():
 
             lone_lat = latencies(lone_port, "lone")
             group_lat = latencies(members[0], "grp")
+            cpu = cpu_seconds(lone.pid)
             lone_rate, _ = mutation_rate([lone_port], "lone")
+            lone_cpu = (cpu_seconds(lone.pid) - cpu) / (lone_rate * SECONDS) * 1e6
+            group_pids = [procs[2].pid, procs[3].pid]
+            cpu = sum(map(cpu_seconds, group_pids))
             rate, rate_errors = mutation_rate(members[:2], "grp")
+            group_cpu = (sum(map(cpu_seconds, group_pids)) - cpu) / (rate * SECONDS) * 1e6 if rate else 0
             verify = subprocess.run([BIN, "audit", "verify", "--postgres-url", url] +
                                     sum((["--witness", os.path.join(work, n)] for n in "ABC"), []),
                                     capture_output=True, text=True, timeout=300)
@@ -135,6 +146,7 @@ def main():
     print(f"| create latency p50 ms | {lone_lat[0]:.2f} | {group_lat[0]:.2f} | +{group_lat[0] - lone_lat[0]:.2f} ms | |")
     print(f"| create latency p99 ms | {lone_lat[1]:.2f} | {group_lat[1]:.2f} | +{group_lat[1] - lone_lat[1]:.2f} ms | |")
     print(f"| durably audited creates/s, 16 clients (group: over 2 proxies, one chain) | {lone_rate:.0f} | {rate:.0f} ({rate_errors} not 200) | {rate / lone_rate:.2f} | group ≥ 1,000/s |")
+    print(f"| proxy CPU µs per create (group: both proxies) | {lone_cpu:.0f} | {group_cpu:.0f} | {group_cpu / lone_cpu:.2f} | |")
     print(f"\n`audit verify --postgres-url … --witness A B C`: {verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}")
     failed = verify.returncode != 0 or med["lone"][2] or med["group"][2]
     if failed:
