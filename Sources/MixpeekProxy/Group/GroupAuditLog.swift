@@ -31,7 +31,14 @@ public final class GroupAuditLog: AuditSink, Sendable {
         var record: AuditRecord
         /// For the reaper's `unknown`: written only if that intent still has no outcome.
         var onlyIfOpen: Int64?
-        var continuation: CheckedContinuation<AuditRecord?, any Error>
+        var continuation: CheckedContinuation<Appended, any Error>
+    }
+
+    /// An append's result: the record (nil when the reaper's was not needed) and the other
+    /// proxies with a live lease once it was durable, with their `read_seq` then.
+    struct Appended: Sendable {
+        var record: AuditRecord?
+        var peers: [String: Int64]
     }
 
     private struct Pending {
@@ -60,11 +67,12 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
-        guard let record = try await append(AuditRecord(
+        let written = try await append(AuditRecord(
             seq: 0, kind: .intent, intent_seq: nil, time: AuditLog.now(), action: intent.action, user_email: intent.user,
             key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
             upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
-            prev_hash: "", hash: ""), onlyIfOpen: nil) else { throw GroupError.chain("intent not written") }
+            prev_hash: "", hash: ""), onlyIfOpen: nil)
+        guard let record = written.record else { throw GroupError.chain("intent not written") }
         // This proxy stops caching the user at once; the others once they have read it.
         member.noteOpen(record.seq, user: UserIdentity.folded(record.user_email))
         try await member.awaitPeers(pastSeq: record.seq)
@@ -73,7 +81,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
 
     @discardableResult
     public func recordOutcome(of intent: AuditRecord, _ result: AuditResult) async throws -> AuditRecord {
-        guard let record = try await append(AuditLog.outcome(of: intent, result, time: AuditLog.now()), onlyIfOpen: nil) else {
+        guard let record = try await append(AuditLog.outcome(of: intent, result, time: AuditLog.now()), onlyIfOpen: nil).record else {
             throw GroupError.chain("outcome not written")
         }
         return record
@@ -89,7 +97,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
         }
     }
 
-    private func append(_ record: AuditRecord, onlyIfOpen: Int64?) async throws -> AuditRecord? {
+    private func append(_ record: AuditRecord, onlyIfOpen: Int64?) async throws -> Appended {
         try await withCheckedThrowingContinuation { continuation in
             let start = pending.withLockedValue { pending -> Bool in
                 pending.drafts.append(Draft(record: record, onlyIfOpen: onlyIfOpen, continuation: continuation))
@@ -113,9 +121,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
             let written: [AuditRecord?]
             do {
                 let drafts = batch.map { ($0.record, $0.onlyIfOpen) }
-                written = try await withTimeout(10, "appending to the audit chain") {
-                    try await self.writer.run { connection in try await self.commit(drafts, on: connection) }
-                }
+                written = try await writer.run { connection in try await self.commit(drafts, on: connection) }
             } catch {
                 fail(batch, error)
                 return self.flush()
@@ -124,9 +130,9 @@ public final class GroupAuditLog: AuditSink, Sendable {
             // this one's fsync; flushes complete in order (one connection).
             Task {
                 do {
-                    try await withTimeout(10, "flushing the audit chain to disk") { try await self.flushBarrier() }
+                    let peers = try await self.flushBarrier()
                     witness?.append(written.compactMap { $0 })
-                    for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: record) }
+                    for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: Appended(record: record, peers: peers)) }
                 } catch {
                     fail(batch, error)
                 }
@@ -209,13 +215,22 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// call: a transaction that writes a row, committed with `synchronous_commit = on` (this
     /// connection's default), waits for exactly that. (One that writes nothing would not wait,
     /// hence the upsert of this proxy's row in `mixpeek_flushes`.)
-    private func flushBarrier() async throws {
+    ///
+    /// It also reads the other proxies with a live lease and their `read_seq`: the first thing
+    /// a new intent waits on (`GroupMember.awaitPeers`), for no query of its own.
+    private func flushBarrier() async throws -> [String: Int64] {
         let me = member.settings.proxyID
-        _ = try await flusher.run { connection in
-            try await connection.query("""
-                INSERT INTO mixpeek_flushes (proxy_id) VALUES (\(me))
-                ON CONFLICT (proxy_id) DO UPDATE SET flushes = mixpeek_flushes.flushes + 1
-                """, logger: self.logger)
+        return try await flusher.run { connection in
+            var peers: [String: Int64] = [:]
+            for try await (id, readSeq) in try await connection.query("""
+                WITH flushed AS (
+                    INSERT INTO mixpeek_flushes (proxy_id) VALUES (\(me))
+                    ON CONFLICT (proxy_id) DO UPDATE SET flushes = mixpeek_flushes.flushes + 1 RETURNING 1)
+                SELECT proxy_id, read_seq FROM mixpeek_proxies, flushed WHERE proxy_id <> \(me) AND lease_until > now()
+                """, logger: self.logger).decode((String, Int64).self) {
+                peers[id] = readSeq
+            }
+            return peers
         }
     }
 
@@ -239,7 +254,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     }
                     if try await append(
                         AuditLog.outcome(of: intent, AuditResult(outcome: .unknown, upstreamStatus: nil, durationMS: 0), time: AuditLog.now()),
-                        onlyIfOpen: seq) != nil {
+                        onlyIfOpen: seq).record != nil {
                         logger.warning("group: closed a mutation left without an outcome as unknown", metadata: [
                             "seq": "\(seq)", "user": "\(intent.user_email)", "proxy_id": "\(settings.proxyID)"])
                     }

@@ -48,8 +48,14 @@ actor GroupLink {
     }
 
     /// Runs `body` on the connection; a failure closes it, so the next call connects again.
-    func run<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    /// Past `timeout` seconds the connection is closed under it, which fails it: a network gone
+    /// quiet would otherwise hold it until TCP gives up, minutes later.
+    func run<T: Sendable>(timeout: Double = 10, _ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connected()
+        let watchdog = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) {
+            let _: EventLoopFuture<Void> = connection.close()
+        }
+        defer { watchdog.cancel() }
         do {
             return try await body(connection)
         } catch {
@@ -67,16 +73,3 @@ actor GroupLink {
     }
 }
 
-/// `body`, or `GroupError.unavailable` when it takes longer than `seconds`: a connection
-/// whose network went quiet would otherwise hang until TCP gives up, minutes later.
-func withTimeout<T: Sendable>(_ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            throw GroupError.unavailable("\(what): no answer from PostgreSQL within \(seconds) s")
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
-}

@@ -62,8 +62,18 @@ public final class GroupMember: ListGate, Sendable {
             self.ids = ids
             self.seq = seq
         }
+        private let cleanup = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
         func set(_ continuation: CheckedContinuation<Void, Never>) { self.continuation.withLockedValue { $0 = continuation } }
-        func resume() { continuation.withLockedValue { $0?.resume(); $0 = nil } }
+        /// `body` runs once, at the resume (the timer's cancel).
+        func onResume(_ body: @escaping @Sendable () -> Void) { cleanup.withLockedValue { $0 = body } }
+        func resume() {
+            let resumed = continuation.withLockedValue { continuation -> Bool in
+                defer { continuation = nil }
+                continuation?.resume()
+                return continuation != nil
+            }
+            if resumed { cleanup.withLockedValue { $0?(); $0 = nil } }
+        }
     }
 
     public init(settings: GroupSettings, logger: Logger) {
@@ -183,10 +193,12 @@ public final class GroupMember: ListGate, Sendable {
     private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
         while true {
             try await Task.sleep(for: .seconds(settings.leaseSeconds / 4))
-            // A renewal that takes a whole lease ends the session: the connection is gone.
-            try await withTimeout(settings.leaseSeconds, "lease renewal") {
-                try await self.renew(connection, local, catchingUp: false)
+            // A renewal that takes a whole lease ends the session: the connection is closed under it.
+            let watchdog = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(settings.leaseSeconds * 1e9))) {
+                let _: EventLoopFuture<Void> = connection.close()
             }
+            defer { watchdog.cancel() }
+            try await renew(connection, local, catchingUp: false)
         }
     }
 
@@ -301,19 +313,30 @@ public final class GroupMember: ListGate, Sendable {
 
     /// Returns when every other proxy whose lease is live has read past record `seq`, or its
     /// lease has run out (PostgreSQL's clock decides both). Throws when PostgreSQL cannot say.
-    func awaitPeers(pastSeq seq: Int64) async throws {
+    ///
+    /// `live`, when given, are the other proxies whose lease was live when the record was known
+    /// to be committed, with their `read_seq` then (`GroupAuditLog` reads them with the flush),
+    /// which saves the first query.
+    func awaitPeers(pastSeq seq: Int64, live: [String: Int64]? = nil) async throws {
         let me = settings.proxyID
+        var known = live
         while true {
-            let lagging = try await withTimeout(settings.leaseSeconds + 3, "reading the other proxies' positions") { try await self.link.run { connection in
-                var ids = Set<String>()
-                for try await id in try await connection.query("""
-                    SELECT proxy_id FROM mixpeek_proxies
-                    WHERE proxy_id <> \(me) AND lease_until > now() AND read_seq < \(seq)
-                    """, logger: self.logger).decode(String.self) {
-                    ids.insert(id)
+            let lagging: Set<String>
+            if let peers = known {
+                lagging = Set(peers.filter { $0.value < seq }.keys)
+                known = nil
+            } else {
+                lagging = try await link.run(timeout: settings.leaseSeconds + 3) { connection in
+                    var ids = Set<String>()
+                    for try await id in try await connection.query("""
+                        SELECT proxy_id FROM mixpeek_proxies
+                        WHERE proxy_id <> \(me) AND lease_until > now() AND read_seq < \(seq)
+                        """, logger: self.logger).decode(String.self) {
+                        ids.insert(id)
+                    }
+                    return ids
                 }
-                return ids
-            } }
+            }
             if lagging.isEmpty { return }
             // Woken when they announce their reads; asked again every 50 ms, as leases lapse.
             let waiter = PeerWaiter(ids: lagging, seq: seq)
@@ -325,11 +348,11 @@ public final class GroupMember: ListGate, Sendable {
                     return false
                 }
                 if done { return waiter.resume() }
-                Task {
-                    try? await Task.sleep(for: .milliseconds(50))
-                    state.withLockedValue { _ = $0.waiters.removeValue(forKey: ObjectIdentifier(waiter)) }
+                let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .milliseconds(50)) {
+                    self.state.withLockedValue { _ = $0.waiters.removeValue(forKey: ObjectIdentifier(waiter)) }
                     waiter.resume()
                 }
+                waiter.onResume { timer.cancel() }
             }
             let read = state.withLockedValue { state in lagging.allSatisfy { (state.peers[$0] ?? 0) >= seq } }
             if read { return }
