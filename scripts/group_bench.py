@@ -2,7 +2,9 @@
 """Figures of a group of proxies on PostgreSQL (issue 13), in one run, printed as markdown:
 
 1. hits/s through a proxy in a group of 3 vs a lone proxy (wrk -t2 -c64 on one list URL,
-   interleaved rounds, medians; both as shipped: request log on, to a file; --cache-ttl 3600);
+   interleaved rounds, medians; both as shipped: request log on, to a file; --cache-ttl 3600),
+   and through a fourth member with `--group-hit-check read` (one PostgreSQL read per hit: the
+   simple alternative to leases);
 2. a mutation's latency, sequential creates, through a proxy in the group of 3 vs the lone one
    (p50, p99 and the p50 added);
 3. durably audited mutations/s at 16 clients spread over 2 proxies into the one chain, then
@@ -109,15 +111,20 @@ def main():
                                                             "--proxy-id", name], os.path.join(work, f"{name}.log"))
                 procs.append(proc)
                 members.append(port)
+            # The simple alternative: a fourth member that reads the user's newest record per hit.
+            reader, reader_port = proctools.start(BIN, common + ["--data-dir", os.path.join(work, "R"), "--postgres-url", url,
+                                                                 "--proxy-id", "R", "--group-hit-check", "read"], os.path.join(work, "R.log"))
+            procs.append(reader)
             time.sleep(1)
-            for port in [lone_port] + members:
+            for port in [lone_port, reader_port] + members:
                 request(port, "GET", LIST)
-            if request(members[0], "GET", LIST)[1] != "HIT" or request(lone_port, "GET", LIST)[1] != "HIT":
-                raise RuntimeError("the list is not a HIT before the hit rounds")
+            for port in (lone_port, members[0], reader_port):
+                if request(port, "GET", LIST)[1] != "HIT":
+                    raise RuntimeError("the list is not a HIT before the hit rounds")
 
-            rounds = {"lone": [], "group": []}
+            rounds = {"lone": [], "group": [], "read": []}
             for _ in range(ROUNDS):
-                for label, port in (("lone", lone_port), ("group", members[0])):
+                for label, port in (("lone", lone_port), ("group", members[0]), ("read", reader_port)):
                     rounds[label].append(wrk(port))
             med = {label: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), sum(r[2] for r in rs))
                    for label, rs in rounds.items()}
@@ -143,12 +150,14 @@ def main():
     print("|---|---:|---:|---:|---|")
     print(f"| hits/s (wrk -t2 -c64), median | {med['lone'][0]:.0f} | {med['group'][0]:.0f} | {med['group'][0] / med['lone'][0]:.2f} | ≥ 0.9 |")
     print(f"| hits p99 ms, median | {med['lone'][1]:.2f} | {med['group'][1]:.2f} | | |")
+    print(f"| hits/s with `--group-hit-check read` (one PostgreSQL read per hit), median | | {med['read'][0]:.0f} | {med['read'][0] / med['lone'][0]:.2f} | (the alternative) |")
+    print(f"| hits p99 ms with `--group-hit-check read`, median | | {med['read'][1]:.2f} | | |")
     print(f"| create latency p50 ms | {lone_lat[0]:.2f} | {group_lat[0]:.2f} | +{group_lat[0] - lone_lat[0]:.2f} ms | |")
     print(f"| create latency p99 ms | {lone_lat[1]:.2f} | {group_lat[1]:.2f} | +{group_lat[1] - lone_lat[1]:.2f} ms | |")
     print(f"| durably audited creates/s, 16 clients (group: over 2 proxies, one chain) | {lone_rate:.0f} | {rate:.0f} ({rate_errors} not 200) | {rate / lone_rate:.2f} | group ≥ 1,000/s |")
     print(f"| proxy CPU µs per create (group: both proxies) | {lone_cpu:.0f} | {group_cpu:.0f} | {group_cpu / lone_cpu:.2f} | |")
     print(f"\n`audit verify --postgres-url … --witness A B C`: {verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}")
-    failed = verify.returncode != 0 or med["lone"][2] or med["group"][2]
+    failed = verify.returncode != 0 or med["lone"][2] or med["group"][2] or med["read"][2]
     if failed:
         print(f"group bench: FAILED (verify exit {verify.returncode}; non-2xx lone {med['lone'][2]}, group {med['group'][2]})", file=sys.stderr)
     return 1 if failed else 0

@@ -71,6 +71,8 @@ struct ServerOptions: ParsableArguments {
     var proxyId: String?
     @Option(help: "Seconds a group lease lasts: the longest a frozen proxy holds up the others' mutations (default 2).")
     var groupLease: String?
+    @Option(help: "In a group, how a hit makes sure its list is current: lease (default; no database call per hit) or read (one database read per hit, for comparison).")
+    var groupHitCheck: String?
 
     var flags: [String: String] {
         let all: [(String, String?)] = [
@@ -80,7 +82,7 @@ struct ServerOptions: ParsableArguments {
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),
             ("log_format", logFormat), ("status_page", statusPage), ("postgres_url", postgresUrl), ("proxy_id", proxyId),
-            ("group_lease", groupLease),
+            ("group_lease", groupLease), ("group_hit_check", groupHitCheck),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }

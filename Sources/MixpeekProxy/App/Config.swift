@@ -42,6 +42,8 @@ public struct ProxyConfig: Sendable, Equatable {
     public var proxyID: String?
     /// Seconds a group lease lasts.
     public var groupLease: Double = 2
+    /// How a hit in a group makes sure its list is current (`GroupSettings.HitCheck`).
+    public var groupHitCheck = GroupSettings.HitCheck.lease
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
 
@@ -71,7 +73,7 @@ public struct ProxyConfig: Sendable, Equatable {
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
         "upstream_ca_file", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
-        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease"
+        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check"
     ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -178,6 +180,9 @@ public struct ProxyConfig: Sendable, Equatable {
             }
             proxyID = raw
         case "group_lease": groupLease = try number(0.2...60)
+        case "group_hit_check":
+            guard let check = GroupSettings.HitCheck(rawValue: raw.lowercased()) else { throw fail("lease or read") }
+            groupHitCheck = check
         default:
             throw ConfigError(message: "unknown setting '\(name)' in \(source); known: \(Self.keys.map(\.name).joined(separator: ", "))")
         }
@@ -217,8 +222,10 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The group this proxy joins, when `postgres_url` is set.
     public var group: GroupSettings? {
         postgresURL.map {
-            GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID(), leaseSeconds: groupLease,
-                          upstreamTimeoutSeconds: upstreamTimeout)
+            var settings = GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID(), leaseSeconds: groupLease,
+                                         upstreamTimeoutSeconds: upstreamTimeout)
+            settings.hitCheck = groupHitCheck
+            return settings
         }
     }
 

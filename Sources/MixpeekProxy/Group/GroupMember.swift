@@ -41,6 +41,8 @@ public final class GroupMember: ListGate, Sendable {
     private struct State {
         var open: [Int64: OpenIntent] = [:]
         var openUsers: [String: Int] = [:]
+        /// The newest record heard per user (`hit_check = read` compares it with the chain's).
+        var heard: [String: Int64] = [:]
         /// Intents whose outcome was heard lately, so a catch-up's older reading cannot reopen them.
         var recentlyClosed: [Int64] = []
         /// The last chain record this proxy has acted on.
@@ -76,8 +78,15 @@ public final class GroupMember: ListGate, Sendable {
         }
     }
 
+    /// `hit_check = read`: connections for the per-hit reads, used in turn.
+    private let readers: [GroupLink]
+    private let nextReader = Atomic<Int>(0)
+
     public init(settings: GroupSettings, logger: Logger) {
         self.settings = settings
+        readers = settings.hitCheck == .read
+            ? (0..<4).map { _ in GroupLink(url: settings.database, applicationName: "mixpeek-proxy \(settings.proxyID) hits", logger: logger) }
+            : []
         self.logger = logger
         link = GroupLink(url: settings.database, applicationName: "mixpeek-proxy \(settings.proxyID)", logger: logger)
     }
@@ -235,6 +244,9 @@ public final class GroupMember: ListGate, Sendable {
             return logger.warning("group: unreadable announcement", metadata: ["payload": "\(payload.prefix(80))"])
         }
         let user = String(parts[3])
+        if settings.hitCheck == .read {
+            state.withLockedValue { $0.heard[user] = max($0.heard[user] ?? 0, seq) }
+        }
         if intentSeq == 0 {
             // An intent: no list of this user is cached from now until its outcome.
             noteOpen(seq, user: user)
@@ -357,6 +369,26 @@ public final class GroupMember: ListGate, Sendable {
             let read = state.withLockedValue { state in lagging.allSatisfy { (state.peers[$0] ?? 0) >= seq } }
             if read { return }
         }
+    }
+
+    /// `hit_check = read`: true when the chain's newest record for `user` is one this proxy has
+    /// heard (so it has dropped every list older than it), read from PostgreSQL now.
+    func confirmHit(user: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
+        let folded = UserIdentity.folded(user)
+        let reader = readers[nextReader.wrappingAdd(1, ordering: .relaxed).oldValue % readers.count]
+        let promise = eventLoop.makePromise(of: Bool.self)
+        promise.completeWithTask {
+            let newest = try await reader.run(timeout: 5) { connection in
+                var newest: Int64 = 0
+                for try await value in try await connection.query(
+                    "SELECT coalesce(max(seq), 0)::bigint FROM mixpeek_audit WHERE user_fold = \(folded)", logger: self.logger).decode(Int64.self) {
+                    newest = value
+                }
+                return newest
+            }
+            return self.state.withLockedValue { newest <= ($0.heard[folded] ?? 0) }
+        }
+        return promise.futureResult.recover { _ in false }
     }
 
     /// Intents open longer than `age`, oldest first: the reaper's candidates.

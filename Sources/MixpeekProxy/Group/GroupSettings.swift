@@ -15,6 +15,12 @@ public struct GroupSettings: Sendable, Equatable {
     /// (its proxy has surely given up on the upstream) is closed as `unknown` by any proxy.
     public var upstreamTimeoutSeconds: Double
     public var reapMarginSeconds: Double = 2
+    /// How a hit makes sure its list is current: `lease` (the default: the lease and the
+    /// announcements, no PostgreSQL call per hit) or `read` (one indexed read of the user's
+    /// newest chain record per hit, the simple alternative `scripts/group_bench.py` compares).
+    public var hitCheck = HitCheck.lease
+
+    public enum HitCheck: String, Sendable, CaseIterable { case lease, read }
 
     public init(database: PostgresURL, proxyID: String, leaseSeconds: Double, upstreamTimeoutSeconds: Double) {
         self.database = database
