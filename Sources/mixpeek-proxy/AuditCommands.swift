@@ -85,7 +85,7 @@ struct Audit: AsyncParsableCommand {
             }
             var writer = AuditTableWriter(format: format.rawValue)
             if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-                let logger = Logger(label: "mixpeek-proxy.audit")
+                let logger = Logs.quiet("mixpeek-proxy.audit")
                 let connection = try await Audit.connect(url, logger: logger)
                 do {
                     try await GroupChain.query(filter, on: connection, logger: logger) { writer.write($0) }
@@ -144,7 +144,7 @@ struct Audit: AsyncParsableCommand {
         }
 
         private func verifyGroup(_ url: PostgresURL, hmacKey: String?) async throws {
-            let logger = Logger(label: "mixpeek-proxy.audit")
+            let logger = Logs.quiet("mixpeek-proxy.audit")
             let connection = try await Audit.connect(url, logger: logger)
             let result: AuditVerification
             do {

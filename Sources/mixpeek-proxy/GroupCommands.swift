@@ -47,7 +47,7 @@ struct Group: AsyncParsableCommand {
                 throw ValidationError(error.message)
             }
             do {
-                try await GroupSchema.setUp(url: url, role: role, logger: Logger(label: "mixpeek-proxy.group"))
+                try await GroupSchema.setUp(url: url, role: role, logger: Logs.quiet("mixpeek-proxy.group"))
             } catch {
                 printFlushed("group setup failed: \(error)")
                 throw ExitCode(1)

@@ -8,6 +8,14 @@ import MixpeekProxy
 enum Logs {
     nonisolated(unsafe) private static var bootstrapped = false
 
+    /// A logger for a one-off command (`audit`, `group setup`): warnings and worse, on stderr,
+    /// so that nothing but the command's own output reaches stdout.
+    static func quiet(_ label: String) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel = .warning
+        return logger
+    }
+
     static func bootstrap(level: Logger.Level, format: ProxyConfig.LogFormat) {
         guard !bootstrapped else { return }
         bootstrapped = true
