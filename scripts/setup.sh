@@ -21,6 +21,25 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# PostgreSQL for the group-of-proxies tests (scripts/postgres.sh runs its own server in a temp
+# dir on a free port). The cluster Debian's package would create and start is not wanted:
+# services are kept from starting while it installs (policy-rc.d, unless the machine has one).
+if ! dpkg -s postgresql >/dev/null 2>&1; then
+  echo "setup: installing postgresql (its default cluster is not started)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  policy_made=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    policy_made=1
+  fi
+  status=0
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null; } || status=$?
+  [ -z "$policy_made" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$status" -eq 0 ] || { echo "setup: installing postgresql failed" >&2; exit "$status"; }
+fi
+
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.1 or newer is needed)" >&2; exit 1; }
 
 PYTHON="${PYTHON:-python3}"
