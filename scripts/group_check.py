@@ -646,12 +646,16 @@ def listen_connection_killed(group):
     user = "listen-all@example.com"
     for name in ("A", "B", "C"):
         cached_list(group[name], user)
+    everyone = "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'mixpeek-proxy listen %'"
+    old = set(pg.psql(everyone).split())
     pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'mixpeek-proxy listen %'")
     made = create(group["C"], user, "after-kill-all")
     seen = {name: list_keys(group[name], user) for name in ("A", "B")}
     check("LISTEN killed on every proxy: create via C, lists via A and B are fresh",
           made.status == 200 and all("after-kill-all" in (r.keys() or {}) and r.cache != "STALE" for r in seen.values()),
           f"create {made!r}; {seen}")
+    back, waited = wait_until(lambda: len(set(pg.psql(everyone).split()) - old) >= 3, 15, 0.2)
+    check(f"LISTEN killed on every proxy: all three listen again ({waited:.1f} s)", bool(back), pg.psql(everyone))
 
 
 def frozen_proxy(group):
