@@ -36,6 +36,11 @@ parser.add_argument("--seconds", type=float, default=20, help="the property test
 parser.add_argument("--ops", type=int, default=300, help="operations per client in the property test at most")
 parser.add_argument("--clients", type=int, default=6)
 parser.add_argument("--through", default="A,B,C", help="the proxies the property test's clients use (A,B,C)")
+parser.add_argument("--no-pauses", dest="pauses", action="store_false",
+                    help="no short SIGSTOP pauses of random proxies during the property test")
+parser.add_argument("--pg-latency", type=float, default=60,
+                    help="during the property test, hold back what PostgreSQL sends A's, B's and C's LISTEN connections "
+                         "(announcements) by up to this many ms per chunk")
 parser.add_argument("--only", default="", help="comma-separated check names (default: all)")
 parser.add_argument("--without-group", action="store_true", help="proxies without PostgreSQL: checks 1 and 2 must fail")
 parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print where it is")
@@ -234,8 +239,8 @@ class Group:
 
     def __init__(self, work, with_group=True):
         self.work, self.with_group = work, with_group
-        self.pg, self.fake, self.proxies = None, None, {}
-        self.admin_url = self.role_url = None
+        self.pg, self.relay, self.fake, self.proxies = None, None, None, {}
+        self.admin_url = self.role_url = self.relayed_url = None
 
     def open(self):
         if self.with_group:
@@ -243,6 +248,9 @@ class Group:
             self.pg.start()
             self.admin_url = self.pg.url + "?sslmode=disable"
             self.role_url = self.pg.url_for(ROLE, ROLE_PASSWORD)
+            # A, B and C reach PostgreSQL through a relay that can hold back what it sends them.
+            self.relay = pgtools.Relay(self.pg.port, marker=b"mixpeek-proxy listen")
+            self.relayed_url = self.pg.url_for(ROLE, ROLE_PASSWORD, port=self.relay.port)
             self.pg.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
             setup = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
             check("group setup migrates and grants (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
@@ -260,7 +268,8 @@ class Group:
         return self
 
     def add(self, name, via_env=False):
-        proxy = Proxy(name, self.work, self.fake.url, self.role_url if self.with_group else None, via_env)
+        url = (self.relayed_url if name in ("A", "B", "C") else self.role_url) if self.with_group else None
+        proxy = Proxy(name, self.work, self.fake.url, url, via_env)
         self.proxies[name] = proxy
         return proxy.start()
 
@@ -300,6 +309,8 @@ class Group:
                 print(f"group: stopping proxy {proxy.name}: {error!r}", file=sys.stderr)
         if self.fake:
             self.fake.stop()
+        if self.relay:
+            self.relay.close()
         if self.pg:
             self.pg.cleanup()
 
@@ -540,11 +551,43 @@ def property_test(group, seed):
             with lock:
                 mutations.append(mutation)
 
+    # Spells of slow announcements (the relay holds back what PostgreSQL sends the proxies' LISTEN
+    # connections) and short pauses of a proxy (SIGSTOP for less than a lease) widen the race a
+    # proxy must win: a peer that has not yet heard of a mutation must not be serving that user's
+    # cached lists once the mutation is answered. Off between spells, so the cache gets used.
+    finished = threading.Event()
+    disturbed = {"pauses": 0, "slow spells": 0}
+
+    def disturber():
+        rng = random.Random(f"{seed}/disturb")
+        while not finished.wait(rng.uniform(0.3, 0.8)):
+            if group.relay and options.pg_latency > 0 and (rng.random() < 0.5 or not options.pauses):
+                group.relay.marked_delay = (0.0, options.pg_latency / 1000)
+                try:
+                    finished.wait(rng.uniform(0.5, 1.5))
+                finally:
+                    group.relay.marked_delay = (0.0, 0.0)
+                disturbed["slow spells"] += 1
+            elif options.pauses:
+                proxy = rng.choice(proxies)
+                proxy.freeze()
+                try:
+                    finished.wait(rng.uniform(0.1, 0.4))
+                finally:
+                    proxy.thaw()
+                disturbed["pauses"] += 1
+
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(options.clients)]
+    disturbing = threading.Thread(target=disturber, daemon=True)
+    disturbing.start()
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(options.seconds + 60)
+    try:
+        for thread in threads:
+            thread.join(options.seconds + 60)
+    finally:
+        finished.set()
+        disturbing.join(5)
     elapsed = time.monotonic() - start
     stuck = sum(thread.is_alive() for thread in threads)
 
@@ -555,7 +598,7 @@ def property_test(group, seed):
     hits = by_cache.get("HIT", 0)
     ok_mutations = [m for m in mutations if m.ok]
     failed = [r for r in answered if r.status != 200] + [m for m in mutations if m.status is None or m.status >= 500]
-    print(f"group: property test: {elapsed:.1f} s, {len(lists)} lists {by_cache}, {len(mutations)} mutations "
+    print(f"group: property test: {elapsed:.1f} s, {disturbed['pauses']} pauses, {disturbed['slow spells']} slow spells, {len(lists)} lists {by_cache}, {len(mutations)} mutations "
           f"({len(ok_mutations)} 2xx: " + ", ".join(f"{op} {sum(m.op == op for m in ok_mutations)}"
                                                     for op in ("create", "update", "rotate", "delete")) + ")", flush=True)
 
