@@ -8,9 +8,12 @@ mutation, no proxy in the group serves a list for that user that predates it (ex
 marked `X-Cache: STALE`).
 
 1. read-your-writes across proxies for create, update, rotate and delete;
-2. a randomized, seeded property test (`--seed N` replays the clients' choices): clients
-   interleave mutations and lists through random proxies; every list is checked against what
-   the clients were answered before sending it and against the fake's `/_fake/history`;
+2. a randomized, seeded property test (`--seed N` replays the clients' choices and the
+   disturbances, not their timing): clients interleave mutations and lists through random
+   proxies while, in spells, the proxies' LISTEN connections get PostgreSQL's announcements late
+   (a relay holds them back) or a proxy is paused (SIGSTOP, less than a lease); every list is
+   checked against what the clients were answered before sending it and against the fake's
+   `/_fake/history`, and the cache must have served hits;
 3. faults: the LISTEN connection killed, a proxy frozen (SIGSTOP) and one killed (SIGKILL) mid-
    mutation, PostgreSQL stopped mid-run and down at start, the role's privileges, and
    `audit verify --witness` against a rewritten and a truncated central chain.
@@ -18,7 +21,8 @@ marked `X-Cache: STALE`).
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,...] [--without-group]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,verify]
+        [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
 2 only: they must FAIL, which shows that they can.
@@ -39,8 +43,8 @@ parser.add_argument("--through", default="A,B,C", help="the proxies the property
 parser.add_argument("--no-pauses", dest="pauses", action="store_false",
                     help="no short SIGSTOP pauses of random proxies during the property test")
 parser.add_argument("--pg-latency", type=float, default=60,
-                    help="during the property test, hold back what PostgreSQL sends A's, B's and C's LISTEN connections "
-                         "(announcements) by up to this many ms per chunk")
+                    help="in the property test's slow spells, hold back what PostgreSQL sends A's, B's and C's LISTEN "
+                         "connections (announcements) by up to this many ms per chunk; 0: no slow spells")
 parser.add_argument("--only", default="", help="comma-separated check names (default: all)")
 parser.add_argument("--without-group", action="store_true", help="proxies without PostgreSQL: checks 1 and 2 must fail")
 parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print where it is")
