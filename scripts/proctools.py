@@ -2,9 +2,10 @@
 import re, signal, subprocess, time
 
 
-def start(binary, args, log):
-    """Runs `binary args`, waits (60 s at most) for the URL it prints first, returns (process, port)."""
-    proc = subprocess.Popen([binary] + args, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+def start(binary, args, log, env=None):
+    """Runs `binary args` (with `env` instead of this process's environment when given), waits
+    (60 s at most) for the URL it prints first, returns (process, port)."""
+    proc = subprocess.Popen([binary] + args, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
         line = proc.stdout.readline()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: builds (no warnings allowed in our code), runs the Swift test suites,
 # then the end-to-end check with the official Python SDK against the real binary, the
-# demo's printed commands, the status page in headless Chromium, crash/shutdown, soak and
-# request-log checks, a benchmark smoke run, and the README's runnable blocks.
+# demo's printed commands, the status page in headless Chromium, crash/shutdown checks, a
+# group of proxies on PostgreSQL, soak and request-log checks, a benchmark smoke run, and the
+# README's runnable blocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,9 @@ python3 scripts/status_page_check.py .build/debug/mixpeek-proxy
 
 echo "== crashes and shutdown against the real binary"
 python3 scripts/crash_check.py .build/debug/mixpeek-proxy
+
+echo "== a group of proxies on a throwaway PostgreSQL: cross-proxy read-your-writes, the seeded property test, faults"
+python3 scripts/group_check.py .build/debug/mixpeek-proxy
 
 echo "== soak (short form; scripts/soak.py --seconds 60 for the long one)"
 python3 scripts/soak.py --seconds 10 --binary .build/debug/mixpeek-proxy

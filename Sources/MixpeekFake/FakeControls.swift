@@ -50,6 +50,35 @@ public struct FakeMutation: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "\(operation.rawValue) \(user) \(key ?? "-")" }
 }
 
+/// One entry of the fake's history: a mutation as it was applied, numbered in the order the
+/// fake applied them (from 1, never reused, even when old entries are dropped), with the
+/// method and the status it answered.
+public struct FakeHistoryEntry: Sendable, Equatable, Codable {
+    public var index: Int
+    public var op: String
+    public var method: String
+    public var user: String
+    public var key: String?
+    public var status: Int
+
+    public init(index: Int, op: String, method: String, user: String, key: String?, status: Int) {
+        (self.index, self.op, self.method, self.user, self.key, self.status) = (index, op, method, user, key, status)
+    }
+}
+
+/// What `GET /_fake/history` answers: the mutations applied, oldest first, and how many list
+/// calls the fake answered for each user.
+public struct FakeHistory: Sendable, Equatable, Codable {
+    public var mutations: [FakeHistoryEntry]
+    public var lists: [String: Int]
+    /// The index the next mutation will get minus one: the last one applied, 0 before any.
+    public var last: Int
+
+    public init(mutations: [FakeHistoryEntry], lists: [String: Int], last: Int) {
+        (self.mutations, self.lists, self.last) = (mutations, lists, last)
+    }
+}
+
 /// What tests read from and switch on in the fake: call counts, faults and held responses.
 public final class FakeControls: Sendable {
     private struct State {
@@ -59,6 +88,9 @@ public final class FakeControls: Sendable {
         var held: Set<FakeOperation> = []
         var waiting: [FakeOperation: [EventLoopPromise<Void>]] = [:]
         var applied: [FakeMutation] = []
+        var history: [FakeHistoryEntry] = []
+        var lastIndex = 0
+        var lists: [String: Int] = [:]
         var caseInsensitiveUsers = false
     }
 
@@ -123,15 +155,33 @@ public final class FakeControls: Sendable {
         state.withLockedValue { $0.caseInsensitiveUsers = on }
     }
 
-    /// Notes a mutation the fake is about to carry out; a create's key is the name in its body.
-    func noteApplied(_ route: Route, createdName: String?) {
-        let operation = FakeOperation(route)
-        guard operation != .list, operation != .other, let user = route.user else { return }
-        let mutation = FakeMutation(operation: operation, user: user, key: route.key ?? createdName)
+    /// The history since `index` (exclusive): mutations applied after it, and list counts.
+    public func history(after index: Int = 0) -> FakeHistory {
         state.withLockedValue { state in
+            FakeHistory(mutations: state.history.filter { $0.index > index }, lists: state.lists, last: state.lastIndex)
+        }
+    }
+
+    /// Notes a call the fake answered from its state, under the state's lock so that the
+    /// history's order is the order of application: a mutation (a create's key is the name in
+    /// its body) with the status it got, or a list for its user.
+    func noteAnswered(_ route: Route, method: HTTPMethod, createdName: String?, status: HTTPResponseStatus) {
+        let operation = FakeOperation(route)
+        guard operation != .other, let user = route.user else { return }
+        state.withLockedValue { state in
+            if operation == .list {
+                state.lists[user, default: 0] += 1
+                return
+            }
+            let mutation = FakeMutation(operation: operation, user: user, key: route.key ?? createdName)
             // Bounded for long runs (benchmarks, soak): the oldest half goes.
             if state.applied.count >= 100_000 { state.applied.removeFirst(50_000) }
             state.applied.append(mutation)
+            state.lastIndex += 1
+            if state.history.count >= 100_000 { state.history.removeFirst(50_000) }
+            state.history.append(FakeHistoryEntry(
+                index: state.lastIndex, op: operation.rawValue, method: method.rawValue, user: user,
+                key: mutation.key, status: Int(status.code)))
         }
     }
 

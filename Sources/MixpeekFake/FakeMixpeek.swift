@@ -67,12 +67,15 @@ public final class FakeMixpeek: Sendable {
             return Self.error(.unauthorized, "Missing or invalid API key. Use 'Authorization: Bearer sk_...'.", type: "unauthorized")
         }
         let body = request.body.flatMap { try? JSONSerialization.jsonObject(with: Data(buffer: $0)) }
-        controls.noteApplied(routed, createdName: (body as? [String: Any])?["name"] as? String)
+        let createdName = (body as? [String: Any])?["name"] as? String
         let route = controls.matchesUsersCaseInsensitively ? routed.withUser(UserIdentity.folded) : routed
         return organizations.withLockedValue { orgs in
             if orgs[token] == nil { orgs[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
             // In place: a copy of the organisation would copy every key list on each mutation.
-            return Self.apply(route, body: body, to: &orgs[token]!)
+            let response = Self.apply(route, body: body, to: &orgs[token]!)
+            // Inside the lock: the history's order is the order the calls were applied in.
+            controls.noteAnswered(routed, method: request.method, createdName: createdName, status: response.status)
+            return response
         }
     }
 

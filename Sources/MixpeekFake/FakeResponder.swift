@@ -11,6 +11,9 @@ struct FakeResponder: HTTPResponder {
         if request.path == "/_fake/fault" {
             return .now(setFault(request.query ?? ""))
         }
+        if request.path == "/_fake/history" {
+            return .now(history(request))
+        }
         let operation: FakeOperation = if case .route(let route) = UpstreamRouting(request) { FakeOperation(route) } else { .other }
         let (fault, gate) = fake.controls.admit(request, as: operation, on: eventLoop)
         let response: HTTPResponse
@@ -63,6 +66,27 @@ struct FakeResponder: HTTPResponder {
         }
         fake.controls.setFault(fault, for: operation)
         return HTTPResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"success":true}"#))
+    }
+
+    /// `GET /_fake/history[?after=N]`: the mutations the fake applied, in the order it applied
+    /// them (`index` from 1; only those after N when asked), each with its method, user, key and
+    /// the status it answered, and how many list calls it answered per user (end-to-end scripts
+    /// check what clients saw against it).
+    private func history(_ request: HTTPRequest) -> HTTPResponse {
+        guard request.method == .GET else {
+            return FakeMixpeek.error(.methodNotAllowed, "Method Not Allowed", type: "method_not_allowed")
+        }
+        var after = 0
+        for pair in (request.query ?? "").split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            if parts.count == 2, parts[0] == "after" {
+                guard let value = Int(parts[1]), value >= 0 else {
+                    return FakeMixpeek.error(.badRequest, "after must be a whole number", type: "bad_request")
+                }
+                after = value
+            }
+        }
+        return FakeMixpeek.json(fake.controls.history(after: after))
     }
 
     func refusal(_ reason: HTTPRefusal) -> HTTPResponse {

@@ -1,0 +1,1007 @@
+#!/usr/bin/env python3
+"""A group of proxies on PostgreSQL against the real binary (issue 13, item 5).
+
+Starts a throwaway PostgreSQL (scripts/postgres.sh), creates the proxies' role, runs
+`group setup`, starts the fake upstream and three proxies A, B and C in one group, each with its
+own data dir, and checks the claim: once any proxy in the group has sent the response to a
+mutation, no proxy in the group serves a list for that user that predates it (except a list
+marked `X-Cache: STALE`).
+
+1. read-your-writes across proxies for create, update, rotate and delete;
+2. a randomized, seeded property test (`--seed N` replays the clients' choices and the
+   disturbances, not their timing): clients interleave mutations and lists through random
+   proxies while, in spells, the proxies' LISTEN connections get PostgreSQL's announcements late
+   (a relay holds them back) or a proxy is paused (SIGSTOP, less than a lease); every list is
+   checked against what the clients were answered before sending it and against the fake's
+   `/_fake/history`, and the cache must have served hits;
+3. faults: the LISTEN connection killed, a proxy frozen (SIGSTOP) and one killed (SIGKILL) mid-
+   mutation, PostgreSQL stopped mid-run and down at start, the role's privileges, and
+   `audit verify --witness` against a rewritten and a truncated central chain.
+
+Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
+
+    python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,verify]
+        [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
+
+`--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
+2 only: they must FAIL, which shows that they can.
+"""
+import argparse, json, os, random, re, signal, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
+
+import pgtools
+import proctools
+from proctools import Checks
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("binary", nargs="?", default=".build/debug/mixpeek-proxy")
+parser.add_argument("--seed", type=int, default=None, help="the property test's seed (random when not given)")
+parser.add_argument("--seconds", type=float, default=20, help="the property test's length at most")
+parser.add_argument("--ops", type=int, default=300, help="operations per client in the property test at most")
+parser.add_argument("--clients", type=int, default=6)
+parser.add_argument("--through", default="A,B,C", help="the proxies the property test's clients use (A,B,C)")
+parser.add_argument("--no-pauses", dest="pauses", action="store_false",
+                    help="no short SIGSTOP pauses of random proxies during the property test")
+parser.add_argument("--pg-latency", type=float, default=60,
+                    help="in the property test's slow spells, hold back what PostgreSQL sends A's, B's and C's LISTEN "
+                         "connections (announcements) by up to this many ms per chunk; 0: no slow spells")
+parser.add_argument("--only", default="", help="comma-separated check names (default: all)")
+parser.add_argument("--without-group", action="store_true", help="proxies without PostgreSQL: checks 1 and 2 must fail")
+parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print where it is")
+options = parser.parse_args()
+
+BIN = os.path.abspath(options.binary)
+TOKEN = "sk_group_0123456789abcdefghijklmnop"
+ROLE, ROLE_PASSWORD = "mixpeek_proxy", "pw"
+LEASE = 2.0             # --group-lease
+UPSTREAM_TIMEOUT = 2.0  # --upstream-timeout (the reaper closes an orphan after this plus 2 s)
+REAPER_MARGIN = 2.0
+
+check = Checks()
+
+
+def keys_path(user, key=None, op=None):
+    path = f"/v1/organizations/users/{user}/api-keys"
+    if key is not None:
+        path += f"/{key}"
+    if op is not None:
+        path += f"/{op}"
+    return path
+
+
+class Reply:
+    """One HTTP exchange as a client saw it: when it was sent (t0) and answered (t1, monotonic)."""
+
+    def __init__(self, status, headers, text, t0, t1):
+        self.status, self.headers, self.text, self.t0, self.t1 = status, headers, text, t0, t1
+
+    @property
+    def json(self):
+        try:
+            return json.loads(self.text)
+        except ValueError:
+            return None
+
+    @property
+    def cache(self):
+        return self.headers.get("x-cache", "-")
+
+    def keys(self):
+        """A list's keys as {name: (description, key_prefix)}; None when it is not a list."""
+        body = self.json
+        if self.status != 200 or not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+            return None
+        return {k.get("name"): (k.get("description"), k.get("key_prefix")) for k in body["keys"]}
+
+    def __repr__(self):
+        return f"{self.status} {self.cache} {self.text[:160]!r}"
+
+
+def call(port, method, path, body=None, timeout=15, token=TOKEN):
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read().decode()
+            return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, text, t0, time.monotonic())
+    except urllib.error.HTTPError as error:
+        text = error.read().decode()
+        return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, text, t0, time.monotonic())
+    except Exception as error:  # refused, reset, timed out: no answer
+        return Reply(None, {}, f"{type(error).__name__}: {error}", t0, float("inf"))
+
+
+def list_keys(proxy, user):
+    return call(proxy.port, "GET", keys_path(user))
+
+
+def create(proxy, user, name, description=None, timeout=15):
+    body = {"name": name}
+    if description is not None:
+        body["description"] = description
+    return call(proxy.port, "POST", keys_path(user), body, timeout=timeout)
+
+
+def update(proxy, user, name, description):
+    return call(proxy.port, "PATCH", keys_path(user, name), {"description": description})
+
+
+def rotate(proxy, user, name):
+    return call(proxy.port, "POST", keys_path(user, name, "rotate"))
+
+
+def delete(proxy, user, name):
+    return call(proxy.port, "DELETE", keys_path(user, name))
+
+
+def health(proxy, timeout=5):
+    reply = call(proxy.port, "GET", "/_proxy/health", timeout=timeout, token=None)
+    return reply.status, reply.json or {}
+
+
+def wait_until(condition, timeout, interval=0.1):
+    """Calls `condition` until it returns something true or `timeout` seconds pass; returns
+    (value, seconds waited)."""
+    start = time.monotonic()
+    while True:
+        value = condition()
+        if value or time.monotonic() - start >= timeout:
+            return value, time.monotonic() - start
+        time.sleep(interval)
+
+
+def is_error_shape(reply, status):
+    """The contract's error shape, as the proxy makes it: `{"success": false, "status": N,
+    "error": {"message", "type", "code" (mixpeek_proxy.…), "details" (optional)}}`."""
+    body = reply.json
+    return (isinstance(body, dict) and body.get("success") is False and body.get("status") == status
+            and isinstance(body.get("error"), dict)
+            and all(isinstance(body["error"].get(field), str) for field in ("message", "type", "code"))
+            and body["error"]["code"].startswith("mixpeek_proxy."))
+
+
+class Fake:
+    def __init__(self, work):
+        self.proc, self.port = proctools.start(BIN, ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def history(self, after=0):
+        reply = call(self.port, "GET", f"/_fake/history?after={after}", token=None)
+        if reply.status != 200 or not isinstance(reply.json, dict):
+            raise RuntimeError(f"GET /_fake/history answered {reply}")
+        return reply.json
+
+    def last(self):
+        return self.history(after=10**12)["last"]
+
+    def lists(self, user):
+        return self.history(after=10**12)["lists"].get(user, 0)
+
+    def fault(self, query):
+        reply = call(self.port, "POST", f"/_fake/fault?{query}", token=None)
+        if reply.status != 200:
+            raise RuntimeError(f"POST /_fake/fault?{query} answered {reply}")
+
+    def stop(self):
+        proctools.stop(self.proc)
+
+
+class Proxy:
+    """One proxy of the group: its name (--proxy-id), data dir (with its witness) and process."""
+
+    def __init__(self, name, work, upstream, postgres_url, via_env=False):
+        self.name, self.work, self.upstream, self.postgres_url, self.via_env = name, work, upstream, postgres_url, via_env
+        self.data = os.path.join(work, f"data-{name}")
+        self.proc, self.port, self.starts, self.frozen = None, None, 0, False
+
+    def start(self):
+        self.starts += 1
+        args = ["serve", "--port", "0", "--upstream", self.upstream, "--data-dir", self.data,
+                "--upstream-timeout", str(UPSTREAM_TIMEOUT), "--cache-ttl", "3600", "--log-level", "warning"]
+        env = None
+        if self.postgres_url:
+            args += ["--proxy-id", self.name, "--group-lease", str(LEASE)]
+            if self.via_env:
+                env = dict(os.environ, MIXPEEK_PROXY_POSTGRES_URL=self.postgres_url)
+            else:
+                args += ["--postgres-url", self.postgres_url]
+        log = os.path.join(self.work, f"proxy-{self.name}-{self.starts}.log")
+        self.proc, self.port = proctools.start(BIN, args, log, env=env)
+        return self
+
+    def freeze(self):
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def kill(self):
+        if self.frozen:
+            self.thaw()
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.frozen:
+            self.thaw()
+        proctools.stop(self.proc)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Group:
+    """PostgreSQL, the fake and the proxies; everything stopped by `close`."""
+
+    def __init__(self, work, with_group=True):
+        self.work, self.with_group = work, with_group
+        self.pg, self.relay, self.fake, self.proxies = None, None, None, {}
+        self.admin_url = self.role_url = self.relayed_url = None
+
+    def open(self):
+        if self.with_group:
+            self.pg = pgtools.Postgres()
+            self.pg.start()
+            self.admin_url = self.pg.url + "?sslmode=disable"
+            self.role_url = self.pg.url_for(ROLE, ROLE_PASSWORD)
+            # A, B and C reach PostgreSQL through a relay that can hold back what it sends them.
+            self.relay = pgtools.Relay(self.pg.port, marker=b"mixpeek-proxy listen")
+            self.relayed_url = self.pg.url_for(ROLE, ROLE_PASSWORD, port=self.relay.port)
+            self.pg.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+            setup = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
+            check("group setup migrates and grants (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
+            if setup.returncode != 0:
+                raise RuntimeError("group setup failed")
+            again = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
+            check("group setup run again changes nothing (exit 0)", again.returncode == 0, again.stdout + again.stderr)
+        self.fake = Fake(self.work)
+        for name in ("A", "B", "C"):
+            self.add(name)
+        if self.with_group:
+            healthy, waited = self.wait_healthy(["A", "B", "C"], 15)
+            check(f"A, B and C start and report the group ok ({waited:.1f} s)", bool(healthy),
+                  f"{[health(p) for p in self.proxies.values()]}")
+        return self
+
+    def add(self, name, via_env=False):
+        url = (self.relayed_url if name in ("A", "B", "C") else self.role_url) if self.with_group else None
+        proxy = Proxy(name, self.work, self.fake.url, url, via_env)
+        self.proxies[name] = proxy
+        return proxy.start()
+
+    def __getitem__(self, name):
+        return self.proxies[name]
+
+    def run(self, *args, timeout=60):
+        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout)
+
+    def audit_query(self, *filters):
+        """`audit query --postgres-url ... --format json`: the rows, or raises."""
+        result = self.run("audit", "query", "--postgres-url", self.role_url, *filters, "--format", "json")
+        if result.returncode != 0:
+            raise RuntimeError(f"audit query exited {result.returncode}: {result.stderr.strip()[:400]}")
+        return json.loads(result.stdout or "[]")
+
+    def witnesses(self, names=("A", "B", "C")):
+        args = []
+        for name in names:
+            args += ["--witness", self.proxies[name].data]
+        return args
+
+    def wait_healthy(self, names, timeout=15):
+        def all_ok():
+            for name in names:
+                status, body = health(self.proxies[name])
+                if status != 200 or body.get("status") != "ok" or body.get("group") != "ok":
+                    return False
+            return True
+        return wait_until(all_ok, timeout, 0.2)
+
+    def close(self):
+        for proxy in self.proxies.values():
+            try:
+                proxy.stop()
+            except Exception as error:
+                print(f"group: stopping proxy {proxy.name}: {error!r}", file=sys.stderr)
+        if self.fake:
+            self.fake.stop()
+        if self.relay:
+            self.relay.close()
+        if self.pg:
+            self.pg.cleanup()
+
+
+# ---- 1. read-your-writes across proxies ---------------------------------------------------
+
+def prime(proxy, user):
+    """Lists twice through `proxy`: the second should be a hit. Returns the two replies."""
+    return list_keys(proxy, user), list_keys(proxy, user)
+
+
+def cached_list(proxy, user, timeout=3):
+    """A list served from `proxy`'s cache: lists until one is a HIT (a proxy may forward a
+    user's lists uncached for a moment after a mutation, until it has read the outcome), for
+    `timeout` seconds at most. Returns the last reply."""
+    last = {}
+
+    def hit():
+        last["reply"] = list_keys(proxy, user)
+        return last["reply"].cache == "HIT"
+    wait_until(hit, timeout, 0.05)
+    return last["reply"]
+
+
+def basic(group):
+    A, B, C = group["A"], group["B"], group["C"]
+    user = "ryw@example.com"
+
+    first, second = prime(B, user)
+    check("basic: list via B, then again: MISS then HIT (the cache is on)",
+          first.status == 200 and first.cache == "MISS" and second.status == 200 and second.cache == "HIT",
+          f"{first!r} / {second!r}")
+
+    # Each step: B and C hold a cached list that is right before the mutation (else the step
+    # proves nothing, and fails), A mutates, B's and C's next lists show it.
+    state = {"prefix": None}
+
+    def created(reply):
+        state["prefix"] = (reply.json or {}).get("key_prefix")
+        return True
+    steps = [
+        ("create", lambda: create(A, user, "ryw-1", "first"),
+         lambda keys: "ryw-1" not in keys,
+         lambda keys, reply: created(reply) and keys.get("ryw-1", (None, None)) == ("first", state["prefix"])),
+        ("update", lambda: update(A, user, "ryw-1", "second"),
+         lambda keys: keys.get("ryw-1", (None, None)) == ("first", state["prefix"]),
+         lambda keys, reply: keys.get("ryw-1", (None,))[0] == "second"),
+        ("rotate", lambda: rotate(A, user, "ryw-1"),
+         lambda keys: keys.get("ryw-1", (None, None)) == ("second", state["prefix"]),
+         lambda keys, reply: created(reply) and keys.get("ryw-1", (None, None)) == ("second", state["prefix"])),
+        ("delete", lambda: delete(A, user, "ryw-1"),
+         lambda keys: keys.get("ryw-1", (None, None)) == ("second", state["prefix"]),
+         lambda keys, reply: "ryw-1" not in keys),
+    ]
+    for op, mutate, right_before, right_after in steps:
+        primed = {p.name: cached_list(p, user) for p in (B, C)}
+        reply = mutate()
+        after = {p.name: list_keys(p, user) for p in (B, C)}
+        stale_before = [n for n, r in primed.items() if r.cache != "HIT" or not right_before(r.keys() or {})]
+        fresh_after = reply.status == 200 and all(r.status == 200 and r.cache != "STALE" and right_after(r.keys() or {}, reply)
+                                                  for r in after.values())
+        check(f"basic: {op} via A (answered), then list via B and via C: they show it",
+              fresh_after and not stale_before,
+              (f"cached lists on {stale_before} were already not right before the {op}: {primed}; " if stale_before else "")
+              + f"{op} {reply!r}; after: {after}")
+
+    # A mutation the upstream refuses is a mutation too: answered, and lists go on.
+    cached_list(B, user)
+    refused = delete(A, user, "no-such-key")
+    after_b = list_keys(B, user)
+    check("basic: a refused delete via A (404) is answered, and B still answers lists",
+          refused.status == 404 and after_b.status == 200, f"delete {refused!r}; B {after_b!r}")
+
+    # And the other way round: mutate via C, read via A.
+    second = cached_list(A, user)
+    made = create(C, user, "ryw-2")
+    after_a = list_keys(A, user)
+    check("basic: create via C, then list via A: the new key is there",
+          second.cache == "HIT" and "ryw-2" not in (second.keys() or {}) and made.status == 200 and "ryw-2" in (after_a.keys() or {}),
+          f"primed {second!r}; create {made!r}; A {after_a!r}")
+
+
+# ---- 2. the randomized property test -----------------------------------------------------
+
+class Mutation:
+    def __init__(self, op, user, name, proxy, reply, description=None):
+        self.op, self.user, self.name, self.proxy, self.description = op, user, name, proxy, description
+        self.t0, self.t1, self.status = reply.t0, reply.t1, reply.status
+        body = reply.json if isinstance(reply.json, dict) else {}
+        self.prefix = body.get("key_prefix")
+
+    @property
+    def ok(self):
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def no_op(self):
+        """Refused by the upstream (4xx): nothing changed there."""
+        return self.status is not None and 400 <= self.status < 500
+
+
+def expected_by(mutation):
+    """What a list shows for the key after `mutation` and nothing else: None for absent, else
+    (description or None to skip, key_prefix or None to skip)."""
+    if mutation.op == "delete":
+        return None
+    if mutation.op == "create":
+        return (mutation.description, mutation.prefix)
+    if mutation.op == "update":
+        return (mutation.description, None)
+    return (None, mutation.prefix)  # rotate
+
+
+def property_violations(lists, mutations, names, start):
+    """The client-side rule. For each list (200, not STALE) and each key name: take the
+    mutations of that key that could have changed the upstream (not refused with a 4xx). If
+    one, U, was answered 2xx before the list was sent, is the latest such to start, and no other
+    could have been applied after it (none started before the list was answered and ended after
+    U started), the list must show exactly U's effect. Keys no mutation touched before the list
+    was answered must be absent. Returns (violations, determinate checks)."""
+    by_key = {}
+    for m in mutations:
+        if not m.no_op:
+            by_key.setdefault((m.user, m.name), []).append(m)
+    violations, determinate = [], 0
+    for reply, proxy, user in lists:
+        if reply.status != 200 or reply.cache == "STALE":
+            continue
+        shown = reply.keys() or {}
+        for name in names:
+            touched = [m for m in by_key.get((user, name), []) if m.t0 < reply.t1]
+            if not touched:
+                determinate += 1
+                if name in shown:
+                    violations.append(f"list via {proxy} of {user} at +{reply.t0 - start:.3f}s ({reply.cache}) shows {name}, "
+                                      f"which no mutation had touched")
+                continue
+            answered = [m for m in touched if m.t1 < reply.t0]
+            if not answered:
+                continue
+            last = max(answered, key=lambda m: m.t0)
+            if not last.ok or any(m is not last and m.t1 > last.t0 for m in touched):
+                continue
+            determinate += 1
+            want = expected_by(last)
+            have = shown.get(name)
+            why = None
+            if want is None and have is not None:
+                why = f"still shows {name}"
+            elif want is not None and have is None:
+                why = f"lacks {name}"
+            elif want is not None and want[0] is not None and have[0] != want[0]:
+                why = f"shows {name} with description {have[0]!r}, not {want[0]!r}"
+            elif want is not None and want[1] is not None and have[1] != want[1]:
+                why = f"shows {name} with key_prefix {have[1]!r}, not {want[1]!r}"
+            if why:
+                violations.append(
+                    f"list via {proxy} of {user} sent at +{reply.t0 - start:.3f}s ({reply.cache}) {why}, but {last.op} of it "
+                    f"via {last.proxy} was answered {last.status} at +{last.t1 - start:.3f}s")
+    return violations, determinate
+
+
+def history_violations(lists, mutations, history, users):
+    """The same lists against the fake's history: the names a list shows must be the user's
+    names at some point at or after the latest mutation of that user that had been answered
+    before the list was sent. If n mutations of one (op, user, key) were answered 2xx before
+    the list was sent, at least n such had been applied, so the n-th such entry of the history
+    (the order the fake applied them in) was too."""
+    entries = [e for e in history["mutations"] if 200 <= e["status"] < 300 and e["user"] in users]
+    occurrences, states = {}, {u: [(0, frozenset(["admin-key"]))] for u in users}
+    for e in entries:
+        occurrences.setdefault((e["op"], e["user"], e["key"]), []).append(e["index"])
+        names = set(states[e["user"]][-1][1])
+        if e["op"] == "create":
+            names.add(e["key"])
+        elif e["op"] == "delete":
+            names.discard(e["key"])
+        states[e["user"]].append((e["index"], frozenset(names)))
+    ok_mutations = sorted((m for m in mutations if m.ok), key=lambda m: m.t1)
+    violations = []
+    for reply, proxy, user in lists:
+        if reply.status != 200 or reply.cache == "STALE":
+            continue
+        counts = {}
+        for m in ok_mutations:
+            if m.t1 >= reply.t0:
+                break
+            if m.user == user:
+                counts[(m.op, m.user, m.name)] = counts.get((m.op, m.user, m.name), 0) + 1
+        floor = 0
+        for group_key, n in counts.items():
+            seen = occurrences.get(group_key, [])
+            if len(seen) < n:
+                violations.append(f"the fake applied {len(seen)} {group_key}, the clients were answered 2xx for {n}")
+                continue
+            floor = max(floor, seen[n - 1])
+        shown = frozenset((reply.keys() or {}).keys())
+        user_states = states[user]
+        # The state in effect at `floor`, and every later one.
+        first = max(i for i, (index, _) in enumerate(user_states) if index <= floor)
+        if shown not in {names for _, names in user_states[first:]}:
+            violations.append(f"list via {proxy} of {user} ({reply.cache}) shows {sorted(shown)}: no state of the fake at or "
+                              f"after its mutation #{floor} (then: {sorted(user_states[first][1])})")
+    return violations
+
+
+def property_test(group, seed):
+    proxies = [group[n] for n in options.through.split(",")]
+    users = [f"prop{i}-{seed}@example.com" for i in range(4)]
+    names = [f"k{i}" for i in range(5)]
+    mutations, lists, lock = [], [], threading.Lock()
+    start = time.monotonic()
+    deadline = start + options.seconds
+    print(f"group: property test seed {seed} (replay the clients' choices with --seed {seed})", flush=True)
+
+    def client(number):
+        rng = random.Random(f"{seed}/{number}")
+        for n in range(options.ops):
+            if time.monotonic() >= deadline:
+                return
+            user, proxy, name, draw = rng.choice(users), rng.choice(proxies), rng.choice(names), rng.random()
+            if draw < 0.85:
+                reply = list_keys(proxy, user)
+                with lock:
+                    lists.append((reply, proxy.name, user))
+                continue
+            if draw < 0.905:
+                description = f"c{number}-{n}"
+                reply = create(proxy, user, name, description)
+                mutation = Mutation("create", user, name, proxy.name, reply, description)
+            elif draw < 0.94:
+                mutation = Mutation("delete", user, name, proxy.name, delete(proxy, user, name))
+            elif draw < 0.97:
+                description = f"u{number}-{n}"
+                mutation = Mutation("update", user, name, proxy.name, update(proxy, user, name, description), description)
+            else:
+                mutation = Mutation("rotate", user, name, proxy.name, rotate(proxy, user, name))
+            with lock:
+                mutations.append(mutation)
+
+    # Spells of slow announcements (the relay holds back what PostgreSQL sends the proxies' LISTEN
+    # connections) and short pauses of a proxy (SIGSTOP for less than a lease) widen the race a
+    # proxy must win: a peer that has not yet heard of a mutation must not be serving that user's
+    # cached lists once the mutation is answered. Off between spells, so the cache gets used.
+    finished = threading.Event()
+    disturbed = {"pauses": 0, "slow spells": 0}
+
+    def disturber():
+        rng = random.Random(f"{seed}/disturb")
+        while not finished.wait(rng.uniform(0.3, 0.8)):
+            if group.relay and options.pg_latency > 0 and (rng.random() < 0.5 or not options.pauses):
+                group.relay.marked_delay = (0.0, options.pg_latency / 1000)
+                try:
+                    finished.wait(rng.uniform(0.5, 1.5))
+                finally:
+                    group.relay.marked_delay = (0.0, 0.0)
+                disturbed["slow spells"] += 1
+            elif options.pauses:
+                proxy = rng.choice(proxies)
+                proxy.freeze()
+                try:
+                    finished.wait(rng.uniform(0.1, 0.4))
+                finally:
+                    proxy.thaw()
+                disturbed["pauses"] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(options.clients)]
+    disturbing = threading.Thread(target=disturber, daemon=True)
+    disturbing.start()
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join(options.seconds + 60)
+    finally:
+        finished.set()
+        disturbing.join(5)
+    elapsed = time.monotonic() - start
+    stuck = sum(thread.is_alive() for thread in threads)
+
+    answered = [reply for reply, _, _ in lists]
+    by_cache = {}
+    for reply in answered:
+        by_cache[reply.cache] = by_cache.get(reply.cache, 0) + 1
+    hits = by_cache.get("HIT", 0)
+    ok_mutations = [m for m in mutations if m.ok]
+    failed = [r for r in answered if r.status != 200] + [m for m in mutations if m.status is None or m.status >= 500]
+    print(f"group: property test: {elapsed:.1f} s, {disturbed['pauses']} pauses, {disturbed['slow spells']} slow spells, {len(lists)} lists {by_cache}, {len(mutations)} mutations "
+          f"({len(ok_mutations)} 2xx: " + ", ".join(f"{op} {sum(m.op == op for m in ok_mutations)}"
+                                                    for op in ("create", "update", "rotate", "delete")) + ")", flush=True)
+
+    check("property: the clients finished", stuck == 0, f"{stuck} client threads still running")
+    check("property: every request was answered, none with a 5xx", not failed,
+          f"{len(failed)}: " + "; ".join(repr(getattr(f, 'text', f)) if isinstance(f, Reply) else f"{f.op} {f.status}" for f in failed[:5]))
+    check("property: it exercised the cache (more than 20% of lists were hits)",
+          len(answered) >= 100 and hits > 0.2 * len(answered), f"{hits} hits of {len(answered)} lists")
+    check("property: it mutated (at least 40 mutations answered 2xx)", len(ok_mutations) >= 40, f"{len(ok_mutations)}")
+
+    violations, determinate = property_violations(lists, mutations, names, start)
+    check(f"property: no list predates a mutation answered before it was sent ({determinate} determinate key checks)",
+          not violations and determinate >= 200,
+          f"{len(violations)} violations (seed {seed}): " + " | ".join(violations[:6]) if violations
+          else f"only {determinate} determinate key checks")
+
+    try:
+        history = group.fake.history()
+    except Exception as error:
+        check("property: the fake's history is readable", False, repr(error))
+        return
+    applied = {}
+    for e in history["mutations"]:
+        key = (e["op"], e["user"], e["key"], e["status"])
+        applied[key] = applied.get(key, 0) + 1
+    sent = {}
+    for m in mutations:
+        if m.status is not None and m.status < 500:
+            key = (m.op, m.user, m.name, m.status)
+            sent[key] = sent.get(key, 0) + 1
+    missing = [f"{k} x{n} (history: {applied.get(k, 0)})" for k, n in sent.items() if applied.get(k, 0) < n]
+    check("property: every mutation a client was answered for (2xx or 4xx) is in the fake's history with that status",
+          not missing, "; ".join(missing[:6]))
+    extra = [e for e in history["mutations"] if e["user"] in users and e["status"] >= 500]
+    check("property: the fake answered no mutation with a 5xx", not extra, f"{extra[:3]}")
+    hviolations = history_violations(lists, mutations, history, set(users))
+    check("property: every list is a state of the fake's history no older than the mutations answered before it",
+          not hviolations, f"{len(hviolations)} (seed {seed}): " + " | ".join(hviolations[:5]))
+    if group.with_group:
+        try:
+            rows = group.audit_query()
+        except Exception as error:
+            check("property: the central audit records the mutations", False, repr(error))
+            return
+        ok_rows = {}
+        for row in rows:
+            if row.get("user_email") in users and row.get("outcome") == "ok":
+                key = (row.get("action"), row.get("user_email"), row.get("key_name"))
+                ok_rows[key] = ok_rows.get(key, 0) + 1
+        want = {}
+        for m in ok_mutations:
+            want[(m.op, m.user, m.name)] = want.get((m.op, m.user, m.name), 0) + 1
+        short = [f"{k}: {ok_rows.get(k, 0)} ok rows for {n} answered 2xx" for k, n in want.items() if ok_rows.get(k, 0) < n]
+        check("property: the central audit has an `ok` record for every mutation answered 2xx", not short, "; ".join(short[:5]))
+
+
+# ---- 3. faults ---------------------------------------------------------------------------
+
+def listen_connection_killed(group):
+    A, B = group["A"], group["B"]
+    pg = group.pg
+
+    def listeners():
+        return set(pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'mixpeek-proxy listen B'").split())
+    for round_number, pause in enumerate((0.0, 0.3, 0.0)):
+        user = f"listen{round_number}@example.com"
+        second = cached_list(B, user)
+        old = listeners()
+        terminated = pg.psql("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity "
+                             "WHERE application_name = 'mixpeek-proxy listen B') t WHERE done")
+        if round_number == 0:
+            check("LISTEN killed: B's LISTEN connection is there to kill (application_name 'mixpeek-proxy listen B')",
+                  terminated == "1", f"{terminated} terminated")
+        time.sleep(pause)
+        made = create(A, user, "after-kill")
+        seen = list_keys(B, user)
+        check(f"LISTEN killed (round {round_number + 1}, {pause:.1f} s): create via A ({made.status}, "
+              f"{made.t1 - made.t0:.2f} s), then list via B right away: fresh",
+              second.cache == "HIT" and made.status == 200 and seen.status == 200 and seen.cache != "STALE"
+              and "after-kill" in (seen.keys() or {}),
+              f"primed {second!r}; create {made!r}; list {seen!r}")
+        back, waited = wait_until(lambda: listeners() - old, 15, 0.2)
+        check(f"LISTEN killed (round {round_number + 1}): B listens again ({waited:.1f} s)", bool(back), "no LISTEN connection after 15 s")
+        # And caches again.
+        cached, _ = wait_until(lambda: prime(B, user)[1].cache == "HIT", 10, 0.3)
+        check(f"LISTEN killed (round {round_number + 1}): B serves hits again", bool(cached), "no HIT within 10 s")
+    # Every proxy's LISTEN connection at once.
+    user = "listen-all@example.com"
+    for name in ("A", "B", "C"):
+        cached_list(group[name], user)
+    everyone = "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'mixpeek-proxy listen %'"
+    old = set(pg.psql(everyone).split())
+    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'mixpeek-proxy listen %'")
+    made = create(group["C"], user, "after-kill-all")
+    seen = {name: list_keys(group[name], user) for name in ("A", "B")}
+    check("LISTEN killed on every proxy: create via C, lists via A and B are fresh",
+          made.status == 200 and all("after-kill-all" in (r.keys() or {}) and r.cache != "STALE" for r in seen.values()),
+          f"create {made!r}; {seen}")
+    back, waited = wait_until(lambda: len(set(pg.psql(everyone).split()) - old) >= 3, 15, 0.2)
+    check(f"LISTEN killed on every proxy: all three listen again ({waited:.1f} s)", bool(back), pg.psql(everyone))
+
+
+def frozen_proxy(group):
+    A, C = group["A"], group["C"]
+    user = "frozen@example.com"
+    second = cached_list(C, user)
+    C.freeze()
+    try:
+        made = create(A, user, "while-frozen")
+        waited = made.t1 - made.t0
+        check(f"SIGSTOP: a mutation via A waits at most about a lease ({waited:.2f} s < {LEASE + 1.5:.1f} s), then proceeds",
+              made.status == 200 and waited < LEASE + 1.5, f"{made!r} after {waited:.2f} s")
+        again = create(A, user, "while-frozen-2")
+        check(f"SIGSTOP: the next mutation via A proceeds too ({again.t1 - again.t0:.2f} s)",
+              again.status == 200 and again.t1 - again.t0 < LEASE + 1.5, f"{again!r}")
+        # A list sent to C while it is frozen waits in its socket: the first thing it reads.
+        queued = {}
+        thread = threading.Thread(target=lambda: queued.setdefault("reply", list_keys(C, user)), daemon=True)
+        thread.start()
+        time.sleep(0.3)
+    finally:
+        C.thaw()
+    after = [list_keys(C, user) for _ in range(3)]
+    thread.join(20)
+    replies = [queued.get("reply")] + after
+    fresh = all(r is not None and r.status == 200 and (r.cache == "STALE" or {"while-frozen", "while-frozen-2"} <= set(r.keys() or {}))
+                for r in replies)
+    check("SIGSTOP then SIGCONT: C serves no list that predates the mutations (the one queued while frozen, then three)",
+          second.cache == "HIT" and fresh, f"primed {second!r}; {replies}")
+    cached, _ = wait_until(lambda: prime(C, user)[1].cache == "HIT", 10, 0.3)
+    check("SIGSTOP then SIGCONT: C serves hits again", bool(cached), "no HIT within 10 s")
+
+
+def killed_mid_mutation(group):
+    A, B, C = group["A"], group["B"], group["C"]
+    fake = group.fake
+    user = "killed@example.com"
+    cached_list(A, user), cached_list(B, user)
+    before = fake.last()
+    fake.fault("op=create&kind=delay&value=3000")
+    answers = {}
+    thread = threading.Thread(target=lambda: answers.setdefault("reply", create(C, user, "orphan", timeout=20)), daemon=True)
+    sent = time.monotonic()
+    try:
+        thread.start()
+        # The fake applies a create when it arrives (and answers 3 s later): by then C has
+        # committed its intent and forwarded.
+        arrived, _ = wait_until(lambda: any(e["op"] == "create" and e["user"] == user for e in fake.history(before)["mutations"]), 10, 0.02)
+        check("SIGKILL mid-mutation: the create reached the upstream", bool(arrived), "not in the fake's history after 10 s")
+        C.kill()
+    finally:
+        fake.fault("op=create&kind=off")
+    thread.join(10)
+    killed_at = time.monotonic()
+    # `audit query` shows an intent without an outcome as `unknown` too; the reaper's outcome
+    # gives it a `finished_at`.
+    rows = [row for row in group.audit_query("--user", user, "--action", "create") if row.get("key_name") == "orphan"]
+    check(f"SIGKILL mid-mutation: its intent is in the central chain, open ({killed_at - sent:.1f} s after it was sent: "
+          f"`unknown` without finished_at)",
+          len(rows) == 1 and rows[0].get("outcome") == "unknown" and not rows[0].get("finished_at"), f"{rows}")
+    # While the intent is open (it cannot be closed before upstream_timeout + margin after it
+    # was written), lists of that user on the others are forwarded and not cached.
+    open_until = sent + UPSTREAM_TIMEOUT + REAPER_MARGIN - 0.5
+    replies = []
+    while time.monotonic() < open_until and len(replies) < 8:
+        for proxy in (A, B):
+            replies.append((proxy.name, list_keys(proxy, user)))
+        time.sleep(0.2)
+    in_window = [(n, r) for n, r in replies if r.t1 < open_until]
+    check(f"SIGKILL mid-mutation: while the intent is open, lists of that user on A and B are MISS, never HIT "
+          f"({len(in_window)} lists in {open_until - killed_at:.1f} s)",
+          len(in_window) >= 2 and all(r.status == 200 and r.cache == "MISS" and "orphan" in (r.keys() or {}) for _, r in in_window),
+          f"{in_window}")
+    other = list_keys(A, "killed-other@example.com"), list_keys(A, "killed-other@example.com")
+    check("SIGKILL mid-mutation: lists of other users are still cached", other[1].cache == "HIT", f"{other}")
+
+    def closed():
+        rows = group.audit_query("--user", user, "--action", "create")
+        return [row for row in rows if row.get("key_name") == "orphan" and row.get("outcome") == "unknown" and row.get("finished_at")]
+    rows, _ = wait_until(closed, 15, 0.25)
+    seen_after = time.monotonic() - sent
+    # Closed after upstream_timeout + margin (the proxy's reckoning may add a lease), checked
+    # every second; this script's audit query takes a moment too.
+    bound = UPSTREAM_TIMEOUT + LEASE + REAPER_MARGIN + 2.5
+    check(f"SIGKILL mid-mutation: a reaper closes the intent as `unknown` ({seen_after:.1f} s after it was sent; "
+          f"at most {bound:.1f} s)", bool(rows) and seen_after < bound, f"rows {rows} after {seen_after:.1f} s")
+    if rows:
+        cached, _ = wait_until(lambda: prime(B, user)[1].cache == "HIT", 5, 0.3)
+        check("SIGKILL mid-mutation: once closed, that user's lists are cached again (HIT on the second list)",
+              bool(cached), "no HIT within 5 s")
+    # C comes back under its name, with its data dir (and witness).
+    C.start()
+    healthy, _ = group.wait_healthy(["C"], 15)
+    check("SIGKILL mid-mutation: C restarts into the group", bool(healthy), f"{health(C)}")
+
+
+def role_privileges(group):
+    pg = group.pg
+    owner = pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'mixpeek_audit'")
+    check("role: mixpeek_audit exists and the proxies' role does not own it", owner not in ("", ROLE), f"owner {owner!r}")
+    privileges = {}
+    for table, privilege in (("mixpeek_audit", "SELECT"), ("mixpeek_audit", "INSERT"), ("mixpeek_audit", "UPDATE"),
+                             ("mixpeek_audit", "DELETE"), ("mixpeek_audit", "TRUNCATE"), ("mixpeek_proxies", "SELECT"),
+                             ("mixpeek_proxies", "INSERT"), ("mixpeek_proxies", "UPDATE"), ("mixpeek_schema_migrations", "SELECT")):
+        try:
+            privileges[(table, privilege)] = pg.psql(f"SELECT has_table_privilege('{ROLE}', '{table}', '{privilege}')")
+        except pgtools.PostgresError as error:
+            privileges[(table, privilege)] = str(error)
+    want = {("mixpeek_audit", "SELECT"): "t", ("mixpeek_audit", "INSERT"): "t", ("mixpeek_audit", "UPDATE"): "f",
+            ("mixpeek_audit", "DELETE"): "f", ("mixpeek_audit", "TRUNCATE"): "f", ("mixpeek_proxies", "SELECT"): "t",
+            ("mixpeek_proxies", "INSERT"): "t", ("mixpeek_proxies", "UPDATE"): "t", ("mixpeek_schema_migrations", "SELECT"): "t"}
+    wrong = {k: v for k, v in privileges.items() if v != want[k]}
+    check("role: SELECT and INSERT on mixpeek_audit, no UPDATE, DELETE or TRUNCATE; what a proxy needs on the rest",
+          not wrong, f"{wrong}")
+    column = pg.psql("SELECT column_name FROM information_schema.columns WHERE table_name = 'mixpeek_audit' "
+                     "ORDER BY (column_name = 'user_email') DESC, ordinal_position LIMIT 1")
+    for statement in (f"UPDATE mixpeek_audit SET {column} = {column}", "DELETE FROM mixpeek_audit", "TRUNCATE mixpeek_audit"):
+        result = pg.run_psql(statement, user=ROLE, password=ROLE_PASSWORD)
+        check(f"role: `{statement}` as {ROLE} is refused: permission denied",
+              result.returncode != 0 and "permission denied" in result.stderr, f"exit {result.returncode}: {result.stderr.strip()}")
+    count = pg.psql("SELECT count(*) FROM mixpeek_audit", user=ROLE, password=ROLE_PASSWORD)
+    check("role: and it reads the chain", count.isdigit() and int(count) > 0, count)
+
+
+def postgres_down_mid_run(group):
+    A, B, C = group["A"], group["B"], group["C"]
+    pg, fake = group.pg, group.fake
+    user = "outage@example.com"
+    cached_list(A, user), cached_list(B, user)
+    pg.stop()
+    try:
+        degraded, waited = wait_until(lambda: all(health(p)[0] == 503 for p in (A, B, C)), 10, 0.2)
+        states = {p.name: health(p) for p in (A, B, C)}
+        check(f"PostgreSQL down mid-run: /_proxy/health says 503 degraded, group unreachable ({waited:.1f} s)",
+              bool(degraded) and all(s == 503 and b.get("status") == "degraded" and b.get("group") == "unreachable"
+                                     for s, b in states.values()), f"{states}")
+        before = fake.last()
+        refused = [create(A, user, "during-outage"), delete(B, user, "admin-key"), rotate(C, user, "nope")]
+        check("PostgreSQL down mid-run: mutations get 503 in the error shape",
+              all(r.status == 503 and is_error_shape(r, 503) for r in refused), f"{refused}")
+        check("PostgreSQL down mid-run: and are not forwarded (the fake's history has none)",
+              fake.last() == before, f"{fake.history(before)['mutations']}")
+        counted = fake.lists(user)
+        replies = [list_keys(B, user) for _ in range(3)] + [list_keys(A, user)]
+        check("PostgreSQL down mid-run: lists are forwarded and not cached (MISS every time, each reaches the fake)",
+              all(r.status == 200 and r.cache == "MISS" for r in replies) and fake.lists(user) == counted + 4,
+              f"{replies}; fake lists {counted} -> {fake.lists(user)}")
+    finally:
+        pg.start()
+    healthy, waited = group.wait_healthy(["A", "B", "C"], 15)
+    check(f"PostgreSQL back: every proxy reports the group ok within 15 s ({waited:.1f} s)",
+          bool(healthy), f"{[health(p) for p in (A, B, C)]}")
+    cached_list(B, user)
+    made = create(A, user, "after-outage")
+    seen = list_keys(B, user)
+    cached, _ = wait_until(lambda: prime(B, user)[1].cache == "HIT", 5, 0.3)
+    check("PostgreSQL back: create via A, list via B fresh, then cached again",
+          made.status == 200 and "after-outage" in (seen.keys() or {}) and bool(cached), f"create {made!r}; list {seen!r}")
+
+
+def postgres_down_at_start(group):
+    pg, fake = group.pg, group.fake
+    user = "late@example.com"
+    pg.stop()
+    D = None
+    try:
+        # D takes its URL from the environment.
+        D = group.add("D", via_env=True)
+        status, body = health(D)
+        check("PostgreSQL down at start: the proxy starts; /_proxy/health 503 degraded, group unreachable",
+              status == 503 and body.get("status") == "degraded" and body.get("group") == "unreachable", f"{status} {body}")
+        before = fake.last()
+        refused = create(D, user, "too-early")
+        check("PostgreSQL down at start: a mutation gets 503 in the error shape and is not forwarded",
+              refused.status == 503 and is_error_shape(refused, 503) and fake.last() == before,
+              f"{refused!r}; fake history {fake.history(before)['mutations']}")
+        counted = fake.lists(user)
+        replies = [list_keys(D, user) for _ in range(3)]
+        check("PostgreSQL down at start: lists are forwarded and not cached",
+              all(r.status == 200 and r.cache == "MISS" for r in replies) and fake.lists(user) == counted + 3,
+              f"{replies}; fake lists {counted} -> {fake.lists(user)}")
+    finally:
+        pg.start()
+    if D is None:
+        return
+    healthy, waited = group.wait_healthy(["D"], 15)
+    check(f"PostgreSQL up later: the proxy joins by itself within 15 s ({waited:.1f} s)", bool(healthy), f"{health(D)}")
+    cached_list(group["A"], user)
+    made = create(D, user, "joined")
+    seen = list_keys(group["A"], user)
+    check("PostgreSQL up later: create via D, then list via A: the new key is there",
+          made.status == 200 and "joined" in (seen.keys() or {}), f"create {made!r}; A {seen!r}")
+    cached, waited = wait_until(lambda: prime(D, user)[1].cache == "HIT", 5, 0.3)
+    check(f"PostgreSQL up later: D caches lists ({waited:.1f} s)", bool(cached), "no HIT within 5 s")
+    D.stop()
+    del group.proxies["D"]
+
+
+def audit_verify(group):
+    """Last: the proxies stop, then the central chain is verified, rewritten and cut short."""
+    pg = group.pg
+    for name in ("A", "B", "C"):
+        group[name].stop()
+    witnesses = group.witnesses()
+    verify = group.run("audit", "verify", "--postgres-url", group.role_url, *witnesses)
+    check("audit verify --postgres-url --witness A B C: passes on the untouched chain",
+          verify.returncode == 0, f"exit {verify.returncode}: {(verify.stdout + verify.stderr)[-600:]}")
+    query = {fmt: group.run("audit", "query", "--postgres-url", group.role_url, "--format", fmt) for fmt in ("json", "jsonl", "csv", "table")}
+    rows = json.loads(query["json"].stdout or "[]") if query["json"].returncode == 0 else []
+    jsonl = [line for line in query["jsonl"].stdout.splitlines() if line.strip()]
+    csv_rows = [line for line in query["csv"].stdout.splitlines() if line.strip()]
+    check("audit query --postgres-url: json, jsonl, csv and table agree on the number of mutations",
+          all(q.returncode == 0 for q in query.values()) and rows and len(jsonl) == len(rows) and len(csv_rows) == len(rows) + 1,
+          f"exits {[q.returncode for q in query.values()]}; json {len(rows)}, jsonl {len(jsonl)}, csv {len(csv_rows)} lines")
+    if rows:
+        sample = rows[len(rows) // 2]
+        want = [r for r in rows if (r.get("user_email"), r.get("action"), r.get("outcome")) ==
+                (sample.get("user_email"), sample.get("action"), sample.get("outcome"))]
+        filtered = group.run("audit", "query", "--postgres-url", group.role_url, "--user", sample["user_email"],
+                             "--action", sample["action"], "--outcome", sample["outcome"], "--format", "jsonl")
+        picked = [json.loads(line) for line in filtered.stdout.splitlines() if line.strip()]
+        check("audit query --postgres-url: --user, --action and --outcome filter",
+              filtered.returncode == 0 and picked == want, f"{len(picked)} rows, want {len(want)}; {filtered.stderr[-300:]}")
+
+    total = int(pg.psql("SELECT count(*) FROM mixpeek_audit"))
+    if total < 4:
+        raise RuntimeError(f"the central chain has {total} rows: too few to tamper with")
+    seq = int(pg.psql(f"SELECT seq FROM mixpeek_audit ORDER BY seq OFFSET {total // 2} LIMIT 1"))
+    column = pg.psql("SELECT column_name FROM information_schema.columns WHERE table_name = 'mixpeek_audit' "
+                     "AND data_type IN ('text', 'character varying') AND column_name NOT LIKE '%hash%' "
+                     "ORDER BY (column_name = 'user_email') DESC, ordinal_position LIMIT 1")
+    original = pg.psql(f"SELECT {column} FROM mixpeek_audit WHERE seq = {seq}")
+    tamper = "ALTER TABLE mixpeek_audit DISABLE TRIGGER USER; {}; ALTER TABLE mixpeek_audit ENABLE TRIGGER USER"
+    pg.psql(tamper.format(f"UPDATE mixpeek_audit SET {column} = 'mallory@example.com' WHERE seq = {seq}"))
+    verify = group.run("audit", "verify", "--postgres-url", group.role_url, *witnesses)
+    output = verify.stdout + verify.stderr
+    check(f"audit verify: a row rewritten by the superuser (seq {seq}, {column}) fails, naming it",
+          verify.returncode != 0 and re.search(rf"\b{seq}\b", output) is not None, f"exit {verify.returncode}: {output[-600:]}")
+    pg.psql(tamper.format(f"UPDATE mixpeek_audit SET {column} = '{original}' WHERE seq = {seq}"))
+    verify = group.run("audit", "verify", "--postgres-url", group.role_url, *witnesses)
+    check("audit verify: passes again once the row is put back", verify.returncode == 0,
+          f"exit {verify.returncode}: {(verify.stdout + verify.stderr)[-400:]}")
+
+    cut = min(10, total // 2)
+    head = int(pg.psql("SELECT max(seq) FROM mixpeek_audit"))
+    pg.psql(tamper.format(f"DELETE FROM mixpeek_audit WHERE seq > {head - cut}"))
+    verify = group.run("audit", "verify", "--postgres-url", group.role_url, *witnesses)
+    check(f"audit verify --witness: a chain cut short by the superuser (last {cut} rows deleted) fails",
+          verify.returncode != 0, f"exit {verify.returncode}: {(verify.stdout + verify.stderr)[-600:]}")
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
+          ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
+          ("down-at-start", postgres_down_at_start), ("verify", audit_verify)]
+
+
+def main():
+    seed = options.seed if options.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    only = {name for name in options.only.split(",") if name}
+    unknown = only - {name for name, _ in CHECKS}
+    if unknown:
+        sys.exit(f"group: no check named {sorted(unknown)}; the checks are {[n for n, _ in CHECKS]}")
+    selected = [(name, run) for name, run in CHECKS if not only or name in only]
+    if options.without_group:
+        selected = [(name, run) for name, run in selected if name in ("basic", "property")]
+    work = tempfile.mkdtemp(prefix="group-check-")
+    group = Group(work, with_group=not options.without_group)
+    try:
+        group.open()
+        for name, run in selected:
+            try:
+                run(group, seed) if name == "property" else run(group)
+            except Exception as error:
+                check(name, False, f"{type(error).__name__}: {error}")
+                # Keep going with whoever is left; a dead proxy comes back for the next check.
+                try:
+                    if group.pg and not group.pg.running():
+                        group.pg.start()
+                    for proxy in list(group.proxies.values()):
+                        if proxy.frozen:
+                            proxy.thaw()
+                        if proxy.name in ("A", "B", "C") and not proxy.alive() and name != "verify":
+                            proxy.start()
+                except Exception as again:
+                    check(f"{name}: recovering for the next check", False, f"{type(again).__name__}: {again}")
+                    break
+    except Exception as error:
+        check("group setup", False, f"{type(error).__name__}: {error} (logs in {work})")
+    finally:
+        group.close()
+        if options.keep or check.results.count(False):
+            print(f"group: logs in {work}")
+        else:
+            subprocess.run(["rm", "-rf", work])
+    if options.without_group:
+        print("group: --without-group: checks 1 and 2 are expected to FAIL here")
+    return check.summary("group")
+
+
+sys.exit(main())
