@@ -242,6 +242,7 @@ public final class ProxyApp: Service, Sendable {
         if let member = proxy.group {
             for task in groupTasks { await task.value }
             await member.leave()
+            await (proxy.audit as? GroupAuditLog)?.close()
         }
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()

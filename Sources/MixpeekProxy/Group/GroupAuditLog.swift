@@ -92,6 +92,12 @@ public final class GroupAuditLog: AuditSink, Sendable {
         return record
     }
 
+    /// At shutdown, after the last request: closes this sink's connections.
+    public func close() async {
+        await writer.close()
+        await flusher.close()
+    }
+
     public func recordCount() async throws -> Int {
         try await member.link.run { connection in
             var count = 0

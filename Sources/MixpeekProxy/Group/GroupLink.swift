@@ -30,8 +30,7 @@ actor GroupLink {
         let (url, name, logger, setup) = (url, applicationName, logger, setup)
         let id = Self.ids.withLockedValue { $0 += 1; return $0 }
         let task = Task { () throws -> PostgresConnection in
-            let connection = try await PostgresConnection.connect(
-                configuration: url.connectionConfiguration(applicationName: name), id: id, logger: logger)
+            let connection = try await Self.connect(url, applicationName: name, within: 10, id: id, logger: logger)
             do {
                 for query in setup { let _: PostgresRowSequence = try await connection.query(query, logger: logger) }
             } catch {
@@ -64,6 +63,26 @@ actor GroupLink {
                 try? await connection.close()
             }
             throw error
+        }
+    }
+
+    /// A new connection, or an error after `seconds`: the connect timeout covers TCP only, and
+    /// a server (or something in between) that accepts and then says nothing would hold the
+    /// start-up handshake forever.
+    static func connect(_ url: PostgresURL, applicationName: String, within seconds: Double, id: Int = 0,
+                        logger: Logger) async throws -> PostgresConnection {
+        let configuration = try url.connectionConfiguration(applicationName: applicationName)
+        return try await withThrowingTaskGroup(of: PostgresConnection?.self) { group in
+            group.addTask { try await PostgresConnection.connect(configuration: configuration, id: id, logger: logger) }
+            group.addTask {
+                try await Task.sleep(for: .seconds(seconds))
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let connection = try await group.next() ?? nil else {
+                throw GroupError.unavailable("no answer from PostgreSQL within \(seconds) s of connecting")
+            }
+            return connection
         }
     }
 

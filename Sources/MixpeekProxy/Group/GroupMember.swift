@@ -139,15 +139,20 @@ public final class GroupMember: ListGate, Sendable {
     }
 
     private func session(_ local: any Invalidation) async throws {
-        let connection = try await PostgresConnection.connect(
-            configuration: settings.database.connectionConfiguration(applicationName: "mixpeek-proxy listen \(settings.proxyID)"),
-            id: 0, logger: logger)
+        let connection = try await GroupLink.connect(
+            settings.database, applicationName: "mixpeek-proxy listen \(settings.proxyID)", within: settings.leaseSeconds + 3,
+            logger: logger)
+        // Joined within a few leases, or the connection is closed under whatever waits.
+        let watchdog = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64((settings.leaseSeconds * 2 + 5) * 1e9))) {
+            let _: EventLoopFuture<Void> = connection.close()
+        }
         do {
             try await GroupSchema.migrate(connection, logger: logger)
             try await connection.query("SET synchronous_commit = off", logger: logger)
             try await connection.listen(on: "mixpeek_proxy") { notifications in
                 // LISTEN is in effect: whatever is appended from now on will be heard.
                 try await catchUp(connection, local)
+                watchdog.cancel()
                 state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
                 logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
                 try await withThrowingTaskGroup(of: Void.self) { group in
@@ -163,6 +168,7 @@ public final class GroupMember: ListGate, Sendable {
                 }
             }
         } catch {
+            watchdog.cancel()
             try? await connection.close()
             throw error
         }
@@ -410,5 +416,6 @@ extension GroupMember {
                 "UPDATE mixpeek_proxies SET lease_until = now() WHERE proxy_id = \(self.settings.proxyID)", logger: self.logger)
         }
         await link.close()
+        for reader in readers { await reader.close() }
     }
 }
