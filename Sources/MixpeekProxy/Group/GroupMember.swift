@@ -262,7 +262,9 @@ public final class GroupMember: ListGate, Sendable {
             noteClosed(intentSeq)
         }
         state.withLockedValue { $0.processed = max($0.processed, seq) }
-        acknowledge(on: connection)
+        // Only an intent's proxy waits for the others to have read it; an outcome's position
+        // goes out with the next acknowledgement or lease renewal.
+        if intentSeq == 0 { acknowledge(on: connection) }
     }
 
     /// Marks intent `seq` open, unless this proxy has read past it already (then its outcome
