@@ -81,8 +81,10 @@ public final class Proxy: HTTPResponder {
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
                 let response = cachedResponse(remembered.entry, headerBlock: remembered.prepared.fixedFields, result: "HIT", requestID: requestID)
-                return finish(.now(response), request, route: decision.label, cache: "HIT", started: started, on: eventLoop,
-                              requestID: requestID)
+                // Its request id is known: the request log need not look for it among the fields.
+                observe(request, route: decision.label, status: response.status, cache: "HIT", requestID: requestID,
+                        started: started, on: eventLoop)
+                return .now(response)
             }
             return later(request, route: decision.label, started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
@@ -367,30 +369,30 @@ public final class Proxy: HTTPResponder {
     private func later(_ request: HTTPRequest, route: String, started: NIODeadline,
                        _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
-            self.observe(request, route: route, response: response, cache: cacheResult, started: started, on: answer.eventLoop)
+            self.observe(request, route: route, status: response.status, cache: cacheResult,
+                         requestID: response.headers.first(name: "x-request-id"), started: started, on: answer.eventLoop)
             return response
         })
     }
 
-    /// `requestID`: the response's `X-Request-Id` when the caller knows it (a hit), so that
-    /// the request log need not look for it among the fields.
     private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline,
-                        on eventLoop: any EventLoop, requestID: String? = nil) -> HTTPReply {
+                        on eventLoop: any EventLoop) -> HTTPReply {
         if case .now(let response) = reply {
-            observe(request, route: route, response: response, cache: cache, started: started, on: eventLoop, requestID: requestID)
+            observe(request, route: route, status: response.status, cache: cache,
+                    requestID: response.headers.first(name: "x-request-id"), started: started, on: eventLoop)
         }
         return reply
     }
 
     /// The request-log line and the request metrics, per request. Never logs headers or bodies.
-    /// The line's request id is the response's `X-Request-Id` (`requestID` when given).
-    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline,
-                         on eventLoop: any EventLoop, requestID: String? = nil) {
+    /// `requestID` is the response's `X-Request-Id`, read only when the request log is on.
+    private func observe(_ request: HTTPRequest, route: String, status: HTTPResponseStatus, cache: String?,
+                         requestID: @autoclosure () -> String?, started: NIODeadline, on eventLoop: any EventLoop) {
         let elapsed = Self.milliseconds(since: started)
-        metrics.request(route: route, status: Int(response.status.code), cache: cache, seconds: elapsed / 1000)
+        metrics.request(route: route, status: Int(status.code), cache: cache, seconds: elapsed / 1000)
         guard let accessLog else { return }
         accessLog.record(AccessLogEntry(
-            method: request.method, route: route, status: response.status.code, cache: cache, milliseconds: elapsed,
-            requestID: requestID ?? response.headers.first(name: "x-request-id")), on: eventLoop)
+            method: request.method, route: route, status: status.code, cache: cache, milliseconds: elapsed,
+            requestID: requestID()), on: eventLoop)
     }
 }
