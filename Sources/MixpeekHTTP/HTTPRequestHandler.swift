@@ -4,10 +4,11 @@ import NIOHTTP1
 /// Reads one whole request at a time, hands it to the responder and writes the reply.
 ///
 /// It sits right behind NIO's request decoder and writes responses as bytes itself: a cache
-/// hit's response goes out as one head buffer and the stored body, without passing through
-/// NIO's response encoder, header validator and pipelining handler (together a sixth of a
-/// hit's CPU time). What those did is done here: parts of pipelined requests that arrive
-/// while a response is pending wait in a queue (and reading stops until it drains), so
+/// hit's response goes out as one buffer (the head, written in one piece, then the stored
+/// body copied after it when it is small; a larger body is a write of its own), without
+/// passing through NIO's response encoder, header validator and pipelining handler (together
+/// a sixth of a hit's CPU time). What those did is done here: parts of pipelined requests that
+/// arrive while a response is pending wait in a queue (and reading stops until it drains), so
 /// replies leave in request order; header fields are checked before they are written; a
 /// quiescing server closes each connection after its current response. It enforces the
 /// `ServerLimits` and answers parser errors with the responder's own error shape.
