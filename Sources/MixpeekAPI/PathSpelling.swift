@@ -11,7 +11,12 @@ public enum PathSpelling {
     /// no percent-encoded unreserved character (which the SDK never encodes). A broken escape
     /// passes here; decoding the segment refuses it.
     static func isCanonicalSegment(_ segment: UnsafeBufferPointer<UInt8>) -> Bool {
-        if segment.isEmpty || segment.elementsEqual(".".utf8) || segment.elementsEqual("..".utf8) { return false }
+        switch segment.count {
+        case 0: return false
+        case 1 where segment[0] == UInt8(ascii: "."): return false
+        case 2 where segment[0] == UInt8(ascii: ".") && segment[1] == UInt8(ascii: "."): return false
+        default: break
+        }
         var index = segment.startIndex
         while let percent = segment[index...].firstIndex(of: UInt8(ascii: "%")) {
             if percent + 2 < segment.endIndex, let byte = escapedByte(segment[percent + 1], segment[percent + 2]), isUnreserved(byte) {

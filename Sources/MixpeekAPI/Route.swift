@@ -45,16 +45,28 @@ public enum Route: Equatable, Sendable {
     /// the API does not have. `query` is what follows the `?`, if anything did. The proxy
     /// reaches it from the canonical spelling, the fake from the path as the upstream decodes it.
     public init?(method: HTTPMethod, user: String, key: String?, operation: Substring?, query: Substring?) {
-        switch (key, operation, method) {
-        case (nil, _, .GET): self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
-        case (nil, _, .POST): self = .create(user: user)
-        case (nil, _, _): self = .rejected(.methodNotAllowed(allowed: "GET, POST"))
-        case (let key?, nil, .PATCH): self = .update(user: user, key: key)
-        case (let key?, nil, .DELETE): self = .delete(user: user, key: key)
-        case (_, nil, _): self = .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
-        case (let key?, "rotate", .POST): self = .rotate(user: user, key: key)
-        case (_, "rotate", _): self = .rejected(.methodNotAllowed(allowed: "POST"))
-        default: return nil
+        // Nested switches rather than one over a (key, operation, method) tuple, which would be
+        // built and destroyed for every request.
+        guard let key else {
+            switch method {
+            case .GET: self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
+            case .POST: self = .create(user: user)
+            default: self = .rejected(.methodNotAllowed(allowed: "GET, POST"))
+            }
+            return
+        }
+        guard let operation else {
+            switch method {
+            case .PATCH: self = .update(user: user, key: key)
+            case .DELETE: self = .delete(user: user, key: key)
+            default: self = .rejected(.methodNotAllowed(allowed: "PATCH, DELETE"))
+            }
+            return
+        }
+        guard operation == "rotate" else { return nil }
+        switch method {
+        case .POST: self = .rotate(user: user, key: key)
+        default: self = .rejected(.methodNotAllowed(allowed: "POST"))
         }
     }
 
@@ -88,35 +100,63 @@ public enum Route: Equatable, Sendable {
     /// operation the API does not have, is a route too: refused, never forwarded.
     private static func canonical(method: HTTPMethod, path: UnsafeBufferPointer<UInt8>,
                                   target: UnsafeBufferPointer<UInt8>, questionMark: Int?) -> Route? {
-        guard path.starts(with: usersPrefix) else { return nil }
-        // Segment ranges; the first is the empty one before the leading `/`.
-        var segments: [Range<Int>] = []
-        segments.reserveCapacity(9)
-        var start = 0
-        for index in path.indices where path[index] == UInt8(ascii: "/") {
-            segments.append(start..<index)
-            start = index + 1
+        guard bytes(path, startWith: usersPrefix) else { return nil }
+        // The segments after the prefix, read in place (no array per request): 4 is the user,
+        // 5 `api-keys`, 6 the key, 7 the operation; `count` counts the prefix's four too
+        // (the empty one before the leading `/`, `v1`, `organizations`, `users`).
+        var named = (user: 0..<0, apiKeys: 0..<0, key: 0..<0, operation: 0..<0)
+        var count = 4
+        var start = usersPrefix.utf8CodeUnitCount
+        while true {
+            let end = path[start...].firstIndex(of: UInt8(ascii: "/")) ?? path.endIndex
+            let range = start..<end
+            guard PathSpelling.isCanonicalSegment(UnsafeBufferPointer(rebasing: path[range])) else { return nil }
+            switch count {
+            case 4: named.user = range
+            case 5: named.apiKeys = range
+            case 6: named.key = range
+            case 7: named.operation = range
+            default: break
+            }
+            count += 1
+            if end == path.endIndex { break }
+            start = end + 1
         }
-        segments.append(start..<path.endIndex)
-        func segment(_ number: Int) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: path[segments[number]]) }
-        guard segments.count >= 6, segment(5).elementsEqual("api-keys".utf8) else { return nil }
-        for number in 4..<segments.count where !PathSpelling.isCanonicalSegment(segment(number)) { return nil }
-        guard let user = decodeSegment(segment(4)) else { return .rejected(.invalidSegment("user_email")) }
+        func segment(_ range: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: path[range]) }
+        guard count >= 6, bytes(segment(named.apiKeys), equal: "api-keys") else { return nil }
+        guard let user = decodeSegment(segment(named.user)) else { return .rejected(.invalidSegment("user_email")) }
         var key: String?
-        if segments.count >= 7 {
-            guard let decoded = decodeSegment(segment(6)) else { return .rejected(.invalidSegment("key_name")) }
+        if count >= 7 {
+            guard let decoded = decodeSegment(segment(named.key)) else { return .rejected(.invalidSegment("key_name")) }
             key = decoded
         }
         // A `/` in a decoded name is a separator to an upstream that routes on the decoded path.
-        if user.utf8.contains(UInt8(ascii: "/")) || key?.utf8.contains(UInt8(ascii: "/")) == true { return nil }
-        if segments.count > 8 { return .rejected(.unknownPath) }
-        let operation = segments.count == 8 ? Substring(decoding: segment(7), as: UTF8.self) : nil
+        if containsSlash(user) || key.map(containsSlash) == true { return nil }
+        if count > 8 { return .rejected(.unknownPath) }
+        let operation = count == 8 ? Substring(decoding: segment(named.operation), as: UTF8.self) : nil
         let query = questionMark.map { Substring(decoding: UnsafeBufferPointer(rebasing: target[($0 + 1)...]), as: UTF8.self) }
         return Route(method: method, user: user, key: key, operation: operation, query: query) ?? .rejected(.unknownPath)
     }
 
+    private static func containsSlash(_ name: String) -> Bool {
+        var name = name
+        return name.withUTF8 { $0.contains(UInt8(ascii: "/")) }
+    }
+
     /// Every API-keys path starts so; segments are compared as bytes, as the upstream does.
-    private static let usersPrefix = "/v1/organizations/users/".utf8
+    private static let usersPrefix: StaticString = "/v1/organizations/users/"
+
+    /// Whether `bytes` begins with `prefix`'s bytes.
+    private static func bytes(_ bytes: UnsafeBufferPointer<UInt8>, startWith prefix: StaticString) -> Bool {
+        prefix.withUTF8Buffer { prefix in
+            bytes.count >= prefix.count && UnsafeBufferPointer(rebasing: bytes[..<prefix.count]).elementsEqual(prefix)
+        }
+    }
+
+    /// Whether `bytes` are `literal`'s bytes.
+    private static func bytes(_ bytes: UnsafeBufferPointer<UInt8>, equal literal: StaticString) -> Bool {
+        literal.withUTF8Buffer { bytes.elementsEqual($0) }
+    }
 
     /// Longest decoded user_email or key_name accepted.
     public static let maxSegmentBytes = 512

@@ -48,6 +48,15 @@ final class ConnectionFaultHandler: ChannelOutboundHandler, RemovableChannelHand
             promise?.fail(ChannelError.ioOnClosedChannel)
             context.close(promise: nil)
         case .truncate:
+            // The server writes a small body in the head's buffer: then the cut is made here.
+            if let headBytes = Self.headLength(unmarked), headBytes < unmarked.readableBytes {
+                let cut = unmarked.getSlice(at: unmarked.readerIndex, length: headBytes + (unmarked.readableBytes - headBytes) / 2)!
+                context.writeAndFlush(wrapOutboundOut(cut)).assumeIsolated().whenComplete { _ in
+                    promise?.succeed()
+                    context.close(promise: nil)
+                }
+                return
+            }
             truncating = true
             context.write(wrapOutboundOut(unmarked), promise: promise)
         }
@@ -60,6 +69,20 @@ final class ConnectionFaultHandler: ChannelOutboundHandler, RemovableChannelHand
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }
+    }
+
+    /// The bytes of the head at the start of `buffer`, through the empty line that ends it.
+    static func headLength(_ buffer: ByteBuffer) -> Int? {
+        let bytes = buffer.readableBytesView
+        let end: [UInt8] = Array("\r\n\r\n".utf8)
+        var index = bytes.startIndex
+        while bytes.distance(from: index, to: bytes.endIndex) >= end.count {
+            if bytes[index..<bytes.index(index, offsetBy: end.count)].elementsEqual(end) {
+                return bytes.distance(from: bytes.startIndex, to: index) + end.count
+            }
+            index = bytes.index(after: index)
+        }
+        return nil
     }
 
     /// The fault a response head is marked with, and the head without the mark.

@@ -66,10 +66,16 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     }
 
     /// An entry in memory, with what the HTTP side prepared from it once for every hit
-    /// (`prepare`, given at init).
-    public struct Remembered: Sendable {
+    /// (`prepare`, given at init). A class: a hit takes it out of the lock with one retain,
+    /// not one for each string and buffer of the entry.
+    public final class Remembered: Sendable {
         public let entry: CachedList
         public let prepared: Prepared
+
+        init(entry: CachedList, prepared: Prepared) {
+            self.entry = entry
+            self.prepared = prepared
+        }
     }
 
     /// Everything the cache's lock guards. Only small, bounded work happens under it: no
@@ -136,10 +142,13 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         let now = clock()
         let authorization = authorization ?? ""
         // Under the shared read lock: a credential seen before and a fresh entry in memory.
-        let found = state.withReadLock { state -> (CacheKey, Remembered?)? in
-            guard let credential = state.fingerprints[authorization] else { return nil }
+        // Through the state's address: only the two tables it reads are loaded.
+        let found = state.withReadLockedPointer { state -> (CacheKey, Remembered?)? in
+            guard let credential = state.pointee.fingerprints[authorization] else { return nil }
             let key = CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
-            guard !refresh, let remembered = state.memory.value(for: key), now - remembered.entry.storedAt < settings.ttl else { return (key, nil) }
+            guard !refresh, let remembered = state.pointee.memory.value(for: key), now - remembered.entry.storedAt < settings.ttl else {
+                return (key, nil)
+            }
             return (key, remembered)
         }
         if let found {

@@ -50,7 +50,9 @@ struct MemoryTier<Value> {
 
     var count: Int { slots.count }
 
-    /// The value for `key`, noted as recently used. Reads the structure only.
+    /// The value for `key`, noted as recently used. Reads the structure only. Inlined, so that
+    /// a caller reading the tier in place loads only `slots`, not the whole tier.
+    @inline(__always)
     func value(for key: CacheKey) -> Value? {
         guard let slot = slots[key] else { return nil }
         if !slot.referenced.load(ordering: .relaxed) { slot.referenced.store(true, ordering: .relaxed) }

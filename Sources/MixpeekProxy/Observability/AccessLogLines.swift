@@ -1,5 +1,6 @@
 import Foundation
 import MixpeekAPI
+import MixpeekHTTP
 import NIOCore
 import NIOHTTP1
 #if canImport(Glibc)
@@ -53,94 +54,104 @@ struct AccessLogLines: Sendable {
 
     mutating func append(_ entry: AccessLogEntry, at now: timespec) {
         if bytes.capacity == 0 { bytes.reserveCapacity(capacity) }
-        let cache = entry.cache ?? "-"
-        if json {
-            bytes.writeStaticString(#"{"cache":""#)
-            write(cache)
-            bytes.writeStaticString(#"","label":"mixpeek-proxy","level":"info","message":"request","method":""#)
-            write(entry.method.rawValue)
-            bytes.writeStaticString(#"","ms":""#)
-            writeMilliseconds(entry.milliseconds)
-            bytes.writeStaticString(#"","request_id":""#)
-            write(entry.requestID ?? "-")
-            bytes.writeStaticString(#"","route":""#)
-            write(entry.route)
-            bytes.writeStaticString(#"","status":""#)
-            writeDigits(Int(entry.status), width: 3)
-            bytes.writeStaticString(#"","time":""#)
-            writeTime(now)
-            bytes.writeStaticString("\"}\n")
-        } else {
-            writeTime(now)
-            bytes.writeStaticString(" info mixpeek-proxy: cache=")
-            write(cache)
-            bytes.writeStaticString(" method=")
-            write(entry.method.rawValue)
-            bytes.writeStaticString(" ms=")
-            writeMilliseconds(entry.milliseconds)
-            bytes.writeStaticString(" request_id=")
-            write(entry.requestID ?? "-")
-            bytes.writeStaticString(" route=")
-            write(entry.route)
-            bytes.writeStaticString(" status=")
-            writeDigits(Int(entry.status), width: 3)
-            bytes.writeStaticString(" [MixpeekProxy] request\n")
-        }
-        count += 1
-    }
-
-    /// `2026-12-02T03:19:51.123Z`, as `Timestamp` writes times.
-    private mutating func writeTime(_ now: timespec) {
         let seconds = Int(now.tv_sec)
         if seconds != second {
             second = seconds
             secondText = Array(Timestamp.string(Date(timeIntervalSince1970: Double(seconds))).utf8.prefix(20))
         }
-        bytes.writeBytes(secondText)
-        writeDigits(Int(now.tv_nsec) / 1_000_000, width: 3)
-        bytes.writeInteger(UInt8(ascii: "Z"))
+        let cache = entry.cache ?? "-"
+        let method = entry.method.rawValue
+        let requestID = entry.requestID ?? "-"
+        // The line is written as one piece (`ByteWriter`); the room it needs is counted first:
+        // the fixed parts, the time, the numbers, and each value escaped at worst (6 bytes a byte).
+        let values = cache.utf8.count + method.utf8.count + requestID.utf8.count + entry.route.utf8.count
+        let room = 192 + secondText.count + 3 * ByteWriter.maxDecimalDigits + 6 * values
+        let json = json
+        let secondText = secondText
+        bytes.writeBytes(atMost: room) { line in
+            if json {
+                line.write(#"{"cache":""#)
+                Self.write(cache, json: true, to: &line)
+                line.write(#"","label":"mixpeek-proxy","level":"info","message":"request","method":""#)
+                Self.write(method, json: true, to: &line)
+                line.write(#"","ms":""#)
+                Self.writeMilliseconds(entry.milliseconds, to: &line)
+                line.write(#"","request_id":""#)
+                Self.write(requestID, json: true, to: &line)
+                line.write(#"","route":""#)
+                Self.write(entry.route, json: true, to: &line)
+                line.write(#"","status":""#)
+                line.writeDecimal(Int(entry.status), minimumDigits: 3)
+                line.write(#"","time":""#)
+                Self.writeTime(now, secondText: secondText, to: &line)
+                line.write("\"}\n")
+            } else {
+                Self.writeTime(now, secondText: secondText, to: &line)
+                line.write(" info mixpeek-proxy: cache=")
+                Self.write(cache, json: false, to: &line)
+                line.write(" method=")
+                Self.write(method, json: false, to: &line)
+                line.write(" ms=")
+                Self.writeMilliseconds(entry.milliseconds, to: &line)
+                line.write(" request_id=")
+                Self.write(requestID, json: false, to: &line)
+                line.write(" route=")
+                Self.write(entry.route, json: false, to: &line)
+                line.write(" status=")
+                line.writeDecimal(Int(entry.status), minimumDigits: 3)
+                line.write(" [MixpeekProxy] request\n")
+            }
+        }
+        count += 1
+    }
+
+    /// `2026-12-02T03:19:51.123Z`, as `Timestamp` writes times; `secondText` is the part up to
+    /// the fraction, for `now`'s second.
+    private static func writeTime(_ now: timespec, secondText: [UInt8], to line: inout ByteWriter) {
+        line.write(secondText)
+        line.writeDecimal(Int(now.tv_nsec) / 1_000_000, minimumDigits: 3)
+        line.write(UInt8(ascii: "Z"))
     }
 
     /// Two decimals, as `%.2f` writes them.
-    private mutating func writeMilliseconds(_ milliseconds: Double) {
+    private static func writeMilliseconds(_ milliseconds: Double, to line: inout ByteWriter) {
         let hundredths = Int((max(milliseconds, 0) * 100).rounded())
-        writeDigits(hundredths / 100, width: 1)
-        bytes.writeInteger(UInt8(ascii: "."))
-        writeDigits(hundredths % 100, width: 2)
-    }
-
-    /// `value` in decimal, zero-padded to `width` digits at least.
-    private mutating func writeDigits(_ value: Int, width: Int) {
-        if width > 1 || value >= 10 { writeDigits(value / 10, width: width - 1) }
-        bytes.writeInteger(UInt8(ascii: "0") + UInt8(value % 10))
+        line.writeDecimal(hundredths / 100)
+        line.write(UInt8(ascii: "."))
+        line.writeDecimal(hundredths % 100, minimumDigits: 2)
     }
 
     /// A value as is when it is plain (the usual case: routes, methods, cache results and the
     /// proxy's own request ids); otherwise escaped, so that a request id from a client or the
     /// upstream can neither end a JSON string nor split a text line into fields.
-    private mutating func write(_ value: String) {
-        if value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
-            bytes.writeString(value)
-            return
-        }
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-                if json { bytes.writeInteger(UInt8(ascii: "\\")) }
-                bytes.writeInteger(byte)
-            case 0..<0x20, 0x7f:
-                writeEscaped(byte)
-            case UInt8(ascii: " ") where !json:
-                writeEscaped(byte)
-            default:
-                bytes.writeInteger(byte)
+    private static func write(_ value: String, json: Bool, to line: inout ByteWriter) {
+        var value = value
+        value.withUTF8 { bytes in
+            var plain = true
+            for byte in bytes where !(byte > 0x20 && byte < 0x7f && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\")) {
+                plain = false
+                break
+            }
+            if plain { return line.write(bytes) }
+            for byte in bytes {
+                switch byte {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                    if json { line.write(UInt8(ascii: "\\")) }
+                    line.write(byte)
+                case 0..<0x20, 0x7f:
+                    writeEscaped(byte, json: json, to: &line)
+                case UInt8(ascii: " ") where !json:
+                    writeEscaped(byte, json: json, to: &line)
+                default:
+                    line.write(byte)
+                }
             }
         }
     }
 
     /// `\u00XX` in JSON, `\xXX` in text.
-    private mutating func writeEscaped(_ byte: UInt8) {
-        bytes.writeStaticString(json ? "\\u00" : "\\x")
-        bytes.writeString([byte].hex)
+    private static func writeEscaped(_ byte: UInt8, json: Bool, to line: inout ByteWriter) {
+        line.write(json ? "\\u00" : "\\x")
+        line.writeString([byte].hex)
     }
 }

@@ -92,7 +92,11 @@ extension HTTPHeaders {
 
     /// True when the client asks for a fresh answer: `no-cache` or `max-age=0`.
     var demandsRefresh: Bool {
-        cacheControl(contains: "no-cache") || self["cache-control"].contains { value in
+        // One pass finds whether there is a field to read at all (a hit's request has none).
+        guard contains(where: { name, _ in
+            name.utf8.count == 13 && name.lowercased() == "cache-control" || name.utf8.count == 6 && name.lowercased() == "pragma"
+        }) else { return false }
+        return cacheControl(contains: "no-cache") || self["cache-control"].contains { value in
             Headers.listTokens(value).contains { $0 == "max-age=0" }
         } || self["pragma"].contains { $0.lowercased().contains("no-cache") }
     }

@@ -58,17 +58,23 @@ public final class Proxy: HTTPResponder {
         self.logger = logger
     }
 
-    public func respond(to request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+    public func respond(to incoming: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
         let started = NIODeadline.now()
-        if request.path.hasPrefix("/_proxy/") {
-            return internalEndpoint(request, on: eventLoop)
+        if Self.isInternal(incoming.target) {
+            return internalEndpoint(incoming, on: eventLoop)
         }
-        let requestID = Self.requestID(request.headers)
-        var incoming = request
-        if let refusal = Self.originForm(&incoming) {
-            return finish(.now(refusal.response(requestID: requestID)), request, route: "refused", cache: nil, started: started, on: eventLoop)
+        let requestID = Self.requestID(incoming.headers)
+        let request: HTTPRequest
+        if incoming.method != .CONNECT, Self.isOriginForm(incoming.target) {
+            // The usual case: nothing to bring to origin form, nothing copied.
+            request = incoming
+        } else {
+            var incoming = incoming
+            if let refusal = Self.originForm(&incoming) {
+                return finish(.now(refusal.response(requestID: requestID)), incoming, route: "refused", cache: nil, started: started, on: eventLoop)
+            }
+            request = incoming
         }
-        let request = incoming
         let decision = Policy.decide(
             Route(method: request.method, target: request.target), target: request.target, headers: request.headers, settings: settings.policy)
         switch decision {
@@ -88,7 +94,10 @@ public final class Proxy: HTTPResponder {
                     })
                 }
                 let response = cachedResponse(remembered.entry, headerBlock: remembered.prepared.fixedFields, result: "HIT", requestID: requestID)
-                return finish(.now(response), request, route: decision.label, cache: "HIT", started: started, on: eventLoop)
+                // Its request id is known: the request log need not look for it among the fields.
+                observe(request, route: decision.label, status: response.status, cache: "HIT", requestID: requestID,
+                        started: started, on: eventLoop)
+                return .now(response)
             }
             return later(request, route: decision.label, started: started,
                          list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
@@ -143,10 +152,15 @@ public final class Proxy: HTTPResponder {
 
     /// A list from the cache. A hit from memory brings its fixed fields already encoded.
     private func cachedResponse(_ entry: CachedList, headerBlock: HTTPHeaderBlock? = nil, result: String, requestID: String) -> HTTPResponse {
-        var headers = headerBlock == nil ? CachedListResponse.fixedFields(of: entry) : HTTPHeaders()
-        headers.add(name: "Age", value: String(cache.age(of: entry)))
-        headers.add(name: "X-Cache", value: result)
-        headers.add(name: "X-Request-Id", value: requestID)
+        // Made in one piece: one array of fields, not one grown by each `add`.
+        let fields = [("Age", String(cache.age(of: entry))), ("X-Cache", result), ("X-Request-Id", requestID)]
+        var headers: HTTPHeaders
+        if headerBlock == nil {
+            headers = CachedListResponse.fixedFields(of: entry)
+            headers.add(contentsOf: fields)
+        } else {
+            headers = HTTPHeaders(fields)
+        }
         return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headerBlock: headerBlock, headers: headers, body: entry.body)
     }
 
@@ -298,6 +312,34 @@ public final class Proxy: HTTPResponder {
         return nil
     }
 
+    /// True for an origin-form target of URI characters only, which `originForm` leaves as it
+    /// is: the usual case, checked byte-wise without copying the request.
+    static func isOriginForm(_ target: String) -> Bool {
+        var target = target
+        return target.withUTF8 { bytes in
+            guard bytes.first == UInt8(ascii: "/") else { return false }
+            for byte in bytes where !isURIByte(byte) { return false }
+            return true
+        }
+    }
+
+    /// Whether the target's path starts with `/_proxy/` (the proxy's own endpoints), as
+    /// `request.path.hasPrefix("/_proxy/")` says, read as bytes. A byte after the prefix that
+    /// is not ASCII could join its `/` into another Character: only then is it read as Characters.
+    static func isInternal(_ target: String) -> Bool {
+        var target = target
+        let prefix: StaticString = "/_proxy/"
+        let bytesSay = target.withUTF8 { bytes -> Bool? in
+            prefix.withUTF8Buffer { prefix in
+                guard bytes.count >= prefix.count, UnsafeBufferPointer(rebasing: bytes[..<prefix.count]).elementsEqual(prefix) else {
+                    return false
+                }
+                return bytes.count == prefix.count || bytes[prefix.count] < 0x80 ? true : nil
+            }
+        }
+        return bytesSay ?? HTTPRequest(method: .GET, target: target).path.hasPrefix("/_proxy/")
+    }
+
     /// True when `authority` names the address the client connected to (or localhost on its port).
     private static func isOwnAuthority(_ authority: String, local: SocketAddress?) -> Bool {
         guard let local, let port = local.port, let ip = local.ipAddress else { return false }
@@ -340,7 +382,8 @@ public final class Proxy: HTTPResponder {
     private func later(_ request: HTTPRequest, route: String, started: NIODeadline,
                        _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
-            self.observe(request, route: route, response: response, cache: cacheResult, started: started, on: answer.eventLoop)
+            self.observe(request, route: route, status: response.status, cache: cacheResult,
+                         requestID: response.headers.first(name: "x-request-id"), started: started, on: answer.eventLoop)
             return response
         })
     }
@@ -348,18 +391,21 @@ public final class Proxy: HTTPResponder {
     private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline,
                         on eventLoop: any EventLoop) -> HTTPReply {
         if case .now(let response) = reply {
-            observe(request, route: route, response: response, cache: cache, started: started, on: eventLoop)
+            observe(request, route: route, status: response.status, cache: cache,
+                    requestID: response.headers.first(name: "x-request-id"), started: started, on: eventLoop)
         }
         return reply
     }
 
     /// The request-log line and the request metrics, per request. Never logs headers or bodies.
-    private func observe(_ request: HTTPRequest, route: String, response: HTTPResponse, cache: String?, started: NIODeadline,
-                         on eventLoop: any EventLoop) {
+    /// `requestID` is the response's `X-Request-Id`, read only when the request log is on.
+    private func observe(_ request: HTTPRequest, route: String, status: HTTPResponseStatus, cache: String?,
+                         requestID: @autoclosure () -> String?, started: NIODeadline, on eventLoop: any EventLoop) {
         let elapsed = Self.milliseconds(since: started)
-        metrics.request(route: route, status: Int(response.status.code), cache: cache, seconds: elapsed / 1000)
-        accessLog?.record(AccessLogEntry(
-            method: request.method, route: route, status: response.status.code, cache: cache, milliseconds: elapsed,
-            requestID: response.headers.first(name: "x-request-id")), on: eventLoop)
+        metrics.request(route: route, status: Int(status.code), cache: cache, seconds: elapsed / 1000)
+        guard let accessLog else { return }
+        accessLog.record(AccessLogEntry(
+            method: request.method, route: route, status: status.code, cache: cache, milliseconds: elapsed,
+            requestID: requestID()), on: eventLoop)
     }
 }

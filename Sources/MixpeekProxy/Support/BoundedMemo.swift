@@ -10,6 +10,7 @@ struct BoundedMemo<Value: Sendable>: Sendable {
         self.capacity = capacity
     }
 
+    @inline(__always)
     subscript(key: String) -> Value? { values[key] }
 
     mutating func value(for key: String, else compute: (String) -> Value) -> Value {

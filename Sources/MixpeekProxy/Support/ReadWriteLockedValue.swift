@@ -36,6 +36,15 @@ final class ReadWriteLockedValue<Value>: @unchecked Sendable {
         return try body(value.pointee)
     }
 
+    /// As `withReadLock`, with the value's address: a reader that touches a few of its fields
+    /// loads only those, where a value passed to `body` is loaded whole (a retain and a
+    /// release of everything it holds). `body` must not keep the pointer.
+    func withReadLockedPointer<T>(_ body: (UnsafePointer<Value>) throws -> T) rethrows -> T {
+        precondition(pthread_rwlock_rdlock(lock) == 0, "pthread_rwlock_rdlock failed")
+        defer { pthread_rwlock_unlock(lock) }
+        return try body(UnsafePointer(value))
+    }
+
     func withLockedValue<T>(_ body: (inout Value) throws -> T) rethrows -> T {
         precondition(pthread_rwlock_wrlock(lock) == 0, "pthread_rwlock_wrlock failed")
         defer { pthread_rwlock_unlock(lock) }
