@@ -71,17 +71,48 @@ public final class GroupAuditLog: AuditSink, Sendable {
                             setup: ["SET synchronous_commit = on"], logger: logger)
     }
 
+    /// Returns the intent once it is durable and every live proxy has read it, within one
+    /// lease and a second of being asked; else throws (the mutation is refused, not forwarded)
+    /// after recording an `error` outcome for an intent already in the chain. The bound keeps
+    /// the owner ahead of any proxy's reaper, which waits `upstream_timeout` + a lease + 2 s.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
-        let written = try await append(AuditRecord(
+        let asked = NIODeadline.now()
+        let draft = AuditRecord(
             seq: 0, kind: .intent, intent_seq: nil, time: AuditLog.now(), action: intent.action, user_email: intent.user,
             key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
             upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
-            prev_hash: "", hash: ""), onlyIfOpen: nil)
+            prev_hash: "", hash: "")
+        try Self.check(draft)
+        let written = try await append(draft, onlyIfOpen: nil)
         guard let record = written.record else { throw GroupError.chain("intent not written") }
         // This proxy stops caching the user at once; the others once they have read it.
         member.noteOpen(record.seq, user: UserIdentity.folded(record.user_email))
-        try await member.awaitPeers(pastSeq: record.seq)
+        let settings = member.settings
+        let deadline = asked + .nanoseconds(Int64((settings.leaseSeconds + 1) * 1e9))
+        do {
+            try await member.awaitPeers(pastSeq: record.seq, live: written.peers, until: deadline)
+            guard NIODeadline.now() < deadline else {
+                throw GroupError.unavailable("the intent took longer than a lease to be written and read by the group")
+            }
+        } catch {
+            // Not forwarded: say so in the chain, which also reopens the user everywhere.
+            let elapsed = Double((NIODeadline.now() - asked).nanoseconds) / 1e6
+            _ = try? await recordOutcome(of: record, AuditResult(outcome: .error, upstreamStatus: nil, durationMS: elapsed))
+            throw error
+        }
         return record
+    }
+
+    /// Refuses, for this mutation alone, a record PostgreSQL would refuse (and with it every
+    /// record group-committed beside it): a NUL in a text field, or a user too long to announce.
+    static func check(_ record: AuditRecord) throws {
+        let fields = [record.user_email, record.key_name ?? "", record.caller, record.client, record.request_id]
+        if fields.contains(where: { $0.utf8.contains(0) }) {
+            throw GroupError.chain("a NUL character cannot be recorded in the group's chain")
+        }
+        if UserIdentity.folded(record.user_email).utf8.count > 4000 || (record.key_name?.utf8.count ?? 0) > 100_000 {
+            throw GroupError.chain("a user or key name too long to record in the group's chain")
+        }
     }
 
     @discardableResult
@@ -122,8 +153,9 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// Commits everything pending in one transaction, then starts over while anything came in.
     private func flush() {
         let batch = pending.withLockedValue { pending in
-            let batch = pending.drafts
-            pending.drafts = []
+            // At most 1,000 records a transaction (20 bind parameters each; PostgreSQL takes 65,535).
+            let batch = Array(pending.drafts.prefix(1_000))
+            pending.drafts.removeFirst(batch.count)
             if batch.isEmpty { pending.flushing = false }
             return batch
         }

@@ -41,8 +41,10 @@ public final class GroupMember: ListGate, Sendable {
     private struct State {
         var open: [Int64: OpenIntent] = [:]
         var openUsers: [String: Int] = [:]
-        /// The newest record heard per user (`hit_check = read` compares it with the chain's).
+        /// The newest record heard per user (`hit_check = read` compares it with the chain's),
+        /// and the head at the last catch-up, which every user's records are heard up to.
         var heard: [String: Int64] = [:]
+        var heardFloor: Int64 = 0
         /// Intents whose outcome was heard lately, so a catch-up's older reading cannot reopen them.
         var recentlyClosed: [Int64] = []
         /// The last chain record this proxy has acted on.
@@ -178,6 +180,14 @@ public final class GroupMember: ListGate, Sendable {
     /// intents, then takes the lease: only then are hits served.
     private func catchUp(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
         closeGate()
+        // First a live lease that says "read nothing yet", so that from here on every intent's
+        // proxy waits for this one (which hears it, LISTEN being in effect) or finds it in the
+        // open intents read below.
+        try await connection.query("""
+            INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq)
+            VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), 0)
+            ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, read_seq = 0
+            """, logger: logger)
         var head: Int64 = 0
         for try await value in try await connection.query("SELECT coalesce(max(seq), 0)::bigint FROM mixpeek_audit", logger: logger).decode(Int64.self) {
             head = value
@@ -192,6 +202,18 @@ public final class GroupMember: ListGate, Sendable {
         }
         await local.invalidate(user: nil)
         state.withLockedValue { state in
+            if head < state.processed {
+                // The chain is shorter than what was heard: PostgreSQL lost its last records (a
+                // crash before they reached the disk, a failover). Seqs will be reused: forget
+                // every position heard.
+                logger.warning("group: the chain ends before records this proxy heard; starting over from it", metadata: [
+                    "head": "\(head)", "heard": "\(state.processed)"])
+                state.processed = head
+                state.recentlyClosed = []
+                state.peers = [:]
+                state.heard = [:]
+            }
+            state.heardFloor = head
             // Intents past `head` heard meanwhile stay; the reading decides the rest.
             for (seq, intent) in state.open where seq > head && open[seq] == nil { open[seq] = intent }
             for seq in state.recentlyClosed { open[seq] = nil }
@@ -337,10 +359,13 @@ public final class GroupMember: ListGate, Sendable {
     /// `live`, when given, are the other proxies whose lease was live when the record was known
     /// to be committed, with their `read_seq` then (`GroupAuditLog` reads them with the flush),
     /// which saves the first query.
-    func awaitPeers(pastSeq seq: Int64, live: [String: Int64]? = nil) async throws {
+    func awaitPeers(pastSeq seq: Int64, live: [String: Int64]? = nil, until deadline: NIODeadline) async throws {
         let me = settings.proxyID
         var known = live
         while true {
+            guard NIODeadline.now() < deadline else {
+                throw GroupError.unavailable("other proxies did not read the intent within a lease")
+            }
             let lagging: Set<String>
             if let peers = known {
                 lagging = Set(peers.filter { $0.value < seq }.keys)
@@ -394,7 +419,7 @@ public final class GroupMember: ListGate, Sendable {
                 }
                 return newest
             }
-            return self.state.withLockedValue { newest <= ($0.heard[folded] ?? 0) }
+            return self.state.withLockedValue { newest <= max($0.heard[folded] ?? 0, $0.heardFloor) }
         }
         return promise.futureResult.recover { _ in false }
     }

@@ -29,9 +29,12 @@ public struct GroupSettings: Sendable, Equatable {
         self.upstreamTimeoutSeconds = upstreamTimeoutSeconds
     }
 
-    /// A name for this process when none is given: host and process id.
+    /// A name for this process when none is given: host, process id and 4 random hex digits
+    /// (two containers with one host name may both be pid 1; two proxies sharing a name would
+    /// not wait for each other).
     public static func defaultProxyID() -> String {
-        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        let nonce = String(UInt16.random(in: .min ... .max), radix: 16)
+        return "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(nonce)"
     }
 }
 
