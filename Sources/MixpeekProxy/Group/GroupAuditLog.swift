@@ -4,7 +4,6 @@ import MixpeekAPI
 import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
-import Synchronization
 
 /// The group's one audit chain in PostgreSQL, as an `AuditSink`.
 ///
@@ -57,8 +56,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
     private let pending = NIOLockedValueBox(Pending())
     /// Committed batches waiting for the next flush (`awaitDurable`).
     private let flushing = NIOLockedValueBox((waiting: [(batch: [Draft], written: [AuditRecord?])](), running: false))
-    /// Whether appends are hashed by `mixpeek_audit_append` (no HMAC key, and no disagreement seen).
-    private let hashInDatabase = Atomic<Bool>(true)
 
     public init(member: GroupMember, hmacKey: String?, witness: WitnessFile?, logger: Logger) {
         self.member = member
@@ -214,9 +211,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws -> [AuditRecord?] {
-        if key == nil && hashInDatabase.load(ordering: .relaxed) {
-            return try await commitInOneCall(batch, on: connection)
-        }
         try await connection.query("BEGIN", logger: logger)
         var head = (seq: Int64(0), hash: AuditRecord.genesis)
         for try await (seq, hash) in try await connection.query(
@@ -277,68 +271,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
                 """, binds: bindings), logger: logger)
         }
         try await connection.query("COMMIT", logger: logger)
-        return written
-    }
-
-    /// One fields object per record for `mixpeek_audit_append`: every value as the text the
-    /// hash covers (`AuditRecord.canonicalEncoding`).
-    private struct Fields: Encodable {
-        var kind: String
-        var intent_seq: String?
-        var time: String
-        var action: String
-        var user_email: String
-        var user_fold: String
-        var key_name: String?
-        var caller: String
-        var client: String
-        var request_id: String
-        var upstream_status: String?
-        var outcome: String?
-        var duration_ms: String?
-        var key_id: String?
-        var key_prefix: String?
-        var key_hash: String?
-        var only_if_open: String?
-    }
-
-    /// The append as one statement (lock, head, chain, hash, insert in `mixpeek_audit_append`):
-    /// one round trip under the lock instead of four. Each hash that comes back is checked
-    /// against this proxy's own; on a difference (a database whose text functions disagree)
-    /// the proxy says so and hashes in Swift from then on.
-    private func commitInOneCall(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws -> [AuditRecord?] {
-        let fields = batch.map { draft in
-            let record = draft.record
-            return Fields(
-                kind: record.kind.rawValue, intent_seq: record.intent_seq.map(String.init), time: record.time,
-                action: record.action.rawValue, user_email: record.user_email, user_fold: UserIdentity.folded(record.user_email),
-                key_name: record.key_name, caller: record.caller, client: record.client, request_id: record.request_id,
-                upstream_status: record.upstream_status.map(String.init), outcome: record.outcome?.rawValue,
-                duration_ms: record.duration_ms.map(AuditRecord.threeDecimals), key_id: record.key_id, key_prefix: record.key_prefix,
-                key_hash: record.key_hash, only_if_open: draft.onlyIfOpen.map(String.init))
-        }
-        let json = String(decoding: try JSONEncoder().encode(fields), as: UTF8.self)
-        let proxyID = member.settings.proxyID
-        var written: [AuditRecord?] = []
-        var index = 0
-        for try await (seq, previous, hash) in try await connection.query(
-            "SELECT record_seq, record_prev_hash, record_hash FROM mixpeek_audit_append(\(json)::jsonb, \(proxyID))",
-            logger: logger).decode((Int64?, String?, String?).self) {
-            defer { index += 1 }
-            guard index < batch.count, let seq, let previous, let hash else {
-                written.append(nil)
-                continue
-            }
-            var record = batch[index].record
-            record.seq = seq
-            record.prev_hash = previous
-            record.hash = hash
-            if record.computeHash(key: nil) != hash, hashInDatabase.exchange(false, ordering: .relaxed) {
-                logger.critical("group: the database hashed audit record \(seq) differently from this proxy; hashing in the proxy from now on, and `audit verify` will name that record")
-            }
-            written.append(record)
-        }
-        guard written.count == batch.count else { throw GroupError.chain("the database appended \(written.count) of \(batch.count) records") }
         return written
     }
 

@@ -60,61 +60,6 @@ public enum GroupSchema {
                 SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
             END $$
             """,
-            // The same bytes as `AuditRecord.canonicalEncoding`: each field length-prefixed (in
-            // UTF-8 bytes), a missing one `|-`.
-            """
-            CREATE FUNCTION mixpeek_audit_field(value text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-            SELECT CASE WHEN value IS NULL THEN '|-' ELSE '|' || octet_length(convert_to(value, 'UTF8')) || ':' || value END
-            $$
-            """,
-            // An append in one statement, for chains without an HMAC key (whose key must not reach
-            // the database): lock, head, each record chained and hashed (SHA-256) and inserted.
-            // `GroupAuditLog` checks every hash it gets back against its own computation.
-            """
-            CREATE FUNCTION mixpeek_audit_append(records jsonb, proxy text)
-            RETURNS TABLE(record_seq bigint, record_prev_hash text, record_hash text) LANGUAGE plpgsql AS $$
-            DECLARE
-                head_seq bigint;
-                head_hash text;
-                r jsonb;
-                encoded text;
-            BEGIN
-                PERFORM pg_advisory_xact_lock(\(appendLock));
-                SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
-                head_seq := coalesce(head_seq, 0);
-                head_hash := coalesce(head_hash, repeat('0', 64));
-                FOR r IN SELECT value FROM jsonb_array_elements(records) LOOP
-                    IF r->>'only_if_open' IS NOT NULL
-                       AND EXISTS (SELECT 1 FROM mixpeek_audit o WHERE o.intent_seq = (r->>'only_if_open')::bigint) THEN
-                        record_seq := NULL; record_prev_hash := NULL; record_hash := NULL;
-                        RETURN NEXT;
-                        CONTINUE;
-                    END IF;
-                    encoded := 'mixpeek-proxy-audit-v1'
-                        || mixpeek_audit_field((head_seq + 1)::text) || mixpeek_audit_field(r->>'kind')
-                        || mixpeek_audit_field(r->>'intent_seq') || mixpeek_audit_field(r->>'time')
-                        || mixpeek_audit_field(r->>'action') || mixpeek_audit_field(r->>'user_email')
-                        || mixpeek_audit_field(r->>'key_name') || mixpeek_audit_field(r->>'caller')
-                        || mixpeek_audit_field(r->>'client') || mixpeek_audit_field(r->>'request_id')
-                        || mixpeek_audit_field(r->>'upstream_status') || mixpeek_audit_field(r->>'outcome')
-                        || mixpeek_audit_field(r->>'duration_ms') || mixpeek_audit_field(r->>'key_id')
-                        || mixpeek_audit_field(r->>'key_prefix') || mixpeek_audit_field(r->>'key_hash')
-                        || mixpeek_audit_field(head_hash);
-                    record_seq := head_seq + 1;
-                    record_prev_hash := head_hash;
-                    record_hash := encode(sha256(convert_to(encoded, 'UTF8')), 'hex');
-                    INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller, client,
-                        request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, proxy_id)
-                    VALUES (record_seq, r->>'kind', (r->>'intent_seq')::bigint, r->>'time', r->>'action', r->>'user_email',
-                        r->>'user_fold', r->>'key_name', r->>'caller', r->>'client', r->>'request_id',
-                        (r->>'upstream_status')::integer, r->>'outcome', (r->>'duration_ms')::double precision, r->>'key_id',
-                        r->>'key_prefix', r->>'key_hash', record_prev_hash, record_hash, proxy);
-                    head_seq := record_seq;
-                    head_hash := record_hash;
-                    RETURN NEXT;
-                END LOOP;
-            END $$
-            """,
             """
             CREATE FUNCTION mixpeek_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'mixpeek_audit is append-only'; END $$
