@@ -262,16 +262,18 @@ public final class GroupMember: ListGate, Sendable {
         }
     }
 
-    /// One announcement: `i seq intent_seq user` (a record appended) or `a proxy read_seq`.
+    /// One announcement: `i seq intent_seq proxy_id user` (a record appended) or
+    /// `a proxy_id read_seq` (a proxy's position).
     private func hear(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) async {
-        let parts = payload.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+        let parts = payload.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false)
         if parts.first == "a", parts.count == 3, let seq = Int64(parts[2]) {
             return peerRead(String(parts[1]), seq)
         }
-        guard parts.first == "i", parts.count == 4, let seq = Int64(parts[1]), let intentSeq = Int64(parts[2]) else {
+        guard parts.first == "i", parts.count == 5, let seq = Int64(parts[1]), let intentSeq = Int64(parts[2]) else {
             return logger.warning("group: unreadable announcement", metadata: ["payload": "\(payload.prefix(80))"])
         }
-        let user = String(parts[3])
+        let user = String(parts[4])
+        let appendedHere = parts[3] == settings.proxyID
         if settings.hitCheck == .read {
             state.withLockedValue { $0.heard[user] = max($0.heard[user] ?? 0, seq) }
         }
@@ -284,9 +286,9 @@ public final class GroupMember: ListGate, Sendable {
             noteClosed(intentSeq)
         }
         state.withLockedValue { $0.processed = max($0.processed, seq) }
-        // Only an intent's proxy waits for the others to have read it; an outcome's position
-        // goes out with the next acknowledgement or lease renewal.
-        if intentSeq == 0 { acknowledge(on: connection) }
+        // Only an intent's proxy waits for the others to have read it (not for itself); any
+        // other position goes out with the next acknowledgement or lease renewal.
+        if intentSeq == 0 && !appendedHere { acknowledge(on: connection) }
     }
 
     /// Marks intent `seq` open, unless this proxy has read past it already (then its outcome

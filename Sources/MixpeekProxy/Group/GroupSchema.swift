@@ -6,7 +6,8 @@ import PostgresNIO
 /// - `mixpeek_audit`: the one audit chain, the same records and hash as `audit.sqlite`, plus
 ///   `user_fold` (which user's lists a record invalidates) and `proxy_id`, outside the hash:
 ///   each proxy's witness file is what binds its appends. Triggers refuse UPDATE, DELETE and
-///   TRUNCATE, and announce every insert on the `mixpeek_proxy` channel (`i seq intent_seq user`).
+///   TRUNCATE, and announce every insert on the `mixpeek_proxy` channel
+///   (`i seq intent_seq proxy_id user`).
 /// - `mixpeek_proxies`: a row per proxy: its lease and how far it has read the chain; a change
 ///   of `read_seq` is announced on the same channel (`a proxy_id read_seq`).
 public enum GroupSchema {
@@ -75,7 +76,7 @@ public enum GroupSchema {
             """
             CREATE FUNCTION mixpeek_audit_announce() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                PERFORM pg_notify('mixpeek_proxy', 'i ' || NEW.seq || ' ' || coalesce(NEW.intent_seq, 0) || ' ' || NEW.user_fold);
+                PERFORM pg_notify('mixpeek_proxy', 'i ' || NEW.seq || ' ' || coalesce(NEW.intent_seq, 0) || ' ' || NEW.proxy_id || ' ' || NEW.user_fold);
                 RETURN NULL;
             END $$
             """,
