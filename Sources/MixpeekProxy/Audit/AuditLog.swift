@@ -118,11 +118,17 @@ public final class AuditLog: Sendable {
     /// Records a mutation's intent durably; throws when it cannot, and then the mutation must
     /// not be forwarded.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
-        try await append(AuditRecord(
-            seq: 0, kind: .intent, intent_seq: nil, time: Self.now(), action: intent.action, user_email: intent.user,
+        try await append(Self.intent(intent, time: Self.now()))
+    }
+
+    /// The unchained record of `intent` (`seq`, `prev_hash` and `hash` are filled in by the
+    /// append that chains it): this log's and the group chain's.
+    static func intent(_ intent: AuditIntent, time: String) -> AuditRecord {
+        AuditRecord(
+            seq: 0, kind: .intent, intent_seq: nil, time: time, action: intent.action, user_email: intent.user,
             key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
             upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
-            prev_hash: "", hash: ""))
+            prev_hash: "", hash: "")
     }
 
     /// Records how the mutation of `intent` ended.

@@ -57,6 +57,23 @@ public struct AuditFilter: Sendable {
     }
 }
 
+extension AuditFilter {
+    /// The filter as SQL conditions on an intent `i` and its outcome `o`, each with its one
+    /// value in the `?` it holds: the same for `audit.sqlite` and the group's chain.
+    /// `foldedUser` is the intent's user folded (`UserIdentity`) in that database, so that every
+    /// spelling of the address matches; each record keeps the one sent.
+    func conditions(foldedUser: String) -> [(sql: String, value: String)] {
+        var conditions: [(sql: String, value: String)] = []
+        if let action { conditions.append(("i.action = ?", action.rawValue)) }
+        if let user { conditions.append(("\(foldedUser) = ?", UserIdentity.folded(user))) }
+        if let key { conditions.append(("i.key_name = ?", key)) }
+        if let since { conditions.append(("i.time >= ?", AuditLog.storedTime(since) ?? since)) }
+        if let until { conditions.append(("i.time < ?", AuditLog.storedTime(until) ?? until)) }
+        if let outcome { conditions.append(("COALESCE(o.outcome, 'unknown') = ?", outcome.rawValue)) }
+        return conditions
+    }
+}
+
 /// What `audit verify` found.
 public struct AuditVerification: Sendable {
     public var records: Int
@@ -74,22 +91,9 @@ extension AuditLog {
     /// Streams the mutations matching `filter`, oldest first, one at a time: a million-record
     /// log is never loaded into memory. Works while the proxy appends (WAL readers).
     public func query(_ filter: AuditFilter, _ body: (AuditEntry) throws -> Void) throws {
-        var conditions = ["i.kind = 'intent'"]
-        var arguments = StatementArguments()
-        if let action = filter.action { conditions.append("i.action = ?"); _ = arguments.append(contentsOf: [action.rawValue]) }
-        if let user = filter.user {
-            // Every spelling of the address (`UserIdentity`); each record keeps the one sent.
-            conditions.append("mixpeek_fold_user(i.user_email) = ?")
-            _ = arguments.append(contentsOf: [UserIdentity.folded(user)])
-        }
-        if let key = filter.key { conditions.append("i.key_name = ?"); _ = arguments.append(contentsOf: [key]) }
-        if let since = filter.since { conditions.append("i.time >= ?"); _ = arguments.append(contentsOf: [Self.storedTime(since) ?? since]) }
-        if let until = filter.until { conditions.append("i.time < ?"); _ = arguments.append(contentsOf: [Self.storedTime(until) ?? until]) }
-        if let outcome = filter.outcome {
-            conditions.append("COALESCE(o.outcome, 'unknown') = ?")
-            _ = arguments.append(contentsOf: [outcome.rawValue])
-        }
-        var sql = Self.entriesSQL(where: conditions.joined(separator: " AND "), order: "i.seq")
+        let conditions = filter.conditions(foldedUser: "mixpeek_fold_user(i.user_email)")
+        var arguments = StatementArguments(conditions.map(\.value))
+        var sql = Self.entriesSQL(where: (["i.kind = 'intent'"] + conditions.map(\.sql)).joined(separator: " AND "), order: "i.seq")
         if let limit = filter.limit {
             sql += " LIMIT ?"
             _ = arguments.append(contentsOf: [limit])

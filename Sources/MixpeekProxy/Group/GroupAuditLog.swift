@@ -74,11 +74,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// the owner ahead of any proxy's reaper, which waits `upstream_timeout` + a lease + 2 s.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
         let asked = NIODeadline.now()
-        let draft = AuditRecord(
-            seq: 0, kind: .intent, intent_seq: nil, time: AuditLog.now(), action: intent.action, user_email: intent.user,
-            key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
-            upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
-            prev_hash: "", hash: "")
+        let draft = AuditLog.intent(intent, time: AuditLog.now())
         try Self.check(draft)
         let written = try await append(draft, onlyIfOpen: nil)
         guard let record = written.record else { throw GroupError.chain("intent not written") }
@@ -338,11 +334,7 @@ public final class WitnessFile: Sendable {
 
     public init(directory: String) throws {
         let path = URL(fileURLWithPath: directory).appendingPathComponent(Self.name).path
-        if !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-                throw GroupError.unavailable("cannot create \(path)")
-            }
-        }
+        try DataFiles.createPrivateFile(at: path)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try handle.seekToEnd()
         self.handle = NIOLockedValueBox(handle)

@@ -56,16 +56,10 @@ public enum GroupChain {
                              _ body: (AuditEntry) throws -> Void) async throws {
         var conditions = ["i.kind = 'intent'"]
         var bindings = PostgresBindings()
-        func bind(_ value: String) -> String {
-            bindings.append(value)
-            return "$\(bindings.count)"
+        for condition in filter.conditions(foldedUser: "i.user_fold") {
+            bindings.append(condition.value)
+            conditions.append(condition.sql.replacingOccurrences(of: "?", with: "$\(bindings.count)"))
         }
-        if let action = filter.action { conditions.append("i.action = \(bind(action.rawValue))") }
-        if let user = filter.user { conditions.append("i.user_fold = \(bind(UserIdentity.folded(user)))") }
-        if let key = filter.key { conditions.append("i.key_name = \(bind(key))") }
-        if let since = filter.since { conditions.append("i.time >= \(bind(AuditLog.storedTime(since) ?? since))") }
-        if let until = filter.until { conditions.append("i.time < \(bind(AuditLog.storedTime(until) ?? until))") }
-        if let outcome = filter.outcome { conditions.append("COALESCE(o.outcome, 'unknown') = \(bind(outcome.rawValue))") }
         var sql = """
             SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
                    COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,

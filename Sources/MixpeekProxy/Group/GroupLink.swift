@@ -51,9 +51,7 @@ actor GroupLink {
     /// quiet would otherwise hold it until TCP gives up, minutes later.
     func run<T: Sendable>(timeout: Double = 10, _ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connected()
-        let watchdog = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) {
-            let _: EventLoopFuture<Void> = connection.close()
-        }
+        let watchdog = Self.close(connection, after: timeout)
         defer { watchdog.cancel() }
         do {
             return try await body(connection)
@@ -83,6 +81,14 @@ actor GroupLink {
                 throw GroupError.unavailable("no answer from PostgreSQL within \(seconds) s of connecting")
             }
             return connection
+        }
+    }
+
+    /// Closes `connection` from its event loop after `seconds`, unless cancelled first: a
+    /// query on a connection whose network went quiet then fails instead of waiting for TCP.
+    static func close(_ connection: PostgresConnection, after seconds: Double) -> Scheduled<Void> {
+        connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
+            let _: EventLoopFuture<Void> = connection.close()
         }
     }
 

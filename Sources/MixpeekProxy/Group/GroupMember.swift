@@ -145,9 +145,7 @@ public final class GroupMember: ListGate, Sendable {
             settings.database, applicationName: "mixpeek-proxy listen \(settings.proxyID)", within: settings.leaseSeconds + 3,
             logger: logger)
         // Joined within a few leases, or the connection is closed under whatever waits.
-        let watchdog = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64((settings.leaseSeconds * 2 + 5) * 1e9))) {
-            let _: EventLoopFuture<Void> = connection.close()
-        }
+        let watchdog = GroupLink.close(connection, after: settings.leaseSeconds * 2 + 5)
         do {
             try await GroupSchema.migrate(connection, logger: logger)
             try await connection.query("SET synchronous_commit = off", logger: logger)
@@ -231,9 +229,7 @@ public final class GroupMember: ListGate, Sendable {
         while true {
             try await Task.sleep(for: .seconds(settings.leaseSeconds / 4))
             // A renewal that takes a whole lease ends the session: the connection is closed under it.
-            let watchdog = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(settings.leaseSeconds * 1e9))) {
-                let _: EventLoopFuture<Void> = connection.close()
-            }
+            let watchdog = GroupLink.close(connection, after: settings.leaseSeconds)
             defer { watchdog.cancel() }
             try await renew(connection, local, catchingUp: false)
         }
