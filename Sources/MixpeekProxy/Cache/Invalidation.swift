@@ -9,4 +9,7 @@
 ///   lists (or everything) rather than return with a stale list still servable.
 public protocol Invalidation: Sendable {
     func invalidate(user: String?) async
+    /// The same, without suspending: on return nothing stale is served, though a store's
+    /// delete may still be on its way to disk.
+    func drop(user: String?)
 }

@@ -314,27 +314,42 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// (`UserIdentity`; of everyone when nil), for every credential, and makes any list fetch
     /// already in flight for that user unstorable. Returns when the delete is on disk.
     public func invalidate(user: String?) async {
-        let folded = user.map(UserIdentity.folded)
         let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
-            state.withLockedValue { state in
-                state.readYourWrites.invalidate(folded: folded)
-                if let folded {
-                    state.memory.remove(folded: folded)
-                } else {
-                    state.memory.removeAll()
-                    state.onDisk.purged()
-                }
-                // Nothing of this user's in the file: nothing to delete, nothing to wait for.
-                guard let store, folded.map(state.onDisk.mayHaveLists(ofFolded:)) ?? true else {
-                    return continuation.resume(returning: .success(()))
-                }
-                // Queued under the lock: every read or store submitted after this sees it.
-                store.enqueueDelete(user: user) { continuation.resume(returning: $0) }
-                if let folded { state.onDisk.deleted(folded: folded) }
-            }
+            remove(user: user) { continuation.resume(returning: $0) }
         }
         if case .failure(let error) = result {
             logger.error("could not delete lists from the cache file", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// `invalidate(user:)` without waiting for the file: the delete is queued, and every read
+    /// or store submitted after this returns sees it. For callers that may not suspend (the
+    /// group's announcements, heard on an event loop).
+    public func drop(user: String?) {
+        remove(user: user) { [logger] result in
+            if case .failure(let error) = result {
+                logger.error("could not delete lists from the cache file", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    private func remove(user: String?, onDisk: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let folded = user.map(UserIdentity.folded)
+        state.withLockedValue { state in
+            state.readYourWrites.invalidate(folded: folded)
+            if let folded {
+                state.memory.remove(folded: folded)
+            } else {
+                state.memory.removeAll()
+                state.onDisk.purged()
+            }
+            // Nothing of this user's in the file: nothing to delete, nothing to wait for.
+            guard let store, folded.map(state.onDisk.mayHaveLists(ofFolded:)) ?? true else {
+                return onDisk(.success(()))
+            }
+            // Queued under the lock: every read or store submitted after this sees it.
+            store.enqueueDelete(user: user, completion: onDisk)
+            if let folded { state.onDisk.deleted(folded: folded) }
         }
     }
 
