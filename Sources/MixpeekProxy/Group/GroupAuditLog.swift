@@ -7,22 +7,18 @@ import PostgresNIO
 
 /// The group's one audit chain in PostgreSQL, as an `AuditSink`.
 ///
-/// Appends are group-committed like `AuditLog`'s: records that arrive while a transaction is
-/// being written go together into the next one. Each transaction takes an advisory lock (the
-/// proxies' role may INSERT and SELECT the chain, never UPDATE it, so there is no head row to
-/// lock `FOR UPDATE`) and reads the head in one call (`mixpeek_audit_lock_head`), inserts the
-/// records chained on it, and commits; the primary key on `seq` refuses a fork even if the lock
-/// were bypassed.
+/// Appends are group-committed like `AuditLog`'s: records that arrive while a batch is being
+/// written go together into the next one. A batch is written in one call and one round trip
+/// (`appendChained`): this proxy chains the records on the head it knows (`GroupMember`
+/// learns each new head from the announcements) and `mixpeek_audit_append` inserts them under
+/// an advisory lock if the head is still that one, or else returns the head, on which they are
+/// chained again. (The proxies' role may INSERT and SELECT the chain, never UPDATE it, so there
+/// is no head row to lock `FOR UPDATE`; the primary key on `seq` refuses a fork even if the
+/// lock were bypassed.) No round trip is made while the lock is held.
 ///
-/// Durability without holding the lock through an fsync: the transaction commits with
-/// `synchronous_commit = off`, which releases the lock as soon as the commit is in the WAL
-/// buffers, and then a one-row write with `synchronous_commit = on` on another connection
-/// (`flushBarrier`) waits until the WAL is on disk up to a point after that commit. Only then
-/// is an append reported done (and a mutation forwarded), and the `(seq, hash)` of each record
-/// written to this proxy's witness file. The proxies' flushes overlap and PostgreSQL commits
-/// them together; the chain's order is decided in the short locked part alone. A crash before
-/// the flush loses those records and every later one (the WAL is sequential), and none of
-/// their mutations was forwarded.
+/// Durability: the call commits with `synchronous_commit = on`, so it returns only once the
+/// records are on disk; only then is an append reported done (and a mutation forwarded), and
+/// the `(seq, hash)` of each record written to this proxy's witness file.
 ///
 /// An intent returns only when it is committed **and** every live proxy has read past it
 /// (`GroupMember.awaitPeers`): only then may the mutation be forwarded.
@@ -35,7 +31,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     /// An append's result: the record (nil when the reaper's was not needed) and the other
-    /// proxies with a live lease once it was durable, with their `read_seq` then.
+    /// proxies with a live lease once the chain's lock was held, with their `read_seq` then.
     struct Appended: Sendable {
         var record: AuditRecord?
         var peers: [String: Int64]
@@ -48,24 +44,19 @@ public final class GroupAuditLog: AuditSink, Sendable {
 
     let member: GroupMember
     private let writer: GroupLink
-    /// Synchronous commits that make the writer's asynchronous ones durable (`flushBarrier`).
-    private let flusher: GroupLink
     private let key: Data?
     private let witness: WitnessFile?
     private let logger: Logger
     private let pending = NIOLockedValueBox(Pending())
-    /// Committed batches waiting for the next flush (`awaitDurable`).
-    private let flushing = NIOLockedValueBox((waiting: [(batch: [Draft], written: [AuditRecord?])](), running: false))
 
     public init(member: GroupMember, hmacKey: String?, witness: WitnessFile?, logger: Logger) {
         self.member = member
         self.key = hmacKey.map { Data($0.utf8) }
         self.witness = witness
         self.logger = logger
+        // `on` whatever the server's default: an append is reported done only once on disk.
         writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
-                           setup: ["SET synchronous_commit = off"], logger: logger)
-        flusher = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
-                            setup: ["SET synchronous_commit = on"], logger: logger)
+                           setup: ["SET synchronous_commit = on"], logger: logger)
     }
 
     /// Returns the intent once it is durable and every live proxy has read it, within one
@@ -119,7 +110,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// At shutdown, after the last request: closes this sink's connections.
     public func close() async {
         await writer.close()
-        await flusher.close()
     }
 
     public func recordCount() async throws -> Int {
@@ -154,48 +144,56 @@ public final class GroupAuditLog: AuditSink, Sendable {
         }
         guard !batch.isEmpty else { return }
         Task {
-            let written: [AuditRecord?]
             do {
-                let drafts = batch.map { ($0.record, $0.onlyIfOpen) }
-                written = try await writer.run { connection in try await self.commit(drafts, on: connection) }
+                let (written, peers) = batch.contains(where: { $0.onlyIfOpen != nil })
+                    ? try await writer.run { connection in try await self.commit(batch.map { ($0.record, $0.onlyIfOpen) }, on: connection) }
+                    : try await appendChained(batch.map(\.record))
+                witness?.append(written.compactMap { $0 })
+                for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: Appended(record: record, peers: peers)) }
             } catch {
                 fail(batch, error)
-                return self.flush()
             }
-            // Made durable apart, so that the next batch takes the lock without waiting for
-            // this one's fsync.
-            self.awaitDurable(batch, written)
             self.flush()
         }
     }
 
-    /// Hands a committed batch to the flusher: one flush at a time, each covering every batch
-    /// committed before it started, so a slow disk makes bigger flushes, not a queue of them.
-    private func awaitDurable(_ batch: [Draft], _ written: [AuditRecord?]) {
-        let start = flushing.withLockedValue { state -> Bool in
-            state.waiting.append((batch, written))
-            defer { state.running = true }
-            return !state.running
-        }
-        if start { Task { await self.flushLoop() } }
-    }
-
-    private func flushLoop() async {
-        while true {
-            let covered = flushing.withLockedValue { state -> [(batch: [Draft], written: [AuditRecord?])] in
-                defer { state.waiting = [] }
-                if state.waiting.isEmpty { state.running = false }
-                return state.waiting
-            }
-            if covered.isEmpty { return }
-            do {
-                let peers = try await flushBarrier()
-                witness?.append(covered.flatMap { $0.written.compactMap { $0 } })
-                for (batch, written) in covered {
-                    for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: Appended(record: record, peers: peers)) }
+    /// Appends `drafts` in one call (`mixpeek_audit_append`), chained on the head this proxy
+    /// knows, and again on the head it returns for as long as another proxy appended first.
+    private func appendChained(_ drafts: [AuditRecord]) async throws -> (written: [AuditRecord?], peers: [String: Int64]) {
+        let me = member.settings.proxyID
+        return try await writer.run { connection in
+            var head = self.member.chainHead
+            while true {
+                let expected = head
+                var records: [AuditRecord] = []
+                records.reserveCapacity(drafts.count)
+                var rows: [ChainRow] = []
+                rows.reserveCapacity(drafts.count)
+                for draft in drafts {
+                    var record = draft
+                    record.seq = head.seq + 1
+                    record.prev_hash = head.hash
+                    record.hash = record.computeHash(key: self.key)
+                    head = (record.seq, record.hash)
+                    records.append(record)
+                    rows.append(ChainRow(record))
                 }
-            } catch {
-                for (batch, _) in covered { fail(batch, error) }
+                let json = String(decoding: try JSONEncoder().encode(rows), as: UTF8.self)
+                var found: (seq: Int64, hash: String)?
+                var peers: [String: Int64] = [:]
+                let call = AppendCall(expectedSeq: expected.seq, expectedHash: expected.hash, records: json, me: me)
+                for try await (conflict, seq, hash, peer, readSeq) in try await connection.execute(call, logger: self.logger) {
+                    if conflict, let seq, let hash { found = (seq, hash) }
+                    if let peer, let readSeq { peers[peer] = readSeq }
+                }
+                if let found {
+                    // Another proxy appended first: chain on what it wrote.
+                    self.member.noteHead(found.seq, found.hash, truth: true)
+                    head = found
+                    continue
+                }
+                self.member.noteHead(head.seq, head.hash)
+                return (records, peers)
             }
         }
     }
@@ -206,7 +204,10 @@ public final class GroupAuditLog: AuditSink, Sendable {
         for draft in batch { draft.continuation.resume(throwing: GroupError.unavailable(problem)) }
     }
 
-    private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws -> [AuditRecord?] {
+    /// The reaper's path: appends `batch` in a transaction that holds the chain's lock while it
+    /// checks that each `onlyIfOpen` intent is still open, then reads the live peers.
+    private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
         try await connection.query("BEGIN", logger: logger)
         var head = (seq: Int64(0), hash: AuditRecord.genesis)
         for try await (seq, hash) in try await connection.query(
@@ -267,30 +268,14 @@ public final class GroupAuditLog: AuditSink, Sendable {
                 """, binds: bindings), logger: logger)
         }
         try await connection.query("COMMIT", logger: logger)
-        return written
-    }
-
-    /// Returns once the WAL is on disk past every transaction this proxy committed before the
-    /// call: a transaction that writes a row, committed with `synchronous_commit = on` (this
-    /// connection's default), waits for exactly that. (One that writes nothing would not wait,
-    /// hence the upsert of this proxy's row in `mixpeek_flushes`.)
-    ///
-    /// It also reads the other proxies with a live lease and their `read_seq`: the first thing
-    /// a new intent waits on (`GroupMember.awaitPeers`), for no query of its own.
-    private func flushBarrier() async throws -> [String: Int64] {
-        let me = member.settings.proxyID
-        return try await flusher.run { connection in
-            var peers: [String: Int64] = [:]
-            for try await (id, readSeq) in try await connection.query("""
-                WITH flushed AS (
-                    INSERT INTO mixpeek_flushes (proxy_id) VALUES (\(me))
-                    ON CONFLICT (proxy_id) DO UPDATE SET flushes = mixpeek_flushes.flushes + 1 RETURNING 1)
-                SELECT proxy_id, read_seq FROM mixpeek_proxies, flushed WHERE proxy_id <> \(me) AND lease_until > now()
-                """, logger: self.logger).decode((String, Int64).self) {
-                peers[id] = readSeq
-            }
-            return peers
+        member.noteHead(head.seq, head.hash)
+        var peers: [String: Int64] = [:]
+        for try await (id, readSeq) in try await connection.query(
+            "SELECT proxy_id, read_seq FROM mixpeek_proxies WHERE proxy_id <> \(proxyID) AND lease_until > now()",
+            logger: logger).decode((String, Int64).self) {
+            peers[id] = readSeq
         }
+        return (written, peers)
     }
 
     // MARK: The reaper
@@ -322,6 +307,75 @@ public final class GroupAuditLog: AuditSink, Sendable {
                 }
             }
         }
+    }
+}
+
+/// `mixpeek_audit_append`, prepared once per connection.
+private struct AppendCall: PostgresPreparedStatement {
+    static let name = "mixpeek_audit_append_v2"
+    static let sql = """
+        SELECT conflict, head_seq, head_hash, peer_id, peer_read_seq FROM mixpeek_audit_append($1, $2, $3::jsonb, $4)
+        """
+    typealias Row = (Bool, Int64?, String?, String?, Int64?)
+    var expectedSeq: Int64
+    var expectedHash: String
+    var records: String
+    var me: String
+
+    func makeBindings() -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 4)
+        bindings.append(expectedSeq)
+        bindings.append(expectedHash)
+        bindings.append(records)
+        bindings.append(me)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+}
+
+/// A record as `mixpeek_audit_append` reads it (`jsonb_to_recordset`).
+private struct ChainRow: Encodable {
+    var seq: Int64
+    var kind: String
+    var intent_seq: Int64?
+    var time: String
+    var action: String
+    var user_email: String
+    var user_fold: String
+    var key_name: String?
+    var caller: String
+    var client: String
+    var request_id: String
+    var upstream_status: Int?
+    var outcome: String?
+    var duration_ms: Double?
+    var key_id: String?
+    var key_prefix: String?
+    var key_hash: String?
+    var prev_hash: String
+    var hash: String
+
+    init(_ record: AuditRecord) {
+        seq = record.seq
+        kind = record.kind.rawValue
+        intent_seq = record.intent_seq
+        time = record.time
+        action = record.action.rawValue
+        user_email = record.user_email
+        user_fold = UserIdentity.folded(record.user_email)
+        key_name = record.key_name
+        caller = record.caller
+        client = record.client
+        request_id = record.request_id
+        upstream_status = record.upstream_status
+        outcome = record.outcome?.rawValue
+        duration_ms = record.duration_ms
+        key_id = record.key_id
+        key_prefix = record.key_prefix
+        key_hash = record.key_hash
+        prev_hash = record.prev_hash
+        hash = record.hash
     }
 }
 

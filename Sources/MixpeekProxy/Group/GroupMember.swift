@@ -32,6 +32,9 @@ public final class GroupMember: ListGate, Sendable {
     /// Open intents anywhere in the group: while 0, `admits` folds no name.
     private let openCount = Atomic<Int>(0)
     private let state = NIOLockedValueBox(State())
+    /// The chain's head as last known here (this proxy's appends, the announcements, a refused
+    /// append): what `GroupAuditLog` chains the next batch on.
+    private let head = NIOLockedValueBox((seq: Int64(0), hash: AuditRecord.genesis))
 
     struct OpenIntent {
         var user: String
@@ -50,6 +53,9 @@ public final class GroupMember: ListGate, Sendable {
         /// The last chain record this proxy has acted on.
         var processed: Int64 = 0
         var ackRunning = false
+        /// During a catch-up, the announcements heard, for after it.
+        var buffering = false
+        var buffered: [String] = []
         /// `read_seq` of each peer, as announced.
         var peers: [String: Int64] = [:]
         var waiters: [ObjectIdentifier: PeerWaiter] = [:]
@@ -149,22 +155,32 @@ public final class GroupMember: ListGate, Sendable {
         do {
             try await GroupSchema.migrate(connection, logger: logger)
             try await connection.query("SET synchronous_commit = off", logger: logger)
-            try await connection.listen(on: "mixpeek_proxy") { notifications in
-                // LISTEN is in effect: whatever is appended from now on will be heard.
-                try await catchUp(connection, local)
-                watchdog.cancel()
-                state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
-                logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask { try await self.renewLease(connection, local) }
-                    group.addTask {
-                        for try await notification in notifications {
-                            await self.hear(notification.payload, on: connection, local)
-                        }
-                        throw GroupError.unavailable("the LISTEN connection closed")
-                    }
+            // Announcements are heard on the connection's event loop, as they arrive: no task per
+            // announcement.
+            let listening = connection.addListener(channel: "mixpeek_proxy") { _, notification in
+                self.heard(notification.payload, on: connection, local)
+            }
+            defer { listening.stop() }
+            // Sent after the listener's own LISTEN: once this returns, LISTEN is in effect and
+            // whatever is appended from now on will be heard.
+            try await connection.query("LISTEN mixpeek_proxy", logger: logger)
+            try await catchUp(connection, local)
+            watchdog.cancel()
+            state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
+            logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await self.renewLease(connection, local) }
+                group.addTask {
+                    try? await connection.closeFuture.get()
+                    throw GroupError.unavailable("the LISTEN connection closed")
+                }
+                do {
                     try await group.next()
+                } catch {
+                    // Ends the other task too: a failed renewal closes the connection.
+                    try? await connection.close()
                     group.cancelAll()
+                    throw error
                 }
             }
         } catch {
@@ -178,6 +194,8 @@ public final class GroupMember: ListGate, Sendable {
     /// intents, then takes the lease: only then are hits served.
     private func catchUp(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
         closeGate()
+        // What is heard meanwhile waits until the reading below is in place.
+        state.withLockedValue { $0.buffering = true; $0.buffered = [] }
         // First a live lease that says "read nothing yet", so that from here on every intent's
         // proxy waits for this one (which hears it, LISTEN being in effect) or finds it in the
         // open intents read below.
@@ -186,6 +204,10 @@ public final class GroupMember: ListGate, Sendable {
             VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), 0)
             ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, read_seq = 0
             """, logger: logger)
+        // An append that took the chain's lock before that lease was visible may have read the
+        // live proxies without this one: wait for it to commit, so that the open intents read
+        // below include its records.
+        try await connection.query("SELECT pg_advisory_xact_lock(\(GroupSchema.appendLock))", logger: logger)
         var head: Int64 = 0
         for try await value in try await connection.query("SELECT coalesce(max(seq), 0)::bigint FROM mixpeek_audit", logger: logger).decode(Int64.self) {
             head = value
@@ -220,6 +242,14 @@ public final class GroupMember: ListGate, Sendable {
             for intent in open.values { state.openUsers[intent.user, default: 0] += 1 }
             state.processed = max(state.processed, head)
             openCount.store(open.count, ordering: .relaxed)
+        }
+        // Then what was heard meanwhile, in order; what arrives while this runs joins the queue.
+        while let next = state.withLockedValue({ state -> [String]? in
+            if state.buffered.isEmpty { state.buffering = false; return nil }
+            defer { state.buffered = [] }
+            return state.buffered
+        }) {
+            for payload in next { hear(payload, on: connection, local) }
         }
         try await renew(connection, local, catchingUp: true)
     }
@@ -258,33 +288,53 @@ public final class GroupMember: ListGate, Sendable {
         }
     }
 
-    /// One announcement: `i seq intent_seq proxy_id user` (a record appended) or
+    /// An announcement as it arrives (on the connection's event loop): kept for later during a
+    /// catch-up, else acted on.
+    private func heard(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) {
+        let later = state.withLockedValue { state -> Bool in
+            if state.buffering { state.buffered.append(payload) }
+            return state.buffering
+        }
+        if !later { hear(payload, on: connection, local) }
+    }
+
+    /// One announcement: `i seq intent_seq proxy_id hash user` (a record appended) or
     /// `a proxy_id read_seq` (a proxy's position).
-    private func hear(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) async {
-        let parts = payload.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false)
+    private func hear(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) {
+        let parts = payload.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: false)
         if parts.first == "a", parts.count == 3, let seq = Int64(parts[2]) {
             return peerRead(String(parts[1]), seq)
         }
-        guard parts.first == "i", parts.count == 5, let seq = Int64(parts[1]), let intentSeq = Int64(parts[2]) else {
+        guard parts.first == "i", parts.count == 6, let seq = Int64(parts[1]), let intentSeq = Int64(parts[2]) else {
             return logger.warning("group: unreadable announcement", metadata: ["payload": "\(payload.prefix(80))"])
         }
-        let user = String(parts[4])
+        let user = String(parts[5])
         let appendedHere = parts[3] == settings.proxyID
+        noteHead(seq, String(parts[4]))
         if settings.hitCheck == .read {
             state.withLockedValue { $0.heard[user] = max($0.heard[user] ?? 0, seq) }
         }
         if intentSeq == 0 {
             // An intent: no list of this user is cached from now until its outcome.
             noteOpen(seq, user: user)
-            await local.invalidate(user: user)
+            local.drop(user: user)
         } else {
-            await local.invalidate(user: user)
+            local.drop(user: user)
             noteClosed(intentSeq)
         }
         state.withLockedValue { $0.processed = max($0.processed, seq) }
         // Only an intent's proxy waits for the others to have read it (not for itself); any
         // other position goes out with the next acknowledgement or lease renewal.
         if intentSeq == 0 && !appendedHere { acknowledge(on: connection) }
+    }
+
+    /// The chain's head as last known here.
+    var chainHead: (seq: Int64, hash: String) { head.withLockedValue { $0 } }
+
+    /// A record known to be in the chain: the head, if newer than the one known. With
+    /// `truth`, the head PostgreSQL just reported, which may be older (records lost).
+    func noteHead(_ seq: Int64, _ hash: String, truth: Bool = false) {
+        head.withLockedValue { if truth || seq > $0.seq { $0 = (seq, hash) } }
     }
 
     /// Marks intent `seq` open, unless this proxy has read past it already (then its outcome
@@ -309,32 +359,32 @@ public final class GroupMember: ListGate, Sendable {
         }
     }
 
-    /// Writes `read_seq`: one write at a time, each carrying the latest position.
+    /// Announces how far this proxy has read (`a proxy_id read_seq`): one at a time, each
+    /// carrying the latest position, sent from the connection's event loop.
     private func acknowledge(on connection: PostgresConnection) {
         let start = state.withLockedValue { state -> Bool in
             defer { state.ackRunning = true }
             return !state.ackRunning
         }
         guard start else { return }
-        Task {
-            var written: Int64 = -1
-            while true {
-                let position = state.withLockedValue { state -> Int64? in
-                    if state.processed == written { state.ackRunning = false; return nil }
-                    return state.processed
+        // After the rest of what the connection delivered with it, so that one carries them all.
+        connection.eventLoop.execute {
+            self.sendAcknowledgement(self.state.withLockedValue { $0.processed }, on: connection)
+        }
+    }
+
+    private func sendAcknowledgement(_ position: Int64, on connection: PostgresConnection) {
+        let payload = "a \(settings.proxyID) \(position)"
+        connection.query("SELECT 1::bigint FROM pg_notify('mixpeek_proxy', \(payload))", logger: logger).whenComplete { result in
+            let next = self.state.withLockedValue { state -> Int64? in
+                // On a failure the connection is failing: the lease renewal fails too and ends the session.
+                guard case .success = result, state.processed != position else {
+                    state.ackRunning = false
+                    return nil
                 }
-                guard let position else { return }
-                do {
-                    try await connection.query(
-                        "UPDATE mixpeek_proxies SET read_seq = greatest(read_seq, \(position)) WHERE proxy_id = \(settings.proxyID)",
-                        logger: logger)
-                    written = position
-                } catch {
-                    // The connection is failing: the lease renewal will fail too and end the session.
-                    state.withLockedValue { $0.ackRunning = false }
-                    return
-                }
+                return state.processed
             }
+            if let next { self.sendAcknowledgement(next, on: connection) }
         }
     }
 
@@ -444,3 +494,4 @@ extension GroupMember {
         for reader in readers { await reader.close() }
     }
 }
+

@@ -7,9 +7,11 @@ import PostgresNIO
 ///   `user_fold` (which user's lists a record invalidates) and `proxy_id`, outside the hash:
 ///   each proxy's witness file is what binds its appends. Triggers refuse UPDATE, DELETE and
 ///   TRUNCATE, and announce every insert on the `mixpeek_proxy` channel
-///   (`i seq intent_seq proxy_id user`).
+///   (`i seq intent_seq proxy_id hash user`; v1 had no hash).
 /// - `mixpeek_proxies`: a row per proxy: its lease and how far it has read the chain; a change
-///   of `read_seq` is announced on the same channel (`a proxy_id read_seq`).
+///   of `read_seq` is announced on the same channel (`a proxy_id read_seq`), as is each
+///   acknowledgement (`GroupMember.acknowledge`).
+/// - `mixpeek_audit_append`: a batch of records appended in one call (v2).
 public enum GroupSchema {
     /// The versions this build knows, oldest first.
     static let migrations: [(version: String, sql: [String])] = [
@@ -98,6 +100,56 @@ public enum GroupSchema {
             FOR EACH ROW EXECUTE FUNCTION mixpeek_proxies_announce()
             """,
         ]),
+        ("v2-one-call-appends", [
+            // Announcements carry the record's hash, so that every proxy knows the chain's head.
+            """
+            CREATE OR REPLACE FUNCTION mixpeek_audit_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('mixpeek_proxy', 'i ' || NEW.seq || ' ' || coalesce(NEW.intent_seq, 0) || ' ' || NEW.proxy_id
+                    || ' ' || NEW.hash || ' ' || NEW.user_fold);
+                RETURN NULL;
+            END $$
+            """,
+            // `GroupAuditLog.appendChained`: one call, one transaction. Under the chain's lock,
+            // inserts `records` (chained by the caller on the head it expects) if the head is
+            // that one, then returns the other proxies with a live lease and their `read_seq`,
+            // read after the lock was taken; else inserts nothing and returns the head.
+            """
+            CREATE FUNCTION mixpeek_audit_append(expected_seq bigint, expected_hash text, records jsonb, me text,
+                OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text, OUT peer_read_seq bigint)
+            -- A generic plan: a custom one would be planned again at each call, parsing `records` to fold it.
+            RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+            BEGIN
+                PERFORM pg_advisory_xact_lock(\(appendLock));
+                SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
+                head_seq := coalesce(head_seq, 0);
+                head_hash := coalesce(head_hash, '\(AuditRecord.genesis)');
+                conflict := head_seq <> expected_seq OR head_hash <> expected_hash;
+                IF conflict THEN
+                    RETURN NEXT;
+                    RETURN;
+                END IF;
+                INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller,
+                    client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash,
+                    hash, proxy_id)
+                SELECT r.seq, r.kind, r.intent_seq, r.time, r.action, r.user_email, r.user_fold, r.key_name, r.caller,
+                    r.client, r.request_id, r.upstream_status, r.outcome, r.duration_ms, r.key_id, r.key_prefix,
+                    r.key_hash, r.prev_hash, r.hash, me
+                FROM jsonb_to_recordset(records) AS r(seq bigint, kind text, intent_seq bigint, time text, action text,
+                    user_email text, user_fold text, key_name text, caller text, client text, request_id text,
+                    upstream_status integer, outcome text, duration_ms double precision, key_id text, key_prefix text,
+                    key_hash text, prev_hash text, hash text)
+                ORDER BY r.seq;
+                head_seq := NULL;
+                head_hash := NULL;
+                RETURN NEXT;
+                -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
+                RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq
+                    FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
+            END $$
+            """,
+            "DROP TABLE mixpeek_flushes",
+        ]),
     ]
 
     static var currentVersion: String { migrations.last!.version }
@@ -109,7 +161,6 @@ public enum GroupSchema {
         return [
             "GRANT SELECT, INSERT ON mixpeek_audit TO \(role)",
             "GRANT SELECT, INSERT, UPDATE ON mixpeek_proxies TO \(role)",
-            "GRANT SELECT, INSERT, UPDATE ON mixpeek_flushes TO \(role)",
             "GRANT SELECT ON mixpeek_schema_migrations TO \(role)",
         ]
     }
