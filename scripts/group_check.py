@@ -825,6 +825,11 @@ def role_privileges(group):
               result.returncode != 0 and "permission denied" in result.stderr, f"exit {result.returncode}: {result.stderr.strip()}")
     count = pg.psql("SELECT count(*) FROM mixpeek_audit", user=ROLE, password=ROLE_PASSWORD)
     check("role: and it reads the chain", count.isdigit() and int(count) > 0, count)
+    # A proxy of the first schema (announcements without the hash) renews its lease like this.
+    old = pg.run_psql("INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq) VALUES ('v1-proxy', now() + interval '2 s', 0) "
+                      "ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until", user=ROLE, password=ROLE_PASSWORD)
+    check("role: an older proxy's lease renewal is refused, saying to upgrade (its lease lapses; no stale hits)",
+          old.returncode != 0 and "upgrade" in old.stderr, f"exit {old.returncode}: {old.stderr.strip()}")
 
 
 def postgres_down_mid_run(group):

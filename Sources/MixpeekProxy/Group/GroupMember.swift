@@ -86,6 +86,10 @@ public final class GroupMember: ListGate, Sendable {
         }
     }
 
+    /// What this build says and understands on the channel (`mixpeek_proxies.protocol`): 2 is
+    /// announcements with the record's hash and acknowledgements by announcement.
+    static let channelProtocol: Int32 = 2
+
     /// `hit_check = read`: connections for the per-hit reads, used in turn.
     private let readers: [GroupLink]
     private let nextReader = Atomic<Int>(0)
@@ -200,9 +204,9 @@ public final class GroupMember: ListGate, Sendable {
         // proxy waits for this one (which hears it, LISTEN being in effect) or finds it in the
         // open intents read below.
         try await connection.query("""
-            INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq)
-            VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), 0)
-            ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, read_seq = 0
+            INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq, protocol)
+            VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), 0, \(Self.channelProtocol))
+            ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, read_seq = 0, protocol = EXCLUDED.protocol
             """, logger: logger)
         // An append that took the chain's lock before that lease was visible may have read the
         // live proxies without this one: wait for it to commit, so that the open intents read
@@ -272,10 +276,10 @@ public final class GroupMember: ListGate, Sendable {
         let sent = NIODeadline.now()
         let processed = state.withLockedValue { $0.processed }
         try await connection.query("""
-            INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq)
-            VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), \(processed))
+            INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq, protocol)
+            VALUES (\(settings.proxyID), now() + make_interval(secs => \(settings.leaseSeconds)), \(processed), \(Self.channelProtocol))
             ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until,
-                read_seq = greatest(mixpeek_proxies.read_seq, EXCLUDED.read_seq)
+                read_seq = greatest(mixpeek_proxies.read_seq, EXCLUDED.read_seq), protocol = EXCLUDED.protocol
             """, logger: logger)
         let until = sent + .nanoseconds(Int64(settings.leaseSeconds * 0.9 * 1e9))
         let now = NIODeadline.now()

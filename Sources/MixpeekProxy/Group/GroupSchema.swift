@@ -149,6 +149,24 @@ public enum GroupSchema {
             END $$
             """,
             "DROP TABLE mixpeek_flushes",
+            // A proxy of v1 still running would misread the announcements above (and drop the
+            // wrong user's lists): its lease renewals and `read_seq` writes are refused from now
+            // on, so its lease lapses, it serves no hit, the others stop waiting for it once
+            // that lease has run out, and at its reconnect it says to upgrade.
+            "ALTER TABLE mixpeek_proxies ADD COLUMN protocol integer NOT NULL DEFAULT 1",
+            """
+            CREATE FUNCTION mixpeek_proxies_protocol() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.protocol < 2 THEN
+                    RAISE EXCEPTION 'this mixpeek-proxy is older than the group''s schema (v2-one-call-appends): upgrade it';
+                END IF;
+                RETURN NEW;
+            END $$
+            """,
+            """
+            CREATE TRIGGER mixpeek_proxies_protocol BEFORE INSERT OR UPDATE ON mixpeek_proxies
+            FOR EACH ROW EXECUTE FUNCTION mixpeek_proxies_protocol()
+            """,
         ]),
     ]
 
