@@ -178,10 +178,7 @@ public final class AuditLog: Sendable {
             var head = try knownHead ?? Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
                 .map { Head(seq: $0["seq"], hash: $0["hash"]) } ?? Head(seq: 0, hash: AuditRecord.genesis)
             return try batch.map { draft, _ in
-                var record = draft
-                record.seq = head.seq + 1
-                record.prev_hash = head.hash
-                record.hash = record.computeHash(key: key)
+                let record = draft.chained(after: (head.seq, head.hash), key: key)
                 // A seq taken by another writer fails the insert (primary key), never forks the chain.
                 try Self.insert(record, db)
                 head = Head(seq: record.seq, hash: record.hash)

@@ -98,6 +98,15 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
         return SHA256.hash(data: data).hex
     }
 
+    /// This draft as the record after `(seq, hash)` in a chain: its `seq`, `prev_hash` and hash.
+    func chained(after head: (seq: Int64, hash: String), key: Data?) -> AuditRecord {
+        var record = self
+        record.seq = head.seq + 1
+        record.prev_hash = head.hash
+        record.hash = record.computeHash(key: key)
+        return record
+    }
+
     /// The `prev_hash` of the first record.
     static let genesis = String(repeating: "0", count: 64)
 }
