@@ -790,6 +790,12 @@ def killed_mid_mutation(group):
     check(f"SIGKILL mid-mutation: a reaper closes the intent as `unknown` ({seen_after:.1f} s after it was sent; "
           f"at most {bound:.1f} s)", bool(rows) and seen_after < bound, f"rows {rows} after {seen_after:.1f} s")
     if rows:
+        # Every live proxy's reaper saw the intent open; the chain's lock lets only one close it.
+        time.sleep(2.5)
+        outcomes = group.pg.psql("SELECT count(*) FROM mixpeek_audit o JOIN mixpeek_audit i ON o.intent_seq = i.seq "
+                                 "WHERE i.key_name = 'orphan'")
+        check("SIGKILL mid-mutation: the intent has exactly one outcome in the chain, though A's and B's reapers both saw it open",
+              outcomes == "1", f"{outcomes} outcomes")
         cached, _ = wait_until(lambda: prime(B, user)[1].cache == "HIT", 5, 0.3)
         check("SIGKILL mid-mutation: once closed, that user's lists are cached again (HIT on the second list)",
               bool(cached), "no HIT within 5 s")

@@ -145,9 +145,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
         guard !batch.isEmpty else { return }
         Task {
             do {
-                let (written, peers) = batch.contains(where: { $0.onlyIfOpen != nil })
-                    ? try await writer.run { connection in try await self.commit(batch.map { ($0.record, $0.onlyIfOpen) }, on: connection) }
-                    : try await appendChained(batch.map(\.record))
+                let (written, peers) = try await appendChained(batch.map { ($0.record, $0.onlyIfOpen) })
                 witness?.append(written.compactMap { $0 })
                 for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: Appended(record: record, peers: peers)) }
             } catch {
@@ -158,31 +156,41 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     /// Appends `drafts` in one call (`mixpeek_audit_append`), chained on the head this proxy
-    /// knows, and again on the head it returns for as long as another proxy appended first.
-    private func appendChained(_ drafts: [AuditRecord]) async throws -> (written: [AuditRecord?], peers: [String: Int64]) {
+    /// knows, and again on the head it returns for as long as another proxy appended first. A
+    /// draft with `onlyIfOpen` (the reaper's `unknown`) is written only if that intent has no
+    /// outcome yet under the chain's lock; else its result is nil and the rest are sent again.
+    private func appendChained(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
         let me = member.settings.proxyID
         return try await writer.run { connection in
             var head = self.member.chainHead
+            var closed = Set<Int64>()
             while true {
                 let expected = head
-                var records: [AuditRecord] = []
-                records.reserveCapacity(drafts.count)
+                var written: [AuditRecord?] = []
+                written.reserveCapacity(drafts.count)
                 var rows: [ChainRow] = []
                 rows.reserveCapacity(drafts.count)
                 for draft in drafts {
-                    var record = draft
-                    record.seq = head.seq + 1
-                    record.prev_hash = head.hash
-                    record.hash = record.computeHash(key: self.key)
+                    if let intent = draft.onlyIfOpen, closed.contains(intent) {
+                        written.append(nil)
+                        continue
+                    }
+                    let record = draft.record.chained(after: head, key: self.key)
                     head = (record.seq, record.hash)
-                    records.append(record)
+                    written.append(record)
                     rows.append(ChainRow(record))
                 }
+                if rows.isEmpty { return (written, [:]) }
                 let json = String(decoding: try JSONEncoder().encode(rows), as: UTF8.self)
+                let onlyIfOpen = drafts.compactMap { $0.onlyIfOpen }.filter { !closed.contains($0) }
                 var found: (seq: Int64, hash: String)?
+                var closing = Set<Int64>()
                 var peers: [String: Int64] = [:]
-                let call = AppendCall(expectedSeq: expected.seq, expectedHash: expected.hash, records: json, me: me)
-                for try await (conflict, seq, hash, peer, readSeq) in try await connection.execute(call, logger: self.logger) {
+                let call = AppendCall(expectedSeq: expected.seq, expectedHash: expected.hash, records: json, me: me,
+                                      onlyIfOpen: onlyIfOpen)
+                for try await (conflict, seq, hash, peer, readSeq, closedIntent) in try await connection.execute(call, logger: self.logger) {
+                    if let closedIntent { closing.insert(closedIntent) }
                     if conflict, let seq, let hash { found = (seq, hash) }
                     if let peer, let readSeq { peers[peer] = readSeq }
                 }
@@ -192,8 +200,14 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     head = found
                     continue
                 }
+                if !closing.isEmpty {
+                    // Closed meanwhile: nothing was written; again without those outcomes.
+                    closed.formUnion(closing)
+                    head = expected
+                    continue
+                }
                 self.member.noteHead(head.seq, head.hash)
-                return (records, peers)
+                return (written, peers)
             }
         }
     }
@@ -202,80 +216,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
         let problem = GroupError.describe(error)
         logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
         for draft in batch { draft.continuation.resume(throwing: GroupError.unavailable(problem)) }
-    }
-
-    /// The reaper's path: appends `batch` in a transaction that holds the chain's lock while it
-    /// checks that each `onlyIfOpen` intent is still open, then reads the live peers.
-    private func commit(_ batch: [(record: AuditRecord, onlyIfOpen: Int64?)], on connection: PostgresConnection) async throws
-        -> (written: [AuditRecord?], peers: [String: Int64]) {
-        try await connection.query("BEGIN", logger: logger)
-        var head = (seq: Int64(0), hash: AuditRecord.genesis)
-        for try await (seq, hash) in try await connection.query(
-            "SELECT head_seq, head_hash FROM mixpeek_audit_lock_head()", logger: logger).decode((Int64?, String?).self) {
-            if let seq, let hash { head = (seq, hash) }
-        }
-        var closed = Set<Int64>()
-        let reaped = batch.compactMap(\.onlyIfOpen)
-        if !reaped.isEmpty {
-            for try await seq in try await connection.query(
-                "SELECT DISTINCT intent_seq FROM mixpeek_audit WHERE intent_seq = ANY(\(reaped))", logger: logger).decode(Int64.self) {
-                closed.insert(seq)
-            }
-        }
-        var written: [AuditRecord?] = []
-        var bindings = PostgresBindings(capacity: batch.count * 20)
-        var rows: [String] = []
-        let proxyID = member.settings.proxyID
-        for draft in batch {
-            if let intent = draft.onlyIfOpen, closed.contains(intent) {
-                written.append(nil)
-                continue
-            }
-            var record = draft.record
-            record.seq = head.seq + 1
-            record.prev_hash = head.hash
-            record.hash = record.computeHash(key: key)
-            head = (record.seq, record.hash)
-            written.append(record)
-            let first = bindings.count
-            rows.append("(" + (1...20).map { "$\(first + $0)" }.joined(separator: ", ") + ")")
-            bindings.append(record.seq)
-            bindings.append(record.kind.rawValue)
-            bindings.append(record.intent_seq)
-            bindings.append(record.time)
-            bindings.append(record.action.rawValue)
-            bindings.append(record.user_email)
-            bindings.append(UserIdentity.folded(record.user_email))
-            bindings.append(record.key_name)
-            bindings.append(record.caller)
-            bindings.append(record.client)
-            bindings.append(record.request_id)
-            bindings.append(record.upstream_status)
-            bindings.append(record.outcome?.rawValue)
-            bindings.append(record.duration_ms)
-            bindings.append(record.key_id)
-            bindings.append(record.key_prefix)
-            bindings.append(record.key_hash)
-            bindings.append(record.prev_hash)
-            bindings.append(record.hash)
-            bindings.append(proxyID)
-        }
-        if !rows.isEmpty {
-            try await connection.query(PostgresQuery(unsafeSQL: """
-                INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller, client,
-                    request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, proxy_id)
-                VALUES \(rows.joined(separator: ", "))
-                """, binds: bindings), logger: logger)
-        }
-        try await connection.query("COMMIT", logger: logger)
-        member.noteHead(head.seq, head.hash)
-        var peers: [String: Int64] = [:]
-        for try await (id, readSeq) in try await connection.query(
-            "SELECT proxy_id, read_seq FROM mixpeek_proxies WHERE proxy_id <> \(proxyID) AND lease_until > now()",
-            logger: logger).decode((String, Int64).self) {
-            peers[id] = readSeq
-        }
-        return (written, peers)
     }
 
     // MARK: The reaper
@@ -314,68 +254,42 @@ public final class GroupAuditLog: AuditSink, Sendable {
 private struct AppendCall: PostgresPreparedStatement {
     static let name = "mixpeek_audit_append_v2"
     static let sql = """
-        SELECT conflict, head_seq, head_hash, peer_id, peer_read_seq FROM mixpeek_audit_append($1, $2, $3::jsonb, $4)
+        SELECT conflict, head_seq, head_hash, peer_id, peer_read_seq, closed_intent
+        FROM mixpeek_audit_append($1, $2, $3::jsonb, $4, $5)
         """
-    typealias Row = (Bool, Int64?, String?, String?, Int64?)
+    typealias Row = (Bool, Int64?, String?, String?, Int64?, Int64?)
     var expectedSeq: Int64
     var expectedHash: String
     var records: String
     var me: String
+    var onlyIfOpen: [Int64]
 
     func makeBindings() -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 4)
+        var bindings = PostgresBindings(capacity: 5)
         bindings.append(expectedSeq)
         bindings.append(expectedHash)
         bindings.append(records)
         bindings.append(me)
+        bindings.append(onlyIfOpen)
         return bindings
     }
 
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
-/// A record as `mixpeek_audit_append` reads it (`jsonb_to_recordset`).
+/// A record as `mixpeek_audit_append` reads it (`jsonb_to_recordset`): its own fields, as
+/// `AuditRecord` encodes them, and `user_fold`.
 private struct ChainRow: Encodable {
-    var seq: Int64
-    var kind: String
-    var intent_seq: Int64?
-    var time: String
-    var action: String
-    var user_email: String
-    var user_fold: String
-    var key_name: String?
-    var caller: String
-    var client: String
-    var request_id: String
-    var upstream_status: Int?
-    var outcome: String?
-    var duration_ms: Double?
-    var key_id: String?
-    var key_prefix: String?
-    var key_hash: String?
-    var prev_hash: String
-    var hash: String
+    var record: AuditRecord
 
-    init(_ record: AuditRecord) {
-        seq = record.seq
-        kind = record.kind.rawValue
-        intent_seq = record.intent_seq
-        time = record.time
-        action = record.action.rawValue
-        user_email = record.user_email
-        user_fold = UserIdentity.folded(record.user_email)
-        key_name = record.key_name
-        caller = record.caller
-        client = record.client
-        request_id = record.request_id
-        upstream_status = record.upstream_status
-        outcome = record.outcome?.rawValue
-        duration_ms = record.duration_ms
-        key_id = record.key_id
-        key_prefix = record.key_prefix
-        key_hash = record.key_hash
-        prev_hash = record.prev_hash
-        hash = record.hash
+    init(_ record: AuditRecord) { self.record = record }
+
+    private enum Keys: String, CodingKey { case user_fold }
+
+    func encode(to encoder: any Encoder) throws {
+        try record.encode(to: encoder)
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(UserIdentity.folded(record.user_email), forKey: .user_fold)
     }
 }
 

@@ -112,11 +112,14 @@ public enum GroupSchema {
             """,
             // `GroupAuditLog.appendChained`: one call, one transaction. Under the chain's lock,
             // inserts `records` (chained by the caller on the head it expects) if the head is
-            // that one, then returns the other proxies with a live lease and their `read_seq`,
-            // read after the lock was taken; else inserts nothing and returns the head.
+            // that one and every intent in `only_if_open` (the reaper's) still has no outcome,
+            // then returns the other proxies with a live lease and their `read_seq`, read after
+            // the lock was taken. Else it inserts nothing and returns the head, or the intents
+            // of `only_if_open` that are closed.
             """
             CREATE FUNCTION mixpeek_audit_append(expected_seq bigint, expected_hash text, records jsonb, me text,
-                OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text, OUT peer_read_seq bigint)
+                only_if_open bigint[], OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text,
+                OUT peer_read_seq bigint, OUT closed_intent bigint)
             -- A generic plan: a custom one would be planned again at each call, parsing `records` to fold it.
             RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
             BEGIN
@@ -127,6 +130,11 @@ public enum GroupSchema {
                 conflict := head_seq <> expected_seq OR head_hash <> expected_hash;
                 IF conflict THEN
                     RETURN NEXT;
+                    RETURN;
+                END IF;
+                RETURN QUERY SELECT true, NULL::bigint, NULL::text, NULL::text, NULL::bigint, a.intent_seq
+                    FROM mixpeek_audit a WHERE a.intent_seq = ANY(only_if_open);
+                IF FOUND THEN
                     RETURN;
                 END IF;
                 INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller,
@@ -144,7 +152,7 @@ public enum GroupSchema {
                 head_hash := NULL;
                 RETURN NEXT;
                 -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
-                RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq
+                RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint
                     FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
             END $$
             """,
