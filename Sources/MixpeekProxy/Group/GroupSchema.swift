@@ -122,6 +122,8 @@ public enum GroupSchema {
                 OUT peer_read_seq bigint, OUT closed_intent bigint)
             -- A generic plan: a custom one would be planned again at each call, parsing `records` to fold it.
             RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+            DECLARE
+                any_closed boolean := false;
             BEGIN
                 PERFORM pg_advisory_xact_lock(\(appendLock));
                 SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
@@ -132,11 +134,20 @@ public enum GroupSchema {
                     RETURN NEXT;
                     RETURN;
                 END IF;
-                RETURN QUERY SELECT true, NULL::bigint, NULL::text, NULL::text, NULL::bigint, a.intent_seq
-                    FROM mixpeek_audit a WHERE a.intent_seq = ANY(only_if_open);
-                IF FOUND THEN
+                -- One equality at a time, which the generic plan answers from the intent_seq index
+                -- (`= ANY(array)` it would answer by scanning the chain).
+                head_seq := NULL;
+                head_hash := NULL;
+                FOREACH closed_intent IN ARRAY only_if_open LOOP
+                    IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = closed_intent) THEN
+                        any_closed := true;
+                        RETURN NEXT;
+                    END IF;
+                END LOOP;
+                IF any_closed THEN
                     RETURN;
                 END IF;
+                closed_intent := NULL;
                 INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller,
                     client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash,
                     hash, proxy_id)
@@ -148,8 +159,6 @@ public enum GroupSchema {
                     upstream_status integer, outcome text, duration_ms double precision, key_id text, key_prefix text,
                     key_hash text, prev_hash text, hash text)
                 ORDER BY r.seq;
-                head_seq := NULL;
-                head_hash := NULL;
                 RETURN NEXT;
                 -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
                 RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint
