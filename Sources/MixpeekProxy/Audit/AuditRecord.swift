@@ -53,26 +53,40 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     public var hash: String
 
     /// The bytes the hash covers: every field but `hash`, each length-prefixed so that no
-    /// two different records encode alike, followed by the previous record's hash.
+    /// two different records encode alike, followed by the previous record's hash. That is
+    /// `mixpeek-proxy-audit-v1`, `seq`, `canonicalBody`, `prev_hash` (`mixpeek_audit_chain`
+    /// in the group's schema puts them together the same way).
     var canonicalEncoding: Data {
-        let fields: [String?] = [
-            String(seq), kind.rawValue, intent_seq.map(String.init), time, action.rawValue, user_email, key_name,
-            caller, client, request_id, upstream_status.map(String.init), outcome?.rawValue,
-            duration_ms.map(Self.threeDecimals), key_id, key_prefix, key_hash, prev_hash,
-        ]
         var bytes = Array("mixpeek-proxy-audit-v1".utf8)
-        bytes.reserveCapacity(fields.reduce(bytes.count) { $0 + 8 + ($1?.utf8.count ?? 0) })
-        for field in fields {
-            if let field {
-                bytes.append(UInt8(ascii: "|"))
-                bytes.append(contentsOf: String(field.utf8.count).utf8)
-                bytes.append(UInt8(ascii: ":"))
-                bytes.append(contentsOf: field.utf8)
-            } else {
-                bytes.append(contentsOf: "|-".utf8)
-            }
-        }
+        let body = canonicalBody
+        bytes.reserveCapacity(bytes.count + body.count + 100)
+        Self.appendField(String(seq), to: &bytes)
+        bytes.append(contentsOf: body)
+        Self.appendField(prev_hash, to: &bytes)
         return Data(bytes)
+    }
+
+    /// The canonical encoding of the fields between `seq` and `prev_hash`: what a record says,
+    /// whatever its place in a chain.
+    var canonicalBody: [UInt8] {
+        let fields: [String?] = [
+            kind.rawValue, intent_seq.map(String.init), time, action.rawValue, user_email, key_name,
+            caller, client, request_id, upstream_status.map(String.init), outcome?.rawValue,
+            duration_ms.map(Self.threeDecimals), key_id, key_prefix, key_hash,
+        ]
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(fields.reduce(0) { $0 + 8 + ($1?.utf8.count ?? 0) })
+        for field in fields { Self.appendField(field, to: &bytes) }
+        return bytes
+    }
+
+    /// `|length:value`, the length in UTF-8 bytes, or `|-` for a field without a value.
+    private static func appendField(_ field: String?, to bytes: inout [UInt8]) {
+        guard let field else { return bytes.append(contentsOf: "|-".utf8) }
+        bytes.append(UInt8(ascii: "|"))
+        bytes.append(contentsOf: String(field.utf8.count).utf8)
+        bytes.append(UInt8(ascii: ":"))
+        bytes.append(contentsOf: field.utf8)
     }
 
     /// `String(format: "%.3f", value)`, which the hashes of existing logs were computed with,

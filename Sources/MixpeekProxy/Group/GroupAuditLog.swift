@@ -155,11 +155,68 @@ public final class GroupAuditLog: AuditSink, Sendable {
         }
     }
 
-    /// Appends `drafts` in one call (`mixpeek_audit_append`), chained on the head this proxy
-    /// knows, and again on the head it returns for as long as another proxy appended first. A
-    /// draft with `onlyIfOpen` (the reaper's `unknown`) is written only if that intent has no
-    /// outcome yet under the chain's lock; else its result is nil and the rest are sent again.
+    /// Appends `drafts` in one call and one transaction. A draft with `onlyIfOpen` (the
+    /// reaper's `unknown`) is written only if that intent has no outcome yet under the chain's
+    /// lock; else its result is nil and the rest are sent again.
     private func appendChained(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
+        key == nil ? try await chainedByDatabase(drafts) : try await chainedHere(drafts)
+    }
+
+    /// Without an HMAC key: `mixpeek_audit_chain` chains the drafts on whatever the head is
+    /// once it holds the lock, so no call is refused for another proxy's append. This proxy
+    /// computes each record's hash too, from the head PostgreSQL chained on, and writes its
+    /// own to the witness file: a hash PostgreSQL computed otherwise is found by `audit verify`.
+    private func chainedByDatabase(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
+        let me = member.settings.proxyID
+        return try await writer.run { connection in
+            var closed = Set<Int64>()
+            while true {
+                let kept = drafts.indices.filter { drafts[$0].onlyIfOpen.map { !closed.contains($0) } ?? true }
+                var written = [AuditRecord?](repeating: nil, count: drafts.count)
+                if kept.isEmpty { return (written, [:]) }
+                let records = kept.map { drafts[$0].record }
+                let call = ChainCall(
+                    records: ChainRows.json(records, placed: false),
+                    bodies: records.map { String(decoding: $0.canonicalBody, as: UTF8.self) },
+                    me: me, onlyIfOpen: kept.compactMap { drafts[$0].onlyIfOpen })
+                var chainedOn: (seq: Int64, hash: String)?
+                var hashes: [String] = []
+                var closing = Set<Int64>()
+                var peers: [String: Int64] = [:]
+                for try await (seq, hash, rowHashes, peer, readSeq, closedIntent) in try await connection.execute(call, logger: self.logger) {
+                    if let closedIntent { closing.insert(closedIntent) }
+                    if let seq, let hash, let rowHashes { chainedOn = (seq, hash); hashes = rowHashes }
+                    if let peer, let readSeq { peers[peer] = readSeq }
+                }
+                if !closing.isEmpty {
+                    // Closed meanwhile: nothing was written; again without those outcomes.
+                    closed.formUnion(closing)
+                    continue
+                }
+                guard var head = chainedOn, hashes.count == kept.count else {
+                    throw GroupError.chain("mixpeek_audit_chain did not say where it chained the records")
+                }
+                for (position, index) in kept.enumerated() {
+                    let record = records[position].chained(after: head, key: nil)
+                    if record.hash != hashes[position] {
+                        self.logger.error("group: PostgreSQL chained a record under another hash than this proxy computes; `audit verify` will report it", metadata: [
+                            "seq": "\(record.seq)"])
+                    }
+                    written[index] = record
+                    head = (record.seq, record.hash)
+                }
+                self.member.noteHead(head.seq, head.hash)
+                return (written, peers)
+            }
+        }
+    }
+
+    /// With an HMAC key, which PostgreSQL never sees: `mixpeek_audit_append` inserts the drafts
+    /// as this proxy chained them on the head it knows if that is still the head, and else
+    /// returns the head, on which they are chained again.
+    private func chainedHere(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
         -> (written: [AuditRecord?], peers: [String: Int64]) {
         let me = member.settings.proxyID
         return try await writer.run { connection in
@@ -169,7 +226,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
                 let expected = head
                 var written: [AuditRecord?] = []
                 written.reserveCapacity(drafts.count)
-                var rows: [ChainRow] = []
+                var rows: [AuditRecord] = []
                 rows.reserveCapacity(drafts.count)
                 for draft in drafts {
                     if let intent = draft.onlyIfOpen, closed.contains(intent) {
@@ -179,16 +236,15 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     let record = draft.record.chained(after: head, key: self.key)
                     head = (record.seq, record.hash)
                     written.append(record)
-                    rows.append(ChainRow(record))
+                    rows.append(record)
                 }
                 if rows.isEmpty { return (written, [:]) }
-                let json = String(decoding: try JSONEncoder().encode(rows), as: UTF8.self)
                 let onlyIfOpen = drafts.compactMap { $0.onlyIfOpen }.filter { !closed.contains($0) }
                 var found: (seq: Int64, hash: String)?
                 var closing = Set<Int64>()
                 var peers: [String: Int64] = [:]
-                let call = AppendCall(expectedSeq: expected.seq, expectedHash: expected.hash, records: json, me: me,
-                                      onlyIfOpen: onlyIfOpen)
+                let call = AppendCall(expectedSeq: expected.seq, expectedHash: expected.hash,
+                                      records: ChainRows.json(rows, placed: true), me: me, onlyIfOpen: onlyIfOpen)
                 for try await (conflict, seq, hash, peer, readSeq, closedIntent) in try await connection.execute(call, logger: self.logger) {
                     if let closedIntent { closing.insert(closedIntent) }
                     if conflict, let seq, let hash { found = (seq, hash) }
@@ -277,20 +333,29 @@ private struct AppendCall: PostgresPreparedStatement {
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
-/// A record as `mixpeek_audit_append` reads it (`jsonb_to_recordset`): its own fields, as
-/// `AuditRecord` encodes them, and `user_fold`.
-private struct ChainRow: Encodable {
-    var record: AuditRecord
+/// `mixpeek_audit_chain`, prepared once per connection.
+private struct ChainCall: PostgresPreparedStatement {
+    static let name = "mixpeek_audit_chain_v3"
+    static let sql = """
+        SELECT head_seq, head_hash, hashes, peer_id, peer_read_seq, closed_intent
+        FROM mixpeek_audit_chain($1::json, $2, $3, $4)
+        """
+    typealias Row = (Int64?, String?, [String]?, String?, Int64?, Int64?)
+    var records: String
+    var bodies: [String]
+    var me: String
+    var onlyIfOpen: [Int64]
 
-    init(_ record: AuditRecord) { self.record = record }
-
-    private enum Keys: String, CodingKey { case user_fold }
-
-    func encode(to encoder: any Encoder) throws {
-        try record.encode(to: encoder)
-        var container = encoder.container(keyedBy: Keys.self)
-        try container.encode(UserIdentity.folded(record.user_email), forKey: .user_fold)
+    func makeBindings() -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 4)
+        bindings.append(records)
+        bindings.append(bodies)
+        bindings.append(me)
+        bindings.append(onlyIfOpen)
+        return bindings
     }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
 /// This proxy's own record of its appends to the group chain: a line `seq hash` per record,

@@ -11,7 +11,8 @@ import PostgresNIO
 /// - `mixpeek_proxies`: a row per proxy: its lease and how far it has read the chain; a change
 ///   of `read_seq` is announced on the same channel (`a proxy_id read_seq`), as is each
 ///   acknowledgement (`GroupMember.acknowledge`).
-/// - `mixpeek_audit_append`: a batch of records appended in one call (v2).
+/// - `mixpeek_audit_append`: a batch of records chained by the proxy, appended in one call (v2);
+///   `mixpeek_audit_chain`: a batch chained and appended by PostgreSQL (v3).
 public enum GroupSchema {
     /// The versions this build knows, oldest first.
     static let migrations: [(version: String, sql: [String])] = [
@@ -183,6 +184,71 @@ public enum GroupSchema {
             """
             CREATE TRIGGER mixpeek_proxies_protocol BEFORE INSERT OR UPDATE ON mixpeek_proxies
             FOR EACH ROW EXECUTE FUNCTION mixpeek_proxies_protocol()
+            """,
+        ]),
+        ("v3-chained-by-the-database", [
+            // `GroupAuditLog.appendChained` without an HMAC key: one call, one transaction, and
+            // never refused for a moved head. Under the chain's lock, unless an intent of
+            // `only_if_open` (the reaper's) has an outcome already, chains `records` on the head:
+            // record i gets seq head + i and the SHA-256 of its canonical encoding
+            // (`AuditRecord.canonicalEncoding`), made of its seq, `bodies[i]` (the caller's
+            // encoding of its other fields) and the previous record's hash. Returns the head
+            // it chained on and the hashes, then the other proxies with a live lease and their
+            // `read_seq`; or, having inserted nothing, the intents of `only_if_open` closed.
+            """
+            CREATE FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],
+                OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_id text,
+                OUT peer_read_seq bigint, OUT closed_intent bigint)
+            RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+            DECLARE
+                any_closed boolean := false;
+                body text;
+                s bigint;
+                h text;
+            BEGIN
+                PERFORM pg_advisory_xact_lock(\(appendLock));
+                FOREACH closed_intent IN ARRAY only_if_open LOOP
+                    IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = closed_intent) THEN
+                        any_closed := true;
+                        RETURN NEXT;
+                    END IF;
+                END LOOP;
+                IF any_closed THEN
+                    RETURN;
+                END IF;
+                closed_intent := NULL;
+                -- A statement of its own: its snapshot is taken after the lock was.
+                SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
+                head_seq := coalesce(head_seq, 0);
+                head_hash := coalesce(head_hash, '\(AuditRecord.genesis)');
+                s := head_seq;
+                h := head_hash;
+                hashes := '{}';
+                FOREACH body IN ARRAY bodies LOOP
+                    s := s + 1;
+                    h := encode(sha256(convert_to('mixpeek-proxy-audit-v1|' || length(s::text) || ':' || s::text || body
+                        || '|' || length(h) || ':' || h, 'UTF8')), 'hex');
+                    hashes := hashes || h;
+                END LOOP;
+                INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller,
+                    client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash,
+                    hash, proxy_id)
+                SELECT head_seq + r.n, r.kind, r.intent_seq, r.time, r.action, r.user_email, r.user_fold, r.key_name,
+                    r.caller, r.client, r.request_id, r.upstream_status, r.outcome, r.duration_ms, r.key_id,
+                    r.key_prefix, r.key_hash, CASE WHEN r.n = 1 THEN head_hash ELSE hashes[r.n::int - 1] END, hashes[r.n::int], me
+                FROM ROWS FROM (json_to_recordset(records) AS (kind text, intent_seq bigint, time text, action text,
+                    user_email text, user_fold text, key_name text, caller text, client text, request_id text,
+                    upstream_status integer, outcome text, duration_ms double precision, key_id text, key_prefix text,
+                    key_hash text)) WITH ORDINALITY AS r(kind, intent_seq, time, action, user_email, user_fold, key_name,
+                    caller, client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, n)
+                ORDER BY r.n;
+                RETURN NEXT;
+                head_seq := NULL;
+                head_hash := NULL;
+                hashes := NULL;
+                RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text[], p.proxy_id, p.read_seq, NULL::bigint
+                    FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
+            END $$
             """,
         ]),
     ]
