@@ -15,13 +15,14 @@ marked `X-Cache: STALE`).
    checked against what the clients were answered before sending it and against the fake's
    `/_fake/history`, and the cache must have served hits;
 3. faults: the LISTEN connection killed, a proxy frozen (SIGSTOP) and one killed (SIGKILL) mid-
-   mutation, PostgreSQL stopped mid-run and down at start, the role's privileges, and
-   `audit verify --witness` against a rewritten and a truncated central chain.
+   mutation, PostgreSQL stopped mid-run and down at start, the role's privileges, a group with
+   an HMAC-keyed chain (which the proxies chain themselves), and `audit verify --witness`
+   against a rewritten and a truncated central chain.
 
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -193,8 +194,9 @@ class Fake:
 class Proxy:
     """One proxy of the group: its name (--proxy-id), data dir (with its witness) and process."""
 
-    def __init__(self, name, work, upstream, postgres_url, via_env=False):
+    def __init__(self, name, work, upstream, postgres_url, via_env=False, env=None):
         self.name, self.work, self.upstream, self.postgres_url, self.via_env = name, work, upstream, postgres_url, via_env
+        self.env = env or {}
         self.data = os.path.join(work, f"data-{name}")
         self.proc, self.port, self.starts, self.frozen = None, None, 0, False
 
@@ -202,11 +204,11 @@ class Proxy:
         self.starts += 1
         args = ["serve", "--port", "0", "--upstream", self.upstream, "--data-dir", self.data,
                 "--upstream-timeout", str(UPSTREAM_TIMEOUT), "--cache-ttl", "3600", "--log-level", "warning"]
-        env = None
+        env = dict(os.environ, **self.env) if self.env else None
         if self.postgres_url:
             args += ["--proxy-id", self.name, "--group-lease", str(LEASE)]
             if self.via_env:
-                env = dict(os.environ, MIXPEEK_PROXY_POSTGRES_URL=self.postgres_url)
+                env = dict(env or os.environ, MIXPEEK_PROXY_POSTGRES_URL=self.postgres_url)
             else:
                 args += ["--postgres-url", self.postgres_url]
         log = os.path.join(self.work, f"proxy-{self.name}-{self.starts}.log")
@@ -965,11 +967,63 @@ def audit_verify(group):
           verify.returncode != 0, f"exit {verify.returncode}: {(verify.stdout + verify.stderr)[-600:]}")
 
 
+def hmac_chain(group):
+    """A group whose chain is HMAC-keyed (`MIXPEEK_PROXY_AUDIT_HMAC_KEY`), in a database of its own:
+    PostgreSQL never sees the key, so each proxy chains its records itself and sends them again
+    when another proxy appended first. Concurrent creates through two proxies must all land, in
+    one chain that verifies with the key only."""
+    key = "group-hmac-key-1"
+    group.pg.psql("CREATE DATABASE keyed")
+    admin = group.admin_url.replace("/postgres?", "/keyed?")
+    setup = group.run("group", "setup", "--postgres-url", admin, "--role", ROLE)
+    check("HMAC chain: group setup of a second database (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
+    url = group.pg.url_for(ROLE, ROLE_PASSWORD, database="keyed")
+    keyed = []
+    try:
+        for name in ("K1", "K2"):
+            keyed.append(Proxy(name, group.work, group.fake.url, url, env={"MIXPEEK_PROXY_AUDIT_HMAC_KEY": key}).start())
+        group.proxies.update({proxy.name: proxy for proxy in keyed})
+        healthy, waited = group.wait_healthy(["K1", "K2"], 15)
+        check(f"HMAC chain: K1 and K2 join ({waited:.1f} s)", bool(healthy), f"{[health(p) for p in keyed]}")
+        statuses = []
+
+        def client(index):
+            for n in range(15):
+                statuses.append(create(keyed[index % 2], f"hmac{index}@example.com", f"h{index}-{n}").status)
+
+        threads = [threading.Thread(target=client, args=(index,)) for index in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        check("HMAC chain: 90 concurrent creates through K1 and K2 are all answered 200",
+              statuses.count(200) == 90, f"{len(statuses)} answered: {sorted(set(statuses))}")
+        for proxy in keyed:
+            proxy.stop()
+        count = group.pg.psql("SELECT count(*) FROM mixpeek_audit", database="keyed")
+        check("HMAC chain: an intent and an outcome per create in the chain", count == "180", count)
+        witnesses = ["--witness", keyed[0].data, "--witness", keyed[1].data]
+        env = dict(os.environ, MIXPEEK_PROXY_AUDIT_HMAC_KEY=key)
+        same = subprocess.run([BIN, "audit", "verify", "--postgres-url", url, *witnesses], capture_output=True, text=True,
+                              timeout=60, env=env)
+        check("HMAC chain: audit verify with the key and both witnesses passes", same.returncode == 0,
+              f"exit {same.returncode}: {(same.stdout + same.stderr)[-400:]}")
+        env["MIXPEEK_PROXY_AUDIT_HMAC_KEY"] = "another-key"
+        other = subprocess.run([BIN, "audit", "verify", "--postgres-url", url], capture_output=True, text=True,
+                               timeout=60, env=env)
+        check("HMAC chain: audit verify with another key fails", other.returncode != 0,
+              f"exit {other.returncode}: {(other.stdout + other.stderr)[-400:]}")
+    finally:
+        for proxy in keyed:
+            proxy.stop()
+            group.proxies.pop(proxy.name, None)
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("down-at-start", postgres_down_at_start), ("verify", audit_verify)]
+          ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("verify", audit_verify)]
 
 
 def main():
