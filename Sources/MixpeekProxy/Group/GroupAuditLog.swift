@@ -183,12 +183,12 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     me: me, onlyIfOpen: kept.compactMap { drafts[$0].onlyIfOpen })
                 var chainedOn: (seq: Int64, hash: String)?
                 var hashes: [String] = []
-                var closing = Set<Int64>()
+                var closing: [Int64] = []
                 var peers: [String: Int64] = [:]
-                for try await (seq, hash, rowHashes, peer, readSeq, closedIntent) in try await connection.execute(call, logger: self.logger) {
-                    if let closedIntent { closing.insert(closedIntent) }
+                for try await (seq, hash, rowHashes, peerIDs, readSeqs, closedIntents) in try await connection.execute(call, logger: self.logger) {
+                    closing = closedIntents ?? []
                     if let seq, let hash, let rowHashes { chainedOn = (seq, hash); hashes = rowHashes }
-                    if let peer, let readSeq { peers[peer] = readSeq }
+                    if let peerIDs, let readSeqs { peers = Dictionary(zip(peerIDs, readSeqs), uniquingKeysWith: max) }
                 }
                 if !closing.isEmpty {
                     // Closed meanwhile: nothing was written; again without those outcomes.
@@ -333,14 +333,14 @@ private struct AppendCall: PostgresPreparedStatement {
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
-/// `mixpeek_audit_chain`, prepared once per connection.
+/// `mixpeek_audit_chain`, prepared once per connection: one row.
 private struct ChainCall: PostgresPreparedStatement {
     static let name = "mixpeek_audit_chain_v3"
     static let sql = """
-        SELECT head_seq, head_hash, hashes, peer_id, peer_read_seq, closed_intent
+        SELECT head_seq, head_hash, hashes, peer_ids, peer_read_seqs, closed_intents
         FROM mixpeek_audit_chain($1::json, $2, $3, $4)
         """
-    typealias Row = (Int64?, String?, [String]?, String?, Int64?, Int64?)
+    typealias Row = (Int64?, String?, [String]?, [String]?, [Int64]?, [Int64]?)
     var records: String
     var bodies: [String]
     var me: String

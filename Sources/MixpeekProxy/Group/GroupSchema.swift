@@ -187,36 +187,36 @@ public enum GroupSchema {
             """,
         ]),
         ("v3-chained-by-the-database", [
-            // `GroupAuditLog.appendChained` without an HMAC key: one call, one transaction, and
-            // never refused for a moved head. Under the chain's lock, unless an intent of
-            // `only_if_open` (the reaper's) has an outcome already, chains `records` on the head:
-            // record i gets seq head + i and the SHA-256 of its canonical encoding
+            // `GroupAuditLog.chainedByDatabase` (no HMAC key): one call, one transaction, one
+            // row, and never refused for a moved head. Under the chain's lock, unless an intent
+            // of `only_if_open` (the reaper's) has an outcome already, chains `records` on the
+            // head: record i gets seq head + i and the SHA-256 of its canonical encoding
             // (`AuditRecord.canonicalEncoding`), made of its seq, `bodies[i]` (the caller's
-            // encoding of its other fields) and the previous record's hash. Returns the head
-            // it chained on and the hashes, then the other proxies with a live lease and their
+            // encoding of its other fields) and the previous record's hash. Returns the head it
+            // chained on, the hashes, and the other proxies with a live lease and their
             // `read_seq`; or, having inserted nothing, the intents of `only_if_open` closed.
             """
             CREATE FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],
-                OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_id text,
-                OUT peer_read_seq bigint, OUT closed_intent bigint)
-            RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+                OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_ids text[],
+                OUT peer_read_seqs bigint[], OUT closed_intents bigint[])
+            LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
             DECLARE
-                any_closed boolean := false;
+                intent bigint;
                 body text;
                 s bigint;
                 h text;
             BEGIN
                 PERFORM pg_advisory_xact_lock(\(appendLock));
-                FOREACH closed_intent IN ARRAY only_if_open LOOP
-                    IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = closed_intent) THEN
-                        any_closed := true;
-                        RETURN NEXT;
+                closed_intents := '{}';
+                -- One equality at a time, which the generic plan answers from the intent_seq index.
+                FOREACH intent IN ARRAY only_if_open LOOP
+                    IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = intent) THEN
+                        closed_intents := closed_intents || intent;
                     END IF;
                 END LOOP;
-                IF any_closed THEN
+                IF cardinality(closed_intents) > 0 THEN
                     RETURN;
                 END IF;
-                closed_intent := NULL;
                 -- A statement of its own: its snapshot is taken after the lock was.
                 SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
                 head_seq := coalesce(head_seq, 0);
@@ -242,11 +242,9 @@ public enum GroupSchema {
                     key_hash text)) WITH ORDINALITY AS r(kind, intent_seq, time, action, user_email, user_fold, key_name,
                     caller, client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, n)
                 ORDER BY r.n;
-                RETURN NEXT;
-                head_seq := NULL;
-                head_hash := NULL;
-                hashes := NULL;
-                RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text[], p.proxy_id, p.read_seq, NULL::bigint
+                -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
+                SELECT coalesce(array_agg(p.proxy_id), '{}'), coalesce(array_agg(p.read_seq), '{}')
+                    INTO peer_ids, peer_read_seqs
                     FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
             END $$
             """,
