@@ -91,6 +91,47 @@ struct AuditEncodingTests {
         }
     }
 
+    @Test("the group's JSON rows read back as the records, with user_fold, whatever the text holds")
+    func chainRowsReadBack() throws {
+        var odd = AuditLog.outcome(
+            of: AuditLog.intent(AuditIntent(action: .update, user: "Zoë@Example.com", key: "q\"uote\\back\u{1}\n\ttab/🔑",
+                                            caller: "sk_…", client: "::1", requestID: "r-1"), time: "2026-11-27T18:54:03.343Z"),
+            AuditResult(outcome: .rejected, upstreamStatus: 409, durationMS: 12.5), time: "2026-11-27T18:54:03.400Z")
+        odd.seq = 7
+        odd.prev_hash = String(repeating: "a", count: 64)
+        odd.hash = String(repeating: "b", count: 64)
+        let plain = AuditLog.intent(AuditIntent(action: .create, user: "a@b.c", key: nil, caller: "c", client: "1.2.3.4",
+                                                requestID: "r-2"), time: "2026-11-27T18:54:04.000Z")
+        for placed in [true, false] {
+            let json = ChainRows.json([odd, plain], placed: placed)
+            let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]])
+            #expect(rows.count == 2)
+            for (row, record) in zip(rows, [odd, plain]) {
+                let encoded = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(record)) as? [String: Any])
+                for (field, value) in encoded where placed || !["seq", "prev_hash", "hash"].contains(field) {
+                    if let number = value as? NSNumber, !(value is String) {
+                        #expect((row[field] as? NSNumber)?.doubleValue == number.doubleValue, "\(field)")
+                    } else {
+                        #expect(row[field] as? String == value as? String, "\(field)")
+                    }
+                }
+                #expect(row["user_fold"] as? String == UserIdentity.folded(record.user_email))
+                #expect(placed == (row["seq"] != nil) && placed == (row["hash"] != nil))
+                #expect(Set(row.keys).subtracting(encoded.keys) == ["user_fold"], "no field that the record lacks")
+            }
+        }
+    }
+
+    @Test("the canonical body is the encoding between seq and prev_hash, which the group's SQL puts together")
+    func canonicalBodyIsTheMiddle() {
+        var record = AuditLog.intent(AuditIntent(action: .delete, user: "ünï@x.y", key: "k", caller: "c", client: "h",
+                                                 requestID: "r"), time: "2026-11-27T18:54:04.000Z")
+        record.seq = 12_345
+        record.prev_hash = String(repeating: "f", count: 64)
+        let assembled = "mixpeek-proxy-audit-v1|5:12345" + String(decoding: record.canonicalBody, as: UTF8.self) + "|64:" + record.prev_hash
+        #expect(record.canonicalEncoding == Data(assembled.utf8))
+    }
+
     @Test("the memoised caller fingerprint is the one computed afresh, before and after the memo fills")
     func callerMemoMatchesFreshHash() {
         let callers = CallerFingerprints()

@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import MixpeekProxy
+@testable import MixpeekProxy
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -68,6 +68,15 @@ struct GroupTests {
         // Reopened: the entry stored before is served again.
         gate.closed.withLockedValue { $0 = [] }
         #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 != nil)
+    }
+
+    @Test("an acknowledgement is a NOTIFY with the payload written in, quotes doubled; pg_notify for a backslash")
+    func acknowledgementQuery() {
+        #expect(GroupMember.acknowledgement(id: "runner-7.ci:eu", 42).sql == "NOTIFY mixpeek_proxy, 'a runner-7.ci:eu 42'")
+        #expect(GroupMember.acknowledgement(id: "o'brien", 1).sql == "NOTIFY mixpeek_proxy, 'a o''brien 1'")
+        let escaped = GroupMember.acknowledgement(id: #"back\slash"#, 3)
+        #expect(escaped.sql == "SELECT pg_notify('mixpeek_proxy', $1)")
+        #expect(escaped.binds.count == 1)
     }
 
     @Test("postgres_url: user, password, port, database and sslmode are read; the description never shows the password")

@@ -379,8 +379,7 @@ public final class GroupMember: ListGate, Sendable {
     }
 
     private func sendAcknowledgement(_ position: Int64, on connection: PostgresConnection) {
-        let payload = "a \(settings.proxyID) \(position)"
-        connection.query("SELECT 1::bigint FROM pg_notify('mixpeek_proxy', \(payload))", logger: logger).whenComplete { result in
+        connection.query(Self.acknowledgement(id: settings.proxyID, position), logger: logger).whenComplete { result in
             let next = self.state.withLockedValue { state -> Int64? in
                 // On a failure the connection is failing: the lease renewal fails too and ends the session.
                 guard case .success = result, state.processed != position else {
@@ -391,6 +390,15 @@ public final class GroupMember: ListGate, Sendable {
             }
             if let next { self.sendAcknowledgement(next, on: connection) }
         }
+    }
+
+    /// `a proxy_id read_seq` on the channel: a `NOTIFY` with the payload written in, for which
+    /// PostgreSQL makes no plan and sends no row back (a proxy id is letters, digits and `-_.:`,
+    /// or a host name; a quote would be doubled), or `pg_notify` for an id with a backslash.
+    static func acknowledgement(id: String, _ position: Int64) -> PostgresQuery {
+        let payload = "a \(id) \(position)"
+        guard !payload.contains("\\") else { return "SELECT pg_notify('mixpeek_proxy', \(payload))" }
+        return PostgresQuery(unsafeSQL: "NOTIFY mixpeek_proxy, '\(payload.replacingOccurrences(of: "'", with: "''"))'")
     }
 
     private func peerRead(_ id: String, _ seq: Int64) {
