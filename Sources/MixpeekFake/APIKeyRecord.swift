@@ -1,4 +1,5 @@
 import Foundation
+import MixpeekAPI
 
 /// One key as the fake stores it, encoded with the field names of the SDK's `APIKeyModel`
 /// (and `APIKeyCreateResponse`, which adds the plaintext `key`, shown once).
@@ -34,4 +35,58 @@ struct ListBody: Codable {
 struct SuccessBody: Codable {
     var message: String
     var success = true
+}
+
+/// The fake's bodies written with `JSONWriter` (what `JSONEncoder` wrote, without its cost:
+/// the fake shares the benchmark's cores with the proxies).
+protocol JSONBody {
+    func write(to json: inout JSONWriter)
+}
+
+extension APIKeyRecord: JSONBody {
+    func write(to json: inout JSONWriter) {
+        json.beginObject()
+        json.field("key_id", key_id)
+        json.field("key_hash", key_hash)
+        json.field("key_prefix", key_prefix)
+        json.field("key_type", key_type)
+        json.field("is_internal", is_internal)
+        json.field("internal_id", internal_id)
+        json.field("organization_id", organization_id)
+        json.field("user_id", user_id)
+        json.field("name", name)
+        json.field("description", description)
+        json.field("permissions", permissions)
+        json.field("rate_limit_override", rate_limit_override)
+        json.field("status", status)
+        json.field("expires_at", expires_at)
+        json.field("created_at", created_at)
+        json.field("created_by", created_by)
+        json.field("revoked_at", revoked_at)
+        json.field("revoked_by", revoked_by)
+        json.field("allowed_origins", allowed_origins)
+        json.field("key", key)
+        json.endObject()
+    }
+}
+
+extension ListBody: JSONBody {
+    func write(to json: inout JSONWriter) {
+        json.beginObject()
+        json.key("keys")
+        json.beginArray()
+        for key in keys { key.write(to: &json) }
+        json.endArray()
+        json.field("total", total)
+        json.endObject()
+    }
+}
+
+extension SuccessBody: JSONBody {
+    func write(to json: inout JSONWriter) {
+        json.beginObject()
+        json.field("message", message)
+        json.field("success", success)
+        json.endObject()
+    }
 }

@@ -234,9 +234,16 @@ public final class FakeMixpeek: Sendable {
         Timestamp.string(Date())
     }
 
-    static func json<T: Encodable>(_ value: T, status: HTTPResponseStatus = .ok) -> HTTPResponse {
+    /// A body no benchmark writes per request (the test controls'), with `JSONEncoder`.
+    static func encoded<T: Encodable>(_ value: T, status: HTTPResponseStatus = .ok) -> HTTPResponse {
         let body = (try? JSONEncoder().encodeAsByteBuffer(value, allocator: ByteBufferAllocator())) ?? ByteBuffer()
         return HTTPResponse(status: status, headers: ["content-type": "application/json"], body: body)
+    }
+
+    static func json(_ value: some JSONBody, status: HTTPResponseStatus = .ok) -> HTTPResponse {
+        var json = JSONWriter()
+        value.write(to: &json)
+        return HTTPResponse(status: status, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: json.bytes))
     }
 
     static func error(_ status: HTTPResponseStatus, _ message: String, type: String, code: String? = nil) -> HTTPResponse {

@@ -86,7 +86,7 @@ struct FakeResponder: HTTPResponder {
                 after = value
             }
         }
-        return FakeMixpeek.json(fake.controls.history(after: after))
+        return FakeMixpeek.encoded(fake.controls.history(after: after))
     }
 
     func refusal(_ reason: HTTPRefusal) -> HTTPResponse {
