@@ -66,6 +66,22 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_pids(pg):
+    """PostgreSQL's processes now: every backend and background process it lists."""
+    return [int(pid) for pid in pg.psql("SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()").split()]
+
+
+def cpu_of(pids):
+    """CPU seconds of `pids`, those that have exited counting nothing."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
 def mutation_rate(ports, label, clients=16):
     """Creates/s with `clients` connections spread over `ports`: one wrk per port (C, so the
     load generator takes little of the 2 cores the proxies, PostgreSQL and the fake share),
@@ -124,18 +140,25 @@ def main():
 
             lone_lat = latencies(lone_port, "lone")
             group_lat = latencies(members[0], "grp")
-            cpu = cpu_seconds(lone.pid)
+            cpu, fake_cpu = cpu_seconds(lone.pid), cpu_seconds(fake.pid)
             lone_rate, _ = mutation_rate([lone_port], "lone")
             lone_cpu = (cpu_seconds(lone.pid) - cpu) / (lone_rate * SECONDS) * 1e6
+            lone_fake = (cpu_seconds(fake.pid) - fake_cpu) / (lone_rate * SECONDS) * 1e6
             group_pids = [procs[2].pid, procs[3].pid, procs[4].pid]
-            cpu = sum(map(cpu_seconds, group_pids))
+            server = server_pids(pg)
+            cpu, fake_cpu, pg_cpu = sum(map(cpu_seconds, group_pids)), cpu_seconds(fake.pid), cpu_of(server)
             rate, rate_errors = mutation_rate(members[:2], "grp")
-            group_cpu = (sum(map(cpu_seconds, group_pids)) - cpu) / (rate * SECONDS) * 1e6 if rate else 0
+            per = 1e6 / (rate * SECONDS) if rate else 0
+            group_cpu = (sum(map(cpu_seconds, group_pids)) - cpu) * per
+            group_fake, group_pg = (cpu_seconds(fake.pid) - fake_cpu) * per, (cpu_of(server) - pg_cpu) * per
             # The same clients and proxies, once C has left: a group of 2.
             proctools.stop(procs[4])
-            cpu = sum(map(cpu_seconds, group_pids[:2]))
+            server = server_pids(pg)
+            cpu, fake_cpu, pg_cpu = sum(map(cpu_seconds, group_pids[:2])), cpu_seconds(fake.pid), cpu_of(server)
             rate2, rate2_errors = mutation_rate(members[:2], "two")
-            group2_cpu = (sum(map(cpu_seconds, group_pids[:2])) - cpu) / (rate2 * SECONDS) * 1e6 if rate2 else 0
+            per = 1e6 / (rate2 * SECONDS) if rate2 else 0
+            group2_cpu = (sum(map(cpu_seconds, group_pids[:2])) - cpu) * per
+            group2_fake, group2_pg = (cpu_seconds(fake.pid) - fake_cpu) * per, (cpu_of(server) - pg_cpu) * per
             verify = subprocess.run([BIN, "audit", "verify", "--postgres-url", url] +
                                     sum((["--witness", os.path.join(work, n)] for n in "ABC"), []),
                                     capture_output=True, text=True, timeout=300)
@@ -156,6 +179,8 @@ def main():
     print(f"| proxy CPU µs per create (group: A, B and C) | {lone_cpu:.0f} | {group_cpu:.0f} | {group_cpu / lone_cpu:.2f} | |")
     print(f"| the same in a group of 2 (C stopped): creates/s | | {rate2:.0f} ({rate2_errors} not 200) | {rate2 / lone_rate:.2f} | ≥ 1,000/s |")
     print(f"| the same in a group of 2: proxy CPU µs per create (A and B) | | {group2_cpu:.0f} | {group2_cpu / lone_cpu:.2f} | |")
+    print(f"| PostgreSQL CPU µs per create, all its processes (group of 3; of 2) | | {group_pg:.0f}; {group2_pg:.0f} | | |")
+    print(f"| the fake upstream's CPU µs per create (group of 3; of 2) | {lone_fake:.0f} | {group_fake:.0f}; {group2_fake:.0f} | | |")
     print(f"\n`audit verify --postgres-url … --witness A B C`: {verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip()}")
     failed = verify.returncode != 0 or med["lone"][2] or med["group"][2] or med["read"][2] or rate_errors or rate2_errors
     if failed:

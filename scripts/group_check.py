@@ -917,8 +917,12 @@ def postgres_down_at_start(group):
 def audit_verify(group):
     """Last: the proxies stop, then the central chain is verified, rewritten and cut short."""
     pg = group.pg
+    started = time.monotonic()
     for name in ("A", "B", "C"):
         group[name].stop()
+    codes = {name: group[name].proc.returncode for name in ("A", "B", "C")}
+    check(f"SIGTERM: A, B and C leave the group and exit 0 ({time.monotonic() - started:.1f} s)",
+          all(code == 0 for code in codes.values()), f"exit codes {codes}")
     witnesses = group.witnesses()
     verify = group.run("audit", "verify", "--postgres-url", group.role_url, *witnesses)
     check("audit verify --postgres-url --witness A B C: passes on the untouched chain",

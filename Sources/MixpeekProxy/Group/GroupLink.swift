@@ -47,20 +47,62 @@ actor GroupLink {
     }
 
     /// Runs `body` on the connection; a failure closes it, so the next call connects again.
-    /// Past `timeout` seconds the connection is closed under it, which fails it: a network gone
-    /// quiet would otherwise hold it until TCP gives up, minutes later.
-    func run<T: Sendable>(timeout: Double = 10, _ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    /// Past `timeout` seconds the connection is closed under it and the wait ends (`bounded`):
+    /// a network gone quiet would otherwise hold it until TCP gives up, minutes later.
+    func run<T: Sendable>(timeout: Double = 10, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await connected()
-        let watchdog = Self.close(connection, after: timeout)
-        defer { watchdog.cancel() }
         do {
-            return try await body(connection)
+            return try await Self.bounded(timeout, on: connection.eventLoop, "for a query", onTimeout: { let _: EventLoopFuture<Void> = connection.close() }) {
+                try await body(connection)
+            }
         } catch {
             if self.connection === connection {
                 self.connection = nil
                 try? await connection.close()
             }
             throw error
+        }
+    }
+
+    /// Runs `body` in a task of its own and waits for it at most `seconds`: then `onTimeout`
+    /// runs (it closes the connection, which fails whatever waits on it) and this throws,
+    /// leaving `body` cancelled, to end on its own. Closing is not always enough: PostgresNIO
+    /// drops a query written just as its connection closes, and whoever awaits that query then
+    /// waits forever (a proxy's LISTEN session did, once the server stopped). So every wait on
+    /// PostgreSQL in a group is bounded this way.
+    static func bounded<T: Sendable>(_ seconds: Double, on eventLoop: any EventLoop, _ what: String,
+                                     onTimeout: @escaping @Sendable () -> Void = {},
+                                     _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let waiting = NIOLockedValueBox<CheckedContinuation<T, any Error>?>(nil)
+        let work = NIOLockedValueBox<Task<Void, Never>?>(nil)
+        @Sendable func finish(_ result: Result<T, any Error>) -> Bool {
+            guard let continuation = waiting.withLockedValue({ waiting in defer { waiting = nil }; return waiting }) else { return false }
+            continuation.resume(with: result)
+            return true
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                waiting.withLockedValue { $0 = continuation }
+                let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
+                    onTimeout()
+                    if finish(.failure(GroupError.unavailable("no answer from PostgreSQL within \(seconds) s \(what)"))) {
+                        work.withLockedValue { $0 }?.cancel()
+                    }
+                }
+                let task = Task {
+                    let result: Result<T, any Error>
+                    do {
+                        result = .success(try await body())
+                    } catch {
+                        result = .failure(error)
+                    }
+                    timer.cancel()
+                    _ = finish(result)
+                }
+                work.withLockedValue { $0 = task }
+            }
+        } onCancel: {
+            work.withLockedValue { $0 }?.cancel()
         }
     }
 
@@ -81,14 +123,6 @@ actor GroupLink {
                 throw GroupError.unavailable("no answer from PostgreSQL within \(seconds) s of connecting")
             }
             return connection
-        }
-    }
-
-    /// Closes `connection` from its event loop after `seconds`, unless cancelled first: a
-    /// query on a connection whose network went quiet then fails instead of waiting for TCP.
-    static func close(_ connection: PostgresConnection, after seconds: Double) -> Scheduled<Void> {
-        connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
-            let _: EventLoopFuture<Void> = connection.close()
         }
     }
 

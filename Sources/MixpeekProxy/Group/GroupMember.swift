@@ -61,6 +61,10 @@ public final class GroupMember: ListGate, Sendable {
         var waiters: [ObjectIdentifier: PeerWaiter] = [:]
         var connected = false
         var lastProblem: String?
+        /// The LISTEN session's number, one more at the end of each: what a session still
+        /// running after it was given up (`GroupLink.bounded`) finds changed, so that it opens
+        /// no gate and changes no reading.
+        var session = 0
     }
 
     /// A mutation waiting for peers to read past `seq`.
@@ -140,8 +144,11 @@ public final class GroupMember: ListGate, Sendable {
                         "postgres": "\(settings.database)", "error": "\(problem)"])
                 }
             }
-            closeGate()
-            state.withLockedValue { $0.connected = false }
+            state.withLockedValue { state in
+                state.session += 1
+                state.connected = false
+                closeGate()
+            }
             try? await Task.sleep(for: .seconds(1))
         }
     }
@@ -151,52 +158,73 @@ public final class GroupMember: ListGate, Sendable {
     }
 
     private func session(_ local: any Invalidation) async throws {
+        let session = state.withLockedValue { $0.session }
         let connection = try await GroupLink.connect(
             settings.database, applicationName: "mixpeek-proxy listen \(settings.proxyID)", within: settings.leaseSeconds + 3,
             logger: logger)
-        // Joined within a few leases, or the connection is closed under whatever waits.
-        let watchdog = GroupLink.close(connection, after: settings.leaseSeconds * 2 + 5)
+        let close: @Sendable () -> Void = { let _: EventLoopFuture<Void> = connection.close() }
         do {
-            try await GroupSchema.migrate(connection, logger: logger)
-            try await connection.query("SET synchronous_commit = off", logger: logger)
-            // Announcements are heard on the connection's event loop, as they arrive: no task per
-            // announcement.
-            let listening = connection.addListener(channel: "mixpeek_proxy") { _, notification in
-                self.heard(notification.payload, on: connection, local)
-            }
-            defer { listening.stop() }
-            // Sent after the listener's own LISTEN: once this returns, LISTEN is in effect and
-            // whatever is appended from now on will be heard.
-            try await connection.query("LISTEN mixpeek_proxy", logger: logger)
-            try await catchUp(connection, local)
-            watchdog.cancel()
-            state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
-            logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await self.renewLease(connection, local) }
-                group.addTask {
-                    try? await connection.closeFuture.get()
-                    throw GroupError.unavailable("the LISTEN connection closed")
+            // Joined within a few leases, or the connection is closed and the session given up.
+            let listening = try await GroupLink.bounded(settings.leaseSeconds * 2 + 5, on: connection.eventLoop, "to join the group",
+                                                        onTimeout: close) {
+                try await GroupSchema.migrate(connection, logger: self.logger)
+                try await connection.query("SET synchronous_commit = off", logger: self.logger)
+                // Announcements are heard on the connection's event loop, as they arrive: no
+                // task per announcement.
+                let listening = connection.addListener(channel: "mixpeek_proxy") { _, notification in
+                    self.heard(notification.payload, on: connection, local)
                 }
                 do {
-                    try await group.next()
+                    // Sent after the listener's own LISTEN: once this returns, LISTEN is in effect
+                    // and whatever is appended from now on will be heard.
+                    try await connection.query("LISTEN mixpeek_proxy", logger: self.logger)
+                    try await self.catchUp(connection, local, session: session)
                 } catch {
-                    // Ends the other task too: a failed renewal closes the connection.
-                    try? await connection.close()
-                    group.cancelAll()
+                    listening.stop()
                     throw error
                 }
+                return listening
             }
+            defer { listening.stop() }
+            state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
+            logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
+            try await renewLease(connection, local, session: session)
         } catch {
-            watchdog.cancel()
+            // Awaited: a connection is to be closed before it is let go.
             try? await connection.close()
             throw error
         }
     }
 
+    /// Renews the lease every quarter lease until a renewal fails, takes a whole lease (the
+    /// connection is then closed and the renewal given up) or the connection closes.
+    private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation, session: Int) async throws {
+        let ended = SessionEnd()
+        connection.closeFuture.whenComplete { _ in ended.finish(GroupError.unavailable("the LISTEN connection closed")) }
+        let renewing = Task {
+            do {
+                while true {
+                    try await Task.sleep(for: .seconds(self.settings.leaseSeconds / 4))
+                    try await GroupLink.bounded(self.settings.leaseSeconds, on: connection.eventLoop, "to renew the lease",
+                                                onTimeout: { let _: EventLoopFuture<Void> = connection.close() }) {
+                        try await self.renew(connection, local, catchingUp: false, session: session)
+                    }
+                }
+            } catch {
+                ended.finish(error)
+            }
+        }
+        defer { renewing.cancel() }
+        try await withTaskCancellationHandler {
+            try await ended.wait()
+        } onCancel: {
+            ended.finish(CancellationError())
+        }
+    }
+
     /// Drops every cached list (any may predate what this proxy did not hear), loads the open
     /// intents, then takes the lease: only then are hits served.
-    private func catchUp(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
+    private func catchUp(_ connection: PostgresConnection, _ local: any Invalidation, session: Int) async throws {
         closeGate()
         // What is heard meanwhile waits until the reading below is in place.
         state.withLockedValue { $0.buffering = true; $0.buffered = [] }
@@ -225,7 +253,8 @@ public final class GroupMember: ListGate, Sendable {
             open[seq] = OpenIntent(user: user, since: now)
         }
         await local.invalidate(user: nil)
-        state.withLockedValue { state in
+        try state.withLockedValue { state in
+            guard state.session == session else { throw CancellationError() }
             if head < state.processed {
                 // The chain is shorter than what was heard: PostgreSQL lost its last records (a
                 // crash before they reached the disk, a failover). Seqs will be reused: forget
@@ -255,24 +284,13 @@ public final class GroupMember: ListGate, Sendable {
         }) {
             for payload in next { hear(payload, on: connection, local) }
         }
-        try await renew(connection, local, catchingUp: true)
-    }
-
-    /// Renews the lease every quarter lease until a renewal fails.
-    private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation) async throws {
-        while true {
-            try await Task.sleep(for: .seconds(settings.leaseSeconds / 4))
-            // A renewal that takes a whole lease ends the session: the connection is closed under it.
-            let watchdog = GroupLink.close(connection, after: settings.leaseSeconds)
-            defer { watchdog.cancel() }
-            try await renew(connection, local, catchingUp: false)
-        }
+        try await renew(connection, local, catchingUp: true, session: session)
     }
 
     /// One renewal. Hits may be served until the lease ends by this proxy's clock, counted from
     /// before the renewal was sent and shortened by a tenth, so never after PostgreSQL's. A
     /// renewal that comes back after the previous lease ran out is a lapse: catch up first.
-    private func renew(_ connection: PostgresConnection, _ local: any Invalidation, catchingUp: Bool) async throws {
+    private func renew(_ connection: PostgresConnection, _ local: any Invalidation, catchingUp: Bool, session: Int) async throws {
         let sent = NIODeadline.now()
         let processed = state.withLockedValue { $0.processed }
         try await connection.query("""
@@ -285,10 +303,12 @@ public final class GroupMember: ListGate, Sendable {
         let now = NIODeadline.now()
         if !catchingUp && now.uptimeNanoseconds >= servingUntil.load(ordering: .acquiring) {
             logger.warning("group: lease lapsed; catching up before serving hits", metadata: ["proxy_id": "\(settings.proxyID)"])
-            return try await catchUp(connection, local)
+            return try await catchUp(connection, local, session: session)
         }
-        if now < until {
-            servingUntil.store(until.uptimeNanoseconds, ordering: .releasing)
+        try state.withLockedValue { state in
+            // A session given up opens no gate.
+            guard state.session == session else { throw CancellationError() }
+            if now < until { servingUntil.store(until.uptimeNanoseconds, ordering: .releasing) }
         }
     }
 
@@ -508,3 +528,28 @@ extension GroupMember {
     }
 }
 
+/// How a LISTEN session ends: the first of the connection closing, a renewal failing and the
+/// proxy stopping, awaited once.
+private final class SessionEnd: Sendable {
+    private let state = NIOLockedValueBox<(waiting: CheckedContinuation<Void, any Error>?, error: (any Error)?)>((nil, nil))
+
+    func finish(_ error: any Error) {
+        let waiting = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            guard state.error == nil else { return nil }
+            state.error = error
+            defer { state.waiting = nil }
+            return state.waiting
+        }
+        waiting?.resume(throwing: error)
+    }
+
+    func wait() async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            let error = state.withLockedValue { state -> (any Error)? in
+                if state.error == nil { state.waiting = continuation }
+                return state.error
+            }
+            if let error { continuation.resume(throwing: error) }
+        }
+    }
+}
