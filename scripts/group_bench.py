@@ -71,15 +71,16 @@ def server_pids(pg):
     return [int(pid) for pid in pg.psql("SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()").split()]
 
 
-def cpu_of(pids):
-    """CPU seconds of `pids`, those that have exited counting nothing."""
-    total = 0.0
-    for pid in pids:
+def server_cpu(pg, since=None):
+    """CPU seconds of PostgreSQL's processes, per pid; with `since` (an earlier reading), the
+    total since then, counting the backends started meanwhile whole (a proxy opens some lazily)."""
+    now = {}
+    for pid in set(server_pids(pg)) | set(since or {}):
         try:
-            total += cpu_seconds(pid)
+            now[pid] = cpu_seconds(pid)
         except OSError:
             pass
-    return total
+    return now if since is None else sum(value - since.get(pid, 0) for pid, value in now.items())
 
 
 def mutation_rate(ports, label, clients=16):
@@ -145,20 +146,18 @@ def main():
             lone_cpu = (cpu_seconds(lone.pid) - cpu) / (lone_rate * SECONDS) * 1e6
             lone_fake = (cpu_seconds(fake.pid) - fake_cpu) / (lone_rate * SECONDS) * 1e6
             group_pids = [procs[2].pid, procs[3].pid, procs[4].pid]
-            server = server_pids(pg)
-            cpu, fake_cpu, pg_cpu = sum(map(cpu_seconds, group_pids)), cpu_seconds(fake.pid), cpu_of(server)
+            cpu, fake_cpu, pg_cpu = sum(map(cpu_seconds, group_pids)), cpu_seconds(fake.pid), server_cpu(pg)
             rate, rate_errors = mutation_rate(members[:2], "grp")
             per = 1e6 / (rate * SECONDS) if rate else 0
             group_cpu = (sum(map(cpu_seconds, group_pids)) - cpu) * per
-            group_fake, group_pg = (cpu_seconds(fake.pid) - fake_cpu) * per, (cpu_of(server) - pg_cpu) * per
+            group_fake, group_pg = (cpu_seconds(fake.pid) - fake_cpu) * per, server_cpu(pg, pg_cpu) * per
             # The same clients and proxies, once C has left: a group of 2.
             proctools.stop(procs[4])
-            server = server_pids(pg)
-            cpu, fake_cpu, pg_cpu = sum(map(cpu_seconds, group_pids[:2])), cpu_seconds(fake.pid), cpu_of(server)
+            cpu, fake_cpu, pg_cpu = sum(map(cpu_seconds, group_pids[:2])), cpu_seconds(fake.pid), server_cpu(pg)
             rate2, rate2_errors = mutation_rate(members[:2], "two")
             per = 1e6 / (rate2 * SECONDS) if rate2 else 0
             group2_cpu = (sum(map(cpu_seconds, group_pids[:2])) - cpu) * per
-            group2_fake, group2_pg = (cpu_seconds(fake.pid) - fake_cpu) * per, (cpu_of(server) - pg_cpu) * per
+            group2_fake, group2_pg = (cpu_seconds(fake.pid) - fake_cpu) * per, server_cpu(pg, pg_cpu) * per
             verify = subprocess.run([BIN, "audit", "verify", "--postgres-url", url] +
                                     sum((["--witness", os.path.join(work, n)] for n in "ABC"), []),
                                     capture_output=True, text=True, timeout=300)
