@@ -2,7 +2,7 @@
 """Two or more builds side by side on a group's mutation rate, which is what this machine's
 noise allows (a shared VM whose speed moves by a quarter from one hour to the next): for each
 round, for each binary in turn, a fresh PostgreSQL, the fake upstream and MEMBERS proxies in
-one group, then 16 wrk connections of creates (scripts/wrk_creates.lua), 8 on A and 8 on B.
+one group, then 16 wrk connections of creates, 8 on A and 8 on B (`group_bench.mutation_rate`).
 
     python3 scripts/group_ab.py ROUNDS SECONDS BINARY...      env: MEMBERS (2)
 
@@ -10,7 +10,7 @@ Prints a line per run (creates/s; PostgreSQL transactions, proxies' CPU, Postgre
 the fake's CPU per create; `audit verify` exit code) and the medians per binary. Needs wrk and
 PostgreSQL (scripts/setup.sh installs both).
 """
-import os, re, statistics, subprocess, sys, tempfile, time
+import os, statistics, subprocess, sys, tempfile, time
 
 import group_bench
 import pgtools
@@ -19,16 +19,6 @@ import proctools
 ROUNDS, SECONDS = int(sys.argv[1]), int(sys.argv[2])
 BINARIES = [os.path.abspath(b) for b in sys.argv[3:]]
 MEMBERS = int(os.environ.get("MEMBERS", "2"))
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_creates.lua")
-
-
-def creates(ports, seconds, label):
-    runs = [subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", SCRIPT, f"http://127.0.0.1:{port}/", "--",
-                              f"{label}p{port}"], stdout=subprocess.PIPE, text=True) for port in ports]
-    outs = [run.communicate()[0] for run in runs]
-    rate = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) for out in outs)
-    errors = sum(int(m.group(1)) for out in outs for m in [re.search(r"Non-2xx or 3xx responses: (\d+)", out)] if m)
-    return rate, errors
 
 
 def run(binary, label):
@@ -51,10 +41,10 @@ def run(binary, label):
                 ports.append(port)
                 pids.append(proc.pid)
             time.sleep(1.5)
-            creates(ports[:2], 2, "warm" + label)
+            group_bench.mutation_rate(ports[:2], "warm" + label, seconds=2)
             commits = lambda: int(pg.psql("SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"))
             x0, p0, f0, s0 = commits(), sum(map(group_bench.cpu_seconds, pids)), group_bench.cpu_seconds(fake.pid), group_bench.server_cpu(pg)
-            rate, errors = creates(ports[:2], SECONDS, label)
+            rate, errors = group_bench.mutation_rate(ports[:2], label, seconds=SECONDS)
             per = 1e6 / (rate * SECONDS)
             figures = {"rate": rate, "errors": errors, "xact": (commits() - x0) * per / 1e6,
                        "proxies": (sum(map(group_bench.cpu_seconds, pids)) - p0) * per,

@@ -83,16 +83,17 @@ def server_cpu(pg, since=None):
     return now if since is None else sum(value - since.get(pid, 0) for pid, value in now.items())
 
 
-def mutation_rate(ports, label, clients=16):
+def mutation_rate(ports, label, clients=16, seconds=None):
     """Creates/s with `clients` connections spread over `ports`: one wrk per port (C, so the
     load generator takes little of the 2 cores the proxies, PostgreSQL and the fake share),
     each create a key of its own over four users. Returns (rate, responses not 200)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_creates.lua")
+    seconds = int(seconds or SECONDS)
     per = clients // len(ports)
-    runs = [subprocess.Popen(["wrk", f"-t{min(2, per)}", f"-c{per}", f"-d{int(SECONDS)}s", "-s", script,
+    runs = [subprocess.Popen(["wrk", f"-t{min(2, per)}", f"-c{per}", f"-d{seconds}s", "-s", script,
                               f"http://127.0.0.1:{port}/", "--", f"{label}{port}"], stdout=subprocess.PIPE, text=True)
             for port in ports]
-    outs = [run.communicate(timeout=SECONDS + 60)[0] for run in runs]
+    outs = [run.communicate(timeout=seconds + 60)[0] for run in runs]
     rate = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) for out in outs)
     errors = sum(int(m.group(1)) for out in outs for m in [re.search(r"Non-2xx or 3xx responses: (\d+)", out)] if m)
     return rate, errors

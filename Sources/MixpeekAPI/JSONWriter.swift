@@ -11,7 +11,8 @@ public struct JSONWriter {
         bytes.reserveCapacity(capacity)
     }
 
-    public var string: String { String(decoding: bytes, as: UTF8.self) }
+    /// What was written, as text.
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
 
     // MARK: Structure
 

@@ -35,6 +35,6 @@ enum ChainRows {
             json.endObject()
         }
         json.endArray()
-        return json.string
+        return json.text
     }
 }

@@ -9,12 +9,12 @@ import PostgresNIO
 ///
 /// Appends are group-committed like `AuditLog`'s: records that arrive while a batch is being
 /// written go together into the next one. A batch is written in one call and one round trip
-/// (`appendChained`): this proxy chains the records on the head it knows (`GroupMember`
-/// learns each new head from the announcements) and `mixpeek_audit_append` inserts them under
-/// an advisory lock if the head is still that one, or else returns the head, on which they are
-/// chained again. (The proxies' role may INSERT and SELECT the chain, never UPDATE it, so there
-/// is no head row to lock `FOR UPDATE`; the primary key on `seq` refuses a fork even if the
-/// lock were bypassed.) No round trip is made while the lock is held.
+/// (`appendChained`), under an advisory lock: without an HMAC key PostgreSQL chains it on the
+/// head (`chainedByDatabase`); with one, this proxy chains it on the head it knows and the call
+/// inserts it only if that is still the head (`chainedHere`). (The proxies' role may INSERT and
+/// SELECT the chain, never UPDATE it, so there is no head row to lock `FOR UPDATE`; the primary
+/// key on `seq` refuses a fork even if the lock were bypassed.) No round trip is made while
+/// the lock is held.
 ///
 /// Durability: the call commits with `synchronous_commit = on`, so it returns only once the
 /// records are on disk; only then is an append reported done (and a mutation forwarded), and

@@ -188,7 +188,7 @@ public final class GroupMember: ListGate, Sendable {
             defer { listening.stop() }
             state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
             logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
-            try await renewLease(connection, local, session: session)
+            try await renewLease(connection, local, session: session, close: close)
         } catch {
             // Awaited: a connection is to be closed before it is let go.
             try? await connection.close()
@@ -198,7 +198,8 @@ public final class GroupMember: ListGate, Sendable {
 
     /// Renews the lease every quarter lease until a renewal fails, takes a whole lease (the
     /// connection is then closed and the renewal given up) or the connection closes.
-    private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation, session: Int) async throws {
+    private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation, session: Int,
+                            close: @escaping @Sendable () -> Void) async throws {
         let ended = SessionEnd()
         connection.closeFuture.whenComplete { _ in ended.finish(GroupError.unavailable("the LISTEN connection closed")) }
         let renewing = Task {
@@ -206,7 +207,7 @@ public final class GroupMember: ListGate, Sendable {
                 while true {
                     try await Task.sleep(for: .seconds(self.settings.leaseSeconds / 4))
                     try await GroupLink.bounded(self.settings.leaseSeconds, on: connection.eventLoop, "to renew the lease",
-                                                onTimeout: { let _: EventLoopFuture<Void> = connection.close() }) {
+                                                onTimeout: close) {
                         try await self.renew(connection, local, catchingUp: false, session: session)
                     }
                 }
