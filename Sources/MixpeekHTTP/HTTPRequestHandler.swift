@@ -49,6 +49,9 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// The server is shutting down: close after the current response.
     private var quiescing = false
+    /// What came after the request being answered could not be parsed: answer it, then close
+    /// (its client gets its answer; nothing after it is read).
+    private var unreadableAfter = false
 
     init(responder: any HTTPResponder, limits: ServerLimits) {
         self.responder = responder
@@ -97,6 +100,7 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        if unreadableAfter { return }
         if case .responding = state {
             queued.append(part)
         } else {
@@ -160,7 +164,7 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let request = HTTPRequest(
                 method: head.method, target: head.uri, version: head.version,
                 headers: head.headers, body: body, remoteAddress: remoteAddress, localAddress: localAddress)
-            let keepAlive = head.isKeepAlive && !quiescing
+            let keepAlive = head.isKeepAlive && !quiescing && !Self.hasFaultyFraming(head)
             switch responder.respond(to: request, on: context.eventLoop) {
             case .now(let response):
                 write(response, to: head, keepAlive: keepAlive, context: context)
@@ -169,7 +173,7 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     guard case .responding = self.state else { return }
                     switch result {
                     case .success(let response):
-                        self.write(response, to: head, keepAlive: keepAlive && !self.quiescing, context: context)
+                        self.write(response, to: head, keepAlive: keepAlive && !self.quiescing && !self.unreadableAfter, context: context)
                     case .failure:
                         self.write(self.responder.refusal(.internalError), to: head, keepAlive: false, context: context)
                     }
@@ -192,6 +196,11 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             } else {
                 context.close(promise: nil)
             }
+        case .responding where error is HTTPParserError:
+            // Bytes after a whole request that is being answered: the request keeps its answer
+            // (a mutation may be under way upstream), then the connection closes.
+            unreadableAfter = true
+            queued.removeAll()
         case .responding, .closing:
             // A response is already under way: all that is left is to drop the connection.
             state = .closing
@@ -222,10 +231,16 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var conflictingLengths = false
         var expectsContinue = false
         var unknownExpectation = false
+        var hosts = 0
+        var authorizations = 0
         for (name, value) in head.headers {
             headerBytes += name.utf8.count + value.utf8.count + 4
             // The length of a name rules out nearly every field before its bytes are compared.
             switch name.utf8.count {
+            case 4 where Self.equalsIgnoringCase(name.utf8, "host"):
+                hosts += 1
+            case 13 where Self.equalsIgnoringCase(name.utf8, "authorization"):
+                authorizations += 1
             case 6 where Self.equalsIgnoringCase(name.utf8, "expect"):
                 switch Self.expectation(value) {
                 case .none: break
@@ -244,6 +259,15 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if conflictingLengths {
             return .refuse(.malformed("conflicting Content-Length headers"))
+        }
+        // Neither is a list field (RFC 9110 §7.2, §11.6.2): with two, whoever reads the first and
+        // whoever reads the last would see two hosts, or two credentials (a list cached under
+        // one and authorized with the other). RFC 9112 §3.2 says so for Host.
+        if hosts > 1 {
+            return .refuse(.malformed("more than one Host field"))
+        }
+        if authorizations > 1 {
+            return .refuse(.malformed("more than one Authorization field"))
         }
         if let length {
             guard let declared = Int(length), declared >= 0 else {
@@ -450,6 +474,12 @@ final class HTTPRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return lowercase.withUTF8Buffer { expected in
             zip(bytes, expected).allSatisfy { ($0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0) == $1 }
         }
+    }
+
+    /// An HTTP/1.0 request with `Transfer-Encoding`: RFC 9112 §6.1 says to treat its framing as
+    /// faulty (a 1.0 intermediary may have read the body otherwise) and close after answering.
+    private static func hasFaultyFraming(_ head: HTTPRequestHead) -> Bool {
+        isHTTP10(head.version) && head.headers.contains(name: "transfer-encoding")
     }
 
     private static func isHTTP10(_ version: HTTPVersion) -> Bool {
