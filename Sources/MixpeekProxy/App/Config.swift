@@ -15,6 +15,13 @@ public struct ProxyConfig: Sendable, Equatable {
     /// proxy) stays unseen, while a CI loop listing several times a second still hits.
     public var cacheTTL: Double = 30
     public var staleIfError: Double = 300
+    /// Keep lists whatever the upstream's `Cache-Control` says but `no-store` (nginx's
+    /// `proxy_ignore_headers Cache-Control`); by default the proxy keeps what RFC 9111 lets a
+    /// shared cache keep.
+    public var cacheIgnoreUpstreamDirectives = false
+    /// Seconds a mutation's answer is held while its outcome record cannot be written; past
+    /// that the client gets 503 `mixpeek_proxy.audit_incomplete` and the write goes on.
+    public var auditOutcomeWait: Double = 10
     public var upstreamTimeout: Double = 30
     public var upstreamCAFile: String?
     public var maxBodyBytes = 1 << 20
@@ -71,7 +78,7 @@ public struct ProxyConfig: Sendable, Equatable {
 
     public static let keys: [Key] = [
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
-        "upstream_ca_file", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
+        "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
         "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check"
     ].map { Key(name: $0) }
@@ -136,6 +143,8 @@ public struct ProxyConfig: Sendable, Equatable {
             dataDir = raw
         case "cache_ttl": cacheTTL = try number(0...86_400)
         case "stale_if_error": staleIfError = try number(0...604_800)
+        case "cache_ignore_upstream_directives": cacheIgnoreUpstreamDirectives = try boolean()
+        case "audit_outcome_wait": auditOutcomeWait = try number(0...3_600)
         case "upstream_timeout": upstreamTimeout = try number(0.001...3_600)
         case "upstream_ca_file": upstreamCAFile = raw.isEmpty ? nil : raw
         case "max_body_bytes": maxBodyBytes = try integer(1...(64 << 20))

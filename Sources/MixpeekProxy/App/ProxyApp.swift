@@ -103,7 +103,8 @@ public final class ProxyApp: Service, Sendable {
         // In a group, the cache serves a user's lists only while the group says it may.
         let member = config.group.map { GroupMember(settings: $0, logger: logger) }
         let cache = ListCache(
-            settings: .init(ttl: config.cacheTTL, staleIfError: config.staleIfError, memoryBytes: config.cacheMemoryBytes),
+            settings: .init(ttl: config.cacheTTL, staleIfError: config.staleIfError, memoryBytes: config.cacheMemoryBytes,
+                            ignoreUpstreamDirectives: config.cacheIgnoreUpstreamDirectives),
             store: store, gate: member, logger: logger, clock: clock ?? { Date().timeIntervalSince1970 })
 
         let audit: AuditLog?
@@ -178,6 +179,7 @@ public final class ProxyApp: Service, Sendable {
         settings.upstreamTimeoutSeconds = config.upstreamTimeout
         settings.upstream = config.upstream
         settings.statusPage = config.statusPage
+        settings.auditOutcomeWait = config.auditOutcomeWait
         let proxy = Proxy(
             upstream: chosenUpstream, cache: cache, audit: groupAudit ?? audit, settings: settings, metrics: ProxyMetrics(),
             accessLog: accessLog, logger: logger, status: status, group: member)

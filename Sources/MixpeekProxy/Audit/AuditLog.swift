@@ -46,14 +46,24 @@ public final class AuditLog: Sendable {
 
     /// - Parameter hmacKey: when set, the chain is an HMAC chain: only holders of the key can
     ///   recompute (or forge) it.
-    public init(path: String, hmacKey: String? = nil, busyTimeout: TimeInterval = 5, readOnly: Bool = false, logger: Logger) throws {
+    /// - Parameter immutable: with `readOnly`, open the file as SQLite's `immutable` when no
+    ///   writer has it open (no `-wal` beside it): nothing is written, not even the `-shm` and
+    ///   `-wal` files a WAL reader makes, so an archived copy stays byte for byte as it was and
+    ///   a read-only mount can be read.
+    public init(path: String, hmacKey: String? = nil, busyTimeout: TimeInterval = 5, readOnly: Bool = false,
+                immutable: Bool = false, logger: Logger) throws {
         if !readOnly { try DataFiles.createPrivateFile(at: path) }
         var configuration = Configuration()
         configuration.journalMode = readOnly ? .default : .wal
         configuration.readonly = readOnly
         configuration.busyMode = .timeout(busyTimeout)
         configuration.label = "mixpeek-proxy.audit"
-        queue = try DatabaseQueue(path: path, configuration: configuration)
+        // A SQLite that does not read URIs finds no file by that name, and the path is opened.
+        if readOnly, immutable, let uri = Self.immutableURI(path), let snapshot = try? DatabaseQueue(path: uri, configuration: configuration) {
+            queue = snapshot
+        } else {
+            queue = try DatabaseQueue(path: path, configuration: configuration)
+        }
         // After opening: GRDB's WAL set-up sets synchronous = NORMAL, which would leave
         // commits unsynced. The queue has one connection, so this holds for every append.
         if !readOnly {
@@ -75,7 +85,20 @@ public final class AuditLog: Sendable {
     /// Opens the log for `audit query` and `audit verify`: read-only, never migrated, safe
     /// beside a running proxy (WAL readers).
     public static func openForReading(path: String, logger: Logger) throws -> AuditLog {
-        try AuditLog(path: path, readOnly: true, logger: logger)
+        try AuditLog(path: path, readOnly: true, immutable: true, logger: logger)
+    }
+
+    /// The `file:` URI that opens `path` immutable, when nothing is writing to it: no `-wal`
+    /// beside it (a proxy holding the file open keeps one, and then the reader must share its
+    /// WAL index). Nil otherwise.
+    static func immutableURI(_ path: String) -> String? {
+        let manager = FileManager.default
+        guard !manager.fileExists(atPath: path + "-wal"), manager.fileExists(atPath: path) else { return nil }
+        var allowed = CharacterSet.urlPathAllowed
+        allowed.remove(charactersIn: "?#%")
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        guard let encoded = absolute.addingPercentEncoding(withAllowedCharacters: allowed) else { return nil }
+        return "file:\(encoded)?mode=ro&immutable=1"
     }
 
     static var migrator: DatabaseMigrator {

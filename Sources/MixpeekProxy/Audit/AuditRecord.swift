@@ -185,8 +185,10 @@ public final class CallerFingerprints: Sendable {
         let parts = authorization.split(separator: " ", maxSplits: 1)
         let token = parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : authorization
         let hash = String(SHA256.hash(data: Data(token.utf8)).hex.prefix(8))
-        if token.hasPrefix("sk_"), token.count >= 24 {
-            return "\(token.prefix(10))…\(hash)"
+        // Counted in code points, as Mixpeek's `key_prefix` is, not in Swift's Characters.
+        let scalars = token.unicodeScalars
+        if token.utf8.starts(with: "sk_".utf8), scalars.count >= 24 {
+            return "\(String(String.UnicodeScalarView(scalars.prefix(10))))…\(hash)"
         }
         return "sha256:\(hash)"
     }

@@ -14,6 +14,18 @@ public struct CachedList: Sendable, Equatable {
     public var body: ByteBuffer
     /// Seconds since 1970 when the upstream's answer was stored.
     public var storedAt: Double
+    /// The upstream's bound on its freshness in seconds (`s-maxage` or `max-age`), nil when it
+    /// set none (`Policy.storage`).
+    public var lifetime: Double? = nil
+    /// False when the upstream forbade serving it stale.
+    public var mayServeStale = true
+
+    /// Seconds from `storedAt` it is served as a HIT: the TTL, or less if the upstream said so.
+    @inline(__always)
+    public func freshness(ttl: Double) -> Double {
+        guard let lifetime else { return ttl }
+        return Swift.min(ttl, lifetime)
+    }
 }
 
 /// Which cached list: a credential never receives a body fetched with another one.
@@ -27,6 +39,18 @@ public struct CacheKey: Hashable, Sendable {
         self.credential = credential
         self.user = user
         self.includeRevoked = includeRevoked
+    }
+
+    /// The user as the upstream sees it, as bytes: `é@x` and `e\u{301}@x` are two users (two
+    /// paths) with two lists, though Swift finds the two strings equal.
+    public static func == (lhs: CacheKey, rhs: CacheKey) -> Bool {
+        lhs.includeRevoked == rhs.includeRevoked && lhs.credential == rhs.credential && ExactText.same(lhs.user, rhs.user)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(credential)
+        hasher.combine(ExactText(user))
+        hasher.combine(includeRevoked)
     }
 }
 
@@ -210,6 +234,13 @@ public final class CacheStore: Sendable {
             try db.create(index: "cache_entries_user_fold", on: "cache_entries", columns: ["user_fold"])
             try db.drop(index: "cache_entries_user")
         }
+        // RFC 9111's freshness bounds and stale rules from the upstream (`Policy.storage`).
+        migrator.registerMigration("v3-upstream-directives") { db in
+            try db.alter(table: "cache_entries") { t in
+                t.add(column: "lifetime", .double)
+                t.add(column: "may_serve_stale", .boolean).notNull().defaults(to: true)
+            }
+        }
         return migrator
     }
 
@@ -245,11 +276,13 @@ public final class CacheStore: Sendable {
             try db.execute(
                 sql: """
                     INSERT OR REPLACE INTO cache_entries
-                    (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at, user_fold)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    (credential, user_email, include_revoked, status, content_type, etag, last_modified, body, stored_at, user_fold,
+                     lifetime, may_serve_stale)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [key.credential, key.user, key.includeRevoked, entry.status, entry.contentType,
-                            entry.etag, entry.lastModified, Data(buffer: entry.body), entry.storedAt, UserIdentity.folded(key.user)])
+                            entry.etag, entry.lastModified, Data(buffer: entry.body), entry.storedAt, UserIdentity.folded(key.user),
+                            entry.lifetime, entry.mayServeStale])
             totals.count += replaced == nil ? 1 : 0
             totals.bytes += entry.body.readableBytes - (replaced ?? 0)
             try self.evictBeyondBounds(db, totals: totals, keeping: db.lastInsertedRowID)
@@ -367,6 +400,7 @@ public final class CacheStore: Sendable {
         let body: Data = row["body"]
         return CachedList(
             status: row["status"], contentType: row["content_type"], etag: row["etag"],
-            lastModified: row["last_modified"], body: ByteBuffer(bytes: body), storedAt: row["stored_at"])
+            lastModified: row["last_modified"], body: ByteBuffer(bytes: body), storedAt: row["stored_at"],
+            lifetime: row["lifetime"], mayServeStale: row["may_serve_stale"])
     }
 }

@@ -19,11 +19,15 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         public var staleIfError: Double
         /// Bytes of bodies kept in memory; the rest are read from SQLite.
         public var memoryBytes: Int
+        /// `cache_ignore_upstream_directives`: keep lists whatever the upstream's
+        /// `Cache-Control` says, but for `no-store` (`Policy.storage`).
+        public var ignoreUpstreamDirectives: Bool
 
-        public init(ttl: Double, staleIfError: Double, memoryBytes: Int) {
+        public init(ttl: Double, staleIfError: Double, memoryBytes: Int, ignoreUpstreamDirectives: Bool = false) {
             self.ttl = ttl
             self.staleIfError = staleIfError
             self.memoryBytes = memoryBytes
+            self.ignoreUpstreamDirectives = ignoreUpstreamDirectives
         }
     }
 
@@ -90,8 +94,10 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
 
     public let settings: Settings
     private let store: (any ListStore)?
-    /// In a group, whether lists of a user may be served from and kept in this cache now.
-    private let gate: (any ListGate)?
+    /// Whether lists of a user may be served from and kept in this cache now: not while a
+    /// mutation's outcome is not durable (`OutcomeWriter`), nor, in a group, while the group
+    /// says no.
+    public let gate: PendingOutcomes
     private let prepare: @Sendable (CachedList) -> Prepared
     private let clock: @Sendable () -> Double
     private let logger: Logger
@@ -107,7 +113,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 prepare: @escaping @Sendable (CachedList) -> Prepared) {
         self.settings = settings
         self.store = store
-        self.gate = gate
+        self.gate = PendingOutcomes(then: gate)
         self.prepare = prepare
         self.logger = logger
         self.clock = clock
@@ -146,14 +152,14 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         let found = state.withReadLockedPointer { state -> (CacheKey, Remembered?)? in
             guard let credential = state.pointee.fingerprints[authorization] else { return nil }
             let key = CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
-            guard !refresh, let remembered = state.pointee.memory.value(for: key), now - remembered.entry.storedAt < settings.ttl else {
+            guard !refresh, let remembered = state.pointee.memory.value(for: key), now - remembered.entry.storedAt < remembered.entry.freshness(ttl: settings.ttl) else {
                 return (key, nil)
             }
             return (key, remembered)
         }
         if let found {
             if found.1 != nil {
-                if let gate, !gate.admits(user: user) { return (found.0, nil) }
+                if !gate.admits(user: user) { return (found.0, nil) }
                 hits.wrappingAdd(1, ordering: .relaxed)
             }
             return found
@@ -168,7 +174,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     public func answer(_ key: CacheKey, refresh: Bool, on eventLoop: any EventLoop,
                        fetch: @escaping @Sendable () -> EventLoopFuture<FetchOutcome>) -> EventLoopFuture<Answer> {
         let promise = eventLoop.makePromise(of: Answer.self)
-        if let gate, !gate.admits(user: key.user) {
+        if !gate.admits(user: key.user) {
             // Not now (a group's mutation in progress, or not caught up): forwarded, not kept.
             state.withLockedValue { state in
                 state.counters.misses += 1
@@ -187,7 +193,8 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 return promise.succeed(.fetched(outcome, coalesced: !leader))
             }
             storedEntry(key) { entry in
-                if let entry, self.clock() - entry.storedAt < self.settings.ttl + self.settings.staleIfError {
+                if let entry, entry.mayServeStale,
+                   self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) + self.settings.staleIfError {
                     self.state.withLockedValue { $0.counters.stale += 1 }
                     promise.succeed(.stale(entry))
                 } else {
@@ -224,7 +231,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             fetchOrJoin()
         } else {
             storedEntry(key) { entry in
-                if let entry, self.clock() - entry.storedAt < self.settings.ttl {
+                if let entry, self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) {
                     self.hits.wrappingAdd(1, ordering: .relaxed)
                     promise.succeed(.hit(entry))
                 } else {
@@ -278,7 +285,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// keeping and no invalidation came while it was fetched.
     private func complete(_ key: CacheKey, flight: ReadYourWrites<FlightResult>.Flight, outcome: FetchOutcome) {
         // Parsed and prepared before the lock: every loop's hits wait while it is held.
-        let remembered = Self.storable(outcome, storedAt: clock()).map { Remembered(entry: $0, prepared: prepare($0)) }
+        let remembered = storable(outcome, storedAt: clock()).map { Remembered(entry: $0, prepared: prepare($0)) }
         state.withLockedValue { state in
             guard state.readYourWrites.land(flight, for: key), let remembered else { return }
             state.memory.insert(remembered, bytes: remembered.entry.body.readableBytes, for: key)
@@ -290,16 +297,18 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         }
     }
 
-    /// The entry to keep for `outcome`: a 2xx JSON object the upstream did not mark `no-store`.
-    private static func storable(_ outcome: FetchOutcome, storedAt: Double) -> CachedList? {
+    /// The entry to keep for `outcome`: a 2xx JSON object whose `Cache-Control` lets a shared
+    /// cache keep it (`Policy.storage`).
+    private func storable(_ outcome: FetchOutcome, storedAt: Double) -> CachedList? {
         guard case .response(let response) = outcome, (200..<300).contains(response.status.code),
-              !response.headers.cacheControl(contains: "no-store"),
-              isJSONObject(response.body)
+              case .store(let lifetime, let mayServeStale) = Policy.storage(
+                  of: response.headers, ignoringDirectives: settings.ignoreUpstreamDirectives),
+              Self.isJSONObject(response.body)
         else { return nil }
         return CachedList(
             status: Int(response.status.code), contentType: response.headers.first(name: "content-type"),
             etag: response.headers.first(name: "etag"), lastModified: response.headers.first(name: "last-modified"),
-            body: response.body, storedAt: storedAt)
+            body: response.body, storedAt: storedAt, lifetime: lifetime, mayServeStale: mayServeStale)
     }
 
     /// A list body worth keeping: a JSON object. A 200 whose body does not parse is an

@@ -44,7 +44,27 @@ extension Proxy {
             }
             let ready = fields["audit"] == "ok"
             if !ready { fields["status"] = "degraded" }
+            // A readiness probe keeps working with the status page off; what is wrong is not shown.
+            if settings.statusPage == .off || Self.statusRefusal(request, access: settings.statusPage) != nil {
+                fields = ["status": fields["status"] ?? "degraded"]
+            }
             return .now(Self.json(fields, status: ready ? .ok : .serviceUnavailable))
+        case "/_proxy/metrics", "/_proxy/stats":
+            // The proxy's figures are the status page's: the same switch and the same access rule.
+            guard settings.statusPage != .off else {
+                return .now(ProxyError.notFound("the status page and its figures are off (status_page = off)").response())
+            }
+            if let refusal = Self.statusRefusal(request, access: settings.statusPage) {
+                return .now(refusal.response())
+            }
+            return figures(request, on: eventLoop)
+        default:
+            return .now(ProxyError.notFound("no such proxy endpoint; try /_proxy/, /_proxy/health, /_proxy/stats, /_proxy/metrics").response())
+        }
+    }
+
+    private func figures(_ request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+        switch request.path {
         case "/_proxy/metrics":
             let memory = cache.memoryFootprint
             let text = metrics.exposition(

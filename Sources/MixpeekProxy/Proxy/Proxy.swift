@@ -19,6 +19,8 @@ public final class Proxy: HTTPResponder {
         public var upstream: String?
         /// Who may see the status page (`status_page`).
         public var statusPage = StatusPageAccess.loopback
+        /// Seconds a mutation's answer waits for its outcome record (`audit_outcome_wait`).
+        public var auditOutcomeWait: Double = 10
         public init() {}
     }
 
@@ -36,6 +38,8 @@ public final class Proxy: HTTPResponder {
     let logger: Logger
     let metrics: ProxyMetrics
     private let callers = CallerFingerprints()
+    /// Makes each mutation's outcome durable before its answer is sent.
+    let outcomes: OutcomeWriter
     /// The status page's figures; nil serves no status page.
     let status: StatusBoard?
     /// The group this proxy is in (`/_proxy/health` reports on it); nil for a lone proxy.
@@ -56,6 +60,7 @@ public final class Proxy: HTTPResponder {
         self.metrics = metrics
         self.accessLog = accessLog
         self.logger = logger
+        outcomes = OutcomeWriter(pending: cache.gate, wait: settings.auditOutcomeWait, invalidation: invalidation ?? cache, logger: logger)
     }
 
     public func respond(to incoming: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
@@ -208,13 +213,16 @@ public final class Proxy: HTTPResponder {
             response = upstreamFailure(failure).response(requestID: requestID)
         }
         await invalidation.invalidate(user: user)
-        do {
-            _ = try await metrics.timeAuditAppend { try await audit.recordOutcome(of: intent, result) }
-        } catch {
-            // The intent is durable: the next start closes it as `unknown`, never a silent gap.
-            logger.error("audit outcome could not be written", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
+        let metrics = metrics
+        switch await outcomes.deliver(user: user, intentSeq: intent.seq, requestID: requestID, {
+            try await metrics.timeAuditAppend { try await audit.recordOutcome(of: intent, result) }
+        }) {
+        case .written:
+            return (response, nil)
+        case .incomplete:
+            // The upstream may have applied it: the client is told so, never that it succeeded.
+            return (ProxyError.auditIncomplete(upstreamStatus: result.upstreamStatus, intentSeq: intent.seq).response(requestID: requestID), nil)
         }
-        return (response, nil)
     }
 
     /// The `name` of a create request's JSON body: the key the create is about.
@@ -285,18 +293,13 @@ public final class Proxy: HTTPResponder {
     // MARK: Request checks
 
     /// Brings an absolute-form target for this proxy's own host to origin form; refuses
-    /// CONNECT, other hosts, and targets with bytes that are not allowed in a URI.
+    /// CONNECT, other hosts, and targets that are not an RFC 3986 `absolute-path [ "?" query ]`.
     static func originForm(_ request: inout HTTPRequest) -> ProxyError? {
         if request.method == .CONNECT {
             return .notAnOpenProxy("CONNECT is refused")
         }
-        // The usual case, origin form: checked byte-wise, nothing copied.
-        if request.target.utf8.first == UInt8(ascii: "/") {
-            return request.target.utf8.allSatisfy(Self.isURIByte)
-                ? nil : .malformed("request target must be origin-form and contain only URI characters")
-        }
         var target = request.target
-        if let scheme = target.range(of: "://") {
+        if target.utf8.first != UInt8(ascii: "/"), let scheme = target.range(of: "://") {
             let afterScheme = target[scheme.upperBound...]
             let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
             guard isOwnAuthority(authority.lowercased(), local: request.localAddress) else {
@@ -305,21 +308,49 @@ public final class Proxy: HTTPResponder {
             let rest = afterScheme.dropFirst(authority.count)
             target = rest.hasPrefix("/") ? String(rest) : "/" + rest
         }
-        guard target.hasPrefix("/"), target.utf8.allSatisfy(Self.isURIByte) else {
-            return .malformed("request target must be origin-form and contain only URI characters")
-        }
+        if let problem = targetProblem(target) { return .malformed(problem) }
         request.target = target
         return nil
     }
 
-    /// True for an origin-form target of URI characters only, which `originForm` leaves as it
-    /// is: the usual case, checked byte-wise without copying the request.
+    /// True for an origin-form target the proxy forwards as it is: the usual case, checked
+    /// byte-wise without copying the request.
     static func isOriginForm(_ target: String) -> Bool {
+        target.utf8.first == UInt8(ascii: "/") && targetProblem(target) == nil
+    }
+
+    /// Why `target` is not an RFC 3986 `absolute-path [ "?" query ]` the proxy can forward
+    /// exactly as it classified it, or nil. Refused: a `#` (a target never carries a fragment,
+    /// RFC 9112 §3.2, and a client that drops it sends another call than the one classified),
+    /// any byte outside the grammar, a `%` not followed by two hex digits, and an escaped NUL,
+    /// CR or LF (a front end or the upstream that decodes the path would see another line).
+    static func targetProblem(_ target: String) -> String? {
         var target = target
-        return target.withUTF8 { bytes in
-            guard bytes.first == UInt8(ascii: "/") else { return false }
-            for byte in bytes where !isURIByte(byte) { return false }
-            return true
+        return target.withUTF8 { bytes -> String? in
+            guard bytes.first == UInt8(ascii: "/") else { return "request target must be origin-form (start with /)" }
+            var index = 0
+            while index < bytes.count {
+                let byte = bytes[index]
+                guard isTargetByte(byte) else {
+                    return byte == UInt8(ascii: "#")
+                        ? "a request target never carries a fragment (#): send the path and query alone"
+                        : "request target has a byte RFC 3986 does not allow in a path or query (0x\(String(byte, radix: 16, uppercase: true)))"
+                }
+                if byte == UInt8(ascii: "%") {
+                    guard index + 2 < bytes.count, let high = PathSpelling.hexValue(bytes[index + 1]),
+                          let low = PathSpelling.hexValue(bytes[index + 2]) else {
+                        return "request target has a % not followed by two hex digits"
+                    }
+                    let decoded = high << 4 | low
+                    if decoded == 0 || decoded == 0x0A || decoded == 0x0D {
+                        return "request target has an escaped NUL, CR or LF"
+                    }
+                    index += 3
+                    continue
+                }
+                index += 1
+            }
+            return nil
         }
     }
 
@@ -347,12 +378,14 @@ public final class Proxy: HTTPResponder {
         return names.contains { authority == "\($0):\(port)" || (port == 80 && authority == $0) }
     }
 
-    /// Letters, digits and `-._~:/?#[]@!$&'()*+,;=%`, as two 64-bit masks over ASCII
-    /// (`URIBytesTests` checks them against that list).
-    static func isURIByte(_ byte: UInt8) -> Bool {
+    /// The bytes of RFC 3986's `pchar`, `/` and `?` (what a path and a query are made of):
+    /// letters, digits and `-._~!$&'()*+,;=:@/?%`, as two 64-bit masks over ASCII
+    /// (`HotPathTests` checks them against that list). Not `#`, `[` or `]`.
+    @inline(__always)
+    static func isTargetByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case 0..<64: (0xAFFF_FFFA_0000_0000 as UInt64) >> byte & 1 == 1
-        case 64..<128: (0x47FF_FFFE_AFFF_FFFF as UInt64) >> (byte - 64) & 1 == 1
+        case 0..<64: (0xAFFF_FFF2_0000_0000 as UInt64) >> byte & 1 == 1
+        case 64..<128: (0x47FF_FFFE_87FF_FFFF as UInt64) >> (byte - 64) & 1 == 1
         default: false
         }
     }

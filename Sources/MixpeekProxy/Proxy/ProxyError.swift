@@ -8,6 +8,9 @@ public enum ProxyError: Error, Sendable, Equatable {
     case upstreamUnreachable(String)
     case upstreamTimeout(seconds: Double)
     case auditUnavailable
+    /// The mutation was forwarded (the upstream answered `upstreamStatus`, nil when it did
+    /// not answer) but its outcome record could not be written within `audit_outcome_wait`.
+    case auditIncomplete(upstreamStatus: Int?, intentSeq: Int64)
     case malformed(String)
     /// An API-keys path spelled other than canonically: refused, never forwarded (the message
     /// says what to send instead).
@@ -31,7 +34,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         switch self {
         case .upstreamUnreachable: .badGateway
         case .upstreamTimeout: .gatewayTimeout
-        case .auditUnavailable: .serviceUnavailable
+        case .auditUnavailable, .auditIncomplete: .serviceUnavailable
         case .malformed, .nonCanonicalPath: .badRequest
         case .methodNotAllowed: .methodNotAllowed
         case .notAnOpenProxy: .forbidden
@@ -46,6 +49,7 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .upstreamUnreachable: "upstream_unreachable"
         case .upstreamTimeout: "upstream_timeout"
         case .auditUnavailable: "audit_unavailable"
+        case .auditIncomplete: "audit_incomplete"
         case .malformed: "bad_request"
         case .nonCanonicalPath: "non_canonical_path"
         case .methodNotAllowed: "method_not_allowed"
@@ -68,6 +72,8 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .upstreamUnreachable(let why): "mixpeek-proxy could not reach the upstream: \(why)"
         case .upstreamTimeout(let seconds): "the upstream did not answer within \(seconds) s (--upstream-timeout)"
         case .auditUnavailable: "the audit log cannot be written, so this mutation was refused and not forwarded"
+        case .auditIncomplete(let status, let seq):
+            "this mutation was forwarded and the upstream \(status.map { "answered \($0)" } ?? "did not answer"), so it may have been applied, but its outcome could not be recorded in time (audit intent seq \(seq)); the proxy records it as soon as it can"
         case .malformed(let why): "malformed request: \(why)"
         case .nonCanonicalPath(let why): why
         case .methodNotAllowed(let allowed): "method not allowed; allowed: \(allowed)"
@@ -82,8 +88,10 @@ public enum ProxyError: Error, Sendable, Equatable {
         var headers: HTTPHeaders = ["Content-Type": "application/json", "Via": Headers.via]
         if let requestID { headers.add(name: "X-Request-Id", value: requestID) }
         if case .methodNotAllowed(let allowed) = self { headers.add(name: "Allow", value: allowed) }
-        return HTTPResponse(
-            status: status, headers: headers,
-            body: ErrorBody(status: status, message: message, type: type, code: "mixpeek_proxy." + type).buffer)
+        var body = ErrorBody(status: status, message: message, type: type, code: "mixpeek_proxy." + type)
+        if case .auditIncomplete(let upstreamStatus, let seq) = self {
+            body.error.details = ["upstream_status": upstreamStatus.map(String.init) ?? "none", "intent_seq": String(seq)]
+        }
+        return HTTPResponse(status: status, headers: headers, body: body.buffer)
     }
 }

@@ -63,7 +63,7 @@ extension Proxy {
     /// loopback address or `localhost` in `Host`: a web page elsewhere whose domain resolves to
     /// 127.0.0.1 (DNS rebinding) then gets nothing. With any setting, a POST from a browser
     /// must come from a page of this proxy (`Origin`), so that another site cannot make a
-    /// visitor's browser post to it.
+    /// visitor's browser post to it, nor a request its browser marks as cross-site.
     static func statusRefusal(_ request: HTTPRequest, access: StatusPageAccess) -> ProxyError? {
         let host = request.headers.first(name: "host")
         if access == .loopback {
@@ -74,9 +74,16 @@ extension Proxy {
                 return .forbidden("the status page answers only to a loopback Host (127.0.0.1, [::1] or localhost)")
             }
         }
-        if request.method == .POST, let origin = request.headers.first(name: "origin") {
-            guard let host, origin == "http://\(host)" || origin == "https://\(host)" else {
-                return .forbidden("a request from another site's page (Origin \(origin)) may not use the status page")
+        if request.method != .GET && request.method != .HEAD {
+            // A browser says where a request comes from in `Sec-Fetch-Site` even when it sends
+            // no `Origin`; `none` is the user's own action (typed, bookmarked).
+            if let site = request.headers.first(name: "sec-fetch-site"), site != "same-origin", site != "none" {
+                return .forbidden("a request from another site (Sec-Fetch-Site \(site)) may not change anything on the proxy")
+            }
+            if let origin = request.headers.first(name: "origin") {
+                guard let host, origin == "http://\(host)" || origin == "https://\(host)" else {
+                    return .forbidden("a request from another site's page (Origin \(origin)) may not use the status page")
+                }
             }
         }
         return nil

@@ -1,9 +1,13 @@
+import MixpeekAPI
+
 /// Values computed from `Authorization` header values (fingerprints, hashes), kept so a
 /// client that sends the same value on every call is not hashed again. Bounded by forgetting
 /// everything when full: a client comes back with one miss; no eviction order to keep.
 /// Not synchronised: its owner holds it under its own lock.
 struct BoundedMemo<Value: Sendable>: Sendable {
-    private var values: [String: Value] = [:]
+    /// Keyed by the value's bytes: two `Authorization` values that Swift finds canonically
+    /// equivalent are two credentials.
+    private var values: [ExactText: Value] = [:]
     let capacity: Int
 
     init(capacity: Int) {
@@ -11,13 +15,14 @@ struct BoundedMemo<Value: Sendable>: Sendable {
     }
 
     @inline(__always)
-    subscript(key: String) -> Value? { values[key] }
+    subscript(key: String) -> Value? { values[ExactText(key)] }
 
     mutating func value(for key: String, else compute: (String) -> Value) -> Value {
-        if let known = values[key] { return known }
+        let exact = ExactText(key)
+        if let known = values[exact] { return known }
         let value = compute(key)
         if values.count >= capacity { values.removeAll(keepingCapacity: true) }
-        values[key] = value
+        values[exact] = value
         return value
     }
 }
