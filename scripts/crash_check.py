@@ -7,6 +7,7 @@
    and the audit records them as `ok`.
 3. A corrupt cache file is moved aside and the proxy serves lists.
 4. A self-signed TLS upstream is refused (502) unless its CA file is configured.
+5. SIGTERM to `serve` and Ctrl-C to `demo` print no ERROR line.
 Prints `crash: N passed, M failed`.
 """
 import json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request, urllib.error
@@ -104,8 +105,22 @@ def sigterm_in_flight(work):
         check("SIGTERM: every in-flight mutation is audited ok", [r["outcome"] for r in rows] == ["ok"] * 8,
               f"{[r['outcome'] for r in rows]}")
         check("SIGTERM: audit verify passes", audit(data, "verify").returncode == 0)
+        errors = [line for line in open(os.path.join(work, "proxy2.log")) if "ERROR" in line or "Cannot schedule" in line]
+        check("SIGTERM: shutdown prints no ERROR line (nothing scheduled on a stopped event loop)", not errors, f"{errors[:3]}")
     finally:
         stop(fake)
+
+
+def demo_interrupted(work):
+    """The first thing a newcomer sees after the tour is what Ctrl-C prints."""
+    log = os.path.join(work, "demo.log")
+    proxy, port = proctools.start(BIN, ["demo", "--port", "0", "--data-dir", os.path.join(work, "demo-data")], log)
+    status, _ = call(port, "GET", "/v1/organizations/users/demo@example.com/api-keys")
+    proxy.send_signal(signal.SIGINT)
+    code = proxy.wait(20)
+    errors = [line for line in open(log) if "ERROR" in line or "Cannot schedule" in line]
+    check("demo: Ctrl-C (SIGINT) exits 0 and prints no ERROR line", status == 200 and code == 0 and not errors,
+          f"list {status}, exit {code}, {errors[:3]}")
 
 
 def corrupt_cache(work):
@@ -167,7 +182,7 @@ def tls_verification(work):
 
 
 with tempfile.TemporaryDirectory() as work:
-    for scenario in (kill_during_burst, sigterm_in_flight, corrupt_cache, tls_verification):
+    for scenario in (kill_during_burst, sigterm_in_flight, demo_interrupted, corrupt_cache, tls_verification):
         try:
             scenario(work)
         except Exception as error:

@@ -169,8 +169,8 @@ struct CacheTests {
         }
     }
 
-    @Test("a list answer with Cache-Control: no-store is never stored", arguments: [
-        ("no-store", "MISS"), ("private, No-Store", "MISS"), ("private, max-age=60", "HIT"),
+    @Test("a list answer with Cache-Control no-store or private is never stored, on disk or in memory; public with max-age is", arguments: [
+        ("no-store", "MISS"), ("private, No-Store", "MISS"), ("private, max-age=60", "MISS"), ("public, max-age=60", "HIT"),
     ])
     func upstreamNoStore(cacheControl: String, secondResult: String) async throws {
         let calls = NIOLockedValueBox(0)

@@ -18,7 +18,7 @@ struct HTTPConformanceTests {
         try await withTestProxy { proxy in
             let reply = try await rawExchange(
                 port: proxy.app.port,
-                "HEAD /_proxy/health HTTP/1.1\r\nHost: x\r\n\r\nGET /_proxy/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                "HEAD /_proxy/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /_proxy/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             let responses = try WireResponse.parse(reply.text, heads: [true, false])
             #expect(responses.map(\.statusLine) == ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"])
             #expect(responses[1].body == #"{"audit":"ok","status":"ok"}"#)

@@ -30,11 +30,11 @@ struct HotPathTests {
         #expect(Proxy.requestID([:]).count == 36)
     }
 
-    @Test("the URI byte masks accept exactly letters, digits and -._~:/?#[]@!$&'()*+,;=%")
-    func uriBytes() {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%".utf8)
+    @Test("the target byte masks accept exactly RFC 3986's path and query bytes: letters, digits and -._~!$&'()*+,;=:@/?%")
+    func targetBytes() {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/?%".utf8)
         for byte in UInt8.min...UInt8.max {
-            #expect(Proxy.isURIByte(byte) == allowed.contains(byte), "byte \(byte)")
+            #expect(Proxy.isTargetByte(byte) == allowed.contains(byte), "byte \(byte)")
         }
     }
 
