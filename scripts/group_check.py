@@ -921,7 +921,9 @@ def postgres_restart_under_load(group):
     # Outcomes that missed their answer are written in the background as soon as they can be.
     settled, _ = wait_until(lambda: all(records().get(n, {}).get("outcome") == "ok" for n, _ in incomplete), 20, 0.5)
     rows = records()
-    check(f"PostgreSQL restart under 16 clients: {len(answered)} answered 2xx, {len(incomplete)} audit_incomplete, "
+    retried = sum(open(os.path.join(p.work, f"proxy-{p.name}-{p.starts}.log")).read().count("retrying before answering") for p in (A, B))
+    check(f"PostgreSQL restart under 16 clients: {len(answered)} answered 2xx ({retried} after their outcome write was retried), "
+          f"{len(incomplete)} audit_incomplete, "
           f"{len(refused)} refused before forwarding; nothing else", answered and not other,
           f"other answers: {[(n, r.status, r.text[:120]) for n, r in other[:5]]}")
     missing = [n for n, _ in answered if rows.get(n, {}).get("outcome") != "ok"]
