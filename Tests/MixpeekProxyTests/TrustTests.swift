@@ -491,6 +491,8 @@ struct OutcomeDurabilityTests {
             #expect(try await harness.list() == "MISS")
             #expect(try await harness.list() == "MISS")
             #expect(harness.proxy.outcomes.incompleteCount == 1)
+            let metrics = try await harness.send(.GET, "/_proxy/metrics")
+            #expect(String(buffer: metrics.body).contains("\nmixpeek_proxy_audit_outcomes_pending 1\n"))
             harness.sink.failOutcomes(0)
             let landed = try await eventually(within: 10) { try harness.outcomes().first?.outcome == "ok" }
             #expect(landed, "the outcome is appended as its own record once it can be")

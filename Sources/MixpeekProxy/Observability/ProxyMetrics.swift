@@ -82,7 +82,7 @@ public final class ProxyMetrics: Sendable {
     }
 
     /// The Prometheus text exposition, with the cache's and the request log's figures read at scrape time.
-    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int) -> String {
+    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int, outcomesPending: Int = 0) -> String {
         var text = registry.emitToString()
         func counter(_ name: String, _ help: String, _ value: Int) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
@@ -99,6 +99,7 @@ public final class ProxyMetrics: Sendable {
         counter("mixpeek_proxy_log_lines_dropped_total", "Request-log lines lost because the log writer was behind or could not write.", logLinesDropped)
         gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
         gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
+        gauge("mixpeek_proxy_audit_outcomes_pending", "Outcomes of mutations answered audit_incomplete that are not written yet.", outcomesPending)
         return text
     }
 }

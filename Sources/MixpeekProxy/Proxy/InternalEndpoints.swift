@@ -68,7 +68,8 @@ extension Proxy {
         case "/_proxy/metrics":
             let memory = cache.memoryFootprint
             let text = metrics.exposition(
-                cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0)
+                cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0,
+                outcomesPending: outcomes.incompleteCount)
             return .now(HTTPResponse(
                 status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],
                 body: ByteBuffer(string: text)))
