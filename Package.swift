@@ -46,6 +46,14 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ]
         ),
+        // The verifiable log's maths and formats (RFC 6962 trees, C2SP tiles, signed notes and
+        // checkpoints): pure functions, no storage and no HTTP.
+        .target(
+            name: "MixpeekLog",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .target(
             name: "MixpeekProxy",
             dependencies: [
@@ -107,6 +115,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
+        ),
+        .testTarget(
+            name: "MixpeekLogTests",
+            dependencies: ["MixpeekLog"],
+            resources: [.copy("Fixtures")]
         ),
         .testTarget(
             name: "MixpeekFakeTests",

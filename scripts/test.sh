@@ -15,6 +15,9 @@ if grep -E '^/.*(Sources|Tests)/.*warning:' .build-log.txt; then
 fi
 grep -q 'error:' .build-log.txt && { echo "test: build failed" >&2; exit 1; }
 
+echo "== the verifiable log's vectors are Go's (sumdb/tlog, sumdb/note)"
+bash scripts/log_vectors.sh
+
 echo "== swift test"
 swift test 2>&1 | grep -v -E "^\[[0-9]+/[0-9]+\]"
 
