@@ -233,8 +233,13 @@ struct ValidatorTests {
             async let first = Self.exchange(port, Self.get())
             #expect(await eventually { proxy.controls.heldCount(.list) == 1 })
             async let second = Self.exchange(port, Self.get())
-            try await Task.sleep(for: .milliseconds(200))
+            // Released only once the second request has joined the first's fetch.
+            let joined = await eventually(within: 10) {
+                let stats = try? await proxy.request(.GET, "/_proxy/stats", token: nil).json["cache"] as? [String: Any]
+                return stats?["coalesced"] as? Int == 1
+            }
             proxy.controls.release(.list)
+            #expect(joined)
             let answers = try await [first, second]
             #expect(Set(answers.compactMap { $0.field("Cache-Status") })
                     == ["mixpeek-proxy; fwd=uri-miss; stored", "mixpeek-proxy; fwd=uri-miss; stored; collapsed"])
