@@ -1,9 +1,11 @@
 import Foundation
+import Logging
 import MixpeekFake
 @testable import MixpeekProxy
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Testing
 
 /// HTTP caching as clients expect it of a cache (RFC 9110 §13, RFC 9211): validators and 304,
@@ -225,25 +227,36 @@ struct ValidatorTests {
         #expect(refused.field("Cache-Status") == "mixpeek-proxy; fwd=uri-miss; detail=status")
     }
 
-    @Test("concurrent misses: the requests that shared the leader's fetch say collapsed")
-    func cacheStatusCollapsed() async throws {
-        try await withTestProxy { proxy in
-            proxy.controls.hold(.list)
-            let port = proxy.app.port
-            async let first = Self.exchange(port, Self.get())
-            #expect(await eventually { proxy.controls.heldCount(.list) == 1 })
-            async let second = Self.exchange(port, Self.get())
-            // Released only once the second request has joined the first's fetch.
-            let joined = await eventually(within: 10) {
-                let stats = try? await proxy.request(.GET, "/_proxy/stats", token: nil).json["cache"] as? [String: Any]
-                return stats?["coalesced"] as? Int == 1
-            }
-            proxy.controls.release(.list)
-            #expect(joined)
-            let answers = try await [first, second]
-            #expect(Set(answers.compactMap { $0.field("Cache-Status") })
-                    == ["mixpeek-proxy; fwd=uri-miss; stored", "mixpeek-proxy; fwd=uri-miss; stored; collapsed"])
-            #expect(proxy.controls.calls(.list) == 1)
+    @Test("concurrent misses: the request that shared the leader's fetch is collapsed; both get the stored list's tag")
+    func collapsedFetch() async throws {
+        let cache = ProxyListCache(settings: .init(ttl: 60, staleIfError: 0, memoryBytes: 1 << 20), store: nil, logger: Logger(label: "test"))
+        let (key, _) = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let upstream = loop.makePromise(of: ProxyListCache.FetchOutcome.self)
+        let fetches = NIOLockedValueBox(0)
+        let fetch: @Sendable () -> EventLoopFuture<ProxyListCache.FetchOutcome> = {
+            fetches.withLockedValue { $0 += 1 }
+            return upstream.futureResult
         }
+        // Both asked before the upstream answers: the second joins the first's fetch.
+        let first = cache.answer(key, refresh: false, on: loop, fetch: fetch)
+        let second = cache.answer(key, refresh: false, on: loop, fetch: fetch)
+        upstream.succeed(.response(UpstreamResponse(
+            status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"keys":[],"total":0}"#))))
+        var forwards: [ListForward] = []
+        var tags: [String?] = []
+        for answer in [try await first.get(), try await second.get()] {
+            guard case .fetched(let fetched, let forward) = answer else {
+                Issue.record("a miss must be fetched: \(answer)")
+                return
+            }
+            forwards.append(forward)
+            tags.append(fetched.entry?.etag)
+            #expect(fetched.notStored == nil)
+        }
+        #expect(fetches.withLockedValue { $0 } == 1)
+        #expect(forwards == [ListForward(reason: .uriMiss, coalesced: false), ListForward(reason: .uriMiss, coalesced: true)])
+        #expect(CacheStatus.forwarded(forwards[1], stored: true, detail: nil) == "mixpeek-proxy; fwd=uri-miss; stored; collapsed")
+        #expect(tags[0] != nil && tags[0] == tags[1])
     }
 }
