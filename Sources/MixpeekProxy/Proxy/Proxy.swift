@@ -94,7 +94,8 @@ public final class Proxy: HTTPResponder {
                 if let group, group.settings.hitCheck == .read {
                     // The alternative the benchmark compares: one PostgreSQL read per hit.
                     let trace = clientTrace ?? .started()
-                    return later(request, route: decision.label, trace: trace, started: started, group.confirmHit(user: user, on: eventLoop).flatMap { current in
+                    let confirmed = group.confirmHit(user: user, on: eventLoop)
+                    return later(request, route: decision.label, trace: trace, started: started, confirmed.flatMap { current in
                         current
                             ? eventLoop.makeSucceededFuture((self.cachedResponse(
                                 remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID), "HIT"))
