@@ -104,7 +104,8 @@ def run_schemathesis(spec, stack, report, examples, seed):
         "--suppress-health-check", "all", "--request-timeout", "10",
     ]
     started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True)
+    # In the run's own directory: schemathesis keeps state beside where it runs.
+    result = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(report))
     elapsed = time.time() - started
     failures = []
     events = os.path.join(report, next(name for name in os.listdir(report) if name.endswith(".ndjson")))
