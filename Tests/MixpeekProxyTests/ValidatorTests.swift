@@ -227,6 +227,14 @@ struct ValidatorTests {
         #expect(refused.field("Cache-Status") == "mixpeek-proxy; fwd=uri-miss; detail=status")
     }
 
+    @Test("a list the upstream could not answer, with nothing cached: 502 in the error shape, and Cache-Status says so")
+    func cacheStatusUpstreamFailed() async throws {
+        let upstream = StubUpstream { _ in throw UpstreamError.unreachable("connection refused") }
+        let failed = try await withStubProxy(upstream) { app, _ in try await Self.exchange(app.port, Self.get()) }
+        #expect(failed.statusLine == "HTTP/1.1 502 Bad Gateway")
+        #expect(failed.field("Cache-Status") == "mixpeek-proxy; fwd=uri-miss; detail=upstream-failed")
+    }
+
     @Test("concurrent misses: the request that shared the leader's fetch is collapsed; both get the stored list's tag")
     func collapsedFetch() async throws {
         let cache = ProxyListCache(settings: .init(ttl: 60, staleIfError: 0, memoryBytes: 1 << 20), store: nil, logger: Logger(label: "test"))
