@@ -272,13 +272,9 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         return promise.futureResult
     }
 
-    /// Whole seconds since `entry` was stored, by the cache's clock (the `Age` header).
-    public func age(of entry: CachedList) -> Int {
-        max(0, Int(clock() - entry.storedAt))
-    }
-
-    /// `entry`'s age and the whole seconds of freshness it has left (negative once past its
-    /// TTL), read from one reading of the clock: `Age` and `Cache-Status`'s `ttl`.
+    /// `entry`'s age in whole seconds by the cache's clock (the `Age` header) and the whole
+    /// seconds of freshness it has left, negative once past its TTL (`Cache-Status`'s `ttl`),
+    /// from one reading of the clock.
     public func timing(of entry: CachedList) -> (age: Int, ttl: Int) {
         let elapsed = clock() - entry.storedAt
         return (max(0, Int(elapsed)), Int((settings.ttl - elapsed).rounded(.down)))
