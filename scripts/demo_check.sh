@@ -28,5 +28,8 @@ grep -q 'rotate' out.* || { echo "demo_check: audit query shows no rotate"; exit
 # The tour ends with the status page's address, and it serves the page.
 page="$(tail -n 1 tour.txt | sed -e 's/^ *//')"
 [[ "$page" == "$url/_proxy/" ]] || { echo "demo_check: the tour does not end with the status page's address: $page"; exit 1; }
-curl -fsS "$page" | grep -q '<title>mixpeek-proxy status</title>' || { echo "demo_check: no status page at $page"; exit 1; }
+# Read whole before it is searched: `grep -q` stops at the title, and curl, writing the rest of a
+# page larger than a pipe holds, then fails (23), which pipefail reports as no page.
+status_page="$(curl -fsS "$page")" || { echo "demo_check: no status page at $page"; exit 1; }
+grep -q '<title>mixpeek-proxy status</title>' <<<"$status_page" || { echo "demo_check: no status page at $page"; exit 1; }
 echo "demo_check: ran $count commands from the demo tour: all passed"

@@ -22,9 +22,11 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 
 REQUEST_TIMEOUT = 15.0  # seconds, for every HTTP call
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # W3C Trace Context's example
 COMMAND_TIMEOUT = 60.0  # seconds, for every `mixpeek-proxy audit ...` run
 
 
@@ -195,6 +197,44 @@ def main() -> int:
     checks.run("list: identical second call is an X-Cache HIT", second_list_is_hit)
     checks.run("list: the SDK reads headers['X-Cache'], ['Age'], ['Via'], ['X-Request-Id'] as spelled", own_headers_as_spelled)
 
+    def validators_and_cache_status():
+        response = api.list_keys_organizations_users_email_with_http_info(user, **t)
+        etag = response.headers["ETag"]
+        expect(etag.startswith('"') and etag.endswith('"'), f"headers['ETag'] is {etag!r}, expected a strong tag")
+        status = response.headers["Cache-Status"]
+        expect(status.startswith("mixpeek-proxy; hit; ttl="), f"headers['Cache-Status'] is {status!r}")
+        state["etag"] = etag
+        # The SDK raises for anything but 2xx: a 304 arrives as an ApiException with the fields.
+        try:
+            api.list_keys_organizations_users_email_with_http_info(user, _headers={"If-None-Match": etag}, **t)
+            raise CheckFailed("If-None-Match with the list's own ETag did not answer 304")
+        except ApiException as exc:
+            expect(exc.status == 304, f"status {exc.status}, expected 304")
+            expect(header(exc, "ETag") == etag, f"304's ETag {header(exc, 'ETag')!r}, expected {etag!r}")
+            expect((header(exc, "Cache-Status") or "").startswith("mixpeek-proxy; hit"), f"304's Cache-Status {header(exc, 'Cache-Status')!r}")
+            expect(not exc.body, f"304 with a body: {exc.body!r}")
+        other = api.list_keys_organizations_users_email_with_http_info(user, _headers={"If-None-Match": '"someone-else"'}, **t)
+        expect(other.status_code == 200 and other.data == state.get("first_list"), "another tag did not get the whole list")
+
+    def head_like_get():
+        url = f"{proxy}/v1/organizations/users/{urllib.parse.quote(user, safe='')}/api-keys"
+        get = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        head = urllib.request.Request(url, method="HEAD", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(get, timeout=REQUEST_TIMEOUT) as got:
+            body = got.read()
+            get_etag = got.headers.get("ETag")
+        with urllib.request.urlopen(head, timeout=REQUEST_TIMEOUT) as answered:
+            expect(answered.status == 200, f"HEAD status {answered.status}")
+            expect(answered.read() == b"", "HEAD answer has a body")
+            expect(answered.headers.get("Content-Length") == str(len(body)),
+                   f"HEAD Content-Length {answered.headers.get('Content-Length')!r}, GET body {len(body)} bytes")
+            expect(answered.headers.get("X-Cache") == "HIT", f"HEAD X-Cache {answered.headers.get('X-Cache')!r}")
+            expect(answered.headers.get("ETag") == get_etag, "HEAD and GET carry different ETags")
+
+    checks.run("list: ETag and Cache-Status; If-None-Match with the ETag is a 304 (ApiException 304), another tag the whole list",
+               validators_and_cache_status)
+    checks.run("list: HEAD is served from the cache like GET: no body, the GET's Content-Length and ETag", head_like_get)
+
     # ---- create ------------------------------------------------------------------------
     def create():
         mutations.append(("create", user, name, "ok"))
@@ -227,7 +267,7 @@ def main() -> int:
     def update():
         mutations.append(("update", user, name, "ok"))
         updated = api.update_key_organizations_users_email_name(
-            user, name, APIKeyUpdateRequest(description=description), **t)
+            user, name, APIKeyUpdateRequest(description=description), _headers={"traceparent": TRACEPARENT}, **t)
         expect(isinstance(updated, APIKeyModel), f"returned {type(updated).__name__}, expected APIKeyModel")
         expect(updated.description == description, f"description {updated.description!r}")
 
@@ -414,6 +454,15 @@ def main() -> int:
                 lines.append(f"and {len(differences) - 6} more differences")
             raise CheckFailed("; ".join(lines))
 
+    def audit_trace_ids():
+        entries = state.get("audit")
+        expect(entries is not None, "no audit query output")
+        updates = [e for e in entries if e.get("action") == "update" and e.get("outcome") == "ok"]
+        expect(updates and updates[0].get("trace_id") == TRACEPARENT[3:35],
+               f"the update's trace_id is {updates[0].get('trace_id') if updates else None!r}, expected the client's")
+        started = [e.get("trace_id") for e in entries if e is not updates[0]]
+        expect(all(isinstance(tid, str) and len(tid) == 32 for tid in started), f"a record without a started trace id: {started}")
+
     def audit_details():
         entries = state.get("audit")
         expect(entries is not None, "no audit query output")
@@ -447,6 +496,7 @@ def main() -> int:
 
     checks.run("audit query lists exactly the script's mutations, in order", audit_query)
     checks.run("audit records: caller fingerprints, new-key identifiers, upstream status", audit_details)
+    checks.run("audit records carry the trace id: the client's traceparent for the update, one started for the rest", audit_trace_ids)
     checks.run("audit verify exits 0", audit_verify)
 
     # ---- no secret at rest -------------------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, testing and running mixpeek-proxy need on a fresh Debian machine
 # with the Swift toolchain: SQLite's headers (GRDB links the system libsqlite3), curl (the
-# demo tour and checks), the official Mixpeek Python SDK (end-to-end test), and what
+# demo tour and checks), the official Mixpeek Python SDK (end-to-end test), schemathesis
+# (scripts/schema_check.py holds the fake and the proxy against Mixpeek's OpenAPI document), and what
 # scripts/bench.sh compares against and measures with (nginx, Varnish, wrk, strace; its
 # smoke run is part of scripts/test.sh), and Debian's Chromium, which
 # scripts/status_page_check.py drives headless over the DevTools protocol on a pipe, and Go
@@ -47,5 +48,9 @@ PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import mixpeek, sys; sys.exit(0 if mixpeek.__version__ == "1.3.783" else 1)' 2>/dev/null; then
   echo "setup: installing the Mixpeek Python SDK"
   "$PYTHON" -m pip install -q --disable-pip-version-check -r scripts/requirements-e2e.txt
+fi
+if ! "$PYTHON" -c 'import schemathesis, sys; sys.exit(0 if schemathesis.__version__ == "4.32.5" else 1)' 2>/dev/null; then
+  echo "setup: installing schemathesis (scripts/schema_check.py)"
+  "$PYTHON" -m pip install -q --disable-pip-version-check -r scripts/requirements-schema.txt
 fi
 echo "setup: ok"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: builds (no warnings allowed in our code), runs the Swift test suites,
-# then the end-to-end check with the official Python SDK against the real binary, the
+# then the end-to-end check with the official Python SDK against the real binary, schemathesis
+# against Mixpeek's OpenAPI document (the fake alone and behind the proxy), the
 # demo's printed commands, the status page in headless Chromium, crash/shutdown checks, a
 # group of proxies on PostgreSQL, soak and request-log checks, a benchmark smoke run, and the
 # README's runnable blocks.
@@ -26,6 +27,9 @@ bash scripts/demo_check.sh .build/debug/mixpeek-proxy
 
 echo "== end to end with the Mixpeek Python SDK"
 bash scripts/e2e.sh .build/debug/mixpeek-proxy
+
+echo "== schemathesis: the fake, and the proxy in front of it, against Mixpeek's OpenAPI document; both replayed byte for byte"
+python3 scripts/schema_check.py .build/debug/mixpeek-proxy
 
 echo "== the status page in headless Chromium (screenshots under .build/)"
 python3 scripts/status_page_check.py .build/debug/mixpeek-proxy

@@ -24,7 +24,29 @@ public struct ErrorBody: Codable, Equatable, Sendable {
         self.error = Detail(message: message, type: type, code: code, details: nil)
     }
 
+    /// The body, its members always in this order (`JSONEncoder` orders them anew on each
+    /// run, so two answers to one request would differ byte for byte), `details` by key.
     public var buffer: ByteBuffer {
-        (try? JSONEncoder().encodeAsByteBuffer(self, allocator: ByteBufferAllocator())) ?? ByteBuffer()
+        var json = JSONWriter(capacity: 256)
+        json.beginObject()
+        json.field("success", success)
+        json.field("status", status)
+        json.key("error")
+        json.beginObject()
+        json.field("message", error.message)
+        json.field("type", error.type)
+        json.field("code", error.code)
+        if let details = error.details {
+            json.key("details")
+            json.beginObject()
+            for (name, value) in details.sorted(by: { $0.key < $1.key }) {
+                json.key(name)
+                json.string(value)
+            }
+            json.endObject()
+        }
+        json.endObject()
+        json.endObject()
+        return ByteBuffer(bytes: json.bytes)
     }
 }

@@ -30,10 +30,22 @@ public struct JSONWriter {
         pendingValue = true
     }
 
+    /// A member's name that is not known ahead (a map's keys), escaped as a string is.
+    public mutating func key(_ name: String) {
+        comma()
+        quoted(name)
+        bytes.append(UInt8(ascii: ":"))
+        pendingValue = true
+    }
+
     // MARK: Values
 
     public mutating func string(_ text: String) {
         value()
+        quoted(text)
+    }
+
+    private mutating func quoted(_ text: String) {
         bytes.append(UInt8(ascii: "\""))
         for byte in text.utf8 {
             switch byte {

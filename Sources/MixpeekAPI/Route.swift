@@ -49,9 +49,10 @@ public enum Route: Equatable, Sendable {
         // built and destroyed for every request.
         guard let key else {
             switch method {
-            case .GET: self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
+            // HEAD is GET without the body (RFC 9110 §9.3.2): the same list, served the same way.
+            case .GET, .HEAD: self = .list(user: user, includeRevoked: Self.includeRevoked(in: query))
             case .POST: self = .create(user: user)
-            default: self = .rejected(.methodNotAllowed(allowed: "GET, POST"))
+            default: self = .rejected(.methodNotAllowed(allowed: "GET, HEAD, POST"))
             }
             return
         }
@@ -199,7 +200,7 @@ public enum Route: Equatable, Sendable {
     /// Splits at an ASCII separator byte, as the upstream does. Split as Characters, a `/`, `?`,
     /// `&` or `=` followed by a combining mark is one grapheme and would separate nothing, so
     /// the proxy would see another route than the upstream (an unaudited mutation).
-    static func split(_ text: Substring, on separator: Unicode.Scalar, maxSplits: Int = .max) -> [Substring] {
+    public static func split(_ text: Substring, on separator: Unicode.Scalar, maxSplits: Int = .max) -> [Substring] {
         let byte = UInt8(ascii: separator)
         var parts: [Substring] = []
         parts.reserveCapacity(8)
@@ -216,7 +217,7 @@ public enum Route: Equatable, Sendable {
         return parts
     }
 
-    static func percentDecode(_ text: Substring, plusIsSpace: Bool) -> String? {
+    public static func percentDecode(_ text: Substring, plusIsSpace: Bool) -> String? {
         var text = text
         return text.withUTF8 { percentDecode($0, plusIsSpace: plusIsSpace) }
     }

@@ -15,6 +15,7 @@ struct APIKeyRecord: Codable, Sendable {
     var name: String
     var description: String = ""
     var permissions: [String] = ["read", "write", "delete"]
+    var scopes: [KeyScope] = []
     var rate_limit_override: Int?
     var status = "active"
     var expires_at: String?
@@ -25,6 +26,24 @@ struct APIKeyRecord: Codable, Sendable {
     var allowed_origins: [String]?
     /// Only in a create or rotate response.
     var key: String?
+}
+
+extension APIKeyRecord {
+    /// A validated create or update body's fields (`FakeValidation.keyFields`) applied: a
+    /// field absent keeps its value; `null` clears `expires_at`, `rate_limit_override` and
+    /// `scopes`, as the spec's update says ("Use null to remove expiration").
+    mutating func apply(_ fields: KeyFields) {
+        if let name = fields.name { self.name = name }
+        if let description = fields.description { self.description = description }
+        if let permissions = fields.permissions { self.permissions = permissions }
+        if let scopes = fields.scopes { self.scopes = scopes ?? [] }
+        if let limit = fields.rateLimitOverride { rate_limit_override = limit }
+        if let expiresAt = fields.expiresAt { expires_at = expiresAt }
+        if let status = fields.status { self.status = status }
+    }
+
+    /// When this key's secret stops authenticating, if it ever does.
+    var expiry: Date? { expires_at.flatMap(FakeValidation.dateTime) }
 }
 
 struct ListBody: Codable {
@@ -57,6 +76,16 @@ extension APIKeyRecord: JSONBody {
         json.field("name", name)
         json.field("description", description)
         json.field("permissions", permissions)
+        json.key("scopes")
+        json.beginArray()
+        for scope in scopes {
+            json.beginObject()
+            json.field("resource_type", scope.resourceType)
+            json.field("resource_id", scope.resourceID)
+            json.field("operations", scope.operations)
+            json.endObject()
+        }
+        json.endArray()
         json.field("rate_limit_override", rate_limit_override)
         json.field("status", status)
         json.field("expires_at", expires_at)

@@ -10,12 +10,21 @@ import NIOHTTP1
 /// The Mixpeek API-keys API, in memory, with Mixpeek's semantics: each bearer token is its
 /// own organisation; every user in it starts with a protected key named `admin-key`; create
 /// and rotate return a fresh `sk_...` secret once; delete revokes; list hides revoked keys
-/// unless `include_revoked` is true.
+/// unless `include_revoked` is true. A key whose `expires_at` has passed is `expired` and its
+/// secret authenticates nothing. Requests are validated as the real API (FastAPI, OpenAPI
+/// 0.81) validates them (`FakeValidation`), answering 422 in the contract's error shape.
 ///
 /// Tests read per-operation call counts and switch faults on through `FakeControls`.
 public final class FakeMixpeek: Sendable {
     public let controls = FakeControls()
-    private let organizations = NIOLockedValueBox([String: Organization]())
+    private let organizations = NIOLockedValueBox(Organizations())
+
+    /// Every organisation, by bearer token, and when each issued secret that expires does (by
+    /// its `key_hash`), so that an expired secret is refused whichever organisation asks.
+    struct Organizations {
+        var byToken: [String: Organization] = [:]
+        var expiries: [String: Date] = [:]
+    }
 
     public init() {}
 
@@ -29,6 +38,8 @@ public final class FakeMixpeek: Sendable {
     struct UserKeys {
         private(set) var records: [APIKeyRecord] = []
         private var active: [String: Int] = [:]
+        /// Where each active key with an `expires_at` is, and when it expires.
+        private var expiring: [Int: Date] = [:]
 
         init(_ first: APIKeyRecord) { append(first) }
 
@@ -37,6 +48,19 @@ public final class FakeMixpeek: Sendable {
         mutating func append(_ record: APIKeyRecord) {
             records.append(record)
             if record.status != "revoked" { active[record.name] = records.count - 1 }
+            noteExpiry(of: record, at: records.count - 1)
+        }
+
+        /// Marks every active key whose `expires_at` has passed `expired`.
+        mutating func expire(now: Date) {
+            for (index, date) in expiring where date <= now {
+                records[index].status = "expired"
+                expiring[index] = nil
+            }
+        }
+
+        private mutating func noteExpiry(of record: APIKeyRecord, at index: Int) {
+            expiring[index] = record.status == "active" ? record.expires_at.flatMap(FakeValidation.dateTime) : nil
         }
 
         subscript(index: Int) -> APIKeyRecord {
@@ -46,6 +70,7 @@ public final class FakeMixpeek: Sendable {
                 if old.status != "revoked", active[old.name] == index { active[old.name] = nil }
                 records[index] = newValue
                 if newValue.status != "revoked" { active[newValue.name] = index }
+                noteExpiry(of: newValue, at: index)
             }
         }
     }
@@ -60,76 +85,104 @@ public final class FakeMixpeek: Sendable {
             return HTTPResponse(status: .temporaryRedirect, headers: ["location": location], body: ByteBuffer())
         }
         if case .rejected(let why) = routed {
-            if case .methodNotAllowed = why { return Self.error(.methodNotAllowed, "Method Not Allowed", type: "method_not_allowed") }
+            if case .methodNotAllowed(let allowed) = why {
+                // As Starlette answers a path it has with a method it has not.
+                var response = Self.error(.methodNotAllowed, "Method Not Allowed", type: "method_not_allowed")
+                response.headers.add(name: "allow", value: allowed)
+                return response
+            }
             return Self.error(.notFound, why.message, type: "not_found")
         }
         guard let token = Self.bearerToken(request.headers) else {
             return Self.error(.unauthorized, "Missing or invalid API key. Use 'Authorization: Bearer sk_...'.", type: "unauthorized")
         }
-        let body = request.body.flatMap { try? JSONSerialization.jsonObject(with: Data(buffer: $0)) }
-        let createdName = (body as? [String: Any])?["name"] as? String
+        // FastAPI validates the query and the body before the handler runs.
+        let body: Any?
+        var createdName: String?
+        switch routed {
+        case .list:
+            body = nil
+            if case .failure(let failure) = FakeValidation.includeRevoked(in: request.query) { return Self.invalid(failure) }
+        case .create, .update:
+            let fields = FakeValidation.jsonBody(request).flatMap { FakeValidation.keyFields($0, creating: routed.isCreate) }
+            switch fields {
+            case .success(let fields):
+                body = fields
+                createdName = fields.name
+            case .failure(let failure):
+                return Self.invalid(failure)
+            }
+        default:
+            body = nil
+        }
         let route = controls.matchesUsersCaseInsensitively ? routed.withUser(UserIdentity.folded) : routed
+        let now = Date()
         return organizations.withLockedValue { orgs in
-            if orgs[token] == nil { orgs[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
+            if !orgs.expiries.isEmpty, let expiry = orgs.expiries[Self.sha256Hex(token)], expiry <= now {
+                return Self.error(.unauthorized, "API key has expired", type: "unauthorized")
+            }
+            if orgs.byToken[token] == nil { orgs.byToken[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
             // In place: a copy of the organisation would copy every key list on each mutation.
-            let response = Self.apply(route, body: body, to: &orgs[token]!)
+            let (response, expiries) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[token]!, now: now)
+            for (hash, date) in expiries { orgs.expiries[hash] = date }
             // Inside the lock: the history's order is the order the calls were applied in.
             controls.noteAnswered(routed, method: request.method, createdName: createdName, status: response.status)
             return response
         }
     }
 
-    private static func apply(_ route: Route, body: Any?, to org: inout Organization) -> HTTPResponse {
-        let now = timestamp()
+    /// Applies one call; also returns the expiry (or nil for none) of every secret whose
+    /// expiry it set or changed, by `key_hash`.
+    private static func apply(_ route: Route, query: Substring?, body: Any?, to org: inout Organization,
+                              now date: Date) -> (HTTPResponse, [(String, Date?)]) {
+        let now = Timestamp.string(date)
+        let fields = body as? KeyFields ?? KeyFields()
         switch route {
-        case .list(let user, let includeRevoked):
-            guard let includeRevoked else {
-                return error(.unprocessableEntity, "include_revoked must be a boolean", type: "validation_error")
+        case .list(let user, _):
+            let includeRevoked = (try? FakeValidation.includeRevoked(in: query).get()) ?? false
+            let keys = org.withKeys(of: user) { keys in
+                keys.expire(now: date)
+                return keys.records.filter { includeRevoked || $0.status != "revoked" }
             }
-            let keys = org.withKeys(of: user) { $0.records.filter { includeRevoked || $0.status != "revoked" } }
-            return json(ListBody(keys: keys, total: keys.count))
+            return (json(ListBody(keys: keys, total: keys.count)), [])
         case .create(let user):
-            guard let fields = body as? [String: Any], let name = fields["name"] as? String, (1...100).contains(name.count),
-                  let key = validated(fields, into: nil) else {
-                return error(.unprocessableEntity, "body must be a JSON object with a 'name' of 1 to 100 characters", type: "validation_error")
-            }
+            let name = fields.name ?? ""
             let secret = newSecret()
             var record = newRecord(name: name, user: user, org: org, secret: secret, now: now)
-            record.description = key.description
-            record.permissions = key.permissions
-            record.rate_limit_override = key.rate_limit_override
-            record.expires_at = key.expires_at
-            record.allowed_origins = key.allowed_origins
+            record.apply(fields)
             return org.withKeys(of: user) { keys in
+                keys.expire(now: date)
                 if keys.activeIndex(named: name) != nil {
-                    return error(.badRequest, "an active key named '\(name)' already exists", type: "bad_request", code: "key_name_taken")
+                    return (error(.badRequest, "an active key named '\(name)' already exists", type: "bad_request", code: "key_name_taken"), [])
                 }
                 keys.append(record)
                 record.key = secret
-                return json(record)
+                return (json(record), record.expiry.map { [(record.key_hash, $0)] } ?? [])
             }
         case .update(let user, let name), .rotate(let user, let name), .delete(let user, let name):
             if name == "admin-key" {
-                return error(.forbidden, "The 'admin-key' is protected and cannot be modified.", type: "forbidden")
+                return (error(.forbidden, "The 'admin-key' is protected and cannot be modified.", type: "forbidden"), [])
             }
             return org.withKeys(of: user) { keys in
+                keys.expire(now: date)
                 guard let index = keys.activeIndex(named: name) else {
-                    return error(.notFound, "API key '\(name)' not found for \(user)", type: "not_found")
+                    return (error(.notFound, "API key '\(name)' not found for \(user)", type: "not_found"), [])
                 }
                 switch route {
                 case .update:
-                    guard let fields = body as? [String: Any], var updated = validated(fields, into: keys[index]) else {
-                        return error(.unprocessableEntity, "body must be a JSON object of APIKeyUpdateRequest fields", type: "validation_error")
-                    }
+                    var updated = keys[index]
+                    updated.apply(fields)
                     if updated.name != name, keys.activeIndex(named: updated.name) != nil {
-                        return error(.badRequest, "an active key named '\(updated.name)' already exists", type: "bad_request", code: "key_name_taken")
+                        return (error(.badRequest, "an active key named '\(updated.name)' already exists", type: "bad_request", code: "key_name_taken"), [])
                     }
                     if updated.status == "revoked" && updated.revoked_at == nil {
                         updated.revoked_at = now
                         updated.revoked_by = updated.user_id
                     }
                     keys[index] = updated
-                    return json(updated)
+                    keys.expire(now: date)
+                    let expiry: [(String, Date?)] = fields.expiresAt == nil ? [] : [(updated.key_hash, updated.expiry)]
+                    return (json(keys[index]), expiry)
                 case .rotate:
                     let secret = newSecret()
                     var rotated = keys[index]
@@ -137,55 +190,27 @@ public final class FakeMixpeek: Sendable {
                     rotated.key_prefix = String(secret.prefix(10))
                     keys[index] = rotated
                     rotated.key = secret
-                    return json(rotated)
+                    return (json(rotated), rotated.expiry.map { [(rotated.key_hash, $0)] } ?? [])
                 default:
                     var revoked = keys[index]
                     revoked.status = "revoked"
                     revoked.revoked_at = now
                     revoked.revoked_by = revoked.user_id
                     keys[index] = revoked
-                    return json(SuccessBody(message: "API key '\(name)' revoked"))
+                    return (json(SuccessBody(message: "API key '\(name)' revoked")), [])
                 }
             }
         case .passThrough, .rejected:
-            return error(.notFound, "Not Found", type: "not_found")
+            return (error(.notFound, "Not Found", type: "not_found"), [])
         }
     }
 
-    /// The fields of a create or update body applied to `base` (or to defaults); nil when a
-    /// field has the wrong type or value, as the upstream's validation would answer 422.
-    private static func validated(_ fields: [String: Any], into base: APIKeyRecord?) -> APIKeyRecord? {
-        var record = base ?? APIKeyRecord(
-            key_id: "", key_hash: "", key_prefix: "", internal_id: "", organization_id: "", user_id: "",
-            name: "", created_at: "", created_by: "")
-        for (field, value) in fields where !(value is NSNull) {
-            switch field {
-            case "name":
-                guard let name = value as? String, (1...100).contains(name.count) else { return nil }
-                record.name = name
-            case "description":
-                guard let text = value as? String, text.count <= 500 else { return nil }
-                record.description = text
-            case "permissions":
-                guard let list = value as? [String], list.allSatisfy(["read", "write", "delete", "admin"].contains) else { return nil }
-                record.permissions = list
-            case "rate_limit_override":
-                guard let limit = value as? Int, limit >= 1, !(value is Bool) else { return nil }
-                record.rate_limit_override = limit
-            case "status":
-                guard let status = value as? String, ["active", "revoked", "expired"].contains(status) else { return nil }
-                record.status = status
-            case "expires_at":
-                guard let date = value as? String else { return nil }
-                record.expires_at = date
-            case "allowed_origins":
-                guard let origins = value as? [String] else { return nil }
-                record.allowed_origins = origins
-            default:
-                continue
-            }
-        }
-        return record
+    /// The 422 the real API answers, in the contract's error shape (not FastAPI's
+    /// `HTTPValidationError`; the README says how they differ): the message names the field.
+    static func invalid(_ failure: ValidationFailure) -> HTTPResponse {
+        var body = ErrorBody(status: .unprocessableEntity, message: failure.text, type: "validation_error")
+        body.error.details = ["loc": failure.location.joined(separator: "."), "type": failure.type]
+        return HTTPResponse(status: .unprocessableEntity, headers: ["content-type": "application/json"], body: body.buffer)
     }
 
     private static func newRecord(name: String, user: String, org: Organization, secret: String, now: String) -> APIKeyRecord {
@@ -272,6 +297,10 @@ extension FakeMixpeek.Organization {
 }
 
 extension Route {
+    var isCreate: Bool {
+        if case .create = self { true } else { false }
+    }
+
     /// The same call about `transform(user)`.
     func withUser(_ transform: (String) -> String) -> Route {
         switch self {

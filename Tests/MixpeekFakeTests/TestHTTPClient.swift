@@ -69,7 +69,7 @@ struct TestHTTPClient: Sendable {
         head.headers.replaceOrAdd(name: "host", value: "\(host):\(port)")
         head.headers.replaceOrAdd(name: "connection", value: "close")
         if let body {
-            head.headers.replaceOrAdd(name: "content-type", value: "application/json")
+            if !head.headers.contains(name: "content-type") { head.headers.add(name: "content-type", value: "application/json") }
             head.headers.replaceOrAdd(name: "content-length", value: String(body.utf8.count))
         }
         let group = MultiThreadedEventLoopGroup.singleton

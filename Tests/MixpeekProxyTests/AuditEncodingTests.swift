@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import GRDB
 import MixpeekAPI
 @testable import MixpeekProxy
 import Testing
@@ -89,6 +90,62 @@ struct AuditEncodingTests {
             #expect(record.canonicalEncoding == Self.encodingBefore(record))
             #expect(record.computeHash(key: nil) == SHA256.hash(data: Self.encodingBefore(record)).map { String(format: "%02x", $0) }.joined())
         }
+    }
+
+    @Test("a trace id is hashed after the fields records had before it; a record without one encodes byte for byte as before")
+    func traceIDEncoding() {
+        var record = AuditLog.intent(AuditIntent(action: .create, user: "a@b.c", key: "k", caller: "c", client: "h", requestID: "r"),
+                                     time: "2026-11-27T18:54:04.000Z")
+        record.seq = 3
+        record.prev_hash = String(repeating: "d", count: 64)
+        #expect(record.trace_id == nil)
+        #expect(record.canonicalEncoding == Self.encodingBefore(record))
+        var traced = record
+        traced.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        let before = String(decoding: Self.encodingBefore(record), as: UTF8.self)
+        let expected = before.replacingOccurrences(of: "|64:" + record.prev_hash, with: "|32:4bf92f3577b34da6a3ce929d0e0e4736|64:" + record.prev_hash)
+        #expect(traced.canonicalEncoding == Data(expected.utf8))
+        #expect(traced.computeHash(key: nil) != record.computeHash(key: nil), "the trace id is covered by the hash")
+        // The outcome carries its intent's trace id.
+        let outcome = AuditLog.outcome(of: traced, AuditResult(outcome: .ok, upstreamStatus: 200, durationMS: 1), time: record.time)
+        #expect(outcome.trace_id == traced.trace_id)
+    }
+
+    @Test("an audit file written before trace ids: migrated at open, its old records still verify beside new ones that carry a trace id")
+    func oldFileStillVerifies() async throws {
+        let dataDir = TestProxy.makeDataDir()
+        try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dataDir) }
+        let path = dataDir + "/audit.sqlite"
+        // The file as the previous version left it: schema v1, records chained without the field.
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try AuditLog.migrator.migrate(queue, upTo: "v1")
+            var head = (seq: Int64(0), hash: AuditRecord.genesis)
+            for index in 1...3 {
+                let draft = AuditLog.intent(AuditIntent(action: .delete, user: "old@example.com", key: "k\(index)", caller: "c",
+                                                        client: "::1", requestID: "old-\(index)"), time: "2026-01-01T00:00:0\(index).000Z")
+                let record = draft.chained(after: head, key: nil)
+                try await queue.write { db in
+                    try db.execute(sql: """
+                        INSERT INTO audit_records (seq, kind, time, action, user_email, key_name, caller, client, request_id, prev_hash, hash)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [record.seq, record.kind.rawValue, record.time, record.action.rawValue, record.user_email,
+                                         record.key_name, record.caller, record.client, record.request_id, record.prev_hash, record.hash])
+                }
+                head = (record.seq, record.hash)
+            }
+        }
+        let log = try AuditLog(path: path, logger: .init(label: "audit-test"))
+        let intent = try await log.recordIntent(AuditIntent(
+            action: .create, user: "new@example.com", key: "n", caller: "c", client: "::1", requestID: "new-1",
+            traceID: "4bf92f3577b34da6a3ce929d0e0e4736"))
+        try await log.recordOutcome(of: intent, AuditResult(outcome: .ok, upstreamStatus: 200, durationMS: 2))
+        let verification = try log.verify()
+        #expect(verification.problem == nil && verification.records == 5, "\(verification)")
+        var entries: [AuditEntry] = []
+        try log.query(AuditFilter()) { entries.append($0) }
+        #expect(entries.sorted { $0.seq < $1.seq }.map(\.trace_id) == [nil, nil, nil, "4bf92f3577b34da6a3ce929d0e0e4736"])
     }
 
     @Test("the group's JSON rows read back as the records, with user_fold, whatever the text holds")

@@ -44,10 +44,12 @@ struct GroupTests {
         #expect(none == nil)
         // Closed: forwarded every time, never kept.
         for _ in 0..<2 {
-            guard case .fetched(.response, coalesced: false) = try await Self.answer(cache, key, fetches: fetches) else {
+            guard case .fetched(let fetched, let forward) = try await Self.answer(cache, key, fetches: fetches),
+                  case .response = fetched.outcome, !forward.coalesced else {
                 Issue.record("a list under a closed gate must be fetched")
                 return
             }
+            #expect(fetched.notStored == "group-closed")
         }
         #expect(fetches.withLockedValue { $0 } == 2)
         gate.closed.withLockedValue { $0 = [] }

@@ -30,7 +30,9 @@ struct PolicyTests {
             (.GET, "/v1/collections", [:], true, .passThrough),
             (.GET, "/v1/collections", [:], false, .refuse(.notFound("pass-through is off: mixpeek-proxy forwards only the API-keys calls"))),
             (.GET, "/health", [:], true, .refuse(.notFound("mixpeek-proxy forwards only /v1/... paths"))),
-            (.PUT, Self.alice, [:], true, .refuse(.methodNotAllowed(allowed: "GET, POST"))),
+            (.HEAD, Self.alice, [:], true, .serveList(user: "alice@example.com", includeRevoked: false, refresh: false)),
+            (.HEAD, Self.alice + "?limit=10", [:], true, .bypassCache),
+            (.PUT, Self.alice, [:], true, .refuse(.methodNotAllowed(allowed: "GET, HEAD, POST"))),
             (.POST, Self.alice + "/ci-key", [:], true, .refuse(.methodNotAllowed(allowed: "PATCH, DELETE"))),
             (.GET, Self.alice + "/ci-key/rotate", [:], true, .refuse(.methodNotAllowed(allowed: "POST"))),
         ]

@@ -118,9 +118,8 @@ struct RouteTests {
     @Test(
         "a wrong method on an API-keys path is refused with the methods that are allowed",
         arguments: [
-            (HTTPMethod.PUT, "\(users)/a/api-keys", "GET, POST"),
-            (.DELETE, "\(users)/a/api-keys", "GET, POST"),
-            (.HEAD, "\(users)/a/api-keys", "GET, POST"),
+            (HTTPMethod.PUT, "\(users)/a/api-keys", "GET, HEAD, POST"),
+            (.DELETE, "\(users)/a/api-keys", "GET, HEAD, POST"),
             (.GET, "\(users)/a/api-keys/k", "PATCH, DELETE"),
             (.POST, "\(users)/a/api-keys/k", "PATCH, DELETE"),
             (.PUT, "\(users)/a/api-keys/k", "PATCH, DELETE"),

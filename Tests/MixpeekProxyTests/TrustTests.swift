@@ -454,6 +454,8 @@ struct OutcomeDurabilityTests {
                                    prepare: CachedListResponse.init)
         var settings = Proxy.Settings()
         settings.auditOutcomeWait = wait
+        // Requests here come from no socket: the figures are shown to anyone.
+        settings.statusPage = .on
         let proxy = Proxy(upstream: upstream, cache: cache, audit: sink, settings: settings, metrics: ProxyMetrics(),
                           accessLog: nil, logger: TrustTests.quiet)
         try await body(Harness(proxy: proxy, sink: sink, creates: creates))

@@ -133,6 +133,10 @@ public final class AuditLog: Sendable {
                 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
                 """)
         }
+        migrator.registerMigration("v2-trace-id") { db in
+            // Nullable: the records before it have none, and their hashes never covered one.
+            try db.alter(table: "audit_records") { t in t.add(column: "trace_id", .text) }
+        }
         return migrator
     }
 
@@ -151,7 +155,7 @@ public final class AuditLog: Sendable {
             seq: 0, kind: .intent, intent_seq: nil, time: time, action: intent.action, user_email: intent.user,
             key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
             upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
-            prev_hash: "", hash: "")
+            prev_hash: "", hash: "", trace_id: intent.traceID)
     }
 
     /// Records how the mutation of `intent` ended.
@@ -226,13 +230,13 @@ public final class AuditLog: Sendable {
     private static func insert(_ record: AuditRecord, _ db: Database) throws {
         try db.cachedStatement(sql: """
             INSERT INTO audit_records (seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
-                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
                 record.seq, record.kind.rawValue, record.intent_seq, record.time, record.action.rawValue, record.user_email,
                 record.key_name, record.caller, record.client, record.request_id, record.upstream_status,
                 record.outcome?.rawValue, record.duration_ms, record.key_id, record.key_prefix, record.key_hash,
-                record.prev_hash, record.hash,
+                record.prev_hash, record.hash, record.trace_id,
             ])
     }
 

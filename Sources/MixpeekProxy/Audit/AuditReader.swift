@@ -20,16 +20,18 @@ public struct AuditEntry: Codable, Sendable, Equatable {
     public var key_prefix: String?
     public var key_hash: String?
     public var finished_at: String?
+    /// The W3C trace id of the request that made it, when the proxy kept one.
+    public var trace_id: String? = nil
 
     public static let columns = [
         "seq", "time", "action", "user_email", "key_name", "caller", "client", "request_id", "outcome",
-        "upstream_status", "duration_ms", "key_id", "key_prefix", "key_hash", "finished_at",
+        "upstream_status", "duration_ms", "key_id", "key_prefix", "key_hash", "finished_at", "trace_id",
     ]
 
     public var values: [String?] {
         [String(seq), time, action, user_email, key_name, caller, client, request_id, outcome,
          upstream_status.map(String.init), duration_ms.map(AuditRecord.threeDecimals), key_id, key_prefix,
-         key_hash, finished_at]
+         key_hash, finished_at, trace_id]
     }
 }
 
@@ -112,7 +114,7 @@ extension AuditLog {
         """
         SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
                COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
-               o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at
+               o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id
         FROM audit_records i LEFT JOIN audit_records o ON o.intent_seq = i.seq AND o.kind = 'outcome'
         WHERE \(conditions) ORDER BY \(order)
         """
@@ -124,7 +126,7 @@ extension AuditLog {
             key_name: row["key_name"], caller: row["caller"], client: row["client"], request_id: row["request_id"],
             outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
             key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
-            finished_at: row["finished_at"])
+            finished_at: row["finished_at"], trace_id: row["trace_id"])
     }
 
     /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing

@@ -51,6 +51,10 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     public var key_hash: String?
     public var prev_hash: String
     public var hash: String
+    /// The W3C trace id of the request that made the mutation (32 lowercase hex digits); nil
+    /// in records written before the proxy kept it, and in a group's chain, whose schema has
+    /// no column for it yet.
+    public var trace_id: String? = nil
 
     /// The bytes the hash covers: every field but `hash`, each length-prefixed so that no
     /// two different records encode alike, followed by the previous record's hash. That is
@@ -75,8 +79,12 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
             duration_ms.map(Self.threeDecimals), key_id, key_prefix, key_hash,
         ]
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(fields.reduce(0) { $0 + 8 + ($1?.utf8.count ?? 0) })
+        bytes.reserveCapacity(fields.reduce(0) { $0 + 8 + ($1?.utf8.count ?? 0) } + 40)
         for field in fields { Self.appendField(field, to: &bytes) }
+        // Only when there is one: a record without it encodes, and so hashes, as every record
+        // did before the field existed, and old chains still verify. Unambiguous, as
+        // `prev_hash` (64 hex digits) follows and holds no `|`.
+        if let trace_id { Self.appendField(trace_id, to: &bytes) }
         return bytes
     }
 
@@ -133,14 +141,18 @@ public struct AuditIntent: Sendable {
     public var caller: String
     public var client: String
     public var requestID: String
+    /// The W3C trace id of the request (`TraceContext`).
+    public var traceID: String?
 
-    public init(action: AuditAction, user: String, key: String?, caller: String, client: String, requestID: String) {
+    public init(action: AuditAction, user: String, key: String?, caller: String, client: String, requestID: String,
+                traceID: String? = nil) {
         self.action = action
         self.user = user
         self.key = key
         self.caller = caller
         self.client = client
         self.requestID = requestID
+        self.traceID = traceID
     }
 }
 

@@ -6,6 +6,27 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
 
+/// Why a list went to the upstream (RFC 9211's `fwd`), and whether the request shared another
+/// request's fetch rather than making its own.
+public struct ListForward: Sendable, Equatable {
+    public enum Reason: String, Sendable {
+        /// Nothing cached for the key.
+        case uriMiss = "uri-miss"
+        /// An entry past its TTL.
+        case stale
+        /// The client asked for a fresh answer (`no-cache`).
+        case request
+    }
+
+    public var reason: Reason
+    public var coalesced: Bool
+
+    public init(reason: Reason, coalesced: Bool) {
+        self.reason = reason
+        self.coalesced = coalesced
+    }
+}
+
 /// The list cache: a memory tier (`MemoryTier`) in front of a durable store (`ListStore`),
 /// request coalescing, and exact invalidation with read-your-writes (`ReadYourWrites`).
 ///
@@ -37,20 +58,31 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         case failure(UpstreamError)
     }
 
+    /// What one upstream fetch of a list gave, shared by every request that joined it.
+    public struct Fetched: Sendable {
+        public let outcome: FetchOutcome
+        /// The entry made of a 2xx list worth keeping, with its validator (the upstream's `ETag`
+        /// or one minted), whether or not it could be stored; nil for any other answer.
+        public let entry: CachedList?
+        /// Why the answer was not stored (`Cache-Status`'s `detail`); nil when it was.
+        public let notStored: String?
+    }
+
     /// How a list request was answered.
     public enum Answer: Sendable {
         case hit(CachedList)
-        /// From the upstream; `coalesced` when this request waited on another's fetch.
-        case fetched(FetchOutcome, coalesced: Bool)
-        case stale(CachedList)
+        /// From the upstream.
+        case fetched(Fetched, ListForward)
+        /// A cached entry served because the upstream failed.
+        case stale(CachedList, ListForward)
     }
 
     /// The outcome of one upstream fetch, handed to the request that started it and to every
     /// request that joined it.
     private final class FlightResult: Sendable {
-        private let state = NIOLockedValueBox<(outcome: FetchOutcome?, waiters: [@Sendable (FetchOutcome) -> Void])>((nil, []))
+        private let state = NIOLockedValueBox<(outcome: Fetched?, waiters: [@Sendable (Fetched) -> Void])>((nil, []))
 
-        func resolve(_ outcome: FetchOutcome) {
+        func resolve(_ outcome: Fetched) {
             let waiters = state.withLockedValue { state in
                 state.outcome = outcome
                 defer { state.waiters = [] }
@@ -60,8 +92,8 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         }
 
         /// Calls `waiter` with the outcome: now if it is known, else when it is.
-        func observe(_ waiter: @escaping @Sendable (FetchOutcome) -> Void) {
-            let known = state.withLockedValue { state -> FetchOutcome? in
+        func observe(_ waiter: @escaping @Sendable (Fetched) -> Void) {
+            let known = state.withLockedValue { state -> Fetched? in
                 if state.outcome == nil { state.waiters.append(waiter) }
                 return state.outcome
             }
@@ -181,28 +213,33 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 state.counters.upstreamListCalls += 1
             }
             fetch().whenComplete { result in
+                let outcome: FetchOutcome
                 switch result {
-                case .success(let outcome): promise.succeed(.fetched(outcome, coalesced: false))
-                case .failure(let error): promise.succeed(.fetched(.failure(error as? UpstreamError ?? .unreachable("\(error)")), coalesced: false))
+                case .success(let fetched): outcome = fetched
+                case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
                 }
+                let made = self.storable(outcome, key: key, storedAt: self.clock())
+                promise.succeed(.fetched(Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : "group-closed"),
+                                         ListForward(reason: refresh ? .request : .uriMiss, coalesced: false)))
             }
             return promise.futureResult
         }
-        @Sendable func finish(_ outcome: FetchOutcome, leader: Bool) {
-            if case .response(let response) = outcome, response.status.code < 500 {
-                return promise.succeed(.fetched(outcome, coalesced: !leader))
+        @Sendable func finish(_ fetched: Fetched, leader: Bool, reason: ListForward.Reason) {
+            let forward = ListForward(reason: reason, coalesced: !leader)
+            if case .response(let response) = fetched.outcome, response.status.code < 500 {
+                return promise.succeed(.fetched(fetched, forward))
             }
             storedEntry(key) { entry in
                 if let entry, entry.mayServeStale,
                    self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) + self.settings.staleIfError {
                     self.state.withLockedValue { $0.counters.stale += 1 }
-                    promise.succeed(.stale(entry))
+                    promise.succeed(.stale(entry, forward))
                 } else {
-                    promise.succeed(.fetched(outcome, coalesced: !leader))
+                    promise.succeed(.fetched(fetched, forward))
                 }
             }
         }
-        @Sendable func fetchOrJoin() {
+        @Sendable func fetchOrJoin(_ reason: ListForward.Reason) {
             let (flight, leader) = state.withLockedValue { state in
                 let fetch = state.readYourWrites.fetch(key, refresh: refresh, sharing: FlightResult.init)
                 if fetch.leader {
@@ -214,7 +251,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 return fetch
             }
             guard leader else {
-                return flight.shared.observe { finish($0, leader: false) }
+                return flight.shared.observe { finish($0, leader: false, reason: reason) }
             }
             fetch().whenComplete { result in
                 let outcome: FetchOutcome
@@ -222,29 +259,32 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 case .success(let fetched): outcome = fetched
                 case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
                 }
-                self.complete(key, flight: flight, outcome: outcome)
-                flight.shared.resolve(outcome)
-                finish(outcome, leader: true)
+                let fetched = self.complete(key, flight: flight, outcome: outcome)
+                flight.shared.resolve(fetched)
+                finish(fetched, leader: true, reason: reason)
             }
         }
         if refresh {
-            fetchOrJoin()
+            fetchOrJoin(.request)
         } else {
             storedEntry(key) { entry in
                 if let entry, self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) {
                     self.hits.wrappingAdd(1, ordering: .relaxed)
                     promise.succeed(.hit(entry))
                 } else {
-                    fetchOrJoin()
+                    fetchOrJoin(entry == nil ? .uriMiss : .stale)
                 }
             }
         }
         return promise.futureResult
     }
 
-    /// Whole seconds since `entry` was stored, by the cache's clock (the `Age` header).
-    public func age(of entry: CachedList) -> Int {
-        max(0, Int(clock() - entry.storedAt))
+    /// `entry`'s age in whole seconds by the cache's clock (the `Age` header) and the whole
+    /// seconds of freshness it has left, negative once past its TTL (`Cache-Status`'s `ttl`),
+    /// from one reading of the clock.
+    public func timing(of entry: CachedList) -> (age: Int, ttl: Int) {
+        let elapsed = clock() - entry.storedAt
+        return (max(0, Int(elapsed)), Int((settings.ttl - elapsed).rounded(.down)))
     }
 
     /// Notes a list forwarded without the cache (a query it cannot key).
@@ -265,6 +305,9 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             case .success(let entry):
                 // Keep it in memory only if no invalidation came while it was read.
                 completion(entry.flatMap { entry in
+                    var entry = entry
+                    // Stored by a proxy that did not mint validators yet.
+                    if entry.etag == nil { entry.etag = Validators.mint(credential: key.credential, body: entry.body) }
                     let remembered = Remembered(entry: entry, prepared: self.prepare(entry))
                     return self.state.withLockedValue { state in
                         guard state.readYourWrites.generation(of: key.user) == generation else { return nil }
@@ -283,32 +326,40 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
 
     /// Ends the fetch `flight` led for `key` and stores its outcome when it is a list worth
     /// keeping and no invalidation came while it was fetched.
-    private func complete(_ key: CacheKey, flight: ReadYourWrites<FlightResult>.Flight, outcome: FetchOutcome) {
+    private func complete(_ key: CacheKey, flight: ReadYourWrites<FlightResult>.Flight, outcome: FetchOutcome) -> Fetched {
         // Parsed and prepared before the lock: every loop's hits wait while it is held.
-        let remembered = storable(outcome, storedAt: clock()).map { Remembered(entry: $0, prepared: prepare($0)) }
-        state.withLockedValue { state in
-            guard state.readYourWrites.land(flight, for: key), let remembered else { return }
+        let made = storable(outcome, key: key, storedAt: clock())
+        let remembered = made.entry.map { Remembered(entry: $0, prepared: prepare($0)) }
+        let landed = state.withLockedValue { state -> Bool in
+            guard state.readYourWrites.land(flight, for: key), let remembered else { return false }
             state.memory.insert(remembered, bytes: remembered.entry.body.readableBytes, for: key)
             // Submitted under the lock, so it is ordered before any later invalidation's delete.
             if let store {
                 state.onDisk.noteStored(key)
                 store.save(remembered.entry, for: key, logger: logger)
             }
+            return true
         }
+        return Fetched(outcome: outcome, entry: made.entry, notStored: landed ? nil : made.notStored ?? "invalidated")
     }
 
-    /// The entry to keep for `outcome`: a 2xx JSON object whose `Cache-Control` lets a shared
-    /// cache keep it (`Policy.storage`).
-    private func storable(_ outcome: FetchOutcome, storedAt: Double) -> CachedList? {
-        guard case .response(let response) = outcome, (200..<300).contains(response.status.code),
-              case .store(let lifetime, let mayServeStale) = Policy.storage(
-                  of: response.headers, ignoringDirectives: settings.ignoreUpstreamDirectives),
-              Self.isJSONObject(response.body)
-        else { return nil }
-        return CachedList(
+    /// The entry to keep for `outcome`, with its validator: a 2xx JSON object whose
+    /// `Cache-Control` lets a shared cache keep it (`Policy.storage`); else why not, in the words
+    /// of `Cache-Status`'s `detail`.
+    private func storable(_ outcome: FetchOutcome, key: CacheKey, storedAt: Double) -> (entry: CachedList?, notStored: String?) {
+        guard case .response(let response) = outcome else { return (nil, "upstream-failed") }
+        guard (200..<300).contains(response.status.code) else { return (nil, "status") }
+        let storage = Policy.storage(of: response.headers, ignoringDirectives: settings.ignoreUpstreamDirectives)
+        guard case .store(let lifetime, let mayServeStale) = storage else {
+            if case .doNotStore(let reason) = storage { return (nil, reason) }
+            return (nil, nil)
+        }
+        guard Self.isJSONObject(response.body) else { return (nil, "not-json") }
+        return (CachedList(
             status: Int(response.status.code), contentType: response.headers.first(name: "content-type"),
-            etag: response.headers.first(name: "etag"), lastModified: response.headers.first(name: "last-modified"),
-            body: response.body, storedAt: storedAt, lifetime: lifetime, mayServeStale: mayServeStale)
+            etag: response.headers.first(name: "etag") ?? Validators.mint(credential: key.credential, body: response.body),
+            lastModified: response.headers.first(name: "last-modified"), body: response.body, storedAt: storedAt,
+            lifetime: lifetime, mayServeStale: mayServeStale), nil)
     }
 
     /// A list body worth keeping: a JSON object. A 200 whose body does not parse is an

@@ -65,7 +65,9 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// the owner ahead of any proxy's reaper, which waits `upstream_timeout` + a lease + 2 s.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
         let asked = NIODeadline.now()
-        let draft = AuditLog.intent(intent, time: AuditLog.now())
+        var draft = AuditLog.intent(intent, time: AuditLog.now())
+        // The group's schema has no trace_id column yet: a hash covering one could not be checked.
+        draft.trace_id = nil
         try Self.check(draft)
         let written = try await append(draft, onlyIfOpen: nil)
         guard let record = written.record else { throw GroupError.chain("intent not written") }

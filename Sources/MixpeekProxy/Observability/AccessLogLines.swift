@@ -18,6 +18,8 @@ struct AccessLogEntry: Sendable {
     var cache: String?
     var milliseconds: Double
     var requestID: String?
+    /// The W3C trace id the request carried or the proxy started; written only when known.
+    var traceID: String? = nil
 }
 
 /// One event loop's request-log lines not yet handed to the writer, and how a line is
@@ -65,6 +67,7 @@ struct AccessLogLines: Sendable {
         // The line is written as one piece (`ByteWriter`); the room it needs is counted first:
         // the fixed parts, the time, the numbers, and each value escaped at worst (6 bytes a byte).
         let values = cache.utf8.count + method.utf8.count + requestID.utf8.count + entry.route.utf8.count
+            + (entry.traceID.map { $0.utf8.count + 16 } ?? 0)
         let room = 192 + secondText.count + 3 * ByteWriter.maxDecimalDigits + 6 * values
         let json = json
         let secondText = secondText
@@ -84,6 +87,10 @@ struct AccessLogLines: Sendable {
                 line.writeDecimal(Int(entry.status), minimumDigits: 3)
                 line.write(#"","time":""#)
                 Self.writeTime(now, secondText: secondText, to: &line)
+                if let traceID = entry.traceID {
+                    line.write(#"","trace_id":""#)
+                    Self.write(traceID, json: true, to: &line)
+                }
                 line.write("\"}\n")
             } else {
                 Self.writeTime(now, secondText: secondText, to: &line)
@@ -99,6 +106,10 @@ struct AccessLogLines: Sendable {
                 Self.write(entry.route, json: false, to: &line)
                 line.write(" status=")
                 line.writeDecimal(Int(entry.status), minimumDigits: 3)
+                if let traceID = entry.traceID {
+                    line.write(" trace_id=")
+                    Self.write(traceID, json: false, to: &line)
+                }
                 line.write(" [MixpeekProxy] request\n")
             }
         }

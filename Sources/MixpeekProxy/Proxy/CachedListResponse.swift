@@ -9,9 +9,12 @@ import NIOHTTP1
 public struct CachedListResponse: Sendable {
     /// Nil when a field could not be sent as is; the fields are then built per response.
     let fixedFields: HTTPHeaderBlock?
+    /// The same for a `304 Not Modified` with it: the validators and `Via`, no content fields.
+    let notModifiedFields: HTTPHeaderBlock?
 
     public init(_ entry: CachedList) {
         fixedFields = HTTPHeaderBlock(Self.fixedFields(of: entry))
+        notModifiedFields = HTTPHeaderBlock(Self.notModifiedFields(of: entry))
     }
 
     /// The response fields a cached list always answers with (its age, X-Cache and request id
@@ -19,6 +22,16 @@ public struct CachedListResponse: Sendable {
     static func fixedFields(of entry: CachedList) -> HTTPHeaders {
         var fields = HTTPHeaders()
         if let contentType = entry.contentType { fields.add(name: "Content-Type", value: contentType) }
+        if let etag = entry.etag { fields.add(name: "ETag", value: etag) }
+        if let lastModified = entry.lastModified { fields.add(name: "Last-Modified", value: lastModified) }
+        fields.add(name: "Via", value: Headers.via)
+        return fields
+    }
+
+    /// The fields of a 304 for a cached list (RFC 9110 §15.4.5: the validators a 200 would
+    /// carry; its age, Cache-Status, X-Cache and request id are added per response).
+    static func notModifiedFields(of entry: CachedList) -> HTTPHeaders {
+        var fields = HTTPHeaders()
         if let etag = entry.etag { fields.add(name: "ETag", value: etag) }
         if let lastModified = entry.lastModified { fields.add(name: "Last-Modified", value: lastModified) }
         fields.add(name: "Via", value: Headers.via)

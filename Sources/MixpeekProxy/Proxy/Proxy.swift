@@ -44,6 +44,8 @@ public final class Proxy: HTTPResponder {
     let status: StatusBoard?
     /// The group this proxy is in (`/_proxy/health` reports on it); nil for a lone proxy.
     let group: GroupMember?
+    /// A hit's `Cache-Status` for each second of freshness left, formatted once.
+    private let hitStatus: CacheStatus.Hits
 
     /// `invalidation` defaults to `cache`, which then drops lists in this process only.
     public init(upstream: any Upstream, cache: ProxyListCache, invalidation: (any Invalidation)? = nil, audit: (any AuditSink)?,
@@ -53,6 +55,7 @@ public final class Proxy: HTTPResponder {
         self.group = group
         self.status = status
         self.cache = cache
+        hitStatus = CacheStatus.Hits(ttl: cache.settings.ttl)
         self.invalidation = invalidation ?? cache
         self.audit = audit
         self.settings = settings
@@ -69,6 +72,8 @@ public final class Proxy: HTTPResponder {
             return internalEndpoint(incoming, on: eventLoop)
         }
         let requestID = Self.requestID(incoming.headers)
+        // A hit goes nowhere and starts no trace; anything forwarded carries one.
+        let clientTrace = TraceContext(incoming.headers)
         let request: HTTPRequest
         if incoming.method != .CONNECT, Self.isOriginForm(incoming.target) {
             // The usual case: nothing to bring to origin form, nothing copied.
@@ -76,7 +81,8 @@ public final class Proxy: HTTPResponder {
         } else {
             var incoming = incoming
             if let refusal = Self.originForm(&incoming) {
-                return finish(.now(refusal.response(requestID: requestID)), incoming, route: "refused", cache: nil, started: started, on: eventLoop)
+                return finish(.now(refusal.response(requestID: requestID)), incoming, route: "refused", cache: nil, trace: clientTrace,
+                              started: started, on: eventLoop)
             }
             request = incoming
         }
@@ -84,40 +90,47 @@ public final class Proxy: HTTPResponder {
             Route(method: request.method, target: request.target), target: request.target, headers: request.headers, settings: settings.policy)
         switch decision {
         case .refuse(let error):
-            return finish(.now(error.response(requestID: requestID)), request, route: decision.label, cache: nil, started: started, on: eventLoop)
+            return finish(.now(error.response(requestID: requestID)), request, route: decision.label, cache: nil, trace: clientTrace,
+                          started: started, on: eventLoop)
         case .serveList(let user, let includeRevoked, let refresh):
             let (key, remembered) = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
             if let remembered {
                 if let group, group.settings.hitCheck == .read {
                     // The alternative the benchmark compares: one PostgreSQL read per hit.
-                    return later(request, route: decision.label, started: started, group.confirmHit(user: user, on: eventLoop).flatMap { current in
+                    let trace = clientTrace ?? .started()
+                    let confirmed = group.confirmHit(user: user, on: eventLoop)
+                    return later(request, route: decision.label, trace: trace, started: started, confirmed.flatMap { current in
                         current
                             ? eventLoop.makeSucceededFuture((self.cachedResponse(
-                                remembered.entry, headerBlock: remembered.prepared.fixedFields, result: "HIT", requestID: requestID), "HIT"))
-                            : self.list(request, key: key, refresh: true, requestID: requestID, on: eventLoop)
+                                remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID), "HIT"))
+                            : self.list(request, key: key, refresh: true, requestID: requestID, trace: trace, on: eventLoop)
                     })
                 }
-                let response = cachedResponse(remembered.entry, headerBlock: remembered.prepared.fixedFields, result: "HIT", requestID: requestID)
+                let response = cachedResponse(remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID)
                 // Its request id is known: the request log need not look for it among the fields.
                 observe(request, route: decision.label, status: response.status, cache: "HIT", requestID: requestID,
-                        started: started, on: eventLoop)
+                        traceID: clientTrace?.traceID, started: started, on: eventLoop)
                 return .now(response)
             }
-            return later(request, route: decision.label, started: started,
-                         list(request, key: key, refresh: refresh, requestID: requestID, on: eventLoop))
+            let trace = clientTrace ?? .started()
+            return later(request, route: decision.label, trace: trace, started: started,
+                         list(request, key: key, refresh: refresh, requestID: requestID, trace: trace, on: eventLoop))
         case .bypassCache:
             cache.noteBypass()
-            return later(on: eventLoop, request, route: decision.label, started: started) {
-                await self.forward(request, requestID: requestID, xCache: "BYPASS")
+            let trace = clientTrace ?? .started()
+            return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
+                await self.forward(request, requestID: requestID, trace: trace, xCache: "BYPASS", cacheStatus: CacheStatus.bypass)
             }
         case .passThrough:
-            return later(on: eventLoop, request, route: decision.label, started: started) {
-                await self.forward(request, requestID: requestID, xCache: nil)
+            let trace = clientTrace ?? .started()
+            return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
+                await self.forward(request, requestID: requestID, trace: trace, xCache: nil, cacheStatus: nil)
             }
         case .mutate(let action, let user, let key):
-            return later(on: eventLoop, request, route: decision.label, started: started) {
-                await self.mutate(request, action: action, user: user, key: key, requestID: requestID)
+            let trace = clientTrace ?? .started()
+            return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
+                await self.mutate(request, action: action, user: user, key: key, requestID: requestID, trace: trace)
             }
         }
     }
@@ -130,12 +143,12 @@ public final class Proxy: HTTPResponder {
 
     /// A list the cache could not answer on the spot: on the event loop throughout, unless the
     /// cache file must be read.
-    private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String,
+    private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String, trace: TraceContext,
                       on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
         cache.answer(key, refresh: refresh, on: eventLoop) {
             // A failure becomes `.failure` in the cache, which knows what to serve instead.
             let started = NIODeadline.now()
-            return self.upstream.send(self.upstreamRequest(request, requestID: requestID), on: eventLoop)
+            return self.upstream.send(self.listFetch(request, requestID: requestID, trace: trace), on: eventLoop)
                 .always { result in self.noteUpstream(.list, result.map { Int($0.status.code) }, since: started) }
                 .map { .response($0) }
         }.map { answer in self.listResponse(answer, to: request, requestID: requestID) }
@@ -144,29 +157,71 @@ public final class Proxy: HTTPResponder {
     private func listResponse(_ answer: ProxyListCache.Answer, to request: HTTPRequest, requestID: String) -> (HTTPResponse, String?) {
         switch answer {
         case .hit(let entry):
-            return (cachedResponse(entry, result: "HIT", requestID: requestID), "HIT")
-        case .stale(let entry):
-            return (cachedResponse(entry, result: "STALE", requestID: requestID), "STALE")
-        case .fetched(.response(let response), let coalesced):
-            let result = coalesced ? "HIT" : "MISS"
-            return (clientResponse(response, to: request, requestID: requestID, xCache: result), coalesced ? "COALESCED" : "MISS")
-        case .fetched(.failure(let error), _):
-            return (upstreamFailure(error).response(requestID: requestID), "MISS")
+            return (cachedResponse(entry, to: request, as: .hit, requestID: requestID), "HIT")
+        case .stale(let entry, let forward):
+            return (cachedResponse(entry, to: request, as: .stale(forward), requestID: requestID), "STALE")
+        case .fetched(let fetched, let forward):
+            let cacheStatus = CacheStatus.forwarded(forward, stored: fetched.notStored == nil, detail: fetched.notStored)
+            let response: UpstreamResponse
+            switch fetched.outcome {
+            case .response(let fetched):
+                response = fetched
+            case .failure(let error):
+                var failure = upstreamFailure(error).response(requestID: requestID)
+                failure.headers.add(name: CacheStatus.name, value: cacheStatus)
+                return (failure, "MISS")
+            }
+            let xCache = forward.coalesced ? "HIT" : "MISS"
+            let cacheResult = forward.coalesced ? "COALESCED" : "MISS"
+            // The fetched list is what the cache holds now: a client whose copy it is gets a 304.
+            if let entry = fetched.entry, let etag = entry.etag, Validators.ifNoneMatch(request.headers, matches: etag) {
+                var headers = CachedListResponse.notModifiedFields(of: entry)
+                headers.add(contentsOf: [("Age", "0"), (CacheStatus.name, cacheStatus), ("X-Cache", xCache), ("X-Request-Id", requestID)])
+                return (HTTPResponse(status: .notModified, headers: headers), cacheResult)
+            }
+            var answer = clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus)
+            if let etag = fetched.entry?.etag, !answer.headers.contains(name: "etag") {
+                answer.headers.add(name: "ETag", value: etag)
+            }
+            return (answer, cacheResult)
         }
     }
 
-    /// A list from the cache. A hit from memory brings its fixed fields already encoded.
-    private func cachedResponse(_ entry: CachedList, headerBlock: HTTPHeaderBlock? = nil, result: String, requestID: String) -> HTTPResponse {
+    /// How a list from the cache is served: fresh, or stale because the upstream failed.
+    private enum Served {
+        case hit
+        case stale(ListForward)
+    }
+
+    /// A list from the cache, or a `304` when the client's `If-None-Match` names its tag. A hit
+    /// from memory brings its fixed fields already encoded (`prepared`).
+    private func cachedResponse(_ entry: CachedList, prepared: CachedListResponse? = nil, to request: HTTPRequest, as served: Served,
+                                requestID: String) -> HTTPResponse {
+        let (age, ttl) = cache.timing(of: entry)
+        let xCache: String
+        let cacheStatus: String
+        switch served {
+        case .hit:
+            xCache = "HIT"
+            cacheStatus = hitStatus.field(ttl: ttl)
+        case .stale(let forward):
+            xCache = "STALE"
+            cacheStatus = CacheStatus.forwarded(forward, ttl: ttl, stored: false, detail: "stale-if-error")
+        }
+        let notModified = entry.etag.map { Validators.ifNoneMatch(request.headers, matches: $0) } ?? false
         // Made in one piece: one array of fields, not one grown by each `add`.
-        let fields = [("Age", String(cache.age(of: entry))), ("X-Cache", result), ("X-Request-Id", requestID)]
+        let fields = [("Age", String(age)), (CacheStatus.name, cacheStatus), ("X-Cache", xCache), ("X-Request-Id", requestID)]
+        let headerBlock = notModified ? prepared?.notModifiedFields : prepared?.fixedFields
         var headers: HTTPHeaders
         if headerBlock == nil {
-            headers = CachedListResponse.fixedFields(of: entry)
+            headers = notModified ? CachedListResponse.notModifiedFields(of: entry) : CachedListResponse.fixedFields(of: entry)
             headers.add(contentsOf: fields)
         } else {
             headers = HTTPHeaders(fields)
         }
-        return HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headerBlock: headerBlock, headers: headers, body: entry.body)
+        return notModified
+            ? HTTPResponse(status: .notModified, headerBlock: headerBlock, headers: headers)
+            : HTTPResponse(status: HTTPResponseStatus(statusCode: entry.status), headerBlock: headerBlock, headers: headers, body: entry.body)
     }
 
     // MARK: Mutations
@@ -174,7 +229,8 @@ public final class Proxy: HTTPResponder {
     /// Intent (durable, or 503 and nothing forwarded) → invalidate → forward → invalidate →
     /// outcome → respond. Invalidating on both sides means no list stored or served after the
     /// response can predate the mutation, whatever the upstream answered.
-    private func mutate(_ request: HTTPRequest, action: AuditAction, user: String, key: String?, requestID: String) async -> (HTTPResponse, String?) {
+    private func mutate(_ request: HTTPRequest, action: AuditAction, user: String, key: String?, requestID: String,
+                        trace: TraceContext) async -> (HTTPResponse, String?) {
         guard let audit else { return (ProxyError.auditUnavailable.response(requestID: requestID), nil) }
         let authorization = request.headers.first(name: "authorization")
         let intent: AuditRecord
@@ -183,7 +239,7 @@ public final class Proxy: HTTPResponder {
                 try await audit.recordIntent(AuditIntent(
                     action: action, user: user, key: key ?? Self.createdName(request.body),
                     caller: callers.of(authorization: authorization), client: request.clientAddress,
-                    requestID: requestID))
+                    requestID: requestID, traceID: trace.traceID))
             }
         } catch {
             logger.error("audit intent could not be written; mutation refused", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
@@ -194,7 +250,7 @@ public final class Proxy: HTTPResponder {
         let response: HTTPResponse
         let result: AuditResult
         do {
-            let upstreamResponse = try await upstream.send(upstreamRequest(request, requestID: requestID))
+            let upstreamResponse = try await upstream.send(upstreamRequest(request, requestID: requestID, trace: trace))
             let elapsed = Self.milliseconds(since: started)
             let code = Int(upstreamResponse.status.code)
             noteUpstream(.mutation, .success(code), since: started)
@@ -205,7 +261,7 @@ public final class Proxy: HTTPResponder {
             }
             let ids = outcome == .ok && (action == .create || action == .rotate) ? Self.newKeyIdentifiers(upstreamResponse.body) : (nil, nil, nil)
             result = AuditResult(outcome: outcome, upstreamStatus: code, durationMS: elapsed, keyID: ids.0, keyPrefix: ids.1, keyHash: ids.2)
-            response = clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: nil)
+            response = clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: nil, cacheStatus: nil)
         } catch {
             let failure = error as? UpstreamError ?? .unreachable("\(error)")
             noteUpstream(.mutation, .failure(failure), since: started)
@@ -240,24 +296,41 @@ public final class Proxy: HTTPResponder {
 
     // MARK: Forwarding
 
-    private func forward(_ request: HTTPRequest, requestID: String, xCache: String?) async -> (HTTPResponse, String?) {
+    private func forward(_ request: HTTPRequest, requestID: String, trace: TraceContext, xCache: String?,
+                         cacheStatus: String?) async -> (HTTPResponse, String?) {
         do {
-            let response = try await upstream.send(upstreamRequest(request, requestID: requestID))
-            return (clientResponse(response, to: request, requestID: requestID, xCache: xCache), xCache)
+            let response = try await upstream.send(upstreamRequest(request, requestID: requestID, trace: trace))
+            return (clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache)
         } catch {
-            return (upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID), xCache)
+            var failure = upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
+            if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
+            return (failure, xCache)
         }
     }
 
-    private func upstreamRequest(_ request: HTTPRequest, requestID: String) -> UpstreamRequest {
+    /// A list fetched for the cache: a whole GET, whatever the client sent. Its answer is
+    /// stored and shared with every request that joins the fetch, so the client's conditions
+    /// (`If-None-Match`, `If-Modified-Since`, whose tags may be the proxy's own) are not
+    /// forwarded; the proxy judges them against the answer, as nginx's cache does.
+    private func listFetch(_ request: HTTPRequest, requestID: String, trace: TraceContext) -> UpstreamRequest {
+        var fetch = upstreamRequest(request, requestID: requestID, trace: trace)
+        fetch.method = .GET
+        fetch.headers.remove(name: "if-none-match")
+        fetch.headers.remove(name: "if-modified-since")
+        return fetch
+    }
+
+    private func upstreamRequest(_ request: HTTPRequest, requestID: String, trace: TraceContext) -> UpstreamRequest {
         var headers = Headers.forwarded(request.headers)
         if !headers.contains(name: "x-request-id") { headers.add(name: "X-Request-Id", value: requestID) }
+        trace.apply(to: &headers)
         return UpstreamRequest(method: request.method, target: request.target, headers: headers, body: request.body)
     }
 
     /// The upstream's answer for the client: its fields keep their spelling, ours are added in
     /// theirs (the SDK hands headers to users as a case-sensitive dict).
-    private func clientResponse(_ response: UpstreamResponse, to request: HTTPRequest, requestID: String, xCache: String?) -> HTTPResponse {
+    private func clientResponse(_ response: UpstreamResponse, to request: HTTPRequest, requestID: String, xCache: String?,
+                                cacheStatus: String?) -> HTTPResponse {
         // Without a body, `Content-Length` is the representation's length and passes unchanged.
         var headers = Headers.forwarded(response.headers, keepingLength: request.method == .HEAD || response.status == .notModified)
         if let upstream = upstreamOrigin, let local = request.localAddress, let ip = local.ipAddress, let port = local.port {
@@ -269,6 +342,7 @@ public final class Proxy: HTTPResponder {
             headers.replaceOrAdd(name: "X-Cache", value: xCache)
             if !headers.contains(name: "age") { headers.add(name: "Age", value: "0") }
         }
+        if let cacheStatus { headers.add(name: CacheStatus.name, value: cacheStatus) }
         return HTTPResponse(status: response.status, headers: headers, body: response.body)
     }
 
@@ -405,40 +479,43 @@ public final class Proxy: HTTPResponder {
 
     // MARK: Completion
 
-    private func later(on eventLoop: any EventLoop, _ request: HTTPRequest, route: String, started: NIODeadline,
+    private func later(on eventLoop: any EventLoop, _ request: HTTPRequest, route: String, trace: TraceContext, started: NIODeadline,
                        _ work: @escaping @Sendable () async -> (HTTPResponse, String?)) -> HTTPReply {
         let promise = eventLoop.makePromise(of: (HTTPResponse, String?).self)
         promise.completeWithTask(work)
-        return later(request, route: route, started: started, promise.futureResult)
+        return later(request, route: route, trace: trace, started: started, promise.futureResult)
     }
 
-    private func later(_ request: HTTPRequest, route: String, started: NIODeadline,
+    private func later(_ request: HTTPRequest, route: String, trace: TraceContext, started: NIODeadline,
                        _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
             self.observe(request, route: route, status: response.status, cache: cacheResult,
-                         requestID: response.headers.first(name: "x-request-id"), started: started, on: answer.eventLoop)
+                         requestID: response.headers.first(name: "x-request-id"), traceID: trace.traceID, started: started,
+                         on: answer.eventLoop)
             return response
         })
     }
 
-    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, started: NIODeadline,
-                        on eventLoop: any EventLoop) -> HTTPReply {
+    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, trace: TraceContext?,
+                        started: NIODeadline, on eventLoop: any EventLoop) -> HTTPReply {
         if case .now(let response) = reply {
             observe(request, route: route, status: response.status, cache: cache,
-                    requestID: response.headers.first(name: "x-request-id"), started: started, on: eventLoop)
+                    requestID: response.headers.first(name: "x-request-id"), traceID: trace?.traceID, started: started, on: eventLoop)
         }
         return reply
     }
 
     /// The request-log line and the request metrics, per request. Never logs headers or bodies.
-    /// `requestID` is the response's `X-Request-Id`, read only when the request log is on.
+    /// `requestID` is the response's `X-Request-Id` and `traceID` the request's trace id, read
+    /// only when the request log is on.
     private func observe(_ request: HTTPRequest, route: String, status: HTTPResponseStatus, cache: String?,
-                         requestID: @autoclosure () -> String?, started: NIODeadline, on eventLoop: any EventLoop) {
+                         requestID: @autoclosure () -> String?, traceID: @autoclosure () -> String?, started: NIODeadline,
+                         on eventLoop: any EventLoop) {
         let elapsed = Self.milliseconds(since: started)
         metrics.request(route: route, status: Int(status.code), cache: cache, seconds: elapsed / 1000)
         guard let accessLog else { return }
         accessLog.record(AccessLogEntry(
             method: request.method, route: route, status: status.code, cache: cache, milliseconds: elapsed,
-            requestID: requestID()), on: eventLoop)
+            requestID: requestID(), traceID: traceID()), on: eventLoop)
     }
 }

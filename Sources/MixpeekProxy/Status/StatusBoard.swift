@@ -82,7 +82,8 @@ public final class StatusBoard: Sendable {
             available: true, records: newest.records, head: newest.head,
             recent: newest.mutations.map {
                 .init(seq: $0.seq, time: $0.time, action: $0.action, user_email: $0.user_email, key_name: $0.key_name,
-                      outcome: $0.outcome, upstream_status: $0.upstream_status, caller: $0.caller, request_id: $0.request_id)
+                      outcome: $0.outcome, upstream_status: $0.upstream_status, caller: $0.caller, request_id: $0.request_id,
+                      trace_id: $0.trace_id)
             },
             last_verification: last)
     }

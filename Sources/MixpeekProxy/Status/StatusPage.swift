@@ -119,7 +119,7 @@ enum StatusPage {
     static let mutationColumns: [(field: String, heading: String, format: String)] = [
         ("time", "time", "time"), ("action", "action", "text"), ("user_email", "user", "text"), ("key_name", "key", "text"),
         ("outcome", "outcome", "text"), ("upstream_status", "status", "text"), ("caller", "caller", "text"),
-        ("request_id", "request id", "text"),
+        ("request_id", "request id", "text"), ("trace_id", "trace id", "text"),
     ]
 
     private static func audit(_ audit: StatusSnapshot.Audit) -> HTML {
@@ -157,7 +157,7 @@ enum StatusPage {
                 "<td>\(Format.time(mutation.time))</td>", "<td>\(mutation.action)</td>", "<td>\(mutation.user_email)</td>",
                 "<td>\(Format.text(mutation.key_name))</td>", "<td class=\"o-\(mutation.outcome)\">\(mutation.outcome)</td>",
                 "<td>\(Format.text(mutation.upstream_status.map(String.init)))</td>", "<td>\(mutation.caller)</td>",
-                "<td>\(mutation.request_id)</td>",
+                "<td>\(mutation.request_id)</td>", "<td>\(Format.text(mutation.trace_id))</td>",
             ]
             return "<tr>\(cells)</tr>"
         }

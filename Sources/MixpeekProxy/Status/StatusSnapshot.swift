@@ -100,6 +100,8 @@ public struct StatusSnapshot: Codable, Sendable {
         public var upstream_status: Int?
         public var caller: String
         public var request_id: String
+        /// The W3C trace id of the request, when the record keeps one.
+        public var trace_id: String? = nil
     }
 
     public struct Verification: Codable, Sendable {
