@@ -118,4 +118,14 @@ struct GroupTests {
         #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["proxy_id": "a b"]) }
         #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["group_lease": "0"]) }
     }
+
+    @Test("without proxy_id, the group's proxy id is drawn once: the one printed at start is the one used")
+    func defaultProxyIDIsStable() throws {
+        let config = try ProxyConfig.load(
+            file: nil, environment: ["MIXPEEK_PROXY_POSTGRES_URL": "postgres://p@127.0.0.1:5433/g?sslmode=disable"], flags: [:])
+        let first = try #require(config.group).proxyID
+        #expect(try #require(config.group).proxyID == first)
+        #expect(try #require(config.group).proxyID == first)
+        #expect(first.hasPrefix(ProcessInfo.processInfo.hostName))
+    }
 }

@@ -222,7 +222,7 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The group this proxy joins, when `postgres_url` is set.
     public var group: GroupSettings? {
         postgresURL.map {
-            var settings = GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID(), leaseSeconds: groupLease,
+            var settings = GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID, leaseSeconds: groupLease,
                                          upstreamTimeoutSeconds: upstreamTimeout)
             settings.hitCheck = groupHitCheck
             return settings

@@ -29,13 +29,14 @@ public struct GroupSettings: Sendable, Equatable {
         self.upstreamTimeoutSeconds = upstreamTimeoutSeconds
     }
 
-    /// A name for this process when none is given: host, process id and 4 random hex digits
-    /// (two containers with one host name may both be pid 1; two proxies sharing a name would
-    /// not wait for each other).
-    public static func defaultProxyID() -> String {
+    /// This process's name when none is given: host, process id and 4 random hex digits (two
+    /// containers with one host name may both be pid 1; two proxies sharing a name would not
+    /// wait for each other). Drawn once per process, so the name printed at start is the one
+    /// the lease and the chain carry.
+    public static let defaultProxyID: String = {
         let nonce = String(UInt16.random(in: .min ... .max), radix: 16)
         return "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(nonce)"
-    }
+    }()
 }
 
 /// A `postgres://` URL, parsed. Its `description` never shows the password.
