@@ -22,7 +22,7 @@ marked `X-Cache: STALE`).
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -1023,11 +1023,37 @@ def hmac_chain(group):
             group.proxies.pop(proxy.name, None)
 
 
+# ---- 4. the central chain's head ------------------------------------------------------------
+
+def expect_head(group):
+    """Issue 23, item 9: `audit verify --expect-head` works with `--postgres-url`."""
+    made = create(group["A"], "head@example.com", "head-key")
+    verify = group.run("audit", "verify", "--postgres-url", group.role_url)
+    match = re.search(r"head (\d+):([0-9a-f]+)", verify.stdout)
+    check("expect-head: audit verify --postgres-url prints the head", made.status == 200 and verify.returncode == 0 and match,
+          f"create {made!r}; exit {verify.returncode}: {verify.stdout[-300:]}")
+    if not match:
+        return
+    seq, digest = int(match.group(1)), match.group(2)
+    same = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", f"{seq}:{digest}")
+    check("expect-head: the printed head is expected: exit 0", same.returncode == 0, f"exit {same.returncode}: {same.stdout[-300:]}")
+    older = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", f"{seq - 1}:{digest}")
+    check("expect-head: a head with another record's hash: exit 1", older.returncode == 1,
+          f"exit {older.returncode}: {older.stdout[-300:]}")
+    gone = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", f"{seq + 1000}:{digest}")
+    check("expect-head: a head past the chain's end (records removed from the end): exit 1, saying so",
+          gone.returncode == 1 and "expected head" in gone.stdout, f"exit {gone.returncode}: {gone.stdout[-300:]}")
+    bad = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", "nonsense")
+    check("expect-head: a malformed head is refused, not ignored", bad.returncode not in (0, 1),
+          f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("verify", audit_verify)]
+          ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("expect-head", expect_head),
+          ("verify", audit_verify)]
 
 
 def main():
