@@ -22,7 +22,7 @@ marked `X-Cache: STALE`).
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -194,9 +194,12 @@ class Fake:
 class Proxy:
     """One proxy of the group: its name (--proxy-id), data dir (with its witness) and process."""
 
-    def __init__(self, name, work, upstream, postgres_url, via_env=False, env=None):
+    def __init__(self, name, work, upstream, postgres_url, via_env=False, env=None, extra=(), file_size_limit=None):
         self.name, self.work, self.upstream, self.postgres_url, self.via_env = name, work, upstream, postgres_url, via_env
         self.env = env or {}
+        # `extra`: more flags for `serve`; `file_size_limit`: bytes beyond which the proxy's
+        # writes to any file fail (RLIMIT_FSIZE, with SIGXFSZ ignored: EFBIG, as a full quota).
+        self.extra, self.file_size_limit = list(extra), file_size_limit
         self.data = os.path.join(work, f"data-{name}")
         self.proc, self.port, self.starts, self.frozen = None, None, 0, False
 
@@ -211,9 +214,18 @@ class Proxy:
                 env = dict(env or os.environ, MIXPEEK_PROXY_POSTGRES_URL=self.postgres_url)
             else:
                 args += ["--postgres-url", self.postgres_url]
-        log = os.path.join(self.work, f"proxy-{self.name}-{self.starts}.log")
-        self.proc, self.port = proctools.start(BIN, args, log, env=env)
+        args += self.extra
+        self.log = os.path.join(self.work, f"proxy-{self.name}-{self.starts}.log")
+        if self.file_size_limit is None:
+            self.proc, self.port = proctools.start(BIN, args, self.log, env=env)
+        else:
+            script = f'ulimit -f {self.file_size_limit // 1024} && trap "" XFSZ && exec "$0" "$@"'
+            self.proc, self.port = proctools.start("bash", ["-c", script, BIN, *args], self.log, env=env)
         return self
+
+    def log_text(self):
+        with open(self.log, errors="replace") as handle:
+            return handle.read()
 
     def freeze(self):
         self.proc.send_signal(signal.SIGSTOP)
@@ -1048,12 +1060,43 @@ def expect_head(group):
           f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
 
 
+def health_detail(group):
+    """Issue 23, item 9: `/_proxy/health` says `unreachable` and no more; PostgreSQL's words
+    (which name the role) are in the log."""
+    H = Proxy("H", group.work, group.fake.url, group.pg.url_for(ROLE, "wrong-password"), via_env=True)
+    group.proxies["H"] = H
+    try:
+        H.start()
+        time.sleep(2.5)
+        reply = call(H.port, "GET", "/_proxy/health", token=None)
+        body = reply.json or {}
+        check("health-detail: a proxy refused by PostgreSQL answers health 503, group unreachable",
+              reply.status == 503 and body.get("group") == "unreachable", f"{reply!r}")
+        check("health-detail: and shows none of PostgreSQL's words (no role, no reason)",
+              "password" not in reply.text and ROLE not in reply.text and set(body) <= {"status", "audit", "group"}, reply.text)
+        check("health-detail: the reason is in the proxy's log", "password authentication failed" in H.log_text(),
+              H.log_text()[-600:])
+        check("health-detail: the password itself is in neither", "wrong-password" not in reply.text + H.log_text(), "")
+    finally:
+        H.stop()
+        group.proxies.pop("H", None)
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
+          ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
+          ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
+          ("health-detail", health_detail), ("verify", audit_verify)]
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("expect-head", expect_head),
-          ("verify", audit_verify)]
+          ("health-detail", health_detail), ("verify", audit_verify)]
 
 
 def main():

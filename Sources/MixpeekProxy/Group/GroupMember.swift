@@ -117,7 +117,7 @@ public final class GroupMember: ListGate, Sendable {
     }
 
     /// `ok` while this proxy hears the group and holds its lease, else `unreachable`, with the
-    /// last problem (no password in it).
+    /// last problem (no password in it; for the log, not for `/_proxy/health`).
     public var health: (ok: Bool, state: String, problem: String?) {
         let serving = NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring)
         return state.withLockedValue { state in

@@ -36,10 +36,11 @@ extension Proxy {
         case "/_proxy/health":
             var fields = ["status": "ok", "audit": audit != nil ? "ok" : "unavailable"]
             if let group {
-                // In a group the audit chain and the invalidations both live in PostgreSQL.
+                // In a group the audit chain and the invalidations both live in PostgreSQL. The
+                // state only: PostgreSQL's own words (which name roles, hosts and databases) are
+                // for the log, and anyone who reaches the proxy may ask for its health.
                 let health = group.health
                 fields["group"] = health.state
-                if let problem = health.problem { fields["group_problem"] = problem }
                 if !health.ok { fields["audit"] = "unavailable" }
             }
             let ready = fields["audit"] == "ok"
