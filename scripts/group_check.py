@@ -22,7 +22,7 @@ marked `X-Cache: STALE`).
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,health-detail,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -1060,6 +1060,45 @@ def expect_head(group):
           f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
 
 
+def credentials(group):
+    """Issue 23, item 9: the password from PGPASSWORD or a passfile, none on the command line;
+    a warning for one in a --postgres-url flag."""
+    pg = group.pg
+    bare = pg.url_for(ROLE, "", port=pg.port).replace(f"{ROLE}:@", f"{ROLE}@")
+    passfile = os.path.join(group.work, "pgpass")
+    with open(passfile, "w") as handle:
+        handle.write(f"# the proxies' role\n127.0.0.1:{pg.port}:postgres:{ROLE}:{ROLE_PASSWORD}\n")
+    os.chmod(passfile, 0o600)
+    started = []
+    try:
+        P1 = Proxy("P1", group.work, group.fake.url, bare, env={"PGPASSWORD": ROLE_PASSWORD})
+        P2 = Proxy("P2", group.work, group.fake.url, bare, env={"PGPASSFILE": passfile})
+        for proxy in (P1, P2):
+            group.proxies[proxy.name] = proxy
+            started.append(proxy.start())
+        healthy, waited = group.wait_healthy(["P1", "P2"], 15)
+        check(f"credentials: a proxy joins with the password in PGPASSWORD, and one with it in PGPASSFILE ({waited:.1f} s)",
+              bool(healthy), f"{[health(p) for p in started]}")
+        made = create(P1, "creds@example.com", "by-env")
+        check("credentials: and mutates", made.status == 200, f"{made!r}")
+        query = group.run("audit", "query", "--postgres-url", f"{bare}&passfile={passfile}", "--user", "creds@example.com",
+                          "--format", "jsonl")
+        check("credentials: audit query reads the password from passfile= in the URL, and warns of nothing",
+              query.returncode == 0 and "by-env" in query.stdout and "warning" not in query.stderr,
+              f"exit {query.returncode}: {query.stderr[-300:]}")
+        check("credentials: no warning from a proxy given no password on its command line",
+              all("holds a password" not in p.log_text() for p in started), started[0].log_text()[-400:])
+    finally:
+        for proxy in started:
+            proxy.stop()
+            group.proxies.pop(proxy.name, None)
+    check("credentials: a proxy given a password in --postgres-url warns that it shows in the process list",
+          "holds a password" in group["A"].log_text(), group["A"].log_text()[-400:])
+    flagged = group.run("audit", "query", "--postgres-url", group.role_url, "--limit", "1", "--format", "jsonl")
+    check("credentials: so does audit query --postgres-url with one (and still runs)",
+          flagged.returncode == 0 and "holds a password" in flagged.stderr, f"exit {flagged.returncode}: {flagged.stderr[-300:]}")
+
+
 def health_detail(group):
     """Issue 23, item 9: `/_proxy/health` says `unreachable` and no more; PostgreSQL's words
     (which name the role) are in the log."""
@@ -1088,7 +1127,7 @@ CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_conne
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
-          ("health-detail", health_detail), ("verify", audit_verify)]
+          ("credentials", credentials), ("health-detail", health_detail), ("verify", audit_verify)]
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -1096,7 +1135,7 @@ CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_conne
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("expect-head", expect_head),
-          ("health-detail", health_detail), ("verify", audit_verify)]
+          ("credentials", credentials), ("health-detail", health_detail), ("verify", audit_verify)]
 
 
 def main():

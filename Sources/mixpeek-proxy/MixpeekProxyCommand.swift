@@ -65,7 +65,7 @@ struct ServerOptions: ParsableArguments {
     var logFormat: String?
     @Option(help: "Who may see the status page at /_proxy/: loopback, on or off (default loopback).")
     var statusPage: String?
-    @Option(help: "Join a group of proxies sharing this PostgreSQL (postgres://user:password@host:port/db?sslmode=require); prefer the environment variable MIXPEEK_PROXY_POSTGRES_URL for a password.")
+    @Option(help: "Join a group of proxies sharing this PostgreSQL (postgres://user@host:port/db?sslmode=verify-full); the password in PGPASSWORD, a passfile or MIXPEEK_PROXY_POSTGRES_URL, not in this flag.")
     var postgresUrl: String?
     @Option(help: "This proxy's name in its group (default: host name and process id).")
     var proxyId: String?
@@ -93,6 +93,9 @@ struct ServerOptions: ParsableArguments {
             let config = try ProxyConfig.load(
                 defaults: defaults, file: config ?? environment["MIXPEEK_PROXY_CONFIG"], environment: environment, flags: flags)
             Logs.bootstrap(level: config.logLevel, format: config.logFormat)
+            if let postgresUrl, (try? PostgresURL(postgresUrl))?.password != nil {
+                Logger(label: "mixpeek-proxy").warning("\(PostgresFlag.passwordWarning.dropFirst("warning: ".count))")
+            }
             return config
         } catch let error as ConfigError {
             throw ValidationError(error.message)

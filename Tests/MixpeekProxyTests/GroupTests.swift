@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Testing
 
 /// The parts of a group that run without PostgreSQL: the list cache's gate, the URL and the
@@ -127,5 +128,67 @@ struct GroupTests {
         #expect(try #require(config.group).proxyID == first)
         #expect(try #require(config.group).proxyID == first)
         #expect(first.hasPrefix(ProcessInfo.processInfo.hostName))
+    }
+
+    @Test("sslmode unless given: prefer on loopback, verify-full (chain and host name checked) anywhere else")
+    func defaultSSLMode() throws {
+        for host in ["127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "[::1]"] {
+            let url = try PostgresURL("postgres://u@\(host):5432/db")
+            #expect(url.sslMode == "prefer", "\(host)")
+            #expect(url.tlsConfiguration()?.certificateVerification == CertificateVerification.none, "\(host)")
+        }
+        for host in ["db.internal", "10.0.0.5", "127.example.com", "[2001:db8::1]", "localhost.example.com"] {
+            let url = try PostgresURL("postgres://u@\(host):5432/db")
+            #expect(url.sslMode == "verify-full", "\(host)")
+            #expect(url.tlsConfiguration()?.certificateVerification == .fullVerification, "\(host)")
+        }
+        // Said in the URL, it stands.
+        #expect(try PostgresURL("postgres://u@db.internal/db?sslmode=require").tlsConfiguration()?.certificateVerification == CertificateVerification.none)
+        #expect(try PostgresURL("postgres://u@db.internal/db?sslmode=verify-ca").tlsConfiguration()?.certificateVerification == .noHostnameVerification)
+        #expect(try PostgresURL("postgres://u@db.internal/db?sslmode=disable").tlsConfiguration() == nil)
+        #expect(try PostgresURL("postgres://u@127.0.0.1/db?sslmode=verify-full").tlsConfiguration()?.certificateVerification == .fullVerification)
+        // The TLS PostgresNIO is given follows: required for verify-full, preferred on loopback.
+        let remote = try PostgresURL("postgres://u@db.internal/db").connectionConfiguration(applicationName: "t")
+        #expect(remote.tls.isEnforced)
+        let local = try PostgresURL("postgres://u@127.0.0.1/db").connectionConfiguration(applicationName: "t")
+        #expect(local.tls.isAllowed && !local.tls.isEnforced)
+    }
+
+    @Test("a .pgpass file: host:port:database:user:password, `*` matches anything, `\\:` and `\\\\` escape, the first match wins")
+    func passFile() {
+        let text = """
+            # comment:line:that:looks:like-one
+            other.host:5432:*:alice:wrong
+            db.internal:6543:mixpeek:alice:p\\:ss\\\\word
+            db.internal:*:*:alice:second
+            *:*:*:*:fallback
+            """
+        #expect(PassFile.password(in: text, host: "db.internal", port: 6543, database: "mixpeek", user: "alice") == "p:ss\\word")
+        #expect(PassFile.password(in: text, host: "db.internal", port: 5432, database: "mixpeek", user: "alice") == "second")
+        #expect(PassFile.password(in: text, host: "elsewhere", port: 1, database: "x", user: "bob") == "fallback")
+        #expect(PassFile.password(in: "db:5432:x:alice:pw", host: "db", port: 5432, database: "x", user: "bob") == nil)
+        #expect(PassFile.password(in: "db:5432:x:alice", host: "db", port: 5432, database: "x", user: "alice") == nil, "four fields are no line")
+    }
+
+    @Test("the password: the URL's, else PGPASSWORD, else the passfile (passfile=, PGPASSFILE, ~/.pgpass), matched on the database or the user")
+    func passwordSources() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pgpass-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let named = directory.appendingPathComponent("named").path
+        let environmentFile = directory.appendingPathComponent("env").path
+        try "db.internal:5432:mixpeek:proxy:from-named\n".write(toFile: named, atomically: true, encoding: .utf8)
+        try "db.internal:5432:*:proxy:from-env-file\n".write(toFile: environmentFile, atomically: true, encoding: .utf8)
+        try "db.internal:5432:proxy:proxy:from-home\n".write(to: directory.appendingPathComponent(".pgpass"), atomically: true, encoding: .utf8)
+        let withFile = try PostgresURL("postgres://proxy@db.internal/mixpeek?passfile=\(named)")
+        let plain = try PostgresURL("postgres://proxy@db.internal/mixpeek")
+        #expect(try PostgresURL("postgres://proxy:in-url@db.internal/mixpeek").resolvedPassword(environment: ["PGPASSWORD": "env"]) == "in-url")
+        #expect(withFile.resolvedPassword(environment: ["PGPASSWORD": "env", "PGPASSFILE": environmentFile]) == "env")
+        #expect(withFile.resolvedPassword(environment: ["PGPASSFILE": environmentFile]) == "from-named")
+        #expect(plain.resolvedPassword(environment: ["PGPASSFILE": environmentFile, "HOME": directory.path]) == "from-env-file")
+        // No database in the URL: the server's default, the user's name, is the one matched.
+        #expect(try PostgresURL("postgres://proxy@db.internal").resolvedPassword(environment: ["HOME": directory.path]) == "from-home")
+        #expect(plain.resolvedPassword(environment: ["HOME": directory.path]) == nil)
+        #expect(!withFile.description.contains("from-named"))
     }
 }
