@@ -22,7 +22,7 @@ marked `X-Cache: STALE`).
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,credentials,health-detail,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,witness,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -1060,6 +1060,51 @@ def expect_head(group):
           f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
 
 
+def metrics(proxy):
+    """`/_proxy/metrics` as {name: value} for unlabelled samples."""
+    reply = call(proxy.port, "GET", "/_proxy/metrics", token=None)
+    values = {}
+    for line in reply.text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#"):
+            values[parts[0]] = parts[1]
+    return values
+
+
+def witness_failure(group):
+    """Issue 23, item 9: a witness file that cannot be written (here: past the process's file-size
+    limit, as a full quota) is logged and counted, and the mutation is refused, not forwarded."""
+    data = os.path.join(group.work, "data-W")
+    os.makedirs(data, mode=0o700, exist_ok=True)
+    limit = 1 << 20
+    with open(os.path.join(data, "group-witness.log"), "w") as handle:
+        line = "#" * 63 + "\n"
+        handle.write(line * (limit // len(line)))
+    os.chmod(os.path.join(data, "group-witness.log"), 0o600)
+    W = Proxy("W", group.work, group.fake.url, group.role_url, file_size_limit=limit, extra=["--access-log", "off"])
+    group.proxies["W"] = W
+    try:
+        W.start()
+        healthy, waited = group.wait_healthy(["W"], 15)
+        check(f"witness: W joins ({waited:.1f} s)", bool(healthy), f"{health(W)}")
+        before = group.fake.last()
+        refused = create(W, "witness@example.com", "unwitnessed")
+        check("witness: a mutation whose intent cannot be witnessed gets 503 in the error shape",
+              refused.status == 503 and is_error_shape(refused, 503), f"{refused!r}")
+        check("witness: and is not forwarded", group.fake.last() == before, f"{group.fake.history(before)['mutations']}")
+        check("witness: W's log says the witness file could not be written",
+              "witness file could not be written" in W.log_text(), W.log_text()[-600:])
+        failures = metrics(W).get("mixpeek_proxy_witness_failures_total")
+        check("witness: mixpeek_proxy_witness_failures_total counts it", failures is not None and int(failures) >= 1, f"{failures!r}")
+        rows = [r for r in group.audit_query("--user", "witness@example.com") if r.get("key_name") == "unwitnessed"]
+        check("witness: the chain has its intent closed as error", len(rows) == 1 and rows[0].get("outcome") == "error", f"{rows}")
+        listed = list_keys(W, "witness@example.com")
+        check("witness: lists are still answered", listed.status == 200, f"{listed!r}")
+    finally:
+        W.stop()
+        group.proxies.pop("W", None)
+
+
 def credentials(group):
     """Issue 23, item 9: the password from PGPASSWORD or a passfile, none on the command line;
     a warning for one in a --postgres-url flag."""
@@ -1127,7 +1172,8 @@ CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_conne
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
-          ("credentials", credentials), ("health-detail", health_detail), ("verify", audit_verify)]
+          ("witness", witness_failure), ("credentials", credentials), ("health-detail", health_detail),
+          ("verify", audit_verify)]
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -1135,7 +1181,8 @@ CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_conne
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("expect-head", expect_head),
-          ("credentials", credentials), ("health-detail", health_detail), ("verify", audit_verify)]
+          ("witness", witness_failure), ("credentials", credentials), ("health-detail", health_detail),
+          ("verify", audit_verify)]
 
 
 def main():

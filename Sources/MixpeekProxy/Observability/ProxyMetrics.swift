@@ -81,8 +81,18 @@ public final class ProxyMetrics: Sendable {
         }
     }
 
-    /// The Prometheus text exposition, with the cache's and the request log's figures read at scrape time.
-    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int) -> String {
+    /// What a proxy in a group adds to its metrics, read at scrape time.
+    public struct GroupFigures: Sendable {
+        public var witnessFailures: Int
+
+        public init(witnessFailures: Int) {
+            self.witnessFailures = witnessFailures
+        }
+    }
+
+    /// The Prometheus text exposition, with the cache's and the request log's figures read at
+    /// scrape time, and `group`'s in a group.
+    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int, group: GroupFigures? = nil) -> String {
         var text = registry.emitToString()
         func counter(_ name: String, _ help: String, _ value: Int) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
@@ -99,6 +109,11 @@ public final class ProxyMetrics: Sendable {
         counter("mixpeek_proxy_log_lines_dropped_total", "Request-log lines lost because the log writer was behind or could not write.", logLinesDropped)
         gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
         gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
+        if let group {
+            counter("mixpeek_proxy_witness_failures_total",
+                    "Batches of chain records whose witness-file write or fsync failed (their intents were refused).",
+                    group.witnessFailures)
+        }
         return text
     }
 }

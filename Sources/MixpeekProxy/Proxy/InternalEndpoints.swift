@@ -49,7 +49,8 @@ extension Proxy {
         case "/_proxy/metrics":
             let memory = cache.memoryFootprint
             let text = metrics.exposition(
-                cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0)
+                cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0,
+                group: group.map { _ in .init(witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0) })
             return .now(HTTPResponse(
                 status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],
                 body: ByteBuffer(string: text)))
