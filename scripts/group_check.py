@@ -17,12 +17,18 @@ marked `X-Cache: STALE`).
 3. faults: the LISTEN connection killed, a proxy frozen (SIGSTOP) and one killed (SIGKILL) mid-
    mutation, PostgreSQL stopped mid-run and down at start, the role's privileges, a group with
    an HMAC-keyed chain (which the proxies chain themselves), and `audit verify --witness`
-   against a rewritten and a truncated central chain.
+   against a rewritten and a truncated central chain;
+4. the database role and credentials: a role set up with `group migrate --grant` cannot
+   disable the chain's triggers or rewrite it, a self-migrating role is reported and refused
+   with `--append-only-role`; `audit verify --expect-head` on the central chain; a witness file
+   that cannot be written refuses mutations; the password from PGPASSWORD or a passfile, a
+   warning for one in a flag; `/_proxy/health` without PostgreSQL's words.
 
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,expect-head,witness,credentials,health-detail,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,down-at-start,hmac,append-only,
+                expect-head,witness,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -270,12 +276,13 @@ class Group:
             self.relay = pgtools.Relay(self.pg.port, marker=b"mixpeek-proxy listen")
             self.relayed_url = self.pg.url_for(ROLE, ROLE_PASSWORD, port=self.relay.port)
             self.pg.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
-            setup = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
-            check("group setup migrates and grants (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
+            setup = self.run("group", "migrate", "--postgres-url", self.admin_url, "--grant", ROLE)
+            check("group migrate --grant migrates and grants (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
             if setup.returncode != 0:
-                raise RuntimeError("group setup failed")
+                raise RuntimeError("group migrate failed")
             again = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
-            check("group setup run again changes nothing (exit 0)", again.returncode == 0, again.stdout + again.stderr)
+            check("group setup --role (the older name) run again changes nothing (exit 0)", again.returncode == 0,
+                  again.stdout + again.stderr)
         self.fake = Fake(self.work)
         for name in ("A", "B", "C"):
             self.add(name)
@@ -1035,7 +1042,116 @@ def hmac_chain(group):
             group.proxies.pop(proxy.name, None)
 
 
-# ---- 4. the central chain's head ------------------------------------------------------------
+# ---- 4. the database role, credentials, witnesses --------------------------------------------
+
+def metrics(proxy):
+    """`/_proxy/metrics` as {name: value} for unlabelled samples."""
+    reply = call(proxy.port, "GET", "/_proxy/metrics", token=None)
+    values = {}
+    for line in reply.text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#"):
+            values[parts[0]] = parts[1]
+    return values
+
+
+def status_group(proxy):
+    reply = call(proxy.port, "GET", "/_proxy/status.json", token=None)
+    return (reply.json or {}).get("group")
+
+
+def serve_refused(group, url, name, timeout=40):
+    """Runs `serve --append-only-role` against `url` to its end: (exit code, output), or
+    (None, output) when it started after all (it is then stopped)."""
+    data = os.path.join(group.work, f"data-{name}")
+    args = [BIN, "serve", "--port", "0", "--upstream", group.fake.url, "--data-dir", data, "--proxy-id", name,
+            "--log-level", "warning", "--append-only-role"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, MIXPEEK_PROXY_POSTGRES_URL=url))
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        proctools.stop(proc)
+        return None, "it kept running"
+
+
+def append_only_role(group):
+    """Issue 23, item 4: set up the strict way (`group migrate --grant`, as `Group.open` does),
+    the serving role can neither disable the chain's triggers nor rewrite it, and the proxies
+    work; a role that migrated by itself (it owns the tables) is reported, and refused with
+    `--append-only-role`."""
+    pg, A, B = group.pg, group["A"], group["B"]
+    column = "user_email"
+    for statement, why in ((f"ALTER TABLE mixpeek_audit DISABLE TRIGGER USER", "must be owner"),
+                           (f"ALTER TABLE mixpeek_audit DISABLE TRIGGER mixpeek_audit_no_change", "must be owner"),
+                           (f"UPDATE mixpeek_audit SET {column} = 'mallory@example.com'", "permission denied"),
+                           ("CREATE OR REPLACE FUNCTION mixpeek_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                            "$$ BEGIN RETURN NEW; END $$", "must be owner or no CREATE on the schema"),
+                           ("DROP TABLE mixpeek_audit", "must be owner")):
+        result = pg.run_psql(statement, user=ROLE, password=ROLE_PASSWORD)
+        check(f"append-only: `{statement[:60]}` as the serving role fails ({why})",
+              result.returncode != 0 and (why in result.stderr or "permission denied" in result.stderr),
+              f"exit {result.returncode}: {result.stderr.strip()}")
+    user = "strict@example.com"
+    cached_list(B, user)
+    made = create(A, user, "strict-key")
+    seen = list_keys(B, user)
+    check("append-only: and the proxies work: create via A, list via B shows it",
+          made.status == 200 and "strict-key" in (seen.keys() or {}), f"create {made!r}; list {seen!r}")
+    figures, panel = metrics(A), status_group(A)
+    check("append-only: A reports its role cannot rewrite: mixpeek_proxy_audit_role_can_rewrite 0, status page false",
+          figures.get("mixpeek_proxy_audit_role_can_rewrite") == "0" and isinstance(panel, dict)
+          and panel.get("audit_role_can_rewrite") is False and panel.get("proxy_id") == "A",
+          f"metric {figures.get('mixpeek_proxy_audit_role_can_rewrite')!r}; group {panel!r}")
+    code, output = serve_refused(group, group.role_url, "R1", timeout=8)
+    check("append-only: --append-only-role with the granted role starts (it is still running after 8 s)",
+          code is None, f"exit {code}: {output[-600:]}")
+
+    # The default: a role that owns its database migrates by itself and so owns the chain.
+    pg.psql("CREATE ROLE selfmig LOGIN PASSWORD 'selfpw'")
+    pg.psql("CREATE DATABASE selfmig OWNER selfmig")
+    own_url = pg.url_for("selfmig", "selfpw", database="selfmig")
+    S = Proxy("S", group.work, group.fake.url, own_url, via_env=True)
+    group.proxies["S"] = S
+    try:
+        S.start()
+        healthy, waited = group.wait_healthy(["S"], 15)
+        check(f"append-only: a self-migrating role starts and joins, as before ({waited:.1f} s)", bool(healthy), f"{health(S)}")
+        made = create(S, user, "self-key")
+        check("append-only: and serves mutations", made.status == 200, f"{made!r}")
+        figures, panel = metrics(S), status_group(S)
+        check("append-only: it is reported: mixpeek_proxy_audit_role_can_rewrite 1, the status page says why",
+              figures.get("mixpeek_proxy_audit_role_can_rewrite") == "1" and isinstance(panel, dict)
+              and panel.get("audit_role_can_rewrite") is True and "it owns mixpeek_audit" in panel.get("audit_role_rights", []),
+              f"metric {figures.get('mixpeek_proxy_audit_role_can_rewrite')!r}; group {panel!r}")
+        page = call(S.port, "GET", "/_proxy/", token=None)
+        check("append-only: the status page's HTML says the role can rewrite the chain",
+              page.status == 200 and "can rewrite the chain" in page.text, f"{page.status}")
+        log = S.log_text()
+        check("append-only: and its start-up log says so once, naming why",
+              log.count("can rewrite the audit chain") == 1 and "it owns mixpeek_audit" in log, log[-800:])
+        # What the report means: this role may disable the triggers and rewrite a record.
+        rewrite = pg.run_psql("BEGIN; ALTER TABLE mixpeek_audit DISABLE TRIGGER USER; "
+                              "UPDATE mixpeek_audit SET user_email = user_email; ROLLBACK",
+                              user="selfmig", password="selfpw", database="selfmig")
+        check("append-only: (that role can indeed disable the triggers and update the chain)", rewrite.returncode == 0,
+              rewrite.stderr.strip())
+    finally:
+        S.stop()
+        group.proxies.pop("S", None)
+    code, output = serve_refused(group, own_url, "R2")
+    check("append-only: --append-only-role refuses to start as the table-owning role, saying why",
+          code == 1 and "can rewrite the audit chain" in output and "it owns mixpeek_audit" in output
+          and "group migrate" in output, f"exit {code}: {output[-600:]}")
+    code, output = serve_refused(group, group.admin_url, "R3")
+    check("append-only: --append-only-role refuses a superuser too",
+          code == 1 and "it is a superuser" in output, f"exit {code}: {output[-600:]}")
+    grant = group.run("group", "migrate", "--postgres-url", group.admin_url.replace("/postgres?", "/selfmig?"), "--grant", "selfmig")
+    check("append-only: group migrate --grant a role that owns the tables fails, naming why",
+          grant.returncode != 0 and "it owns mixpeek_audit" in grant.stdout + grant.stderr,
+          f"exit {grant.returncode}: {(grant.stdout + grant.stderr)[-400:]}")
+
 
 def expect_head(group):
     """Issue 23, item 9: `audit verify --expect-head` works with `--postgres-url`."""
@@ -1058,17 +1174,6 @@ def expect_head(group):
     bad = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", "nonsense")
     check("expect-head: a malformed head is refused, not ignored", bad.returncode not in (0, 1),
           f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
-
-
-def metrics(proxy):
-    """`/_proxy/metrics` as {name: value} for unlabelled samples."""
-    reply = call(proxy.port, "GET", "/_proxy/metrics", token=None)
-    values = {}
-    for line in reply.text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and not line.startswith("#"):
-            values[parts[0]] = parts[1]
-    return values
 
 
 def witness_failure(group):
@@ -1172,17 +1277,7 @@ CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_conne
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
-          ("witness", witness_failure), ("credentials", credentials), ("health-detail", health_detail),
-          ("verify", audit_verify)]
-
-
-# ---- the run -----------------------------------------------------------------------------
-
-CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
-          ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("expect-head", expect_head),
-          ("witness", witness_failure), ("credentials", credentials), ("health-detail", health_detail),
-          ("verify", audit_verify)]
+          ("health-detail", health_detail), ("verify", audit_verify)]
 
 
 def main():

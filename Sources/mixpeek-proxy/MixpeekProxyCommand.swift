@@ -73,6 +73,9 @@ struct ServerOptions: ParsableArguments {
     var groupLease: String?
     @Option(help: "In a group, how a hit makes sure its list is current: lease (default; no database call per hit) or read (one database read per hit, for comparison).")
     var groupHitCheck: String?
+    @Flag(name: [.customLong("append-only-role"), .customLong("require-append-only-role")],
+          help: "In a group, refuse to start when the PostgreSQL role could rewrite the audit chain (it owns the chain's tables or is a superuser); see `group migrate --grant`.")
+    var appendOnlyRole = false
 
     var flags: [String: String] {
         let all: [(String, String?)] = [
@@ -83,6 +86,7 @@ struct ServerOptions: ParsableArguments {
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),
             ("log_format", logFormat), ("status_page", statusPage), ("postgres_url", postgresUrl), ("proxy_id", proxyId),
             ("group_lease", groupLease), ("group_hit_check", groupHitCheck),
+            ("require_append_only_role", appendOnlyRole ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }

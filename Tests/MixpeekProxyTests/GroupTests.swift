@@ -191,4 +191,27 @@ struct GroupTests {
         #expect(plain.resolvedPassword(environment: ["HOME": directory.path]) == nil)
         #expect(!withFile.description.contains("from-named"))
     }
+
+    @Test("/_proxy/metrics says whether a group member's role can rewrite the chain, and a lone proxy says nothing of it")
+    func roleMetric() {
+        let metrics = ProxyMetrics()
+        func text(_ group: ProxyMetrics.GroupFigures?) -> String {
+            metrics.exposition(cache: CacheCounters(), entries: 0, bytes: 0, logLinesDropped: 0, group: group)
+        }
+        #expect(text(.init(auditRoleCanRewrite: true, witnessFailures: 0)).contains("\nmixpeek_proxy_audit_role_can_rewrite 1\n"))
+        #expect(text(.init(auditRoleCanRewrite: false, witnessFailures: 2)).contains("\nmixpeek_proxy_audit_role_can_rewrite 0\n"))
+        #expect(text(.init(auditRoleCanRewrite: false, witnessFailures: 2)).contains("\nmixpeek_proxy_witness_failures_total 2\n"))
+        #expect(!text(.init(auditRoleCanRewrite: nil, witnessFailures: 0)).contains("mixpeek_proxy_audit_role_can_rewrite"), "not known before the first join")
+        #expect(!text(nil).contains("mixpeek_proxy_audit_role_can_rewrite"))
+        #expect(!text(nil).contains("mixpeek_proxy_witness_failures_total"))
+    }
+
+    @Test("the role check's refusal names the role, why, and the command that sets a role up")
+    func rewriteRefusal() {
+        let message = GroupMember.rewriteRefusal(user: "mixpeek", why: "it owns mixpeek_audit")
+        #expect(message.contains("mixpeek") && message.contains("it owns mixpeek_audit") && message.contains("group migrate"))
+        #expect(GroupSchema.grants(to: "p").first == "REVOKE ALL ON mixpeek_audit FROM \"p\"")
+        #expect(GroupSchema.grants(to: "p").contains("GRANT SELECT, INSERT ON mixpeek_audit TO \"p\""))
+        #expect(!GroupSchema.grants(to: "p").contains { $0.contains("UPDATE ON mixpeek_audit") || $0.contains("ALL ON mixpeek_audit TO") })
+    }
 }

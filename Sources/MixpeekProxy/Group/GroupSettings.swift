@@ -23,6 +23,10 @@ public struct GroupSettings: Sendable, Equatable {
 
     public enum HitCheck: String, Sendable, CaseIterable { case lease, read }
 
+    /// `require_append_only_role`: refuse to start, and to join, as a role that could rewrite
+    /// the chain (`GroupSchema.rewriteRights`).
+    public var requireAppendOnlyRole = false
+
     public init(database: PostgresURL, proxyID: String, leaseSeconds: Double, upstreamTimeoutSeconds: Double) {
         self.database = database
         self.proxyID = proxyID

@@ -83,9 +83,12 @@ public final class ProxyMetrics: Sendable {
 
     /// What a proxy in a group adds to its metrics, read at scrape time.
     public struct GroupFigures: Sendable {
+        /// Whether the role could rewrite the chain; nil until the proxy has joined once.
+        public var auditRoleCanRewrite: Bool?
         public var witnessFailures: Int
 
-        public init(witnessFailures: Int) {
+        public init(auditRoleCanRewrite: Bool?, witnessFailures: Int) {
+            self.auditRoleCanRewrite = auditRoleCanRewrite
             self.witnessFailures = witnessFailures
         }
     }
@@ -110,6 +113,11 @@ public final class ProxyMetrics: Sendable {
         gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
         gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
         if let group {
+            if let canRewrite = group.auditRoleCanRewrite {
+                gauge("mixpeek_proxy_audit_role_can_rewrite",
+                      "1 when this proxy's PostgreSQL role could rewrite the group's audit chain (owner or superuser), else 0.",
+                      canRewrite ? 1 : 0)
+            }
             counter("mixpeek_proxy_witness_failures_total",
                     "Batches of chain records whose witness-file write or fsync failed (their intents were refused).",
                     group.witnessFailures)

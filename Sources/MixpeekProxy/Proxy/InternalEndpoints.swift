@@ -50,7 +50,10 @@ extension Proxy {
             let memory = cache.memoryFootprint
             let text = metrics.exposition(
                 cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0,
-                group: group.map { _ in .init(witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0) })
+                group: group.map { group in
+                    .init(auditRoleCanRewrite: group.auditRoleCanRewrite,
+                          witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0)
+                })
             return .now(HTTPResponse(
                 status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],
                 body: ByteBuffer(string: text)))
