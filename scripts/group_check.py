@@ -1236,6 +1236,15 @@ def credentials(group):
         check("credentials: audit query reads the password from passfile= in the URL, and warns of nothing",
               query.returncode == 0 and "by-env" in query.stdout and "warning" not in query.stderr,
               f"exit {query.returncode}: {query.stderr[-300:]}")
+        loose = passfile + "-loose"
+        with open(loose, "w") as handle:
+            handle.write(f"127.0.0.1:{pg.port}:postgres:{ROLE}:{ROLE_PASSWORD}\n")
+        os.chmod(loose, 0o644)
+        refused = group.run("audit", "query", "--postgres-url", f"{bare}&passfile={loose}", "--limit", "1")
+        check("credentials: a passfile others may read is refused, as libpq does, saying to chmod 600 it",
+              refused.returncode != 0 and "chmod 600" in refused.stdout + refused.stderr
+              and ROLE_PASSWORD + "\n" not in refused.stdout + refused.stderr,
+              f"exit {refused.returncode}: {(refused.stdout + refused.stderr)[-300:]}")
         check("credentials: no warning from a proxy given no password on its command line",
               all("holds a password" not in p.log_text() for p in started), started[0].log_text()[-400:])
     finally:

@@ -180,16 +180,23 @@ struct GroupTests {
         try "db.internal:5432:mixpeek:proxy:from-named\n".write(toFile: named, atomically: true, encoding: .utf8)
         try "db.internal:5432:*:proxy:from-env-file\n".write(toFile: environmentFile, atomically: true, encoding: .utf8)
         try "db.internal:5432:proxy:proxy:from-home\n".write(to: directory.appendingPathComponent(".pgpass"), atomically: true, encoding: .utf8)
+        for file in [named, environmentFile, directory.appendingPathComponent(".pgpass").path] {
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+        }
         let withFile = try PostgresURL("postgres://proxy@db.internal/mixpeek?passfile=\(named)")
         let plain = try PostgresURL("postgres://proxy@db.internal/mixpeek")
         #expect(try PostgresURL("postgres://proxy:in-url@db.internal/mixpeek").resolvedPassword(environment: ["PGPASSWORD": "env"]) == "in-url")
-        #expect(withFile.resolvedPassword(environment: ["PGPASSWORD": "env", "PGPASSFILE": environmentFile]) == "env")
-        #expect(withFile.resolvedPassword(environment: ["PGPASSFILE": environmentFile]) == "from-named")
-        #expect(plain.resolvedPassword(environment: ["PGPASSFILE": environmentFile, "HOME": directory.path]) == "from-env-file")
+        #expect(try withFile.resolvedPassword(environment: ["PGPASSWORD": "env", "PGPASSFILE": environmentFile]) == "env")
+        #expect(try withFile.resolvedPassword(environment: ["PGPASSFILE": environmentFile]) == "from-named")
+        #expect(try plain.resolvedPassword(environment: ["PGPASSFILE": environmentFile, "HOME": directory.path]) == "from-env-file")
         // No database in the URL: the server's default, the user's name, is the one matched.
         #expect(try PostgresURL("postgres://proxy@db.internal").resolvedPassword(environment: ["HOME": directory.path]) == "from-home")
-        #expect(plain.resolvedPassword(environment: ["HOME": directory.path]) == nil)
+        #expect(try plain.resolvedPassword(environment: ["HOME": directory.path]) == nil)
         #expect(!withFile.description.contains("from-named"))
+        // Readable by others, as libpq: not used, and said so (never with the password).
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: named)
+        let error = #expect(throws: ConfigError.self) { try withFile.resolvedPassword(environment: [:]) }
+        #expect(error?.message.contains("chmod 600") == true && error?.message.contains("from-named") == false)
     }
 
     @Test("/_proxy/metrics says whether a group member's role can rewrite the chain, and a lone proxy says nothing of it")

@@ -110,12 +110,16 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
 
     /// The password to connect with: the URL's, else `PGPASSWORD`, else the first matching line
     /// of the passfile (`passfile`, `PGPASSFILE`, `~/.pgpass`), as libpq looks for it. Read at
-    /// each connect, so a rotated password in the file is used at the next reconnect.
-    func resolvedPassword(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+    /// each connect, so a rotated password in the file is used at the next reconnect. A passfile
+    /// that its group or others may read is refused (libpq ignores it), saying so.
+    func resolvedPassword(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
         if let password { return password }
         if let password = environment["PGPASSWORD"], !password.isEmpty { return password }
         let file = passFile ?? environment["PGPASSFILE"] ?? environment["HOME"].map { $0 + "/.pgpass" }
         guard let file, let text = try? String(contentsOfFile: file, encoding: .utf8) else { return nil }
+        if let mode = (try? FileManager.default.attributesOfItem(atPath: file))?[.posixPermissions] as? Int, mode & 0o077 != 0 {
+            throw ConfigError(message: "the passfile \(file) may be read by its group or others (mode \(String(mode & 0o777, radix: 8))): chmod 600 it")
+        }
         return PassFile.password(in: text, host: host, port: port, database: database ?? user, user: user)
     }
 
@@ -148,7 +152,7 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
             tls = .disable
         }
         var configuration = PostgresConnection.Configuration(
-            host: host, port: port, username: user, password: resolvedPassword(), database: database, tls: tls)
+            host: host, port: port, username: user, password: try resolvedPassword(), database: database, tls: tls)
         configuration.options.connectTimeout = .seconds(3)
         configuration.options.additionalStartupParameters = [("application_name", applicationName)]
         return configuration
