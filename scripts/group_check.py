@@ -1060,6 +1060,14 @@ def status_group(proxy):
     return (reply.json or {}).get("group")
 
 
+def free_port():
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def serve_refused(group, url, name, timeout=40):
     """Runs `serve --append-only-role` against `url` to its end: (exit code, output), or
     (None, output) when it started after all (it is then stopped)."""
@@ -1147,6 +1155,10 @@ def append_only_role(group):
     code, output = serve_refused(group, group.admin_url, "R3")
     check("append-only: --append-only-role refuses a superuser too",
           code == 1 and "it is a superuser" in output, f"exit {code}: {output[-600:]}")
+    closed = pg.url_for(ROLE, ROLE_PASSWORD, port=free_port())
+    code, output = serve_refused(group, closed, "R4")
+    check("append-only: --append-only-role does not start when PostgreSQL cannot say what the role may do",
+          code == 1 and "cannot check" in output, f"exit {code}: {output[-600:]}")
     grant = group.run("group", "migrate", "--postgres-url", group.admin_url.replace("/postgres?", "/selfmig?"), "--grant", "selfmig")
     check("append-only: group migrate --grant a role that owns the tables fails, naming why",
           grant.returncode != 0 and "it owns mixpeek_audit" in grant.stdout + grant.stderr,
