@@ -62,7 +62,6 @@ public final class GroupMember: ListGate, Sendable {
         var peers: [String: Int64] = [:]
         var waiters: [ObjectIdentifier: PeerWaiter] = [:]
         var connected = false
-        var lastProblem: String?
         /// The LISTEN session's number, one more at the end of each: what a session still
         /// running after it was given up (`GroupLink.bounded`) finds changed, so that it opens
         /// no gate and changes no reading.
@@ -179,13 +178,12 @@ public final class GroupMember: ListGate, Sendable {
         try? await connection.close()
     }
 
-    /// `ok` while this proxy hears the group and holds its lease, else `unreachable`, with the
-    /// last problem (no password in it; for the log, not for `/_proxy/health`).
-    public var health: (ok: Bool, state: String, problem: String?) {
+    /// `ok` while this proxy hears the group and holds its lease, else `unreachable`. Why it
+    /// is unreachable goes to the log only (`run`).
+    public var health: (ok: Bool, state: String) {
         let serving = NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring)
         return state.withLockedValue { state in
-            if serving && state.connected { return (true, "ok", nil) }
-            return (false, "unreachable", state.lastProblem)
+            serving && state.connected ? (true, "ok") : (false, "unreachable")
         }
     }
 
@@ -201,7 +199,7 @@ public final class GroupMember: ListGate, Sendable {
                 break
             } catch {
                 let problem = GroupError.describe(error)
-                state.withLockedValue { $0.lastProblem = problem; $0.connected = false }
+                state.withLockedValue { $0.connected = false }
                 if !Task.isCancelled {
                     logger.error("group: PostgreSQL connection lost; serving no hits until caught up", metadata: [
                         "postgres": "\(settings.database)", "error": "\(problem)"])
@@ -249,7 +247,7 @@ public final class GroupMember: ListGate, Sendable {
                 return listening
             }
             defer { listening.stop() }
-            state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
+            state.withLockedValue { $0.connected = true }
             logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
             try await renewLease(connection, local, session: session, close: close)
         } catch {
