@@ -1188,6 +1188,31 @@ def expect_head(group):
           f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
 
 
+def witness_synced(group):
+    """The witness lines reach the disk: `fsync` on group-witness.log, at most once per batch
+    (strace attached to A while it answers sequential creates)."""
+    import shutil
+    if shutil.which("strace") is None:
+        print("SKIP witness: strace is not installed; the fsync of the witness file is not checked", flush=True)
+        return
+    A = group["A"]
+    path = os.path.join(A.data, "group-witness.log")
+    lines_before = sum(1 for _ in open(path))
+    trace = os.path.join(group.work, "witness-strace.txt")
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", trace, "-p", str(A.proc.pid)])
+    try:
+        time.sleep(1.5)  # attached to every thread
+        made = [create(A, "synced@example.com", f"synced-{n}").status for n in range(5)]
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+    written = sum(1 for _ in open(path)) - lines_before
+    with open(trace) as handle:
+        syncs = sum("group-witness.log>" in line and "= 0" in line for line in handle)
+    check(f"witness: each committed batch's lines are fsynced, once a batch ({syncs} fsyncs for {written} lines of 5 creates)",
+          made == [200] * 5 and written == 10 and 1 <= syncs <= written, f"creates {made}; {written} lines, {syncs} fsyncs")
+
+
 def witness_failure(group):
     """Issue 23, item 9: a witness file that cannot be written (here: past the process's file-size
     limit, as a full quota) is logged and counted, and the mutation is refused, not forwarded."""
@@ -1198,6 +1223,7 @@ def witness_failure(group):
         line = "#" * 63 + "\n"
         handle.write(line * (limit // len(line)))
     os.chmod(os.path.join(data, "group-witness.log"), 0o600)
+    witness_synced(group)
     W = Proxy("W", group.work, group.fake.url, group.role_url, file_size_limit=limit, extra=["--access-log", "off"])
     group.proxies["W"] = W
     try:
