@@ -17,8 +17,9 @@ import PostgresNIO
 /// the lock is held.
 ///
 /// Durability: the call commits with `synchronous_commit = on`, so it returns only once the
-/// records are on disk; only then is an append reported done (and a mutation forwarded), and
-/// the `(seq, hash)` of each record written to this proxy's witness file.
+/// records are on disk; then the `(seq, hash)` of each record is written to this proxy's
+/// witness file and synced (one fsync a batch), and only then is an append reported done (and
+/// a mutation forwarded; not one whose intent could not be witnessed).
 ///
 /// An intent returns only when it is committed **and** every live proxy has read past it
 /// (`GroupMember.awaitPeers`): only then may the mutation be forwarded.
