@@ -162,8 +162,6 @@ public final class GroupMember: ListGate, Sendable {
             connection = try await GroupLink.connect(settings.database, applicationName: "mixpeek-proxy \(settings.proxyID) start",
                                                      within: seconds, logger: logger)
         } catch {
-            logger.error("group: cannot reach PostgreSQL to check the role", metadata: [
-                "postgres": "\(settings.database)", "error": "\(GroupError.describe(error))"])
             throw GroupError.unavailable("cannot check that the PostgreSQL role \(settings.database.user) cannot rewrite the audit chain (require_append_only_role): PostgreSQL at \(settings.database) did not answer (\(GroupError.describe(error)))")
         }
         do {
