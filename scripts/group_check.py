@@ -18,12 +18,18 @@ marked `X-Cache: STALE`).
    mutation, PostgreSQL stopped mid-run, restarted under 16 clients' creates (every answered
    create has its outcome in the chain) and down at start, the role's privileges, a group with
    an HMAC-keyed chain (which the proxies chain themselves), and `audit verify --witness`
-   against a rewritten and a truncated central chain.
+   against a rewritten and a truncated central chain;
+4. the database role and credentials: a role set up with `group migrate --grant` cannot
+   disable the chain's triggers or rewrite it, a self-migrating role is reported and refused
+   with `--append-only-role`; `audit verify --expect-head` on the central chain; a witness file
+   that cannot be written refuses mutations; the password from PGPASSWORD or a passfile, a
+   warning for one in a flag; `/_proxy/health` without PostgreSQL's words.
 
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,restart,down-at-start,hmac,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,restart,down-at-start,hmac,append-only,
+                expect-head,witness,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -195,9 +201,12 @@ class Fake:
 class Proxy:
     """One proxy of the group: its name (--proxy-id), data dir (with its witness) and process."""
 
-    def __init__(self, name, work, upstream, postgres_url, via_env=False, env=None):
+    def __init__(self, name, work, upstream, postgres_url, via_env=False, env=None, extra=(), file_size_limit=None):
         self.name, self.work, self.upstream, self.postgres_url, self.via_env = name, work, upstream, postgres_url, via_env
         self.env = env or {}
+        # `extra`: more flags for `serve`; `file_size_limit`: bytes beyond which the proxy's
+        # writes to any file fail (RLIMIT_FSIZE, with SIGXFSZ ignored: EFBIG, as a full quota).
+        self.extra, self.file_size_limit = list(extra), file_size_limit
         self.data = os.path.join(work, f"data-{name}")
         self.proc, self.port, self.starts, self.frozen = None, None, 0, False
 
@@ -212,9 +221,18 @@ class Proxy:
                 env = dict(env or os.environ, MIXPEEK_PROXY_POSTGRES_URL=self.postgres_url)
             else:
                 args += ["--postgres-url", self.postgres_url]
-        log = os.path.join(self.work, f"proxy-{self.name}-{self.starts}.log")
-        self.proc, self.port = proctools.start(BIN, args, log, env=env)
+        args += self.extra
+        self.log = os.path.join(self.work, f"proxy-{self.name}-{self.starts}.log")
+        if self.file_size_limit is None:
+            self.proc, self.port = proctools.start(BIN, args, self.log, env=env)
+        else:
+            script = f'ulimit -f {self.file_size_limit // 1024} && trap "" XFSZ && exec "$0" "$@"'
+            self.proc, self.port = proctools.start("bash", ["-c", script, BIN, *args], self.log, env=env)
         return self
+
+    def log_text(self):
+        with open(self.log, errors="replace") as handle:
+            return handle.read()
 
     def freeze(self):
         self.proc.send_signal(signal.SIGSTOP)
@@ -259,12 +277,13 @@ class Group:
             self.relay = pgtools.Relay(self.pg.port, marker=b"mixpeek-proxy listen")
             self.relayed_url = self.pg.url_for(ROLE, ROLE_PASSWORD, port=self.relay.port)
             self.pg.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
-            setup = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
-            check("group setup migrates and grants (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
+            setup = self.run("group", "migrate", "--postgres-url", self.admin_url, "--grant", ROLE)
+            check("group migrate --grant migrates and grants (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
             if setup.returncode != 0:
-                raise RuntimeError("group setup failed")
+                raise RuntimeError("group migrate failed")
             again = self.run("group", "setup", "--postgres-url", self.admin_url, "--role", ROLE)
-            check("group setup run again changes nothing (exit 0)", again.returncode == 0, again.stdout + again.stderr)
+            check("group setup --role (the older name) run again changes nothing (exit 0)", again.returncode == 0,
+                  again.stdout + again.stderr)
         self.fake = Fake(self.work)
         for name in ("A", "B", "C"):
             self.add(name)
@@ -1085,11 +1104,289 @@ def hmac_chain(group):
             group.proxies.pop(proxy.name, None)
 
 
+# ---- 4. the database role, credentials, witnesses --------------------------------------------
+
+def metrics(proxy):
+    """`/_proxy/metrics` as {name: value} for unlabelled samples."""
+    reply = call(proxy.port, "GET", "/_proxy/metrics", token=None)
+    values = {}
+    for line in reply.text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#"):
+            values[parts[0]] = parts[1]
+    return values
+
+
+def status_group(proxy):
+    reply = call(proxy.port, "GET", "/_proxy/status.json", token=None)
+    return (reply.json or {}).get("group")
+
+
+def free_port():
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_refused(group, url, name, timeout=40):
+    """Runs `serve --append-only-role` against `url` to its end: (exit code, output), or
+    (None, output) when it started after all (it is then stopped)."""
+    data = os.path.join(group.work, f"data-{name}")
+    args = [BIN, "serve", "--port", "0", "--upstream", group.fake.url, "--data-dir", data, "--proxy-id", name,
+            "--log-level", "warning", "--append-only-role"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, MIXPEEK_PROXY_POSTGRES_URL=url))
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        proctools.stop(proc)
+        return None, "it kept running"
+
+
+def append_only_role(group):
+    """Issue 23, item 4: set up the strict way (`group migrate --grant`, as `Group.open` does),
+    the serving role can neither disable the chain's triggers nor rewrite it, and the proxies
+    work; a role that migrated by itself (it owns the tables) is reported, and refused with
+    `--append-only-role`."""
+    pg, A, B = group.pg, group["A"], group["B"]
+    column = "user_email"
+    for statement, why in ((f"ALTER TABLE mixpeek_audit DISABLE TRIGGER USER", "must be owner"),
+                           (f"ALTER TABLE mixpeek_audit DISABLE TRIGGER mixpeek_audit_no_change", "must be owner"),
+                           (f"UPDATE mixpeek_audit SET {column} = 'mallory@example.com'", "permission denied"),
+                           ("CREATE OR REPLACE FUNCTION mixpeek_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                            "$$ BEGIN RETURN NEW; END $$", "must be owner or no CREATE on the schema"),
+                           ("DROP TABLE mixpeek_audit", "must be owner")):
+        result = pg.run_psql(statement, user=ROLE, password=ROLE_PASSWORD)
+        check(f"append-only: `{statement[:60]}` as the serving role fails ({why})",
+              result.returncode != 0 and (why in result.stderr or "permission denied" in result.stderr),
+              f"exit {result.returncode}: {result.stderr.strip()}")
+    user = "strict@example.com"
+    cached_list(B, user)
+    made = create(A, user, "strict-key")
+    seen = list_keys(B, user)
+    check("append-only: and the proxies work: create via A, list via B shows it",
+          made.status == 200 and "strict-key" in (seen.keys() or {}), f"create {made!r}; list {seen!r}")
+    figures, panel = metrics(A), status_group(A)
+    check("append-only: A reports its role cannot rewrite: mixpeek_proxy_audit_role_can_rewrite 0, status page false",
+          figures.get("mixpeek_proxy_audit_role_can_rewrite") == "0" and isinstance(panel, dict)
+          and panel.get("audit_role_can_rewrite") is False and panel.get("proxy_id") == "A",
+          f"metric {figures.get('mixpeek_proxy_audit_role_can_rewrite')!r}; group {panel!r}")
+    code, output = serve_refused(group, group.role_url, "R1", timeout=8)
+    check("append-only: --append-only-role with the granted role starts (it is still running after 8 s)",
+          code is None, f"exit {code}: {output[-600:]}")
+
+    # The default: a role that owns its database migrates by itself and so owns the chain.
+    pg.psql("CREATE ROLE selfmig LOGIN PASSWORD 'selfpw'")
+    pg.psql("CREATE DATABASE selfmig OWNER selfmig")
+    own_url = pg.url_for("selfmig", "selfpw", database="selfmig")
+    S = Proxy("S", group.work, group.fake.url, own_url, via_env=True)
+    group.proxies["S"] = S
+    try:
+        S.start()
+        healthy, waited = group.wait_healthy(["S"], 15)
+        check(f"append-only: a self-migrating role starts and joins, as before ({waited:.1f} s)", bool(healthy), f"{health(S)}")
+        made = create(S, user, "self-key")
+        check("append-only: and serves mutations", made.status == 200, f"{made!r}")
+        figures, panel = metrics(S), status_group(S)
+        check("append-only: it is reported: mixpeek_proxy_audit_role_can_rewrite 1, the status page says why",
+              figures.get("mixpeek_proxy_audit_role_can_rewrite") == "1" and isinstance(panel, dict)
+              and panel.get("audit_role_can_rewrite") is True and "it owns mixpeek_audit" in panel.get("audit_role_rights", []),
+              f"metric {figures.get('mixpeek_proxy_audit_role_can_rewrite')!r}; group {panel!r}")
+        page = call(S.port, "GET", "/_proxy/", token=None)
+        check("append-only: the status page's HTML says the role can rewrite the chain",
+              page.status == 200 and "can rewrite the chain" in page.text, f"{page.status}")
+        log = S.log_text()
+        check("append-only: and its start-up log says so once, naming why",
+              log.count("can rewrite the audit chain") == 1 and "it owns mixpeek_audit" in log, log[-800:])
+        # What the report means: this role may disable the triggers and rewrite a record.
+        rewrite = pg.run_psql("BEGIN; ALTER TABLE mixpeek_audit DISABLE TRIGGER USER; "
+                              "UPDATE mixpeek_audit SET user_email = user_email; ROLLBACK",
+                              user="selfmig", password="selfpw", database="selfmig")
+        check("append-only: (that role can indeed disable the triggers and update the chain)", rewrite.returncode == 0,
+              rewrite.stderr.strip())
+    finally:
+        S.stop()
+        group.proxies.pop("S", None)
+    code, output = serve_refused(group, own_url, "R2")
+    check("append-only: --append-only-role refuses to start as the table-owning role, saying why",
+          code == 1 and "can rewrite the audit chain" in output and "it owns mixpeek_audit" in output
+          and "group migrate" in output, f"exit {code}: {output[-600:]}")
+    code, output = serve_refused(group, group.admin_url, "R3")
+    check("append-only: --append-only-role refuses a superuser too",
+          code == 1 and "it is a superuser" in output, f"exit {code}: {output[-600:]}")
+    closed = pg.url_for(ROLE, ROLE_PASSWORD, port=free_port())
+    code, output = serve_refused(group, closed, "R4")
+    check("append-only: --append-only-role does not start when PostgreSQL cannot say what the role may do",
+          code == 1 and "cannot check" in output, f"exit {code}: {output[-600:]}")
+    grant = group.run("group", "migrate", "--postgres-url", group.admin_url.replace("/postgres?", "/selfmig?"), "--grant", "selfmig")
+    check("append-only: group migrate --grant a role that owns the tables fails, naming why",
+          grant.returncode != 0 and "it owns mixpeek_audit" in grant.stdout + grant.stderr,
+          f"exit {grant.returncode}: {(grant.stdout + grant.stderr)[-400:]}")
+
+
+def expect_head(group):
+    """Issue 23, item 9: `audit verify --expect-head` works with `--postgres-url`."""
+    made = create(group["A"], "head@example.com", "head-key")
+    verify = group.run("audit", "verify", "--postgres-url", group.role_url)
+    match = re.search(r"head (\d+):([0-9a-f]+)", verify.stdout)
+    check("expect-head: audit verify --postgres-url prints the head", made.status == 200 and verify.returncode == 0 and match,
+          f"create {made!r}; exit {verify.returncode}: {verify.stdout[-300:]}")
+    if not match:
+        return
+    seq, digest = int(match.group(1)), match.group(2)
+    same = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", f"{seq}:{digest}")
+    check("expect-head: the printed head is expected: exit 0", same.returncode == 0, f"exit {same.returncode}: {same.stdout[-300:]}")
+    older = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", f"{seq - 1}:{digest}")
+    check("expect-head: a head with another record's hash: exit 1", older.returncode == 1,
+          f"exit {older.returncode}: {older.stdout[-300:]}")
+    gone = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", f"{seq + 1000}:{digest}")
+    check("expect-head: a head past the chain's end (records removed from the end): exit 1, saying so",
+          gone.returncode == 1 and "expected head" in gone.stdout, f"exit {gone.returncode}: {gone.stdout[-300:]}")
+    bad = group.run("audit", "verify", "--postgres-url", group.role_url, "--expect-head", "nonsense")
+    check("expect-head: a malformed head is refused, not ignored", bad.returncode not in (0, 1),
+          f"exit {bad.returncode}: {(bad.stdout + bad.stderr)[-300:]}")
+
+
+def witness_synced(group):
+    """The witness lines reach the disk: `fsync` on group-witness.log, at most once per batch
+    (strace attached to A while it answers sequential creates)."""
+    import shutil
+    if shutil.which("strace") is None:
+        print("SKIP witness: strace is not installed; the fsync of the witness file is not checked", flush=True)
+        return
+    A = group["A"]
+    path = os.path.join(A.data, "group-witness.log")
+    lines_before = sum(1 for _ in open(path))
+    trace = os.path.join(group.work, "witness-strace.txt")
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", trace, "-p", str(A.proc.pid)])
+    try:
+        time.sleep(1.5)  # attached to every thread
+        made = [create(A, "synced@example.com", f"synced-{n}").status for n in range(5)]
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+    written = sum(1 for _ in open(path)) - lines_before
+    with open(trace) as handle:
+        syncs = sum("group-witness.log>" in line and "= 0" in line for line in handle)
+    check(f"witness: each committed batch's lines are fsynced, once a batch ({syncs} fsyncs for {written} lines of 5 creates)",
+          made == [200] * 5 and written == 10 and 1 <= syncs <= written, f"creates {made}; {written} lines, {syncs} fsyncs")
+
+
+def witness_failure(group):
+    """Issue 23, item 9: a witness file that cannot be written (here: past the process's file-size
+    limit, as a full quota) is logged and counted, and the mutation is refused, not forwarded."""
+    data = os.path.join(group.work, "data-W")
+    os.makedirs(data, mode=0o700, exist_ok=True)
+    limit = 1 << 20
+    with open(os.path.join(data, "group-witness.log"), "w") as handle:
+        line = "#" * 63 + "\n"
+        handle.write(line * (limit // len(line)))
+    os.chmod(os.path.join(data, "group-witness.log"), 0o600)
+    witness_synced(group)
+    W = Proxy("W", group.work, group.fake.url, group.role_url, file_size_limit=limit, extra=["--access-log", "off"])
+    group.proxies["W"] = W
+    try:
+        W.start()
+        healthy, waited = group.wait_healthy(["W"], 15)
+        check(f"witness: W joins ({waited:.1f} s)", bool(healthy), f"{health(W)}")
+        before = group.fake.last()
+        refused = create(W, "witness@example.com", "unwitnessed")
+        check("witness: a mutation whose intent cannot be witnessed gets 503 in the error shape",
+              refused.status == 503 and is_error_shape(refused, 503), f"{refused!r}")
+        check("witness: and is not forwarded", group.fake.last() == before, f"{group.fake.history(before)['mutations']}")
+        check("witness: W's log says the witness file could not be written",
+              "witness file could not be written" in W.log_text(), W.log_text()[-600:])
+        failures = metrics(W).get("mixpeek_proxy_witness_failures_total")
+        check("witness: mixpeek_proxy_witness_failures_total counts it", failures is not None and int(failures) >= 1, f"{failures!r}")
+        rows = [r for r in group.audit_query("--user", "witness@example.com") if r.get("key_name") == "unwitnessed"]
+        check("witness: the chain has its intent closed as error", len(rows) == 1 and rows[0].get("outcome") == "error", f"{rows}")
+        listed = list_keys(W, "witness@example.com")
+        check("witness: lists are still answered", listed.status == 200, f"{listed!r}")
+    finally:
+        W.stop()
+        group.proxies.pop("W", None)
+
+
+def credentials(group):
+    """Issue 23, item 9: the password from PGPASSWORD or a passfile, none on the command line;
+    a warning for one in a --postgres-url flag."""
+    pg = group.pg
+    bare = pg.url_for(ROLE, "", port=pg.port).replace(f"{ROLE}:@", f"{ROLE}@")
+    passfile = os.path.join(group.work, "pgpass")
+    with open(passfile, "w") as handle:
+        handle.write(f"# the proxies' role\n127.0.0.1:{pg.port}:postgres:{ROLE}:{ROLE_PASSWORD}\n")
+    os.chmod(passfile, 0o600)
+    started = []
+    try:
+        P1 = Proxy("P1", group.work, group.fake.url, bare, env={"PGPASSWORD": ROLE_PASSWORD})
+        P2 = Proxy("P2", group.work, group.fake.url, bare, env={"PGPASSFILE": passfile})
+        for proxy in (P1, P2):
+            group.proxies[proxy.name] = proxy
+            started.append(proxy.start())
+        healthy, waited = group.wait_healthy(["P1", "P2"], 15)
+        check(f"credentials: a proxy joins with the password in PGPASSWORD, and one with it in PGPASSFILE ({waited:.1f} s)",
+              bool(healthy), f"{[health(p) for p in started]}")
+        made = create(P1, "creds@example.com", "by-env")
+        check("credentials: and mutates", made.status == 200, f"{made!r}")
+        query = group.run("audit", "query", "--postgres-url", f"{bare}&passfile={passfile}", "--user", "creds@example.com",
+                          "--format", "jsonl")
+        check("credentials: audit query reads the password from passfile= in the URL, and warns of nothing",
+              query.returncode == 0 and "by-env" in query.stdout and "warning" not in query.stderr,
+              f"exit {query.returncode}: {query.stderr[-300:]}")
+        loose = passfile + "-loose"
+        with open(loose, "w") as handle:
+            handle.write(f"127.0.0.1:{pg.port}:postgres:{ROLE}:{ROLE_PASSWORD}\n")
+        os.chmod(loose, 0o644)
+        refused = group.run("audit", "query", "--postgres-url", f"{bare}&passfile={loose}", "--limit", "1")
+        check("credentials: a passfile others may read is refused, as libpq does, saying to chmod 600 it",
+              refused.returncode != 0 and "chmod 600" in refused.stdout + refused.stderr
+              and ROLE_PASSWORD + "\n" not in refused.stdout + refused.stderr,
+              f"exit {refused.returncode}: {(refused.stdout + refused.stderr)[-300:]}")
+        check("credentials: no warning from a proxy given no password on its command line",
+              all("holds a password" not in p.log_text() for p in started), started[0].log_text()[-400:])
+    finally:
+        for proxy in started:
+            proxy.stop()
+            group.proxies.pop(proxy.name, None)
+    check("credentials: a proxy given a password in --postgres-url warns that it shows in the process list",
+          "holds a password" in group["A"].log_text(), group["A"].log_text()[-400:])
+    flagged = group.run("audit", "query", "--postgres-url", group.role_url, "--limit", "1", "--format", "jsonl")
+    check("credentials: so does audit query --postgres-url with one (and still runs)",
+          flagged.returncode == 0 and "holds a password" in flagged.stderr, f"exit {flagged.returncode}: {flagged.stderr[-300:]}")
+
+
+def health_detail(group):
+    """Issue 23, item 9: `/_proxy/health` says `unreachable` and no more; PostgreSQL's words
+    (which name the role) are in the log."""
+    H = Proxy("H", group.work, group.fake.url, group.pg.url_for(ROLE, "wrong-password"), via_env=True)
+    group.proxies["H"] = H
+    try:
+        H.start()
+        time.sleep(2.5)
+        reply = call(H.port, "GET", "/_proxy/health", token=None)
+        body = reply.json or {}
+        check("health-detail: a proxy refused by PostgreSQL answers health 503, group unreachable",
+              reply.status == 503 and body.get("group") == "unreachable", f"{reply!r}")
+        check("health-detail: and shows none of PostgreSQL's words (no role, no reason)",
+              "password" not in reply.text and ROLE not in reply.text and set(body) <= {"status", "audit", "group"}, reply.text)
+        check("health-detail: the reason is in the proxy's log", "password authentication failed" in H.log_text(),
+              H.log_text()[-600:])
+        check("health-detail: the password itself is in neither", "wrong-password" not in reply.text + H.log_text(), "")
+    finally:
+        H.stop()
+        group.proxies.pop("H", None)
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("restart", postgres_restart_under_load), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("verify", audit_verify)]
+          ("restart", postgres_restart_under_load), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
+          ("health-detail", health_detail), ("verify", audit_verify)]
 
 
 def main():

@@ -123,8 +123,16 @@ struct Audit: AsyncParsableCommand {
 
         func run() async throws {
             let hmacKey = ProcessInfo.processInfo.environment[ProxyConfig.auditHMACKeyVariable]
+            var head: (seq: Int64, hash: String)?
+            if let expectHead {
+                let parts = expectHead.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, let seq = Int64(parts[0]), !parts[1].isEmpty else {
+                    throw ValidationError("--expect-head must be SEQ:HASH, as `audit verify` prints the head")
+                }
+                head = (seq, String(parts[1]))
+            }
             if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-                return try await verifyGroup(url, hmacKey: hmacKey)
+                return try await verifyGroup(url, hmacKey: hmacKey, expectHead: head)
             }
             guard witness.isEmpty else { throw ValidationError("--witness goes with --postgres-url") }
             let log = try Audit.open(dataDir)
@@ -133,22 +141,22 @@ struct Audit: AsyncParsableCommand {
                 print("audit chain BROKEN after \(result.records) records: \(problem)")
                 throw ExitCode(1)
             }
-            if let expectHead {
-                let parts = expectHead.split(separator: ":", maxSplits: 1)
-                guard parts.count == 2, let seq = Int64(parts[0]), try log.contains(seq: seq, hash: String(parts[1])) else {
-                    print("audit chain BROKEN: the expected head \(expectHead) is not in the log (records were removed from the end)")
-                    throw ExitCode(1)
-                }
+            if let head, try !log.contains(seq: head.seq, hash: head.hash) {
+                try headMissing()
             }
             Self.report(result)
         }
 
-        private func verifyGroup(_ url: PostgresURL, hmacKey: String?) async throws {
+        private func verifyGroup(_ url: PostgresURL, hmacKey: String?, expectHead: (seq: Int64, hash: String)?) async throws {
             let logger = Logs.quiet("mixpeek-proxy.audit")
             let connection = try await Audit.connect(url, logger: logger)
             let result: AuditVerification
+            var headFound = true
             do {
                 result = try await GroupChain.verify(on: connection, hmacKey: hmacKey, witnesses: witness, logger: logger)
+                if let expectHead {
+                    headFound = try await GroupChain.contains(seq: expectHead.seq, hash: expectHead.hash, on: connection, logger: logger)
+                }
             } catch {
                 try? await connection.close()
                 print("audit verify failed: \(GroupError.describe(error))")
@@ -159,8 +167,14 @@ struct Audit: AsyncParsableCommand {
                 print("audit chain BROKEN after \(result.records) records: \(problem)")
                 throw ExitCode(1)
             }
+            if !headFound { try headMissing() }
             if !witness.isEmpty { print("witnesses: every record appended by \(witness.joined(separator: ", ")) is in the chain") }
             Self.report(result)
+        }
+
+        private func headMissing() throws {
+            print("audit chain BROKEN: the expected head \(expectHead ?? "") is not in the log (records were removed from the end, or rewritten)")
+            throw ExitCode(1)
         }
 
         static func report(_ result: AuditVerification) {

@@ -69,7 +69,7 @@ struct ServerOptions: ParsableArguments {
     var logFormat: String?
     @Option(help: "Who may see the status page at /_proxy/: loopback, on or off (default loopback).")
     var statusPage: String?
-    @Option(help: "Join a group of proxies sharing this PostgreSQL (postgres://user:password@host:port/db?sslmode=require); prefer the environment variable MIXPEEK_PROXY_POSTGRES_URL for a password.")
+    @Option(help: "Join a group of proxies sharing this PostgreSQL (postgres://user@host:port/db?sslmode=verify-full); the password in PGPASSWORD, a passfile or MIXPEEK_PROXY_POSTGRES_URL, not in this flag.")
     var postgresUrl: String?
     @Option(help: "This proxy's name in its group (default: host name and process id).")
     var proxyId: String?
@@ -77,6 +77,9 @@ struct ServerOptions: ParsableArguments {
     var groupLease: String?
     @Option(help: "In a group, how a hit makes sure its list is current: lease (default; no database call per hit) or read (one database read per hit, for comparison).")
     var groupHitCheck: String?
+    @Flag(name: [.customLong("append-only-role"), .customLong("require-append-only-role")],
+          help: "In a group, refuse to start when the PostgreSQL role could rewrite the audit chain (it owns the chain's tables or is a superuser); see `group migrate --grant`.")
+    var appendOnlyRole = false
 
     var flags: [String: String] {
         let all: [(String, String?)] = [
@@ -88,6 +91,7 @@ struct ServerOptions: ParsableArguments {
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),
             ("log_format", logFormat), ("status_page", statusPage), ("postgres_url", postgresUrl), ("proxy_id", proxyId),
             ("group_lease", groupLease), ("group_hit_check", groupHitCheck),
+            ("require_append_only_role", appendOnlyRole ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }
@@ -98,6 +102,9 @@ struct ServerOptions: ParsableArguments {
             let config = try ProxyConfig.load(
                 defaults: defaults, file: config ?? environment["MIXPEEK_PROXY_CONFIG"], environment: environment, flags: flags)
             Logs.bootstrap(level: config.logLevel, format: config.logFormat)
+            if let postgresUrl, (try? PostgresURL(postgresUrl))?.password != nil {
+                Logger(label: "mixpeek-proxy").warning("\(PostgresFlag.passwordWarning.dropFirst("warning: ".count))")
+            }
             return config
         } catch let error as ConfigError {
             throw ValidationError(error.message)

@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Testing
 
 /// The parts of a group that run without PostgreSQL: the list cache's gate, the URL and the
@@ -119,5 +120,107 @@ struct GroupTests {
         }
         #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["proxy_id": "a b"]) }
         #expect(throws: ConfigError.self) { try ProxyConfig.load(file: nil, environment: [:], flags: ["group_lease": "0"]) }
+    }
+
+    @Test("without proxy_id, the group's proxy id is drawn once: the one printed at start is the one used")
+    func defaultProxyIDIsStable() throws {
+        let config = try ProxyConfig.load(
+            file: nil, environment: ["MIXPEEK_PROXY_POSTGRES_URL": "postgres://p@127.0.0.1:5433/g?sslmode=disable"], flags: [:])
+        let first = try #require(config.group).proxyID
+        #expect(try #require(config.group).proxyID == first)
+        #expect(try #require(config.group).proxyID == first)
+        #expect(first.hasPrefix(ProcessInfo.processInfo.hostName))
+    }
+
+    @Test("sslmode unless given: prefer on loopback, verify-full (chain and host name checked) anywhere else")
+    func defaultSSLMode() throws {
+        for host in ["127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "[::1]"] {
+            let url = try PostgresURL("postgres://u@\(host):5432/db")
+            #expect(url.sslMode == "prefer", "\(host)")
+            #expect(url.tlsConfiguration()?.certificateVerification == CertificateVerification.none, "\(host)")
+        }
+        for host in ["db.internal", "10.0.0.5", "127.example.com", "[2001:db8::1]", "localhost.example.com"] {
+            let url = try PostgresURL("postgres://u@\(host):5432/db")
+            #expect(url.sslMode == "verify-full", "\(host)")
+            #expect(url.tlsConfiguration()?.certificateVerification == .fullVerification, "\(host)")
+        }
+        // Said in the URL, it stands.
+        #expect(try PostgresURL("postgres://u@db.internal/db?sslmode=require").tlsConfiguration()?.certificateVerification == CertificateVerification.none)
+        #expect(try PostgresURL("postgres://u@db.internal/db?sslmode=verify-ca").tlsConfiguration()?.certificateVerification == .noHostnameVerification)
+        #expect(try PostgresURL("postgres://u@db.internal/db?sslmode=disable").tlsConfiguration() == nil)
+        #expect(try PostgresURL("postgres://u@127.0.0.1/db?sslmode=verify-full").tlsConfiguration()?.certificateVerification == .fullVerification)
+        // The TLS PostgresNIO is given follows: required for verify-full, preferred on loopback.
+        let remote = try PostgresURL("postgres://u@db.internal/db").connectionConfiguration(applicationName: "t")
+        #expect(remote.tls.isEnforced)
+        let local = try PostgresURL("postgres://u@127.0.0.1/db").connectionConfiguration(applicationName: "t")
+        #expect(local.tls.isAllowed && !local.tls.isEnforced)
+    }
+
+    @Test("a .pgpass file: host:port:database:user:password, `*` matches anything, `\\:` and `\\\\` escape, the first match wins")
+    func passFile() {
+        let text = """
+            # comment:line:that:looks:like-one
+            other.host:5432:*:alice:wrong
+            db.internal:6543:mixpeek:alice:p\\:ss\\\\word
+            db.internal:*:*:alice:second
+            *:*:*:*:fallback
+            """
+        #expect(PassFile.password(in: text, host: "db.internal", port: 6543, database: "mixpeek", user: "alice") == "p:ss\\word")
+        #expect(PassFile.password(in: text, host: "db.internal", port: 5432, database: "mixpeek", user: "alice") == "second")
+        #expect(PassFile.password(in: text, host: "elsewhere", port: 1, database: "x", user: "bob") == "fallback")
+        #expect(PassFile.password(in: "db:5432:x:alice:pw", host: "db", port: 5432, database: "x", user: "bob") == nil)
+        #expect(PassFile.password(in: "db:5432:x:alice", host: "db", port: 5432, database: "x", user: "alice") == nil, "four fields are no line")
+    }
+
+    @Test("the password: the URL's, else PGPASSWORD, else the passfile (passfile=, PGPASSFILE, ~/.pgpass), matched on the database or the user")
+    func passwordSources() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pgpass-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let named = directory.appendingPathComponent("named").path
+        let environmentFile = directory.appendingPathComponent("env").path
+        try "db.internal:5432:mixpeek:proxy:from-named\n".write(toFile: named, atomically: true, encoding: .utf8)
+        try "db.internal:5432:*:proxy:from-env-file\n".write(toFile: environmentFile, atomically: true, encoding: .utf8)
+        try "db.internal:5432:proxy:proxy:from-home\n".write(to: directory.appendingPathComponent(".pgpass"), atomically: true, encoding: .utf8)
+        for file in [named, environmentFile, directory.appendingPathComponent(".pgpass").path] {
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+        }
+        let withFile = try PostgresURL("postgres://proxy@db.internal/mixpeek?passfile=\(named)")
+        let plain = try PostgresURL("postgres://proxy@db.internal/mixpeek")
+        #expect(try PostgresURL("postgres://proxy:in-url@db.internal/mixpeek").resolvedPassword(environment: ["PGPASSWORD": "env"]) == "in-url")
+        #expect(try withFile.resolvedPassword(environment: ["PGPASSWORD": "env", "PGPASSFILE": environmentFile]) == "env")
+        #expect(try withFile.resolvedPassword(environment: ["PGPASSFILE": environmentFile]) == "from-named")
+        #expect(try plain.resolvedPassword(environment: ["PGPASSFILE": environmentFile, "HOME": directory.path]) == "from-env-file")
+        // No database in the URL: the server's default, the user's name, is the one matched.
+        #expect(try PostgresURL("postgres://proxy@db.internal").resolvedPassword(environment: ["HOME": directory.path]) == "from-home")
+        #expect(try plain.resolvedPassword(environment: ["HOME": directory.path]) == nil)
+        #expect(!withFile.description.contains("from-named"))
+        // Readable by others, as libpq: not used, and said so (never with the password).
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: named)
+        let error = #expect(throws: ConfigError.self) { try withFile.resolvedPassword(environment: [:]) }
+        #expect(error?.message.contains("chmod 600") == true && error?.message.contains("from-named") == false)
+    }
+
+    @Test("/_proxy/metrics says whether a group member's role can rewrite the chain, and a lone proxy says nothing of it")
+    func roleMetric() {
+        let metrics = ProxyMetrics()
+        func text(_ group: ProxyMetrics.GroupFigures?) -> String {
+            metrics.exposition(cache: CacheCounters(), entries: 0, bytes: 0, logLinesDropped: 0, group: group)
+        }
+        #expect(text(.init(auditRoleCanRewrite: true, witnessFailures: 0)).contains("\nmixpeek_proxy_audit_role_can_rewrite 1\n"))
+        #expect(text(.init(auditRoleCanRewrite: false, witnessFailures: 2)).contains("\nmixpeek_proxy_audit_role_can_rewrite 0\n"))
+        #expect(text(.init(auditRoleCanRewrite: false, witnessFailures: 2)).contains("\nmixpeek_proxy_witness_failures_total 2\n"))
+        #expect(!text(.init(auditRoleCanRewrite: nil, witnessFailures: 0)).contains("mixpeek_proxy_audit_role_can_rewrite"), "not known before the first join")
+        #expect(!text(nil).contains("mixpeek_proxy_audit_role_can_rewrite"))
+        #expect(!text(nil).contains("mixpeek_proxy_witness_failures_total"))
+    }
+
+    @Test("the role check's refusal names the role, why, and the command that sets a role up")
+    func rewriteRefusal() {
+        let message = GroupMember.rewriteRefusal(user: "mixpeek", why: "it owns mixpeek_audit")
+        #expect(message.contains("mixpeek") && message.contains("it owns mixpeek_audit") && message.contains("group migrate"))
+        #expect(GroupSchema.grants(to: "p").first == "REVOKE ALL ON mixpeek_audit FROM \"p\"")
+        #expect(GroupSchema.grants(to: "p").contains("GRANT SELECT, INSERT ON mixpeek_audit TO \"p\""))
+        #expect(!GroupSchema.grants(to: "p").contains { $0.contains("UPDATE ON mixpeek_audit") || $0.contains("ALL ON mixpeek_audit TO") })
     }
 }

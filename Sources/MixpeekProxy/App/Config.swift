@@ -51,6 +51,9 @@ public struct ProxyConfig: Sendable, Equatable {
     public var groupLease: Double = 2
     /// How a hit in a group makes sure its list is current (`GroupSettings.HitCheck`).
     public var groupHitCheck = GroupSettings.HitCheck.lease
+    /// In a group: refuse to start (and to join) when the role of `postgres_url` could rewrite
+    /// the audit chain (it owns the chain's tables or functions, or is a superuser).
+    public var requireAppendOnlyRole = false
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
 
@@ -80,7 +83,8 @@ public struct ProxyConfig: Sendable, Equatable {
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
         "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
-        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check"
+        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check",
+        "require_append_only_role",
     ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -192,6 +196,7 @@ public struct ProxyConfig: Sendable, Equatable {
         case "group_hit_check":
             guard let check = GroupSettings.HitCheck(rawValue: raw.lowercased()) else { throw fail("lease or read") }
             groupHitCheck = check
+        case "require_append_only_role": requireAppendOnlyRole = try boolean()
         default:
             throw ConfigError(message: "unknown setting '\(name)' in \(source); known: \(Self.keys.map(\.name).joined(separator: ", "))")
         }
@@ -231,9 +236,10 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The group this proxy joins, when `postgres_url` is set.
     public var group: GroupSettings? {
         postgresURL.map {
-            var settings = GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID(), leaseSeconds: groupLease,
+            var settings = GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID, leaseSeconds: groupLease,
                                          upstreamTimeoutSeconds: upstreamTimeout)
             settings.hitCheck = groupHitCheck
+            settings.requireAppendOnlyRole = requireAppendOnlyRole
             return settings
         }
     }

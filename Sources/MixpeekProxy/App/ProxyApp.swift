@@ -91,6 +91,12 @@ public final class ProxyApp: Service, Sendable {
         try DataFiles.createPrivateDirectory(at: config.dataDir)
         let dataDir = URL(fileURLWithPath: config.dataDir)
 
+        // In a group, the cache serves a user's lists only while the group says it may.
+        let member = config.group.map { GroupMember(settings: $0, logger: logger) }
+        if let member, member.settings.requireAppendOnlyRole {
+            try await member.requireAppendOnlyRoleAtStart()
+        }
+
         let store: CacheStore?
         do {
             store = try CacheStore.open(
@@ -100,8 +106,6 @@ public final class ProxyApp: Service, Sendable {
             logger.error("cache file unusable; caching in memory only", metadata: ["error": "\(error)"])
             store = nil
         }
-        // In a group, the cache serves a user's lists only while the group says it may.
-        let member = config.group.map { GroupMember(settings: $0, logger: logger) }
         let cache = ListCache(
             settings: .init(ttl: config.cacheTTL, staleIfError: config.staleIfError, memoryBytes: config.cacheMemoryBytes,
                             ignoreUpstreamDirectives: config.cacheIgnoreUpstreamDirectives),
@@ -141,7 +145,7 @@ public final class ProxyApp: Service, Sendable {
             }
         }
         let status = StatusBoard(
-            cache: cache, audit: auditReader,
+            cache: cache, audit: auditReader, group: member,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
 
         let eventLoops = given ?? EventLoops(

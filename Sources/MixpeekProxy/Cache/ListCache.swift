@@ -284,7 +284,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// from one reading of the clock.
     public func timing(of entry: CachedList) -> (age: Int, ttl: Int) {
         let elapsed = clock() - entry.storedAt
-        return (max(0, Int(elapsed)), Int((settings.ttl - elapsed).rounded(.down)))
+        return (max(0, Int(elapsed)), Int((entry.freshness(ttl: settings.ttl) - elapsed).rounded(.down)))
     }
 
     /// Notes a list forwarded without the cache (a query it cannot key).

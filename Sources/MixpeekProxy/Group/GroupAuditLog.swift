@@ -17,8 +17,9 @@ import PostgresNIO
 /// the lock is held.
 ///
 /// Durability: the call commits with `synchronous_commit = on`, so it returns only once the
-/// records are on disk; only then is an append reported done (and a mutation forwarded), and
-/// the `(seq, hash)` of each record written to this proxy's witness file.
+/// records are on disk; then the `(seq, hash)` of each record is written to this proxy's
+/// witness file and synced (one fsync a batch), and only then is an append reported done (and
+/// a mutation forwarded; not one whose intent could not be witnessed).
 ///
 /// An intent returns only when it is committed **and** every live proxy has read past it
 /// (`GroupMember.awaitPeers`): only then may the mutation be forwarded.
@@ -35,6 +36,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
     struct Appended: Sendable {
         var record: AuditRecord?
         var peers: [String: Int64]
+        /// Why the batch's witness lines could not be written and synced, or nil when they were.
+        var witnessProblem: String?
     }
 
     private struct Pending {
@@ -76,6 +79,11 @@ public final class GroupAuditLog: AuditSink, Sendable {
         let settings = member.settings
         let deadline = asked + .nanoseconds(Int64((settings.leaseSeconds + 1) * 1e9))
         do {
+            // An intent this proxy could not witness is not forwarded: the witness is what
+            // shows later that the chain still holds it.
+            if let problem = written.witnessProblem {
+                throw GroupError.unavailable("the witness file could not be written: \(problem)")
+            }
             try await member.awaitPeers(pastSeq: record.seq, live: written.peers, until: deadline)
             guard NIODeadline.now() < deadline else {
                 throw GroupError.unavailable("the intent took longer than a lease to be written and read by the group")
@@ -148,14 +156,34 @@ public final class GroupAuditLog: AuditSink, Sendable {
         Task {
             do {
                 let (written, peers) = try await appendChained(batch.map { ($0.record, $0.onlyIfOpen) })
-                witness?.append(written.compactMap { $0 })
-                for (draft, record) in zip(batch, written) { draft.continuation.resume(returning: Appended(record: record, peers: peers)) }
+                let witnessProblem = self.writeWitness(written.compactMap { $0 })
+                for (draft, record) in zip(batch, written) {
+                    draft.continuation.resume(returning: Appended(record: record, peers: peers, witnessProblem: witnessProblem))
+                }
             } catch {
                 fail(batch, error)
             }
             self.flush()
         }
     }
+
+    /// Writes and syncs a committed batch's witness lines (one fsync a batch); returns why not,
+    /// logged and counted (`mixpeek_proxy_witness_failures_total`), when that failed.
+    private func writeWitness(_ records: [AuditRecord]) -> String? {
+        guard let witness else { return nil }
+        do {
+            try witness.append(records)
+            return nil
+        } catch {
+            let problem = "\(error)"
+            logger.error("group: the witness file could not be written; mutations are refused until it can", metadata: [
+                "file": "\(witness.path)", "first_seq": "\(records.first?.seq ?? 0)", "records": "\(records.count)", "error": "\(problem)"])
+            return problem
+        }
+    }
+
+    /// Batches whose witness lines could not be written or synced.
+    public var witnessFailures: Int { witness?.failures ?? 0 }
 
     /// Appends `drafts` in one call and one transaction. A draft with `onlyIfOpen` (the
     /// reaper's `unknown`) is written only if that intent has no outcome yet under the chain's
@@ -365,21 +393,41 @@ private struct ChainCall: PostgresPreparedStatement {
 /// which finds a chain rewritten or cut short by whoever controls the database.
 public final class WitnessFile: Sendable {
     public static let name = "group-witness.log"
-    private let handle: NIOLockedValueBox<FileHandle>
+    let path: String
+    /// The file, and whether a write failed since the last good one (it may have left half a
+    /// line, which the next write ends first so that no line reads as another record).
+    private let handle: NIOLockedValueBox<(file: FileHandle, broken: Bool)>
+    private let failureCount = NIOLockedValueBox(0)
 
     public init(directory: String) throws {
-        let path = URL(fileURLWithPath: directory).appendingPathComponent(Self.name).path
+        path = URL(fileURLWithPath: directory).appendingPathComponent(Self.name).path
         try DataFiles.createPrivateFile(at: path)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try handle.seekToEnd()
-        self.handle = NIOLockedValueBox(handle)
+        self.handle = NIOLockedValueBox((handle, false))
     }
 
-    func append(_ records: [AuditRecord]) {
+    /// Writes a line per record and syncs the file to disk once for them all; throws, counting
+    /// a failure, when either fails.
+    func append(_ records: [AuditRecord]) throws {
         guard !records.isEmpty else { return }
         let lines = records.map { "\($0.seq) \($0.hash)\n" }.joined()
-        handle.withLockedValue { try? $0.write(contentsOf: Data(lines.utf8)) }
+        do {
+            try handle.withLockedValue { handle in
+                let text = (handle.broken ? "\n" : "") + lines
+                handle.broken = true
+                try handle.file.write(contentsOf: Data(text.utf8))
+                try handle.file.synchronize()
+                handle.broken = false
+            }
+        } catch {
+            failureCount.withLockedValue { $0 += 1 }
+            throw error
+        }
     }
+
+    /// Batches that could not be written or synced.
+    var failures: Int { failureCount.withLockedValue { $0 } }
 
     /// The `(seq, hash)` pairs in the witness file of `directory`.
     public static func read(directory: String) throws -> [(seq: Int64, hash: String)] {

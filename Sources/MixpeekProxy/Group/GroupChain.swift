@@ -41,6 +41,17 @@ public enum GroupChain {
         return found
     }
 
+    /// Whether record `seq` is in the chain with `hash`: `audit verify --expect-head`, which
+    /// finds records removed from the end.
+    public static func contains(seq: Int64, hash: String, on connection: PostgresConnection, logger: Logger) async throws -> Bool {
+        var found = false
+        for try await value in try await connection.query(
+            "SELECT EXISTS (SELECT 1 FROM mixpeek_audit WHERE seq = \(seq) AND hash = \(hash))", logger: logger).decode(Bool.self) {
+            found = value
+        }
+        return found
+    }
+
     /// Connects for one command (`audit query`, `audit verify`).
     public static func connect(_ url: PostgresURL, logger: Logger) async throws -> PostgresConnection {
         do {

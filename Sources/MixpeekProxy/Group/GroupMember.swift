@@ -35,6 +35,8 @@ public final class GroupMember: ListGate, Sendable {
     /// The chain's head as last known here (this proxy's appends, the announcements, a refused
     /// append): what `GroupAuditLog` chains the next batch on.
     private let head = NIOLockedValueBox((seq: Int64(0), hash: AuditRecord.genesis))
+    /// `GroupSchema.rewriteRights` of this proxy's role, as found at the last join.
+    private let roleRights = NIOLockedValueBox<[String]?>(nil)
 
     struct OpenIntent {
         var user: String
@@ -60,7 +62,6 @@ public final class GroupMember: ListGate, Sendable {
         var peers: [String: Int64] = [:]
         var waiters: [ObjectIdentifier: PeerWaiter] = [:]
         var connected = false
-        var lastProblem: String?
         /// The LISTEN session's number, one more at the end of each: what a session still
         /// running after it was given up (`GroupLink.bounded`) finds changed, so that it opens
         /// no gate and changes no reading.
@@ -116,13 +117,71 @@ public final class GroupMember: ListGate, Sendable {
         return state.withLockedValue { $0.openUsers[folded] == nil }
     }
 
-    /// `ok` while this proxy hears the group and holds its lease, else `unreachable`, with the
-    /// last problem (no password in it).
-    public var health: (ok: Bool, state: String, problem: String?) {
+    /// Whether this proxy's role could rewrite the chain (`GroupSchema.rewriteRights`), as found
+    /// when it last joined; nil until it has. `/_proxy/metrics` and the status page show it.
+    public var auditRoleCanRewrite: Bool? { roleRights.withLockedValue { $0.map { !$0.isEmpty } } }
+
+    /// Why this proxy's role could rewrite the chain, in words (empty when it cannot); nil until known.
+    public var auditRoleRights: [String]? { roleRights.withLockedValue { $0 } }
+
+    /// Migrates (a role that may create the tables does, as before) and then finds whether this
+    /// role could rewrite the chain: said once in the log when first found or changed, and with
+    /// `require_append_only_role` a refusal to join (thrown: no hit served, mutations refused).
+    func migrateAndCheckRole(_ connection: PostgresConnection) async throws {
+        try await GroupSchema.migrate(connection, logger: logger)
+        let rights = try await GroupSchema.rewriteRights(connection, logger: logger) ?? []
+        let changed = roleRights.withLockedValue { known in
+            defer { known = rights }
+            return known != rights
+        }
+        if !rights.isEmpty {
+            let why = rights.joined(separator: ", ")
+            if settings.requireAppendOnlyRole {
+                throw GroupError.schema(Self.rewriteRefusal(user: settings.database.user, why: why))
+            }
+            if changed {
+                logger.warning("group: this proxy's PostgreSQL role can rewrite the audit chain; set the schema up with `mixpeek-proxy group migrate --grant ROLE` and connect as ROLE, or start with --append-only-role to refuse this", metadata: [
+                    "role": "\(settings.database.user)", "why": "\(why)"])
+            }
+        } else if changed {
+            logger.info("group: this proxy's PostgreSQL role may append to the audit chain and read it, not rewrite it", metadata: [
+                "role": "\(settings.database.user)"])
+        }
+    }
+
+    static func rewriteRefusal(user: String, why: String) -> String {
+        "the PostgreSQL role \(user) can rewrite the audit chain (\(why)), and require_append_only_role (--append-only-role) is set: connect as a role set up with `mixpeek-proxy group migrate --postgres-url <an owner's URL> --grant <role>`"
+    }
+
+    /// With `require_append_only_role`, at start: connects, migrates and checks the role, within
+    /// `seconds`, and throws when the role could rewrite the chain or PostgreSQL cannot say:
+    /// a proxy that must run append-only does not start unsure.
+    public func requireAppendOnlyRoleAtStart(within seconds: Double = 10) async throws {
+        let connection: PostgresConnection
+        do {
+            connection = try await GroupLink.connect(settings.database, applicationName: "mixpeek-proxy \(settings.proxyID) start",
+                                                     within: seconds, logger: logger)
+        } catch {
+            throw GroupError.unavailable("cannot check that the PostgreSQL role \(settings.database.user) cannot rewrite the audit chain (require_append_only_role): PostgreSQL at \(settings.database) did not answer (\(GroupError.describe(error)))")
+        }
+        do {
+            try await GroupLink.bounded(seconds, on: connection.eventLoop, "to check the role",
+                                        onTimeout: { let _: EventLoopFuture<Void> = connection.close() }) {
+                try await self.migrateAndCheckRole(connection)
+            }
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try? await connection.close()
+    }
+
+    /// `ok` while this proxy hears the group and holds its lease, else `unreachable`. Why it
+    /// is unreachable goes to the log only (`run`).
+    public var health: (ok: Bool, state: String) {
         let serving = NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring)
         return state.withLockedValue { state in
-            if serving && state.connected { return (true, "ok", nil) }
-            return (false, "unreachable", state.lastProblem)
+            serving && state.connected ? (true, "ok") : (false, "unreachable")
         }
     }
 
@@ -138,7 +197,7 @@ public final class GroupMember: ListGate, Sendable {
                 break
             } catch {
                 let problem = GroupError.describe(error)
-                state.withLockedValue { $0.lastProblem = problem; $0.connected = false }
+                state.withLockedValue { $0.connected = false }
                 if !Task.isCancelled {
                     logger.error("group: PostgreSQL connection lost; serving no hits until caught up", metadata: [
                         "postgres": "\(settings.database)", "error": "\(problem)"])
@@ -167,7 +226,7 @@ public final class GroupMember: ListGate, Sendable {
             // Joined within a few leases, or the connection is closed and the session given up.
             let listening = try await GroupLink.bounded(settings.leaseSeconds * 2 + 5, on: connection.eventLoop, "to join the group",
                                                         onTimeout: close) {
-                try await GroupSchema.migrate(connection, logger: self.logger)
+                try await self.migrateAndCheckRole(connection)
                 try await connection.query("SET synchronous_commit = off", logger: self.logger)
                 // Announcements are heard on the connection's event loop, as they arrive: no
                 // task per announcement.
@@ -186,7 +245,7 @@ public final class GroupMember: ListGate, Sendable {
                 return listening
             }
             defer { listening.stop() }
-            state.withLockedValue { $0.connected = true; $0.lastProblem = nil }
+            state.withLockedValue { $0.connected = true }
             logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
             try await renewLease(connection, local, session: session, close: close)
         } catch {

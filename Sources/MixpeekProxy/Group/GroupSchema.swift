@@ -254,14 +254,39 @@ public enum GroupSchema {
     static var currentVersion: String { migrations.last!.version }
 
     /// The grants a proxy's role needs, and no more: it may add to the chain and read it, never
-    /// change or remove a record.
+    /// change or remove a record. Whatever the role held on the chain before is revoked first,
+    /// so running `group migrate --grant` again narrows a role granted too much by hand.
     static func grants(to role: String) -> [String] {
         let role = quoteIdentifier(role)
         return [
+            "REVOKE ALL ON mixpeek_audit FROM \(role)",
             "GRANT SELECT, INSERT ON mixpeek_audit TO \(role)",
             "GRANT SELECT, INSERT, UPDATE ON mixpeek_proxies TO \(role)",
             "GRANT SELECT ON mixpeek_schema_migrations TO \(role)",
         ]
+    }
+
+    /// What lets `role` (nil: the connection's own) rewrite the chain, in words: being a
+    /// superuser, or owning (or being able to become the owner of) the chain's table, its
+    /// trigger functions or the schema they are in: an owner can `ALTER TABLE … DISABLE
+    /// TRIGGER`, replace the function the triggers run, or drop the table. Empty for a role
+    /// that may only append and read; nil before the chain exists.
+    static func rewriteRights(_ connection: PostgresConnection, role: String? = nil, logger: Logger) async throws -> [String]? {
+        let query: PostgresQuery = """
+            SELECT array_remove(ARRAY[
+                CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+                CASE WHEN NOT r.rolsuper AND pg_has_role(r.oid, c.relowner, 'MEMBER') THEN 'it owns mixpeek_audit' END,
+                CASE WHEN NOT r.rolsuper AND EXISTS (SELECT 1 FROM pg_proc p
+                    WHERE p.oid IN (to_regprocedure('mixpeek_audit_append_only()'), to_regprocedure('mixpeek_audit_announce()'))
+                    AND pg_has_role(r.oid, p.proowner, 'MEMBER')) THEN 'it owns the chain''s trigger functions' END,
+                CASE WHEN NOT r.rolsuper AND pg_has_role(r.oid, n.nspowner, 'MEMBER') THEN 'it owns the schema ' || n.nspname END
+            ], NULL)
+            FROM pg_roles r, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE r.rolname = coalesce(\(role), current_user::text) AND c.oid = to_regclass('mixpeek_audit')
+            """
+        var rights: [String]?
+        for try await value in try await connection.query(query, logger: logger).decode([String].self) { rights = value }
+        return rights
     }
 
     static func quoteIdentifier(_ name: String) -> String {
@@ -281,7 +306,7 @@ public enum GroupSchema {
                     version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
                 """, logger: logger)
         } catch {
-            throw GroupError.schema("cannot create the group's tables as this role (\(GroupError.describe(error))); run `mixpeek-proxy group setup --postgres-url <an owner's URL> --role <this role>` once")
+            throw GroupError.schema("cannot create the group's tables as this role (\(GroupError.describe(error))); run `mixpeek-proxy group migrate --postgres-url <an owner's URL> --grant <this role>` once")
         }
         let done = try await applied(connection, logger: logger)
         let known = Set(migrations.map(\.version))
@@ -299,7 +324,7 @@ public enum GroupSchema {
                 logger.notice("group schema migrated", metadata: ["version": "\(migration.version)"])
             } catch {
                 _ = try? await connection.query("ROLLBACK", logger: logger)
-                throw GroupError.schema("migration \(migration.version) failed (\(GroupError.describe(error))); run `mixpeek-proxy group setup --postgres-url <an owner's URL> --role <this role>` once")
+                throw GroupError.schema("migration \(migration.version) failed (\(GroupError.describe(error))); run `mixpeek-proxy group migrate --postgres-url <an owner's URL> --grant <this role>` once")
             }
         }
     }
@@ -317,18 +342,24 @@ public enum GroupSchema {
         return versions
     }
 
-    /// `group setup`: migrate as an owner, then grant `role` what a proxy needs.
-    public static func setUp(url: PostgresURL, role: String?, logger: Logger) async throws {
+    /// `group migrate`: brings the schema up to date as an owner, then grants `role` what a
+    /// proxy needs and no more. Throws when `role` could still rewrite the chain (it is a
+    /// superuser or owns what the chain relies on), naming why.
+    public static func migrate(url: PostgresURL, grant role: String?, logger: Logger) async throws {
         let connection: PostgresConnection
         do {
             connection = try await PostgresConnection.connect(
-                configuration: url.connectionConfiguration(applicationName: "mixpeek-proxy setup"), id: 0, logger: logger)
+                configuration: url.connectionConfiguration(applicationName: "mixpeek-proxy migrate"), id: 0, logger: logger)
         } catch {
             throw GroupError.unavailable("cannot connect to \(url): \(GroupError.describe(error))")
         }
         defer { Task { try? await connection.close() } }
         try await migrate(connection, logger: logger)
-        if let role {
+        guard let role else { return }
+        // One transaction, undone when the role could rewrite the chain anyway (an owner would
+        // otherwise be left with its own rights revoked).
+        do {
+            try await connection.query("BEGIN", logger: logger)
             for grant in grants(to: role) {
                 do {
                     try await connection.query(PostgresQuery(unsafeSQL: grant), logger: logger)
@@ -336,6 +367,13 @@ public enum GroupSchema {
                     throw GroupError.schema("\(grant) failed: \(GroupError.describe(error))")
                 }
             }
+            if let rights = try await rewriteRights(connection, role: role, logger: logger), !rights.isEmpty {
+                throw GroupError.schema("role \(role) could still rewrite the audit chain: \(rights.joined(separator: ", ")); nothing was granted. Grant to a role that owns nothing of the group's schema and is not a superuser")
+            }
+            try await connection.query("COMMIT", logger: logger)
+        } catch {
+            _ = try? await connection.query("ROLLBACK", logger: logger)
+            throw error
         }
     }
 

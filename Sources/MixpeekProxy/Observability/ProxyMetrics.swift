@@ -81,8 +81,22 @@ public final class ProxyMetrics: Sendable {
         }
     }
 
-    /// The Prometheus text exposition, with the cache's and the request log's figures read at scrape time.
-    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int, outcomesPending: Int = 0) -> String {
+    /// What a proxy in a group adds to its metrics, read at scrape time.
+    public struct GroupFigures: Sendable {
+        /// Whether the role could rewrite the chain; nil until the proxy has joined once.
+        public var auditRoleCanRewrite: Bool?
+        public var witnessFailures: Int
+
+        public init(auditRoleCanRewrite: Bool?, witnessFailures: Int) {
+            self.auditRoleCanRewrite = auditRoleCanRewrite
+            self.witnessFailures = witnessFailures
+        }
+    }
+
+    /// The Prometheus text exposition, with the cache's and the request log's figures read at
+    /// scrape time, and `group`'s in a group.
+    public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int, outcomesPending: Int = 0,
+                           group: GroupFigures? = nil) -> String {
         var text = registry.emitToString()
         func counter(_ name: String, _ help: String, _ value: Int) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
@@ -100,6 +114,16 @@ public final class ProxyMetrics: Sendable {
         gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
         gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
         gauge("mixpeek_proxy_audit_outcomes_pending", "Outcomes of mutations answered audit_incomplete that are not written yet.", outcomesPending)
+        if let group {
+            if let canRewrite = group.auditRoleCanRewrite {
+                gauge("mixpeek_proxy_audit_role_can_rewrite",
+                      "1 when this proxy's PostgreSQL role could rewrite the group's audit chain (owner or superuser), else 0.",
+                      canRewrite ? 1 : 0)
+            }
+            counter("mixpeek_proxy_witness_failures_total",
+                    "Batches of chain records whose witness-file write or fsync failed (their intents were refused).",
+                    group.witnessFailures)
+        }
         return text
     }
 }

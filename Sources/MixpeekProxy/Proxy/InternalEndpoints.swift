@@ -36,10 +36,11 @@ extension Proxy {
         case "/_proxy/health":
             var fields = ["status": "ok", "audit": audit != nil ? "ok" : "unavailable"]
             if let group {
-                // In a group the audit chain and the invalidations both live in PostgreSQL.
+                // In a group the audit chain and the invalidations both live in PostgreSQL. The
+                // state only: PostgreSQL's own words (which name roles, hosts and databases) are
+                // for the log, and anyone who reaches the proxy may ask for its health.
                 let health = group.health
                 fields["group"] = health.state
-                if let problem = health.problem { fields["group_problem"] = problem }
                 if !health.ok { fields["audit"] = "unavailable" }
             }
             let ready = fields["audit"] == "ok"
@@ -69,7 +70,11 @@ extension Proxy {
             let memory = cache.memoryFootprint
             let text = metrics.exposition(
                 cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0,
-                outcomesPending: outcomes.incompleteCount)
+                outcomesPending: outcomes.incompleteCount,
+                group: group.map { group in
+                    .init(auditRoleCanRewrite: group.auditRoleCanRewrite,
+                          witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0)
+                })
             return .now(HTTPResponse(
                 status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],
                 body: ByteBuffer(string: text)))

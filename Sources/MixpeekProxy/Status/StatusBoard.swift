@@ -29,15 +29,18 @@ public final class StatusBoard: Sendable {
     /// records and walking the chain never wait for, or hold up, an append.
     private let audit: AuditLog?
     private let limits: Limits
+    private let group: GroupMember?
     private let clock: @Sendable () -> Double
     private let startedAt: Double
     private let history = NIOLockedValueBox(MinuteHistory())
     private let verification = NIOLockedValueBox<(last: StatusSnapshot.Verification?, running: Task<StatusSnapshot.Verification, Never>?)>((nil, nil))
 
-    public init(cache: ProxyListCache, audit: AuditLog?, limits: Limits, health: UpstreamHealth = UpstreamHealth(),
+    public init(cache: ProxyListCache, audit: AuditLog?, group: GroupMember? = nil, limits: Limits,
+                health: UpstreamHealth = UpstreamHealth(),
                 clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.cache = cache
         self.audit = audit
+        self.group = group
         self.limits = limits
         self.health = health
         self.clock = clock
@@ -70,7 +73,10 @@ public final class StatusBoard: Sendable {
                 memory_entries: memory.entries, memory_bytes: memory.bytes, memory_bytes_max: cache.settings.memoryBytes,
                 ttl_seconds: cache.settings.ttl, stale_if_error_seconds: cache.settings.staleIfError),
             audit: await auditPanel(),
-            group: nil)
+            group: group.map { group in
+                .init(proxy_id: group.settings.proxyID, state: group.health.state, audit_role_can_rewrite: group.auditRoleCanRewrite,
+                      audit_role_rights: group.auditRoleRights ?? [])
+            })
     }
 
     private func auditPanel() async -> StatusSnapshot.Audit {

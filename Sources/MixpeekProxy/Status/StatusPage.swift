@@ -163,10 +163,24 @@ enum StatusPage {
         }
     }
 
-    /// Where the group panel (members, leases) goes once proxies can form a group
-    /// (`postgres_url`); nothing until then.
+    /// This proxy in its group (`postgres_url`), and whether its role could rewrite the chain;
+    /// nothing for a lone proxy.
     private static func group(_ group: StatusSnapshot.Group?) -> HTML {
-        ""
+        guard let group else { return "" }
+        let role: HTML
+        switch group.audit_role_can_rewrite {
+        case .none: role = "not checked yet (the proxy has not joined)"
+        case .some(false): role = "may append to the chain and read it, not rewrite it"
+        case .some(true):
+            role = "<strong class=\"badge s-broken\">can rewrite the chain</strong> (\(group.audit_role_rights.joined(separator: ", "))): set up with <code>group migrate --grant</code>, or start with <code>--append-only-role</code> to refuse this"
+        }
+        return """
+            <section id="group" class="panel">
+            <h2>Group</h2>
+            <p>proxy <code>\(group.proxy_id)</code> · <span>\(group.state)</span></p>
+            <p>PostgreSQL role: <span id="audit-role">\(role)</span></p>
+            </section>
+            """
     }
 
     private static func figure(_ label: String, _ path: String, _ value: String, format: String = "text", big: Bool = false) -> HTML {

@@ -12,8 +12,7 @@ public struct StatusSnapshot: Codable, Sendable {
     public var upstream: Upstream
     public var cache: Cache
     public var audit: Audit
-    /// The group panel's place: members and leases once proxies can share a PostgreSQL
-    /// database (`postgres_url`, not built yet). Always null until then, and the page shows
+    /// This proxy's group (`postgres_url`); null for a lone proxy, and the page then shows
     /// nothing for it.
     public var group: Group?
 
@@ -116,8 +115,17 @@ public struct StatusSnapshot: Codable, Sendable {
         public var duration_ms: Double
     }
 
-    /// Reserved for the group of proxies; see `group`.
-    public struct Group: Codable, Sendable {}
+    /// This proxy in its group.
+    public struct Group: Codable, Sendable {
+        public var proxy_id: String
+        /// `ok` or `unreachable`, as `/_proxy/health` says.
+        public var state: String
+        /// Whether this proxy's PostgreSQL role could rewrite the audit chain (it owns the
+        /// chain's tables or functions, or is a superuser); null until it has joined once.
+        public var audit_role_can_rewrite: Bool?
+        /// Why it could, in words (empty when it cannot).
+        public var audit_role_rights: [String]
+    }
 
     /// `group` is written even when null, so that scripts find the key where it will be.
     public func encode(to encoder: any Encoder) throws {
