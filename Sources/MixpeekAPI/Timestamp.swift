@@ -7,6 +7,26 @@ import Darwin
 
 /// Times as the audit log, the JSON logs and the fake upstream write them.
 public enum Timestamp {
+    /// An RFC 3339 date-time (`format: date-time`), with or without fractional seconds; one
+    /// without an offset is read as UTC, as pydantic reads a naive time for this API.
+    public static func parse(_ text: String) -> Date? {
+        let pattern = #"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$"#
+        guard text.range(of: pattern, options: .regularExpression) != nil else { return nil }
+        var normalized = text.replacingOccurrences(of: " ", with: "T").uppercased()
+        // Foundation reads at most milliseconds.
+        if let fraction = normalized.range(of: #"\.\d+"#, options: .regularExpression), normalized[fraction].count > 4 {
+            normalized.replaceSubrange(fraction, with: normalized[fraction].prefix(4))
+        }
+        if !(normalized.hasSuffix("Z") || normalized.dropFirst(19).contains("+") || normalized.dropFirst(19).contains("-")) {
+            normalized += "Z"
+        }
+        let withFraction = ISO8601DateFormatter()
+        withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let plain = ISO8601DateFormatter()
+        plain.formatOptions = [.withInternetDateTime]
+        return withFraction.date(from: normalized) ?? plain.date(from: normalized)
+    }
+
     /// `date` as the proxy writes times, e.g. `2026-11-27T18:54:03.343Z`: byte for byte what
     /// Foundation's ISO 8601 style (year, month, day, time with fractional seconds) makes of
     /// it, at a small part of its cost, which was measurable at a thousand records a second.

@@ -19,11 +19,27 @@ public final class FakeMixpeek: Sendable {
     public let controls = FakeControls()
     private let organizations = NIOLockedValueBox(Organizations())
 
-    /// Every organisation, by bearer token, and when each issued secret that expires does (by
-    /// its `key_hash`), so that an expired secret is refused whichever organisation asks.
+    /// Every organisation, by bearer token, and every secret it issued (by its `key_hash`): a
+    /// request bearing one acts in the organisation that issued it, until the key is revoked
+    /// (deleted, rotated away, or updated to `revoked`) or expires; then it authenticates
+    /// nothing, as the real API refuses a dead key (401).
     struct Organizations {
         var byToken: [String: Organization] = [:]
-        var expiries: [String: Date] = [:]
+        var secrets: [String: Secret] = [:]
+    }
+
+    struct Secret {
+        /// The bearer token of the organisation that issued it.
+        var organization: String
+        var expiry: Date?
+        var revoked = false
+    }
+
+    /// What one call did to the secrets it issued or ended, by `key_hash`.
+    enum SecretChange {
+        case issued(String, expiry: Date?)
+        case expiry(String, Date?)
+        case revoked(String)
     }
 
     public init() {}
@@ -118,23 +134,34 @@ public final class FakeMixpeek: Sendable {
         let route = controls.matchesUsersCaseInsensitively ? routed.withUser(UserIdentity.folded) : routed
         let now = Date()
         return organizations.withLockedValue { orgs in
-            if !orgs.expiries.isEmpty, let expiry = orgs.expiries[Self.sha256Hex(token)], expiry <= now {
-                return Self.error(.unauthorized, "API key has expired", type: "unauthorized")
+            // A token the fake never issued is an organisation of its own (any sk_… works).
+            var organization = token
+            if !orgs.secrets.isEmpty, let secret = orgs.secrets[Self.sha256Hex(token)] {
+                if secret.revoked { return Self.error(.unauthorized, "API key has been revoked", type: "unauthorized") }
+                if let expiry = secret.expiry, expiry <= now {
+                    return Self.error(.unauthorized, "API key has expired", type: "unauthorized")
+                }
+                organization = secret.organization
             }
-            if orgs.byToken[token] == nil { orgs.byToken[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
+            if orgs.byToken[organization] == nil { orgs.byToken[organization] = Organization(internalID: "org_" + Self.shortHash(organization)) }
             // In place: a copy of the organisation would copy every key list on each mutation.
-            let (response, expiries) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[token]!, now: now)
-            for (hash, date) in expiries { orgs.expiries[hash] = date }
+            let (response, changes) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[organization]!, now: now)
+            for change in changes {
+                switch change {
+                case .issued(let hash, let expiry): orgs.secrets[hash] = Secret(organization: organization, expiry: expiry)
+                case .expiry(let hash, let expiry): orgs.secrets[hash]?.expiry = expiry
+                case .revoked(let hash): orgs.secrets[hash]?.revoked = true
+                }
+            }
             // Inside the lock: the history's order is the order the calls were applied in.
             controls.noteAnswered(routed, method: request.method, createdName: createdName, status: response.status)
             return response
         }
     }
 
-    /// Applies one call; also returns the expiry (or nil for none) of every secret whose
-    /// expiry it set or changed, by `key_hash`.
+    /// Applies one call; also returns what it did to the secrets it issued or ended.
     private static func apply(_ route: Route, query: Substring?, body: Any?, to org: inout Organization,
-                              now date: Date) -> (HTTPResponse, [(String, Date?)]) {
+                              now date: Date) -> (HTTPResponse, [SecretChange]) {
         let now = Timestamp.string(date)
         let fields = body as? KeyFields ?? KeyFields()
         switch route {
@@ -157,7 +184,7 @@ public final class FakeMixpeek: Sendable {
                 }
                 keys.append(record)
                 record.key = secret
-                return (json(record), record.expiry.map { [(record.key_hash, $0)] } ?? [])
+                return (json(record), [.issued(record.key_hash, expiry: record.expiry)])
             }
         case .update(let user, let name), .rotate(let user, let name), .delete(let user, let name):
             if name == "admin-key" {
@@ -181,23 +208,25 @@ public final class FakeMixpeek: Sendable {
                     }
                     keys[index] = updated
                     keys.expire(now: date)
-                    let expiry: [(String, Date?)] = fields.expiresAt == nil ? [] : [(updated.key_hash, updated.expiry)]
-                    return (json(keys[index]), expiry)
+                    var changes: [SecretChange] = fields.expiresAt == nil ? [] : [.expiry(updated.key_hash, updated.expiry)]
+                    if keys[index].status != "active" { changes.append(.revoked(updated.key_hash)) }
+                    return (json(keys[index]), changes)
                 case .rotate:
                     let secret = newSecret()
                     var rotated = keys[index]
+                    let old = rotated.key_hash
                     rotated.key_hash = sha256Hex(secret)
                     rotated.key_prefix = String(secret.prefix(10))
                     keys[index] = rotated
                     rotated.key = secret
-                    return (json(rotated), rotated.expiry.map { [(rotated.key_hash, $0)] } ?? [])
+                    return (json(rotated), [.revoked(old), .issued(rotated.key_hash, expiry: rotated.expiry)])
                 default:
                     var revoked = keys[index]
                     revoked.status = "revoked"
                     revoked.revoked_at = now
                     revoked.revoked_by = revoked.user_id
                     keys[index] = revoked
-                    return (json(SuccessBody(message: "API key '\(name)' revoked")), [])
+                    return (json(SuccessBody(message: "API key '\(name)' revoked")), [.revoked(revoked.key_hash)])
                 }
             }
         case .passThrough, .rejected:

@@ -229,23 +229,8 @@ enum FakeValidation {
         return number.intValue
     }
 
-    /// An RFC 3339 date-time (`format: date-time`), with or without fractional seconds; one
-    /// without an offset is read as UTC, as pydantic reads a naive time for this API.
+    /// An RFC 3339 date-time (`format: date-time`), read as the real API reads it (`Timestamp.parse`).
     static func dateTime(_ text: String) -> Date? {
-        let pattern = #"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$"#
-        guard text.range(of: pattern, options: .regularExpression) != nil else { return nil }
-        var normalized = text.replacingOccurrences(of: " ", with: "T").uppercased()
-        // Foundation reads at most milliseconds.
-        if let fraction = normalized.range(of: #"\.\d+"#, options: .regularExpression), normalized[fraction].count > 4 {
-            normalized.replaceSubrange(fraction, with: normalized[fraction].prefix(4))
-        }
-        if !(normalized.hasSuffix("Z") || normalized.dropFirst(19).contains("+") || normalized.dropFirst(19).contains("-")) {
-            normalized += "Z"
-        }
-        let withFraction = ISO8601DateFormatter()
-        withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let plain = ISO8601DateFormatter()
-        plain.formatOptions = [.withInternetDateTime]
-        return withFraction.date(from: normalized) ?? plain.date(from: normalized)
+        Timestamp.parse(text)
     }
 }

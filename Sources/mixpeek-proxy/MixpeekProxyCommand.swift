@@ -41,6 +41,8 @@ struct ServerOptions: ParsableArguments {
     var cacheIgnoreUpstreamDirectives: String?
     @Option(help: "Seconds a mutation's answer waits for its outcome record to be written before 503 audit_incomplete (default 10).")
     var auditOutcomeWait: String?
+    @Option(help: "Seconds a credential is answered from cache without the upstream confirming it; then its next list is forwarded (default 30; 0 = always).")
+    var credentialRecheck: String?
     @Option(help: "Seconds to wait for the upstream before answering 504 (default 30).")
     var upstreamTimeout: String?
     @Option(help: "PEM file of CA certificates to trust for the upstream.")
@@ -86,6 +88,7 @@ struct ServerOptions: ParsableArguments {
             ("host", host), ("port", port), ("upstream", upstream), ("data_dir", dataDir), ("cache_ttl", cacheTtl),
             ("stale_if_error", staleIfError), ("upstream_timeout", upstreamTimeout), ("upstream_ca_file", upstreamCaFile),
             ("cache_ignore_upstream_directives", cacheIgnoreUpstreamDirectives), ("audit_outcome_wait", auditOutcomeWait),
+            ("credential_recheck", credentialRecheck),
             ("max_body_bytes", maxBodyBytes), ("cache_max_entries", cacheMaxEntries), ("cache_max_bytes", cacheMaxBytes),
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),

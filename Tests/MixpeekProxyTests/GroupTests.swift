@@ -28,7 +28,7 @@ struct GroupTests {
     /// Answers `key` through `cache`, counting the upstream fetches in `fetches`.
     static func answer(_ cache: ProxyListCache, _ key: CacheKey, fetches: NIOLockedValueBox<Int>) async throws -> ProxyListCache.Answer {
         let loop = MultiThreadedEventLoopGroup.singleton.any()
-        return try await cache.answer(key, refresh: false, on: loop) {
+        return try await cache.answer(key, credential: cache.credential(for: "Bearer sk_a"), refresh: false, on: loop) {
             fetches.withLockedValue { $0 += 1 }
             return loop.makeSucceededFuture(.response(UpstreamResponse(
                 status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: body))))
@@ -41,7 +41,8 @@ struct GroupTests {
         let cache = Self.cache(gate: gate)
         let fetches = NIOLockedValueBox(0)
         gate.closed.withLockedValue { $0 = ["alice@example.com"] }
-        let (key, none) = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false)
+        let looked = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false)
+        let (key, none) = (looked.key, looked.remembered)
         #expect(none == nil)
         // Closed: forwarded every time, never kept.
         for _ in 0..<2 {
@@ -54,23 +55,23 @@ struct GroupTests {
         }
         #expect(fetches.withLockedValue { $0 } == 2)
         gate.closed.withLockedValue { $0 = [] }
-        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 == nil,
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).remembered == nil,
                 "a list fetched while the gate was closed was stored")
         // Open: fetched once, then a hit.
         _ = try await Self.answer(cache, key, fetches: fetches)
         #expect(fetches.withLockedValue { $0 } == 3)
-        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 != nil)
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).remembered != nil)
         // Closed again for this user only: no hit from memory, no hit through `answer`; others unaffected.
         gate.closed.withLockedValue { $0 = ["alice@example.com"] }
-        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 == nil)
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).remembered == nil)
         _ = try await Self.answer(cache, key, fetches: fetches)
         #expect(fetches.withLockedValue { $0 } == 4)
-        let (bobKey, _) = cache.lookup(authorization: "Bearer sk_a", user: "bob@example.com", includeRevoked: false, refresh: false)
+        let bobKey = cache.lookup(authorization: "Bearer sk_a", user: "bob@example.com", includeRevoked: false, refresh: false).key
         _ = try await Self.answer(cache, bobKey, fetches: fetches)
-        #expect(cache.lookup(authorization: "Bearer sk_a", user: "bob@example.com", includeRevoked: false, refresh: false).1 != nil)
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "bob@example.com", includeRevoked: false, refresh: false).remembered != nil)
         // Reopened: the entry stored before is served again.
         gate.closed.withLockedValue { $0 = [] }
-        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).1 != nil)
+        #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).remembered != nil)
     }
 
     @Test("an acknowledgement is a NOTIFY with the payload written in, quotes doubled; pg_notify for a backslash")

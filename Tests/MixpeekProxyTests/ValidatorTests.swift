@@ -238,7 +238,8 @@ struct ValidatorTests {
     @Test("concurrent misses: the request that shared the leader's fetch is collapsed; both get the stored list's tag")
     func collapsedFetch() async throws {
         let cache = ProxyListCache(settings: .init(ttl: 60, staleIfError: 0, memoryBytes: 1 << 20), store: nil, logger: Logger(label: "test"))
-        let (key, _) = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false)
+        let looked = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false)
+        let key = looked.key
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         let upstream = loop.makePromise(of: ProxyListCache.FetchOutcome.self)
         let fetches = NIOLockedValueBox(0)
@@ -247,8 +248,8 @@ struct ValidatorTests {
             return upstream.futureResult
         }
         // Both asked before the upstream answers: the second joins the first's fetch.
-        let first = cache.answer(key, refresh: false, on: loop, fetch: fetch)
-        let second = cache.answer(key, refresh: false, on: loop, fetch: fetch)
+        let first = cache.answer(key, credential: looked.credential, refresh: false, on: loop, fetch: fetch)
+        let second = cache.answer(key, credential: looked.credential, refresh: false, on: loop, fetch: fetch)
         upstream.succeed(.response(UpstreamResponse(
             status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"keys":[],"total":0}"#))))
         var forwards: [ListForward] = []

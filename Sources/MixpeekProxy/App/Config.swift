@@ -19,6 +19,10 @@ public struct ProxyConfig: Sendable, Equatable {
     /// `proxy_ignore_headers Cache-Control`); by default the proxy keeps what RFC 9111 lets a
     /// shared cache keep.
     public var cacheIgnoreUpstreamDirectives = false
+    /// Seconds a credential is answered from cache without the upstream confirming it (a 2xx
+    /// to it); past that its next list is forwarded, which bounds how long a key revoked
+    /// elsewhere (the dashboard) is served. 0: every list is forwarded.
+    public var credentialRecheck: Double = 30
     /// Seconds a mutation's answer is held while its outcome record cannot be written; past
     /// that the client gets 503 `mixpeek_proxy.audit_incomplete` and the write goes on.
     public var auditOutcomeWait: Double = 10
@@ -81,7 +85,7 @@ public struct ProxyConfig: Sendable, Equatable {
 
     public static let keys: [Key] = [
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
-        "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
+        "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "credential_recheck", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
         "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check",
         "require_append_only_role",
@@ -149,6 +153,7 @@ public struct ProxyConfig: Sendable, Equatable {
         case "stale_if_error": staleIfError = try number(0...604_800)
         case "cache_ignore_upstream_directives": cacheIgnoreUpstreamDirectives = try boolean()
         case "audit_outcome_wait": auditOutcomeWait = try number(0...3_600)
+        case "credential_recheck": credentialRecheck = try number(0...86_400)
         case "upstream_timeout": upstreamTimeout = try number(0.001...3_600)
         case "upstream_ca_file": upstreamCAFile = raw.isEmpty ? nil : raw
         case "max_body_bytes": maxBodyBytes = try integer(1...(64 << 20))

@@ -108,7 +108,7 @@ public final class ProxyApp: Service, Sendable {
         }
         let cache = ListCache(
             settings: .init(ttl: config.cacheTTL, staleIfError: config.staleIfError, memoryBytes: config.cacheMemoryBytes,
-                            ignoreUpstreamDirectives: config.cacheIgnoreUpstreamDirectives),
+                            ignoreUpstreamDirectives: config.cacheIgnoreUpstreamDirectives, credentialRecheck: config.credentialRecheck),
             store: store, gate: member, logger: logger, clock: clock ?? { Date().timeIntervalSince1970 })
 
         let audit: AuditLog?

@@ -241,6 +241,17 @@ public final class CacheStore: Sendable {
                 t.add(column: "may_serve_stale", .boolean).notNull().defaults(to: true)
             }
         }
+        // Keys revoked through the proxy, by the hash of their secret (`Credentials`).
+        migrator.registerMigration("v4-revocations") { db in
+            try db.create(table: "revoked_credentials") { t in
+                t.primaryKey("key_hash", .text)
+                t.column("key_prefix", .text)
+                t.column("name", .text).notNull()
+                t.column("user_email", .text).notNull()
+                t.column("via", .text).notNull()
+                t.column("revoked_at", .double).notNull()
+            }
+        }
         return migrator
     }
 
@@ -394,6 +405,43 @@ public final class CacheStore: Sendable {
         try queue.write { db in
             try db.execute(sql: "INSERT OR REPLACE INTO cache_counters (id, counters) VALUES (1, ?)", arguments: [text])
         }
+    }
+
+    public func enqueueDelete(credential: String) {
+        guard !isDamaged else { return }
+        queue.asyncWrite({ db in
+            let sizes = try Int.fetchAll(db, sql: "DELETE FROM cache_entries WHERE credential = ? RETURNING length(body)", arguments: [credential])
+            self.totals.withLockedValue { totals in
+                totals = totals.map { ($0.count - sizes.count, $0.bytes - sizes.reduce(0, +)) }
+            }
+        }, completion: { _, result in
+            if case .failure = result { self.totals.withLockedValue { $0 = nil } }
+        })
+    }
+
+    public func loadRevocations() throws -> [Revocation] {
+        try queue.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM revoked_credentials ORDER BY revoked_at").map { row in
+                Revocation(keyHash: row["key_hash"], keyPrefix: row["key_prefix"], name: row["name"], user: row["user_email"],
+                           via: row["via"], at: row["revoked_at"])
+            }
+        }
+    }
+
+    public func saveRevocations(_ revocations: [Revocation], logger: Logger) {
+        guard !isDamaged, !revocations.isEmpty else { return }
+        queue.asyncWrite({ db in
+            for revocation in revocations {
+                try db.execute(sql: """
+                    INSERT OR IGNORE INTO revoked_credentials (key_hash, key_prefix, name, user_email, via, revoked_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [revocation.keyHash, revocation.keyPrefix, revocation.name, revocation.user, revocation.via, revocation.at])
+            }
+        }, completion: { _, result in
+            if case .failure(let error) = result {
+                logger.error("could not keep a revocation in the cache file; it holds until restart", metadata: ["error": "\(error)"])
+            }
+        })
     }
 
     private static func entry(from row: Row) -> CachedList {

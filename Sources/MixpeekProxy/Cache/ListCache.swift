@@ -43,12 +43,17 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         /// `cache_ignore_upstream_directives`: keep lists whatever the upstream's
         /// `Cache-Control` says, but for `no-store` (`Policy.storage`).
         public var ignoreUpstreamDirectives: Bool
+        /// `credential_recheck`: a credential the upstream has not confirmed (a 2xx to it, or the
+        /// fetch of the entry asked for) within this many seconds has its list forwarded.
+        public var credentialRecheck: Double
 
-        public init(ttl: Double, staleIfError: Double, memoryBytes: Int, ignoreUpstreamDirectives: Bool = false) {
+        public init(ttl: Double, staleIfError: Double, memoryBytes: Int, ignoreUpstreamDirectives: Bool = false,
+                    credentialRecheck: Double = 30) {
             self.ttl = ttl
             self.staleIfError = staleIfError
             self.memoryBytes = memoryBytes
             self.ignoreUpstreamDirectives = ignoreUpstreamDirectives
+            self.credentialRecheck = credentialRecheck
         }
     }
 
@@ -120,7 +125,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         var memory: MemoryTier<Remembered>
         var readYourWrites = ReadYourWrites<FlightResult>()
         var counters = CacheCounters()
-        var fingerprints = BoundedMemo<String>(capacity: 10_000)
+        var book = CredentialBook()
         var onDisk = CacheIndex()
     }
 
@@ -136,6 +141,8 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     private let state: ReadWriteLockedValue<State>
     /// Hits are counted outside the lock so that a hit only reads the state.
     private let hits = Atomic<Int>(0)
+    /// Lists of a revoked credential that the cache held back (`/_proxy/metrics`).
+    private let heldFromRevoked = Atomic<Int>(0)
     /// Counters loaded from disk at start; `counters` adds this run's.
     private let baseCounters: CacheCounters
 
@@ -149,7 +156,13 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         self.prepare = prepare
         self.logger = logger
         self.clock = clock
-        state = ReadWriteLockedValue(State(memory: MemoryTier(capacity: settings.memoryBytes)))
+        var initial = State(memory: MemoryTier(capacity: settings.memoryBytes))
+        do {
+            initial.book.restore(try store?.loadRevocations() ?? [])
+        } catch {
+            logger.error("could not read the revocations kept in the cache file", metadata: ["error": "\(error)"])
+        }
+        state = ReadWriteLockedValue(initial)
         self.baseCounters = (try? store?.loadCounters()) ?? CacheCounters()
         store?.loadIndex { [state, logger] result in
             switch result {
@@ -164,48 +177,66 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
 
     // MARK: Keys
 
-    /// The credential part of a cache key: SHA-256 of the whole `Authorization` value,
-    /// memoised so hits do not hash. Requests without one share the empty credential (their
-    /// lists are refused upstream and so never stored).
-    private func credential(for authorization: String) -> String {
-        let credential = SHA256.hash(data: Data(authorization.utf8)).hex
-        return state.withLockedValue { $0.fingerprints.value(for: authorization) { _ in credential } }
+    /// The `Credential` of an `Authorization` value (its fingerprint is the credential part of
+    /// a cache key: SHA-256 of the whole value), memoised so hits do not hash. Requests without
+    /// one share the empty credential (their lists are refused upstream and so never stored).
+    public func credential(for authorization: String?) -> Credential {
+        let authorization = authorization ?? ""
+        if let known = state.withReadLock({ $0.book.credentials[authorization] }) { return known }
+        let made = Credential(authorization: authorization)
+        return state.withLockedValue { $0.book.credential(for: authorization, made: made) }
     }
 
     // MARK: Reads
 
+    /// A list request as the cache sees it: its key, its credential, and its fresh entry in
+    /// memory when the cache may answer with it now.
+    public struct Lookup: Sendable {
+        public let key: CacheKey
+        public let credential: Credential
+        public let remembered: Remembered?
+    }
+
     /// The key of a list request and its fresh entry in memory, if any, under one lock. Never
     /// waits: cache hits are answered with it on the event loop.
-    public func lookup(authorization: String?, user: String, includeRevoked: Bool, refresh: Bool) -> (CacheKey, Remembered?) {
+    public func lookup(authorization: String?, user: String, includeRevoked: Bool, refresh: Bool) -> Lookup {
         let now = clock()
         let authorization = authorization ?? ""
         // Under the shared read lock: a credential seen before and a fresh entry in memory.
         // Through the state's address: only the two tables it reads are loaded.
-        let found = state.withReadLockedPointer { state -> (CacheKey, Remembered?)? in
-            guard let credential = state.pointee.fingerprints[authorization] else { return nil }
-            let key = CacheKey(credential: credential, user: user, includeRevoked: includeRevoked)
-            guard !refresh, let remembered = state.pointee.memory.value(for: key), now - remembered.entry.storedAt < remembered.entry.freshness(ttl: settings.ttl) else {
-                return (key, nil)
+        let found = state.withReadLockedPointer { state -> Lookup? in
+            guard let credential = state.pointee.book.credentials[authorization] else { return nil }
+            let key = CacheKey(credential: credential.fingerprint, user: user, includeRevoked: includeRevoked)
+            guard !refresh, let remembered = state.pointee.memory.value(for: key),
+                  now - remembered.entry.storedAt < remembered.entry.freshness(ttl: settings.ttl),
+                  credential.standsAt(now),
+                  credential.isConfirmed(at: now, within: settings.credentialRecheck, storedAt: remembered.entry.storedAt) else {
+                return Lookup(key: key, credential: credential, remembered: nil)
             }
-            return (key, remembered)
+            return Lookup(key: key, credential: credential, remembered: remembered)
         }
         if let found {
-            if found.1 != nil {
-                if !gate.admits(user: user) { return (found.0, nil) }
+            if found.remembered != nil {
+                if !gate.admits(user: user) { return Lookup(key: found.key, credential: found.credential, remembered: nil) }
                 hits.wrappingAdd(1, ordering: .relaxed)
             }
             return found
         }
-        return (CacheKey(credential: credential(for: authorization), user: user, includeRevoked: includeRevoked), nil)
+        let credential = credential(for: authorization)
+        return Lookup(key: CacheKey(credential: credential.fingerprint, user: user, includeRevoked: includeRevoked),
+                      credential: credential, remembered: nil)
     }
 
     /// Answers a list request: a fresh entry (memory, then SQLite), or one upstream fetch shared
     /// by every request for the same key and generation, or a stale entry when that fails.
     /// `refresh` (the client sent `no-cache`) skips the lookup and starts a fetch of its own.
     /// `fetch` is called at most once, by the request that leads the fetch.
-    public func answer(_ key: CacheKey, refresh: Bool, on eventLoop: any EventLoop,
+    public func answer(_ key: CacheKey, credential: Credential, refresh: Bool, on eventLoop: any EventLoop,
                        fetch: @escaping @Sendable () -> EventLoopFuture<FetchOutcome>) -> EventLoopFuture<Answer> {
         let promise = eventLoop.makePromise(of: Answer.self)
+        // Revoked, refused or expired: forwarded, so the upstream decides; nothing kept is read.
+        let stands = credential.standsAt(clock())
+        if credential.isRevoked { heldFromRevoked.wrappingAdd(1, ordering: .relaxed) }
         if !gate.admits(user: key.user) {
             // Not now (a group's mutation in progress, or not caught up): forwarded, not kept.
             state.withLockedValue { state in
@@ -218,7 +249,8 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 case .success(let fetched): outcome = fetched
                 case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
                 }
-                let made = self.storable(outcome, key: key, storedAt: self.clock())
+                let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
+                let made = self.storable(outcome, list: list, key: key, storedAt: self.clock())
                 promise.succeed(.fetched(Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : "group-closed"),
                                          ListForward(reason: refresh ? .request : .uriMiss, coalesced: false)))
             }
@@ -229,6 +261,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             if case .response(let response) = fetched.outcome, response.status.code < 500 {
                 return promise.succeed(.fetched(fetched, forward))
             }
+            guard credential.mayBeServedStale else { return promise.succeed(.fetched(fetched, forward)) }
             storedEntry(key) { entry in
                 if let entry, entry.mayServeStale,
                    self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) + self.settings.staleIfError {
@@ -259,16 +292,21 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 case .success(let fetched): outcome = fetched
                 case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
                 }
-                let fetched = self.complete(key, flight: flight, outcome: outcome)
+                let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
+                let fetched = self.complete(key, flight: flight, outcome: outcome, list: list)
                 flight.shared.resolve(fetched)
                 finish(fetched, leader: true, reason: reason)
             }
         }
         if refresh {
             fetchOrJoin(.request)
+        } else if !stands {
+            fetchOrJoin(.uriMiss)
         } else {
             storedEntry(key) { entry in
-                if let entry, self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) {
+                let now = self.clock()
+                if let entry, now - entry.storedAt < entry.freshness(ttl: self.settings.ttl),
+                   credential.isConfirmed(at: now, within: self.settings.credentialRecheck, storedAt: entry.storedAt) {
                     self.hits.wrappingAdd(1, ordering: .relaxed)
                     promise.succeed(.hit(entry))
                 } else {
@@ -326,9 +364,10 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
 
     /// Ends the fetch `flight` led for `key` and stores its outcome when it is a list worth
     /// keeping and no invalidation came while it was fetched.
-    private func complete(_ key: CacheKey, flight: ReadYourWrites<FlightResult>.Flight, outcome: FetchOutcome) -> Fetched {
+    private func complete(_ key: CacheKey, flight: ReadYourWrites<FlightResult>.Flight, outcome: FetchOutcome,
+                          list: [String: Any]?) -> Fetched {
         // Parsed and prepared before the lock: every loop's hits wait while it is held.
-        let made = storable(outcome, key: key, storedAt: clock())
+        let made = storable(outcome, list: list, key: key, storedAt: clock())
         let remembered = made.entry.map { Remembered(entry: $0, prepared: prepare($0)) }
         let landed = state.withLockedValue { state -> Bool in
             guard state.readYourWrites.land(flight, for: key), let remembered else { return false }
@@ -346,7 +385,8 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// The entry to keep for `outcome`, with its validator: a 2xx JSON object whose
     /// `Cache-Control` lets a shared cache keep it (`Policy.storage`); else why not, in the words
     /// of `Cache-Status`'s `detail`.
-    private func storable(_ outcome: FetchOutcome, key: CacheKey, storedAt: Double) -> (entry: CachedList?, notStored: String?) {
+    private func storable(_ outcome: FetchOutcome, list: [String: Any]?, key: CacheKey, storedAt: Double)
+        -> (entry: CachedList?, notStored: String?) {
         guard case .response(let response) = outcome else { return (nil, "upstream-failed") }
         guard (200..<300).contains(response.status.code) else { return (nil, "status") }
         let storage = Policy.storage(of: response.headers, ignoringDirectives: settings.ignoreUpstreamDirectives)
@@ -354,7 +394,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             if case .doNotStore(let reason) = storage { return (nil, reason) }
             return (nil, nil)
         }
-        guard Self.isJSONObject(response.body) else { return (nil, "not-json") }
+        guard list != nil else { return (nil, "not-json") }
         return (CachedList(
             status: Int(response.status.code), contentType: response.headers.first(name: "content-type"),
             etag: response.headers.first(name: "etag") ?? Validators.mint(credential: key.credential, body: response.body),
@@ -362,13 +402,97 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             lifetime: lifetime, mayServeStale: mayServeStale), nil)
     }
 
-    /// A list body worth keeping: a JSON object. A 200 whose body does not parse is an
+    /// A list body worth keeping is a JSON object. A 200 whose body does not parse is an
     /// upstream fault, passed to its client once but never cached for everyone else.
-    static func isJSONObject(_ body: ByteBuffer) -> Bool {
+    static func jsonObject(_ body: ByteBuffer) -> [String: Any]? {
         body.withUnsafeReadableBytes { bytes in
-            (try? JSONSerialization.jsonObject(with: Data(bytes))) is [String: Any]
+            (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any]
         }
     }
+
+    // MARK: Credentials
+
+    /// What the upstream's answer to `credential` says of it: a 2xx confirms it; a 401, or a
+    /// 403 to a list, refuses it (`refuse`). Returns a 2xx list's body, parsed once (nil for
+    /// anything else), having learned its keys.
+    @discardableResult
+    func noteAnswer(_ outcome: FetchOutcome, to credential: Credential, listOf user: String?) -> [String: Any]? {
+        guard case .response(let response) = outcome else { return nil }
+        switch response.status.code {
+        case 200..<300:
+            credential.confirmed(at: clock())
+            guard let user, let object = Self.jsonObject(response.body) else { return nil }
+            let identities = KeyIdentity.fromList(object, user: user)
+            if !identities.isEmpty {
+                state.withLockedValue { state in for identity in identities { state.book.learn(identity) } }
+            }
+            return object
+        case 401:
+            refuse(credential)
+        case 403 where user != nil:
+            // To a list, the credential may not read; to a mutation it may be the key's rule
+            // (the protected `admin-key`), which says nothing of the credential.
+            refuse(credential)
+        default:
+            break
+        }
+        return nil
+    }
+
+    /// The upstream refused `credential`: every list kept under it is dropped, in memory and on
+    /// disk, and it gets nothing from the cache (not even STALE) until the upstream answers it
+    /// 2xx again.
+    public func refuse(_ credential: Credential) {
+        credential.refused()
+        state.withLockedValue { state in
+            state.memory.remove(credential: credential.fingerprint)
+            store?.enqueueDelete(credential: credential.fingerprint)
+        }
+    }
+
+    /// What a mutation's 2xx answer says of keys, acted on before the answer is sent: a create,
+    /// rotate or update teaches the key it answers with; a delete or rotate of `name`, or an
+    /// update that leaves it non-active, revokes every secret of that key the proxy has seen
+    /// (a rotate's new one aside). Returns the revocations made.
+    @discardableResult
+    public func noteMutation(_ action: AuditAction, user: String, name: String?, answer: ByteBuffer) -> [Revocation] {
+        let object = Self.jsonObject(answer)
+        let identity = object.flatMap { KeyIdentity($0, user: user) }
+        let now = clock()
+        let made = state.withLockedValue { state -> [Revocation] in
+            if let identity { state.book.learn(identity) }
+            guard let name = name ?? identity?.name else { return [] }
+            switch action {
+            case .delete:
+                return state.book.revoke(user: user, name: name, via: "delete", at: now)
+            case .rotate:
+                return state.book.revoke(user: user, name: name, keeping: identity?.keyHash, via: "rotate", at: now)
+            case .update where identity.map({ !$0.isActive }) == true:
+                return state.book.revoke(user: user, name: name, alsoHash: identity?.keyHash, via: "update", at: now)
+            default:
+                return []
+            }
+        }
+        store?.saveRevocations(made, logger: logger)
+        if !made.isEmpty {
+            logger.notice("revoked through the proxy: the cache answers these keys' secrets nothing",
+                          metadata: ["keys": "\(made.map { $0.keyPrefix ?? $0.name })", "via": "\(made[0].via)"])
+        }
+        return made
+    }
+
+    /// The key whose secret `credential` bears, when the proxy has seen it in an answer.
+    public func identity(of credential: Credential) -> KeyIdentity? {
+        state.withReadLock { $0.book.identity(of: credential) }
+    }
+
+    /// Secrets revoked through the proxy, and the recent revocations (newest last).
+    public var revocations: (count: Int, recent: [Revocation]) {
+        state.withReadLock { ($0.book.revoked.count, $0.book.recent) }
+    }
+
+    /// List requests of revoked credentials that the cache held back and forwarded.
+    public var listsHeldFromRevoked: Int { heldFromRevoked.load(ordering: .relaxed) }
 
     /// Drops every cached list of `user` in every spelling that folds to the same address
     /// (`UserIdentity`; of everyone when nil), for every credential, and makes any list fetch

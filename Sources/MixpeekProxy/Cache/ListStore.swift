@@ -27,9 +27,16 @@ public protocol ListStore: Sendable {
     func loadIndex(completion: @escaping @Sendable (Result<(hashes: Set<Int>, users: Set<String>), any Error>) -> Void)
     /// Entries and bytes stored; nil when the store is unusable.
     func footprint(completion: @escaping @Sendable (Result<(count: Int, bytes: Int)?, any Error>) -> Void)
+    /// Queues a delete of every list kept under one credential fingerprint (the upstream
+    /// refused it).
+    func enqueueDelete(credential: String)
     /// The counters of earlier runs, and this run's to keep.
     func loadCounters() throws -> CacheCounters
     func saveCounters(_ counters: CacheCounters) throws
+    /// Secrets revoked through the proxy (by `key_hash`, never the secret), kept across
+    /// restarts: a revoked key never reads from the cache again.
+    func loadRevocations() throws -> [Revocation]
+    func saveRevocations(_ revocations: [Revocation], logger: Logger)
 }
 
 extension CacheStore: ListStore {}

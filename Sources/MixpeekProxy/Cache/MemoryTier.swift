@@ -100,6 +100,12 @@ struct MemoryTier<Value> {
         }
     }
 
+    /// Drops every value kept under the credential fingerprint `credential` (a scan: the
+    /// upstream refusing a credential is rare).
+    mutating func remove(credential: String) {
+        for key in slots.keys where key.credential == credential { remove(key) }
+    }
+
     mutating func removeAll() {
         // Links are unowned: dropping the slots is all there is to do.
         slots.removeAll()

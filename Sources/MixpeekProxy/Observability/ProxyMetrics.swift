@@ -96,7 +96,7 @@ public final class ProxyMetrics: Sendable {
     /// The Prometheus text exposition, with the cache's and the request log's figures read at
     /// scrape time, and `group`'s in a group.
     public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int, outcomesPending: Int = 0,
-                           group: GroupFigures? = nil) -> String {
+                           revokedCredentials: Int = 0, listsHeldFromRevoked: Int = 0, group: GroupFigures? = nil) -> String {
         var text = registry.emitToString()
         func counter(_ name: String, _ help: String, _ value: Int) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
@@ -113,6 +113,8 @@ public final class ProxyMetrics: Sendable {
         counter("mixpeek_proxy_log_lines_dropped_total", "Request-log lines lost because the log writer was behind or could not write.", logLinesDropped)
         gauge("mixpeek_proxy_cache_entries", "Cached lists in memory.", entries)
         gauge("mixpeek_proxy_cache_bytes", "Bytes of cached list bodies in memory.", bytes)
+        gauge("mixpeek_proxy_revoked_credentials", "Secrets of keys revoked through the proxy: none is answered from the cache.", revokedCredentials)
+        counter("mixpeek_proxy_cache_revoked_held_total", "List requests bearing a revoked key's secret, forwarded instead of answered from the cache.", listsHeldFromRevoked)
         gauge("mixpeek_proxy_audit_outcomes_pending", "Outcomes of mutations answered audit_incomplete that are not written yet.", outcomesPending)
         if let group {
             if let canRewrite = group.auditRoleCanRewrite {

@@ -71,6 +71,7 @@ extension Proxy {
             let text = metrics.exposition(
                 cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0,
                 outcomesPending: outcomes.incompleteCount,
+                revokedCredentials: cache.revocations.count, listsHeldFromRevoked: cache.listsHeldFromRevoked,
                 group: group.map { group in
                     .init(auditRoleCanRewrite: group.auditRoleCanRewrite,
                           witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0)

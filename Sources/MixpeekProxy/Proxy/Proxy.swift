@@ -93,9 +93,9 @@ public final class Proxy: HTTPResponder {
             return finish(.now(error.response(requestID: requestID)), request, route: decision.label, cache: nil, trace: clientTrace,
                           started: started, on: eventLoop)
         case .serveList(let user, let includeRevoked, let refresh):
-            let (key, remembered) = cache.lookup(
+            let lookup = cache.lookup(
                 authorization: request.headers.first(name: "authorization"), user: user, includeRevoked: includeRevoked, refresh: refresh)
-            if let remembered {
+            if let remembered = lookup.remembered {
                 if let group, group.settings.hitCheck == .read {
                     // The alternative the benchmark compares: one PostgreSQL read per hit.
                     let trace = clientTrace ?? .started()
@@ -104,7 +104,7 @@ public final class Proxy: HTTPResponder {
                         current
                             ? eventLoop.makeSucceededFuture((self.cachedResponse(
                                 remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID), "HIT"))
-                            : self.list(request, key: key, refresh: true, requestID: requestID, trace: trace, on: eventLoop)
+                            : self.list(request, lookup, refresh: true, requestID: requestID, trace: trace, on: eventLoop)
                     })
                 }
                 let response = cachedResponse(remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID)
@@ -115,7 +115,7 @@ public final class Proxy: HTTPResponder {
             }
             let trace = clientTrace ?? .started()
             return later(request, route: decision.label, trace: trace, started: started,
-                         list(request, key: key, refresh: refresh, requestID: requestID, trace: trace, on: eventLoop))
+                         list(request, lookup, refresh: refresh, requestID: requestID, trace: trace, on: eventLoop))
         case .bypassCache:
             cache.noteBypass()
             let trace = clientTrace ?? .started()
@@ -143,9 +143,9 @@ public final class Proxy: HTTPResponder {
 
     /// A list the cache could not answer on the spot: on the event loop throughout, unless the
     /// cache file must be read.
-    private func list(_ request: HTTPRequest, key: CacheKey, refresh: Bool, requestID: String, trace: TraceContext,
+    private func list(_ request: HTTPRequest, _ lookup: ProxyListCache.Lookup, refresh: Bool, requestID: String, trace: TraceContext,
                       on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
-        cache.answer(key, refresh: refresh, on: eventLoop) {
+        cache.answer(lookup.key, credential: lookup.credential, refresh: refresh, on: eventLoop) {
             // A failure becomes `.failure` in the cache, which knows what to serve instead.
             let started = NIODeadline.now()
             return self.upstream.send(self.listFetch(request, requestID: requestID, trace: trace), on: eventLoop)
@@ -259,6 +259,10 @@ public final class Proxy: HTTPResponder {
             case 400..<500: .rejected
             default: .error
             }
+            // Before the answer is sent: a key revoked by it reads nothing from the cache from
+            // the moment its client learns of it (`ListCache.noteMutation`).
+            cache.noteAnswer(.response(upstreamResponse), to: cache.credential(for: authorization), listOf: nil)
+            if outcome == .ok { cache.noteMutation(action, user: user, name: key, answer: upstreamResponse.body) }
             let ids = outcome == .ok && (action == .create || action == .rotate) ? Self.newKeyIdentifiers(upstreamResponse.body) : (nil, nil, nil)
             result = AuditResult(outcome: outcome, upstreamStatus: code, durationMS: elapsed, keyID: ids.0, keyPrefix: ids.1, keyHash: ids.2)
             response = clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: nil, cacheStatus: nil)
@@ -300,6 +304,7 @@ public final class Proxy: HTTPResponder {
                          cacheStatus: String?) async -> (HTTPResponse, String?) {
         do {
             let response = try await upstream.send(upstreamRequest(request, requestID: requestID, trace: trace))
+            cache.noteAnswer(.response(response), to: cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
             return (clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache)
         } catch {
             var failure = upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)

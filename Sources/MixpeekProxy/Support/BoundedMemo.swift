@@ -25,4 +25,9 @@ struct BoundedMemo<Value: Sendable>: Sendable {
         values[exact] = value
         return value
     }
+
+    /// Every value remembered now.
+    func forEach(_ body: (Value) -> Void) {
+        for value in values.values { body(value) }
+    }
 }

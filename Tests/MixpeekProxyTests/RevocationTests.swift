@@ -1,0 +1,187 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import MixpeekAPI
+import MixpeekFake
+@testable import MixpeekProxy
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import Testing
+
+/// "A revoked key is shut out at once": from the moment the proxy answers a delete, a rotate
+/// or an update that revokes key K, no request bearing K's old secret is answered from cache,
+/// for any user's list; the upstream's 401 drops what the credential had; an expired key and
+/// a key not confirmed for `credential_recheck` seconds are forwarded.
+@Suite("A revoked key reads nothing from the cache")
+struct RevocationTests {
+    static let admin = TestProxy.token
+
+    /// Creates key `name` for alice through the proxy with the admin token; its secret.
+    static func createKey(_ proxy: TestProxy, name: String, expiresAt: String? = nil) async throws -> String {
+        var body = #"{"name": "\#(name)""#
+        if let expiresAt { body += #", "expires_at": "\#(expiresAt)""# }
+        let created = try await proxy.request(.POST, TestProxy.path(), token: admin, json: body + "}")
+        #expect(created.status == 200, "\(created.body)")
+        return try #require(created.json["key"] as? String)
+    }
+
+    /// K reads two users' lists until both are hits.
+    static func warm(_ proxy: TestProxy, secret: String) async throws {
+        for user in ["alice@example.com", "bob@example.com"] {
+            _ = try await proxy.list(user: user, token: secret)
+            let again = try await proxy.list(user: user, token: secret)
+            #expect(again.header("X-Cache") == "HIT", "K's own reads are cached before it is revoked")
+        }
+    }
+
+    /// The very next list of each user with K's secret: not a HIT, and the upstream's 401.
+    static func expectShutOut(_ proxy: TestProxy, secret: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        for user in ["alice@example.com", "bob@example.com"] {
+            let after = try await proxy.list(user: user, token: secret)
+            #expect(after.header("X-Cache") != "HIT", "\(user): a revoked key's secret got a HIT", sourceLocation: sourceLocation)
+            #expect(after.status == 401, "\(user): the upstream decides: \(after.status)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test("K deleted through the proxy: the very next list with K's secret, of each user K read, is not a HIT, and the upstream answers 401")
+    func deleted() async throws {
+        try await withTestProxy { proxy in
+            let secret = try await Self.createKey(proxy, name: "k-deleted")
+            try await Self.warm(proxy, secret: secret)
+            #expect(try await proxy.delete(key: "k-deleted", token: Self.admin).status == 200)
+            try await Self.expectShutOut(proxy, secret: secret)
+            // Another credential's lists are untouched by it.
+            _ = try await proxy.list(user: "bob@example.com")
+            #expect(try await proxy.list(user: "bob@example.com").header("X-Cache") == "HIT")
+        }
+    }
+
+    @Test("K rotated through the proxy (by K itself): the old secret gets no HIT; the new one is served and cached")
+    func rotated() async throws {
+        try await withTestProxy { proxy in
+            let secret = try await Self.createKey(proxy, name: "k-rotated")
+            try await Self.warm(proxy, secret: secret)
+            let rotated = try await proxy.rotate(key: "k-rotated", token: secret)
+            #expect(rotated.status == 200)
+            let newSecret = try #require(rotated.json["key"] as? String)
+            try await Self.expectShutOut(proxy, secret: secret)
+            _ = try await proxy.list(user: "alice@example.com", token: newSecret)
+            #expect(try await proxy.list(user: "alice@example.com", token: newSecret).header("X-Cache") == "HIT")
+        }
+    }
+
+    @Test("PATCH status=revoked through the proxy: K's secret gets no HIT from then on")
+    func updatedToRevoked() async throws {
+        try await withTestProxy { proxy in
+            let secret = try await Self.createKey(proxy, name: "k-patched")
+            try await Self.warm(proxy, secret: secret)
+            #expect(try await proxy.update(key: "k-patched", json: #"{"status": "revoked"}"#, token: Self.admin).status == 200)
+            try await Self.expectShutOut(proxy, secret: secret)
+        }
+    }
+
+    @Test("a revocation outlives a restart: the secret still gets no HIT from the lists kept on disk")
+    func revocationPersists() async throws {
+        let first = try await TestProxy.start()
+        let secret = try await Self.createKey(first, name: "k-kept")
+        try await Self.warm(first, secret: secret)
+        #expect(try await first.delete(key: "k-kept", token: Self.admin).status == 200)
+        await first.stop(keepFake: true)
+        let second = try await TestProxy.start(dataDir: first.dataDir, fake: first.fake)
+        defer { second.removeData() }
+        try await Self.expectShutOut(second, secret: secret)
+        #expect(second.app.proxy.cache.revocations.count == 1, "read back from the cache file")
+        await second.stop()
+    }
+
+    @Test("the upstream answers 401 to a cached credential: its lists are dropped, and with the upstream down it gets no STALE while another credential does")
+    func upstreamRefusal() async throws {
+        let clock = TestClock()
+        let mode = NIOLockedValueBox("ok")
+        let upstream = StubUpstream { request in
+            let token = request.headers.first(name: "authorization") ?? ""
+            switch mode.withLockedValue({ $0 }) {
+            case "down": throw UpstreamError.unreachable("down")
+            case "refuse-a" where token.hasSuffix("aaaa"):
+                return UpstreamResponse(status: .unauthorized, headers: ["content-type": "application/json"],
+                                        body: ByteBuffer(string: #"{"success": false, "status": 401, "error": {"message": "revoked", "type": "unauthorized"}}"#))
+            default:
+                return UpstreamResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"keys": []}"#))
+            }
+        }
+        var config = ProxyConfig()
+        config.port = 0
+        config.dataDir = TestProxy.makeDataDir()
+        config.logLevel = .warning
+        defer { try? FileManager.default.removeItem(atPath: config.dataDir) }
+        let app = try await ProxyApp.start(config: config, upstream: upstream, logger: TrustTests.quiet, clock: clock.read, accessLogSink: LineSink())
+        func list(_ token: String) async throws -> (Int, String?) {
+            var request = HTTPClientRequest(url: app.url + TestProxy.path())
+            request.headers.add(name: "authorization", value: "Bearer \(token)")
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
+            _ = try await response.body.collect(upTo: 1 << 20)
+            return (Int(response.status.code), response.headers.first(name: "X-Cache"))
+        }
+        let a = "sk_test_aaaaaaaaaaaaaaaaaaaaaaaaaaaa", b = "sk_test_bbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+        #expect(try await list(a).1 == "MISS")
+        #expect(try await list(b).1 == "MISS")
+        clock.advance(31)
+        mode.withLockedValue { $0 = "refuse-a" }
+        #expect(try await list(a) == (401, "MISS"))
+        mode.withLockedValue { $0 = "down" }
+        let refusedThenDown = try await list(a)
+        #expect(refusedThenDown.1 != "STALE", "a credential the upstream refused gets no STALE: \(refusedThenDown)")
+        #expect(refusedThenDown.0 == 502)
+        #expect(try await list(b).1 == "STALE", "another credential's list is still served STALE")
+        await app.shutdown()
+    }
+
+    @Test("a key whose expires_at has passed: its secret gets no HIT (the upstream answers 401)")
+    func expired() async throws {
+        try await withTestProxy { proxy in
+            let expiry = Date().addingTimeInterval(3)
+            let secret = try await Self.createKey(proxy, name: "k-expiring", expiresAt: Timestamp.string(expiry))
+            _ = try await proxy.list(user: "alice@example.com", token: secret)
+            let before = try await proxy.list(user: "alice@example.com", token: secret)
+            #expect(before.header("X-Cache") == "HIT" || Date() >= expiry, "cached while the key is live")
+            try await Task.sleep(for: .seconds(max(0, expiry.timeIntervalSinceNow) + 0.2))
+            let after = try await proxy.list(user: "alice@example.com", token: secret)
+            #expect(after.header("X-Cache") != "HIT")
+            #expect(after.status == 401)
+        }
+    }
+
+    @Test("credential_recheck = 2: a key removed at the upstream directly (not through the proxy) stops getting HITs within 2 s")
+    func recheck() async throws {
+        try await withTestProxy(configure: { $0.credentialRecheck = 2; $0.cacheTTL = 3600 }) { proxy in
+            let secret = try await Self.createKey(proxy, name: "k-elsewhere")
+            _ = try await proxy.list(user: "alice@example.com", token: secret)
+            #expect(try await proxy.list(user: "alice@example.com", token: secret).header("X-Cache") == "HIT")
+            // Deleted in "the dashboard": straight at the fake.
+            #expect(try await proxy.request(.DELETE, TestProxy.path(key: "k-elsewhere"), token: Self.admin, base: proxy.fake.url).status == 200)
+            let removedAt = Date()
+            let shutOut = try await eventually(within: 3) {
+                try await proxy.list(user: "alice@example.com", token: secret).header("X-Cache") != "HIT"
+            }
+            #expect(shutOut)
+            #expect(Date().timeIntervalSince(removedAt) < 2.5, "within the recheck bound")
+            // A credential still good is confirmed again by that forward, and hits.
+            _ = try await proxy.list(user: "alice@example.com")
+            #expect(try await proxy.list(user: "alice@example.com").header("X-Cache") == "HIT")
+        }
+    }
+
+    @Test("the revocation metrics: mixpeek_proxy_revoked_credentials and the lists held back from revoked credentials")
+    func metrics() async throws {
+        try await withTestProxy { proxy in
+            let secret = try await Self.createKey(proxy, name: "k-counted")
+            try await Self.warm(proxy, secret: secret)
+            _ = try await proxy.delete(key: "k-counted", token: Self.admin)
+            try await Self.expectShutOut(proxy, secret: secret)
+            let text = try await proxy.request(.GET, "/_proxy/metrics", token: nil).body
+            #expect(text.contains("\nmixpeek_proxy_revoked_credentials 1\n"), "\(text)")
+            #expect(text.contains("\nmixpeek_proxy_cache_revoked_held_total 2\n"))
+        }
+    }
+}
