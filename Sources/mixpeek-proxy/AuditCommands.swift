@@ -65,11 +65,15 @@ struct Audit: AsyncParsableCommand {
         @Option(help: "From this time on (RFC 3339 UTC, or a date: 2026-10-01).") var since: String?
         @Option(help: "Before this time (RFC 3339 UTC, or a date).") var until: String?
         @Option(help: "ok, rejected, error, timeout or unknown.") var outcome: String?
+        @Option(help: "Only mutations made with the secret of this key (its key_id), when the proxy knew the key.") var actorKey: String?
+        @Option(help: "Only mutations made with a key owned by this user_email.") var actorUser: String?
         @Option(help: "At most this many rows.") var limit: Int?
         @Option(help: "table, json, jsonl or csv.") var format: Format = .table
 
         func run() async throws {
             var filter = AuditFilter(user: user, key: key, since: since, until: until, limit: limit)
+            filter.actorKey = actorKey
+            filter.actorUser = actorUser
             if let action {
                 guard let parsed = AuditAction(rawValue: action) else { throw ValidationError("--action must be create, update, rotate or delete") }
                 filter.action = parsed

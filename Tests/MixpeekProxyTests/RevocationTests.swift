@@ -185,3 +185,56 @@ struct RevocationTests {
         }
     }
 }
+
+@Suite("Every record names the key that acted")
+struct ActorKeyTests {
+    @Test("a create made with K's secret names K's key_id, prefix, name and owner; audit query --actor-key finds exactly K's mutations; the chain verifies")
+    func recordsNameTheActingKey() async throws {
+        try await withTestProxy { proxy in
+            let created = try await proxy.request(.POST, TestProxy.path(), json: #"{"name": "k-actor"}"#)
+            let secret = try #require(created.json["key"] as? String)
+            let keyID = try #require(created.json["key_id"] as? String)
+            // K acts: two mutations of bob's keys with K's secret.
+            #expect(try await proxy.create(user: "bob@example.com", name: "made-by-k", token: secret).status == 200)
+            #expect(try await proxy.delete(user: "bob@example.com", key: "made-by-k", token: secret).status == 200)
+            // The admin token, which the proxy never saw in a list, acts as a fingerprint only.
+            _ = try await proxy.create(user: "carol@example.com", name: "made-by-admin")
+            let log = try AuditLog.openForReading(path: proxy.dataDir + "/audit.sqlite", logger: TrustTests.quiet)
+            var byK: [AuditEntry] = []
+            var filter = AuditFilter()
+            filter.actorKey = keyID
+            try log.query(filter) { byK.append($0) }
+            #expect(byK.map(\.key_name) == ["made-by-k", "made-by-k"])
+            #expect(byK.allSatisfy { $0.actor_key_name == "k-actor" && $0.actor_user == "alice@example.com" && $0.actor_key_prefix == String(secret.prefix(10)) })
+            var byOwner: [AuditEntry] = []
+            filter = AuditFilter()
+            filter.actorUser = "Alice@Example.com"
+            try log.query(filter) { byOwner.append($0) }
+            #expect(byOwner.count == 2, "--actor-user folds like --user")
+            var all: [AuditEntry] = []
+            try log.query(AuditFilter()) { all.append($0) }
+            #expect(all.first { $0.key_name == "made-by-admin" }?.actor_key_id == nil)
+            #expect(try log.verify().problem == nil)
+        }
+    }
+
+    @Test("the acting key is chained: changing it in the file breaks verify at that record")
+    func actorIsChained() async throws {
+        var record = AuditLog.intent(AuditIntent(action: .create, user: "a@b.c", key: "k", caller: "c", client: "127.0.0.1", requestID: "r",
+                                                 actor: KeyIdentity(["key_hash": String(repeating: "a", count: 64), "name": "k1", "key_id": "key_1"], user: "o@b.c")),
+                                     time: "2026-12-03T00:00:00.000Z")
+        let chained = record.chained(after: (0, AuditRecord.genesis), key: nil)
+        record = chained
+        record.actor_key_id = "key_2"
+        #expect(record.computeHash(key: nil) != chained.hash)
+        var withoutActor = chained
+        (withoutActor.actor_key_id, withoutActor.actor_key_prefix, withoutActor.actor_key_name, withoutActor.actor_user) = (nil, nil, nil, nil)
+        #expect(withoutActor.computeHash(key: nil) != chained.hash)
+        // A record with a trace id alone never encodes like one with an acting key.
+        var traced = withoutActor
+        traced.trace_id = "x"
+        var actorOnly = withoutActor
+        actorOnly.actor_key_id = "x"
+        #expect(traced.canonicalBody != actorOnly.canonicalBody)
+    }
+}

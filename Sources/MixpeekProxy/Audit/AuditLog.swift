@@ -137,6 +137,16 @@ public final class AuditLog: Sendable {
             // Nullable: the records before it have none, and their hashes never covered one.
             try db.alter(table: "audit_records") { t in t.add(column: "trace_id", .text) }
         }
+        // The key that acted (issue 22): nullable, hashed only when present.
+        migrator.registerMigration("v3-actor-key") { db in
+            try db.alter(table: "audit_records") { t in
+                t.add(column: "actor_key_id", .text)
+                t.add(column: "actor_key_prefix", .text)
+                t.add(column: "actor_key_name", .text)
+                t.add(column: "actor_user", .text)
+            }
+            try db.create(index: "audit_actor_key", on: "audit_records", columns: ["actor_key_id"])
+        }
         return migrator
     }
 
@@ -155,7 +165,8 @@ public final class AuditLog: Sendable {
             seq: 0, kind: .intent, intent_seq: nil, time: time, action: intent.action, user_email: intent.user,
             key_name: intent.key, caller: intent.caller, client: intent.client, request_id: intent.requestID,
             upstream_status: nil, outcome: nil, duration_ms: nil, key_id: nil, key_prefix: nil, key_hash: nil,
-            prev_hash: "", hash: "", trace_id: intent.traceID)
+            prev_hash: "", hash: "", trace_id: intent.traceID, actor_key_id: intent.actor?.keyID,
+            actor_key_prefix: intent.actor?.keyPrefix, actor_key_name: intent.actor?.name, actor_user: intent.actor?.user)
     }
 
     /// Records how the mutation of `intent` ended.
@@ -230,13 +241,15 @@ public final class AuditLog: Sendable {
     private static func insert(_ record: AuditRecord, _ db: Database) throws {
         try db.cachedStatement(sql: """
             INSERT INTO audit_records (seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
-                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id,
+                actor_key_id, actor_key_prefix, actor_key_name, actor_user)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
                 record.seq, record.kind.rawValue, record.intent_seq, record.time, record.action.rawValue, record.user_email,
                 record.key_name, record.caller, record.client, record.request_id, record.upstream_status,
                 record.outcome?.rawValue, record.duration_ms, record.key_id, record.key_prefix, record.key_hash,
                 record.prev_hash, record.hash, record.trace_id,
+                record.actor_key_id, record.actor_key_prefix, record.actor_key_name, record.actor_user,
             ])
     }
 

@@ -22,16 +22,22 @@ public struct AuditEntry: Codable, Sendable, Equatable {
     public var finished_at: String?
     /// The W3C trace id of the request that made it, when the proxy kept one.
     public var trace_id: String? = nil
+    /// The key that acted, when the proxy knew the key of its secret (`AuditRecord.actor_key_id`).
+    public var actor_key_id: String? = nil
+    public var actor_key_prefix: String? = nil
+    public var actor_key_name: String? = nil
+    public var actor_user: String? = nil
 
     public static let columns = [
         "seq", "time", "action", "user_email", "key_name", "caller", "client", "request_id", "outcome",
         "upstream_status", "duration_ms", "key_id", "key_prefix", "key_hash", "finished_at", "trace_id",
+        "actor_key_id", "actor_key_prefix", "actor_key_name", "actor_user",
     ]
 
     public var values: [String?] {
         [String(seq), time, action, user_email, key_name, caller, client, request_id, outcome,
          upstream_status.map(String.init), duration_ms.map(AuditRecord.threeDecimals), key_id, key_prefix,
-         key_hash, finished_at, trace_id]
+         key_hash, finished_at, trace_id, actor_key_id, actor_key_prefix, actor_key_name, actor_user]
     }
 }
 
@@ -46,6 +52,9 @@ public struct AuditFilter: Sendable {
     public var until: String?
     public var outcome: AuditOutcome?
     public var limit: Int?
+    /// The acting key's `key_id` (`--actor-key`), and its owner (`--actor-user`, every spelling).
+    public var actorKey: String?
+    public var actorUser: String?
 
     public init(action: AuditAction? = nil, user: String? = nil, key: String? = nil, since: String? = nil,
                 until: String? = nil, outcome: AuditOutcome? = nil, limit: Int? = nil) {
@@ -64,7 +73,8 @@ extension AuditFilter {
     /// value in the `?` it holds: the same for `audit.sqlite` and the group's chain.
     /// `foldedUser` is the intent's user folded (`UserIdentity`) in that database, so that every
     /// spelling of the address matches; each record keeps the one sent.
-    func conditions(foldedUser: String) -> [(sql: String, value: String)] {
+    /// `foldedActor` is the acting key's owner folded likewise, where the database records it.
+    func conditions(foldedUser: String, foldedActor: String? = nil) -> [(sql: String, value: String)] {
         var conditions: [(sql: String, value: String)] = []
         if let action { conditions.append(("i.action = ?", action.rawValue)) }
         if let user { conditions.append(("\(foldedUser) = ?", UserIdentity.folded(user))) }
@@ -72,6 +82,8 @@ extension AuditFilter {
         if let since { conditions.append(("i.time >= ?", AuditLog.storedTime(since) ?? since)) }
         if let until { conditions.append(("i.time < ?", AuditLog.storedTime(until) ?? until)) }
         if let outcome { conditions.append(("COALESCE(o.outcome, 'unknown') = ?", outcome.rawValue)) }
+        if let actorKey { conditions.append(("i.actor_key_id = ?", actorKey)) }
+        if let actorUser, let foldedActor { conditions.append(("\(foldedActor) = ?", UserIdentity.folded(actorUser))) }
         return conditions
     }
 }
@@ -93,7 +105,7 @@ extension AuditLog {
     /// Streams the mutations matching `filter`, oldest first, one at a time: a million-record
     /// log is never loaded into memory. Works while the proxy appends (WAL readers).
     public func query(_ filter: AuditFilter, _ body: (AuditEntry) throws -> Void) throws {
-        let conditions = filter.conditions(foldedUser: "mixpeek_fold_user(i.user_email)")
+        let conditions = filter.conditions(foldedUser: "mixpeek_fold_user(i.user_email)", foldedActor: "mixpeek_fold_user(i.actor_user)")
         var arguments = StatementArguments(conditions.map(\.value))
         var sql = Self.entriesSQL(where: (["i.kind = 'intent'"] + conditions.map(\.sql)).joined(separator: " AND "), order: "i.seq")
         if let limit = filter.limit {
@@ -114,7 +126,8 @@ extension AuditLog {
         """
         SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
                COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
-               o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id
+               o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id,
+               i.actor_key_id, i.actor_key_prefix, i.actor_key_name, i.actor_user
         FROM audit_records i LEFT JOIN audit_records o ON o.intent_seq = i.seq AND o.kind = 'outcome'
         WHERE \(conditions) ORDER BY \(order)
         """
@@ -126,7 +139,8 @@ extension AuditLog {
             key_name: row["key_name"], caller: row["caller"], client: row["client"], request_id: row["request_id"],
             outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
             key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
-            finished_at: row["finished_at"], trace_id: row["trace_id"])
+            finished_at: row["finished_at"], trace_id: row["trace_id"], actor_key_id: row["actor_key_id"],
+            actor_key_prefix: row["actor_key_prefix"], actor_key_name: row["actor_key_name"], actor_user: row["actor_user"])
     }
 
     /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing

@@ -55,6 +55,16 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     /// in records written before the proxy kept it, and in a group's chain, whose schema has
     /// no column for it yet.
     public var trace_id: String? = nil
+    /// The key that acted, when the proxy had seen the key its bearer secret belongs to
+    /// (`KeyIdentity`): its `key_id`, `key_prefix`, `name` and owning user. Nil in records of an
+    /// unknown credential (the `caller` fingerprint then says all there is), and in records
+    /// written before the proxy kept them.
+    public var actor_key_id: String? = nil
+    public var actor_key_prefix: String? = nil
+    public var actor_key_name: String? = nil
+    public var actor_user: String? = nil
+
+    var hasActor: Bool { actor_key_id != nil || actor_key_prefix != nil || actor_key_name != nil || actor_user != nil }
 
     /// The bytes the hash covers: every field but `hash`, each length-prefixed so that no
     /// two different records encode alike, followed by the previous record's hash. That is
@@ -84,7 +94,13 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
         // Only when there is one: a record without it encodes, and so hashes, as every record
         // did before the field existed, and old chains still verify. Unambiguous, as
         // `prev_hash` (64 hex digits) follows and holds no `|`.
-        if let trace_id { Self.appendField(trace_id, to: &bytes) }
+        // With an acting key: the trace id's place (`|-` without one), then its four fields, so a
+        // record with an actor never encodes like one with a trace id alone.
+        if hasActor {
+            for field in [trace_id, actor_key_id, actor_key_prefix, actor_key_name, actor_user] { Self.appendField(field, to: &bytes) }
+        } else if let trace_id {
+            Self.appendField(trace_id, to: &bytes)
+        }
         return bytes
     }
 
@@ -143,9 +159,11 @@ public struct AuditIntent: Sendable {
     public var requestID: String
     /// The W3C trace id of the request (`TraceContext`).
     public var traceID: String?
+    /// The key whose secret made the request, when the proxy knows it.
+    public var actor: KeyIdentity?
 
     public init(action: AuditAction, user: String, key: String?, caller: String, client: String, requestID: String,
-                traceID: String? = nil) {
+                traceID: String? = nil, actor: KeyIdentity? = nil) {
         self.action = action
         self.user = user
         self.key = key
@@ -153,6 +171,7 @@ public struct AuditIntent: Sendable {
         self.client = client
         self.requestID = requestID
         self.traceID = traceID
+        self.actor = actor
     }
 }
 

@@ -71,6 +71,10 @@ public final class GroupAuditLog: AuditSink, Sendable {
         var draft = AuditLog.intent(intent, time: AuditLog.now())
         // The group's schema has no trace_id column yet: a hash covering one could not be checked.
         draft.trace_id = nil
+        draft.actor_key_id = nil
+        draft.actor_key_prefix = nil
+        draft.actor_key_name = nil
+        draft.actor_user = nil
         try Self.check(draft)
         let written = try await append(draft, onlyIfOpen: nil)
         guard let record = written.record else { throw GroupError.chain("intent not written") }

@@ -65,6 +65,9 @@ public enum GroupChain {
     /// `audit query --postgres-url`: the same filters, rows and order as `AuditLog.query`.
     public static func query(_ filter: AuditFilter, on connection: PostgresConnection, logger: Logger,
                              _ body: (AuditEntry) throws -> Void) async throws {
+        if filter.actorKey != nil || filter.actorUser != nil {
+            throw GroupError.chain("--actor-key and --actor-user: a group's chain does not record the acting key yet (audit.sqlite does)")
+        }
         var conditions = ["i.kind = 'intent'"]
         var bindings = PostgresBindings()
         for condition in filter.conditions(foldedUser: "i.user_fold") {

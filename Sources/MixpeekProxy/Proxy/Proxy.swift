@@ -239,7 +239,7 @@ public final class Proxy: HTTPResponder {
                 try await audit.recordIntent(AuditIntent(
                     action: action, user: user, key: key ?? Self.createdName(request.body),
                     caller: callers.of(authorization: authorization), client: request.clientAddress,
-                    requestID: requestID, traceID: trace.traceID))
+                    requestID: requestID, traceID: trace.traceID, actor: cache.identity(of: cache.credential(for: authorization))))
             }
         } catch {
             logger.error("audit intent could not be written; mutation refused", metadata: ["request_id": "\(requestID)", "error": "\(error)"])

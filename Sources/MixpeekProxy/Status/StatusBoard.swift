@@ -89,7 +89,7 @@ public final class StatusBoard: Sendable {
             recent: newest.mutations.map {
                 .init(seq: $0.seq, time: $0.time, action: $0.action, user_email: $0.user_email, key_name: $0.key_name,
                       outcome: $0.outcome, upstream_status: $0.upstream_status, caller: $0.caller, request_id: $0.request_id,
-                      trace_id: $0.trace_id)
+                      trace_id: $0.trace_id, actor: Self.actor($0))
             },
             last_verification: last)
     }
@@ -148,6 +148,12 @@ public final class StatusBoard: Sendable {
     static func time(_ seconds: Double) -> String {
         Timestamp.string(Date(timeIntervalSince1970: seconds))
     }
+    /// The key that acted, as the page shows it: its name and prefix, and its owner.
+    static func actor(_ entry: AuditEntry) -> String? {
+        guard entry.actor_key_name != nil || entry.actor_key_prefix != nil else { return nil }
+        let key = [entry.actor_key_name, entry.actor_key_prefix.map { "(\($0)…)" }].compactMap { $0 }.joined(separator: " ")
+        return entry.actor_user.map { "\(key) of \($0)" } ?? key
+    }
 }
 
 extension AuditLog {
@@ -162,4 +168,5 @@ extension AuditLog {
             return (records, head.map { "\($0["seq"] as Int64):\($0["hash"] as String)" }, mutations)
         }
     }
+
 }

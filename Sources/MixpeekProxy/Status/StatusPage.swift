@@ -118,7 +118,7 @@ enum StatusPage {
     /// from the table's head, so they are written down once.
     static let mutationColumns: [(field: String, heading: String, format: String)] = [
         ("time", "time", "time"), ("action", "action", "text"), ("user_email", "user", "text"), ("key_name", "key", "text"),
-        ("outcome", "outcome", "text"), ("upstream_status", "status", "text"), ("caller", "caller", "text"),
+        ("outcome", "outcome", "text"), ("upstream_status", "status", "text"), ("caller", "caller", "text"), ("actor", "acting key", "text"),
         ("request_id", "request id", "text"), ("trace_id", "trace id", "text"),
     ]
 
@@ -157,6 +157,7 @@ enum StatusPage {
                 "<td>\(Format.time(mutation.time))</td>", "<td>\(mutation.action)</td>", "<td>\(mutation.user_email)</td>",
                 "<td>\(Format.text(mutation.key_name))</td>", "<td class=\"o-\(mutation.outcome)\">\(mutation.outcome)</td>",
                 "<td>\(Format.text(mutation.upstream_status.map(String.init)))</td>", "<td>\(mutation.caller)</td>",
+                "<td>\(Format.text(mutation.actor))</td>",
                 "<td>\(mutation.request_id)</td>", "<td>\(Format.text(mutation.trace_id))</td>",
             ]
             return "<tr>\(cells)</tr>"

@@ -101,6 +101,8 @@ public struct StatusSnapshot: Codable, Sendable {
         public var request_id: String
         /// The W3C trace id of the request, when the record keeps one.
         public var trace_id: String? = nil
+        /// The key that acted (name, prefix, owner), when the proxy knew it.
+        public var actor: String? = nil
     }
 
     public struct Verification: Codable, Sendable {
