@@ -28,7 +28,7 @@ marked `X-Cache: STALE`).
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,restart,down-at-start,hmac,append-only,
+        [--only basic,property,listen,sigstop,sigkill,role,outage,restart,revoked,down-at-start,hmac,append-only,
                 expect-head,witness,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
@@ -896,6 +896,40 @@ def postgres_down_mid_run(group):
           made.status == 200 and "after-outage" in (seen.keys() or {}) and bool(cached), f"create {made!r}; list {seen!r}")
 
 
+def revoked_everywhere(group):
+    """A revoked key is shut out on every proxy: K (made through A) reads two users' lists
+    through B until they are hits; K is deleted, rotated away or PATCHed revoked through A; the
+    very next list with K's old secret through B, for each user, is not a HIT (the upstream
+    answers it 401)."""
+    A, B = group["A"], group["B"]
+    owner, other = "revoke-owner@example.com", "revoke-other@example.com"
+    for way in ("delete", "rotate", "update"):
+        name = f"k-{way}"
+        made = create(A, owner, name)
+        secret = (made.json or {}).get("key") if isinstance(made.json, dict) else None
+        if made.status != 200 or not secret:
+            check(f"revocation ({way}): K is created through A", False, f"{made!r}")
+            continue
+        warm = {}
+        for user in (owner, other):
+            call(B.port, "GET", keys_path(user), token=secret)
+            warm[user] = call(B.port, "GET", keys_path(user), token=secret).cache
+        if way == "delete":
+            done = delete(A, owner, name)
+        elif way == "rotate":
+            done = rotate(A, owner, name)
+        else:
+            done = call(A.port, "PATCH", keys_path(owner, name), {"status": "revoked"})
+        # The other user first: a 401 to K drops all K's lists, so the owner's first would hide
+        # whether the revocation alone shut K out.
+        after = {user: call(B.port, "GET", keys_path(user), token=secret) for user in (other, owner)}
+        check(f"revocation ({way} through A): K's lists were hits on B, and the very next list with K's old secret "
+              f"through B is not a HIT for either user (the upstream says 401)",
+              done.status == 200 and all(c == "HIT" for c in warm.values())
+              and all(r.cache != "HIT" and r.status == 401 for r in after.values()),
+              f"{way} {done!r}; warm {warm}; after {after}")
+
+
 def postgres_restart_under_load(group):
     """Nothing answered is left unrecorded: 16 clients create through A and B while PostgreSQL
     restarts. Every 2xx answer has its chain record with outcome ok; every 503 audit_incomplete
@@ -1384,7 +1418,7 @@ def health_detail(group):
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("restart", postgres_restart_under_load), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
           ("health-detail", health_detail), ("verify", audit_verify)]
 

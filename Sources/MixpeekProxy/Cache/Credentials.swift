@@ -25,6 +25,9 @@ public final class Credential: Sendable {
     private let confirmedBits = Atomic<UInt64>(0)
     /// Its key's `expires_at`, as the bits of a Double (infinity: none known).
     private let expiresBits = Atomic<UInt64>(Double.infinity.bitPattern)
+    /// When a confirmation was last demanded (the group heard a mutation of its key's owner):
+    /// only a confirmation after it counts.
+    private let demandedBits = Atomic<UInt64>(0)
 
     init(authorization: String) {
         fingerprint = SHA256.hash(data: Data(authorization.utf8)).hex
@@ -50,7 +53,13 @@ public final class Credential: Sendable {
     /// by the fetch of the entry stored at `storedAt` (which was one).
     @inline(__always)
     func isConfirmed(at now: Double, within recheck: Double, storedAt: Double) -> Bool {
-        now - max(Double(bitPattern: confirmedBits.load(ordering: .relaxed)), storedAt) < recheck
+        let confirmed = max(Double(bitPattern: confirmedBits.load(ordering: .relaxed)), storedAt)
+        return now - confirmed < recheck && confirmed > Double(bitPattern: demandedBits.load(ordering: .relaxed))
+    }
+
+    /// Its next list is forwarded: what was confirmed before `now` no longer counts.
+    func demandConfirmation(at now: Double) {
+        demandedBits.store(now.bitPattern, ordering: .relaxed)
     }
 
     /// Whether a cached list may be served to it STALE when the upstream fails.
@@ -123,6 +132,8 @@ struct CredentialBook {
     var credentials: BoundedMemo<Credential>
     private(set) var identities: [String: KeyIdentity] = [:]
     private var byName: [String: Set<String>] = [:]
+    /// Secret hashes of the keys of each user (folded).
+    private var byOwner: [String: Set<String>] = [:]
     private(set) var revoked: Set<String> = []
     private(set) var recent: [Revocation] = []
     let identityCapacity: Int
@@ -154,6 +165,7 @@ struct CredentialBook {
         }
         identities[identity.keyHash] = identity
         byName[Self.nameKey(user: identity.user, name: identity.name), default: []].insert(identity.keyHash)
+        byOwner[UserIdentity.folded(identity.user), default: []].insert(identity.keyHash)
         credentials.forEach { credential in
             if credential.secretHash == identity.keyHash { credential.expires(at: identity.expiresAt) }
         }
@@ -173,6 +185,16 @@ struct CredentialBook {
         }
         if !made.isEmpty { note(made) }
         return made
+    }
+
+    /// Another proxy of the group is mutating `user`'s keys (its intent was heard, before it
+    /// was forwarded): every credential bearing a secret of theirs that this proxy has seen has
+    /// its next list forwarded, so the upstream decides whether the key still stands.
+    mutating func demandConfirmation(ofKeysOf user: String, at now: Double) {
+        guard let hashes = byOwner[UserIdentity.folded(user)], !hashes.isEmpty else { return }
+        credentials.forEach { credential in
+            if let hash = credential.secretHash, hashes.contains(hash) { credential.demandConfirmation(at: now) }
+        }
     }
 
     /// Revocations read back at start (`ListStore`).

@@ -510,6 +510,11 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// or store submitted after this returns sees it. For callers that may not suspend (the
     /// group's announcements, heard on an event loop).
     public func drop(user: String?) {
+        if let user {
+            // A group's announcement of a mutation of `user`: their keys may be being revoked.
+            let now = clock()
+            state.withLockedValue { $0.book.demandConfirmation(ofKeysOf: user, at: now) }
+        }
         remove(user: user) { [logger] result in
             if case .failure(let error) = result {
                 logger.error("could not delete lists from the cache file", metadata: ["error": "\(error)"])
