@@ -500,6 +500,42 @@ def main() -> int:
     checks.run("audit verify exits 0", audit_verify)
 
     # ---- no secret at rest -------------------------------------------------------------
+    # A revoked key is shut out at once (issue 22): key K, made with the token, reads its
+    # owner's and another user's lists through the proxy with the SDK; K is deleted, rotated
+    # away or PATCHed revoked; the very next list with K's secret, for each user, is no HIT
+    # (the fake answers it 401, as the API answers a dead key).
+    from mixpeek.models.api_key_update_request import APIKeyUpdateRequest as _Update
+
+    def revoked_key(way):
+        def body():
+            owner, other = f"e2e.rev-{way}@example.com", "e2e.rev-other@example.com"
+            made = api.create_key_organizations_users_email(owner, APIKeyCreateRequest(name=f"k-{way}"), **t)
+            secret = made.key
+            forbidden[f"revoked key's secret ({way})"] = secret
+            k = client_for(secret)
+            for listed in (owner, other):
+                k.list_keys_organizations_users_email_with_http_info(listed, **t)
+                again = k.list_keys_organizations_users_email_with_http_info(listed, **t)
+                expect(header(again, "X-Cache") == "HIT", f"{listed}: K's second list was {header(again, 'X-Cache')}")
+            if way == "delete":
+                api.delete_key_organizations_users_email_name(owner, f"k-{way}", **t)
+            elif way == "rotate":
+                rotated = k.rotate_key_organizations_users_email_name(owner, f"k-{way}", **t)
+                forbidden[f"rotated key's new secret ({way})"] = rotated.key
+            else:
+                api.update_key_organizations_users_email_name(owner, f"k-{way}", _Update(status="revoked"), **t)
+            # The other user first: a 401 drops all K's lists, which would hide what the revocation did.
+            for listed in (other, owner):
+                try:
+                    answer = k.list_keys_organizations_users_email_with_http_info(listed, **t)
+                    raise CheckFailed(f"{listed}: K's old secret was answered {answer.status_code} {header(answer, 'X-Cache')}")
+                except UnauthorizedException as refused:
+                    expect(header(refused, "X-Cache") != "HIT", f"{listed}: a 401 served from cache?")
+        return body
+
+    for way in ("delete", "rotate", "update"):
+        checks.run(f"revocation ({way}): K's secret, cached for two users, gets no HIT and the upstream's 401 right after", revoked_key(way))
+
     def no_secrets_on_disk():
         needles = {label: value.encode() for label, value in forbidden.items()}
         expect("created key" in needles and "rotated key" in needles, "create/rotate gave no key to look for")
