@@ -11,7 +11,8 @@
 #   mixpeek-proxy `serve` in front of the same origin, release build, twice: with its default
 #                 flags (request log on stderr, which this script redirects to a file) and with
 #                 `--access-log off`; both with `--cache-ttl 3600` (nginx and Varnish cache for
-#                 an hour too, so no hit round sees an expiry)
+#                 an hour too, so no hit round sees an expiry) and `--credential-recheck 3600`
+#                 (nginx and Varnish never ask the origin whether a credential still stands)
 #
 # Two pairs are compared: as shipped (both request logs on: mixpeek-proxy's default against
 # nginx's default), and with both logs off (Varnish and the static origin are in that table).
@@ -546,8 +547,8 @@ note_children origin
 start_proc nginx nginx -p "$N" -c "$N/nginx.conf" -e "$N/error.log"
 start_proc varnish varnishd -F -j none -a "127.0.0.1:$VARNISH_PORT" -f "$V/bench.vcl" -s malloc,64m -n "$V/work" -T none
 # Default flags but the TTL; the request log goes to stderr, redirected to $WORK/logs/proxy.err.
-PROXY_FLAGS="--cache-ttl 3600"
-PROXY_NOLOG_FLAGS="--cache-ttl 3600 --access-log off"
+PROXY_FLAGS="--cache-ttl 3600 --credential-recheck 3600"
+PROXY_NOLOG_FLAGS="--cache-ttl 3600 --credential-recheck 3600 --access-log off"
 start_proc proxy "$BIN" serve --port "$PROXY_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT" \
   --data-dir "$WORK/proxy-data" $PROXY_FLAGS
 start_proc proxy_nolog "$BIN" serve --port "$PROXY_NOLOG_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT" \
@@ -853,7 +854,7 @@ log "mutations: audit verify $AUDIT_VERIFY, $AUDIT_MUTATIONS mutations in the lo
 BIG_DATA="$WORK/big-data"
 BIG_MAX_BYTES=$((ENTRIES * (BODY_BYTES + 1024) + 67108864))
 big_args=(serve --port "$BIG_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT" --data-dir "$BIG_DATA"
-  --cache-ttl 3600 --cache-max-bytes "$BIG_MAX_BYTES")
+  --cache-ttl 3600 --credential-recheck 3600 --cache-max-bytes "$BIG_MAX_BYTES")
 # time_to_healthy NAME VAR: starts the big-cache proxy, sets VAR to the milliseconds from exec
 # to the first 200 on /_proxy/health (polled every 2 ms, bounded).
 time_to_healthy() {
@@ -875,7 +876,7 @@ stop_proc bigfirst
 DB="$BIG_DATA/cache.sqlite"
 SCHEMA="$(sqlite3 "$DB" .schema)"
 COLUMNS="$(sqlite3 "$DB" 'SELECT group_concat(name, ",") FROM pragma_table_info("cache_entries")')"
-[ "$COLUMNS" = "credential,user_email,include_revoked,status,content_type,etag,last_modified,body,stored_at,user_fold" ] \
+[ "$COLUMNS" = "credential,user_email,include_revoked,status,content_type,etag,last_modified,body,stored_at,user_fold,lifetime,may_serve_stale" ] \
   || die "cache_entries has columns $COLUMNS; update the pre-fill in scripts/bench.sh. Schema: $SCHEMA"
 CREDENTIAL="$(printf '%s' "Bearer $TOKEN" | sha256sum | cut -d' ' -f1)"
 log "pre-filling $DB with $ENTRIES entries of $BODY_BYTES bytes"
