@@ -21,18 +21,24 @@ public enum AuditOutcome: String, Sendable, Codable, CaseIterable {
     case timeout
     /// The proxy stopped between recording the intent and the outcome.
     case unknown
+    /// An `unknown` settled by the upstream's own audit log (`audit reconcile`): it was made.
+    case applied
+    /// An `unknown` settled by the upstream's own audit log: the window closed with no event.
+    case notApplied = "not_applied"
 }
 
 /// One row of the append-only log: an *intent* (written and made durable before the
-/// mutation is forwarded) or an *outcome* (written after the upstream answered).
+/// mutation is forwarded), an *outcome* (written after the upstream answered) or a
+/// *resolution* (appended by `audit reconcile`: what the upstream's own audit log says of an
+/// intent whose outcome was `unknown`).
 public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
     public static let databaseTableName = "audit_records"
 
-    public enum Kind: String, Codable, Sendable { case intent, outcome }
+    public enum Kind: String, Codable, Sendable { case intent, outcome, resolution }
 
     public var seq: Int64
     public var kind: Kind
-    /// For an outcome: the `seq` of its intent.
+    /// For an outcome or a resolution: the `seq` of its intent.
     public var intent_seq: Int64?
     /// RFC 3339, UTC, milliseconds.
     public var time: String
@@ -55,6 +61,9 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     /// in records written before the proxy kept it, and in a group's chain, whose schema has
     /// no column for it yet.
     public var trace_id: String? = nil
+    /// For a resolution: the upstream's `audit_id` of the event that settled it (nil for
+    /// `not_applied`, and in every other record).
+    public var upstream_audit_id: String? = nil
 
     /// The bytes the hash covers: every field but `hash`, each length-prefixed so that no
     /// two different records encode alike, followed by the previous record's hash. That is
@@ -85,6 +94,12 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
         // did before the field existed, and old chains still verify. Unambiguous, as
         // `prev_hash` (64 hex digits) follows and holds no `|`.
         if let trace_id { Self.appendField(trace_id, to: &bytes) }
+        // The same for the upstream's audit id, after a trace id field (`|-` when there is
+        // none), so that a record with one of the two never encodes as one with the other.
+        if let upstream_audit_id {
+            if trace_id == nil { Self.appendField(nil, to: &bytes) }
+            Self.appendField(upstream_audit_id, to: &bytes)
+        }
         return bytes
     }
 
@@ -173,6 +188,22 @@ public struct AuditResult: Sendable {
         self.keyID = keyID
         self.keyPrefix = keyPrefix
         self.keyHash = keyHash
+    }
+}
+
+/// What the upstream's own audit log says of a mutation recorded `unknown`.
+public struct AuditResolution: Sendable, Equatable {
+    /// `applied` or `notApplied`.
+    public var outcome: AuditOutcome
+    /// The upstream event's `audit_id` (applied only).
+    public var auditID: String?
+    /// The key the event names (its `resource_id`).
+    public var keyID: String?
+
+    public init(outcome: AuditOutcome, auditID: String?, keyID: String?) {
+        self.outcome = outcome
+        self.auditID = auditID
+        self.keyID = keyID
     }
 }
 
