@@ -17,6 +17,8 @@ import NIOHTTP1
 /// Tests read per-operation call counts and switch faults on through `FakeControls`.
 public final class FakeMixpeek: Sendable {
     public let controls = FakeControls()
+    /// The organisation audit log: every mutation applied.
+    public let auditTrail = FakeAuditTrail()
     private let organizations = NIOLockedValueBox(Organizations())
 
     /// Every organisation, by bearer token, and when each issued secret that expires does (by
@@ -123,7 +125,10 @@ public final class FakeMixpeek: Sendable {
             }
             if orgs.byToken[token] == nil { orgs.byToken[token] = Organization(internalID: "org_" + Self.shortHash(token)) }
             // In place: a copy of the organisation would copy every key list on each mutation.
-            let (response, expiries) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[token]!, now: now)
+            var applied: (keyID: String, name: String)?
+            let (response, expiries) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[token]!, now: now,
+                                                  applied: &applied)
+            if let applied { auditTrail.note(route, keyID: applied.keyID, name: applied.name, at: now) }
             for (hash, date) in expiries { orgs.expiries[hash] = date }
             // Inside the lock: the history's order is the order the calls were applied in.
             controls.noteAnswered(routed, method: request.method, createdName: createdName, status: response.status)
@@ -132,9 +137,9 @@ public final class FakeMixpeek: Sendable {
     }
 
     /// Applies one call; also returns the expiry (or nil for none) of every secret whose
-    /// expiry it set or changed, by `key_hash`.
+    /// expiry it set or changed, by `key_hash`, and sets `applied` to the key a mutation changed.
     private static func apply(_ route: Route, query: Substring?, body: Any?, to org: inout Organization,
-                              now date: Date) -> (HTTPResponse, [(String, Date?)]) {
+                              now date: Date, applied: inout (keyID: String, name: String)?) -> (HTTPResponse, [(String, Date?)]) {
         let now = Timestamp.string(date)
         let fields = body as? KeyFields ?? KeyFields()
         switch route {
@@ -156,6 +161,7 @@ public final class FakeMixpeek: Sendable {
                     return (error(.badRequest, "an active key named '\(name)' already exists", type: "bad_request", code: "key_name_taken"), [])
                 }
                 keys.append(record)
+                applied = (record.key_id, name)
                 record.key = secret
                 return (json(record), record.expiry.map { [(record.key_hash, $0)] } ?? [])
             }
@@ -180,6 +186,7 @@ public final class FakeMixpeek: Sendable {
                         updated.revoked_by = updated.user_id
                     }
                     keys[index] = updated
+                    applied = (updated.key_id, updated.name)
                     keys.expire(now: date)
                     let expiry: [(String, Date?)] = fields.expiresAt == nil ? [] : [(updated.key_hash, updated.expiry)]
                     return (json(keys[index]), expiry)
@@ -189,6 +196,7 @@ public final class FakeMixpeek: Sendable {
                     rotated.key_hash = sha256Hex(secret)
                     rotated.key_prefix = String(secret.prefix(10))
                     keys[index] = rotated
+                    applied = (rotated.key_id, name)
                     rotated.key = secret
                     return (json(rotated), rotated.expiry.map { [(rotated.key_hash, $0)] } ?? [])
                 default:
@@ -197,6 +205,7 @@ public final class FakeMixpeek: Sendable {
                     revoked.revoked_at = now
                     revoked.revoked_by = revoked.user_id
                     keys[index] = revoked
+                    applied = (revoked.key_id, name)
                     return (json(SuccessBody(message: "API key '\(name)' revoked")), [])
                 }
             }
