@@ -1,5 +1,6 @@
 import Foundation
 import MixpeekFake
+import NIOFoundationCompat
 import NIOHTTP1
 import Testing
 
@@ -15,6 +16,11 @@ struct FakeAuditTrailTests {
         var limit: Int
     }
 
+    /// The page as `audit reconcile` reads it: the spec's snake_case names as they are.
+    private func page(_ client: TestHTTPClient, _ target: String) async throws -> Page {
+        try JSONDecoder().decode(Page.self, from: Data(buffer: try await client.get(target).body))
+    }
+
     @Test("every applied create, update, rotate and delete is an event with the spec's fields, newest first; refusals are not")
     func events() async throws {
         try await withFake { (server: FakeUpstreamServer, client: TestHTTPClient) async throws in
@@ -24,13 +30,13 @@ struct FakeAuditTrailTests {
             #expect(try await client.post(bob + "/k1/rotate").status == .ok)
             #expect(try await client.delete(bob + "/k1").status == .ok)
             #expect(try await client.delete(bob + "/admin-key").status == .forbidden)
-            let page = try await client.get("/v1/organizations/audit/logs?resource_type=api_key").decode(Page.self)
-            #expect(page.results.map(\.action) == ["api_key_revoked", "api_key_rotated", "api_key_scope_updated", "api_key_created"])
-            #expect(page.total == 4 && page.skip == 0 && page.limit == 50)
-            #expect(Set(page.results.map(\.resource_id)).count == 1 && page.results[0].resource_id.hasPrefix("key_"))
-            #expect(page.results.allSatisfy { $0.resource_type == "api_key" && $0.status == "success" && $0.actor_id.hasPrefix("usr_") })
-            #expect(page.results.allSatisfy { $0.changes == ["user_email": "bob@example.com", "name": "k1"] })
-            #expect(Set(page.results.map(\.audit_id)).count == 4)
+            let events = try await page(client, "/v1/organizations/audit/logs?resource_type=api_key")
+            #expect(events.results.map(\.action) == ["api_key_revoked", "api_key_rotated", "api_key_scope_updated", "api_key_created"])
+            #expect(events.total == 4 && events.skip == 0 && events.limit == 50)
+            #expect(Set(events.results.map(\.resource_id)).count == 1 && events.results[0].resource_id.hasPrefix("key_"))
+            #expect(events.results.allSatisfy { $0.resource_type == "api_key" && $0.status == "success" && $0.actor_id.hasPrefix("usr_") })
+            #expect(events.results.allSatisfy { $0.changes == ["user_email": "bob@example.com", "name": "k1"] })
+            #expect(Set(events.results.map(\.audit_id)).count == 4)
             #expect(server.fake.auditTrail.events.count == 4)
         }
     }
@@ -40,18 +46,18 @@ struct FakeAuditTrailTests {
         try await withFake { (server: FakeUpstreamServer, client: TestHTTPClient) async throws in
             for name in ["a", "b", "c"] { #expect(try await client.post(bob, #"{"name": "\#(name)"}"#).status == .ok) }
             #expect(try await client.delete(bob + "/b").status == .ok)
-            let all = try await client.get("/v1/organizations/audit/logs").decode(Page.self)
-            let second = try await client.get("/v1/organizations/audit/logs?skip=1&limit=2").decode(Page.self)
+            let all = try await page(client, "/v1/organizations/audit/logs")
+            let second = try await page(client, "/v1/organizations/audit/logs?skip=1&limit=2")
             #expect(second.results == Array(all.results[1...2]) && second.total == 4)
-            let revoked = try await client.get("/v1/organizations/audit/logs?action=api_key_revoked").decode(Page.self)
+            let revoked = try await page(client, "/v1/organizations/audit/logs?action=api_key_revoked")
             #expect(revoked.results.map { $0.changes["name"] } == ["b"])
-            let byKey = try await client.get("/v1/organizations/audit/logs?resource_id=\(revoked.results[0].resource_id)").decode(Page.self)
+            let byKey = try await page(client, "/v1/organizations/audit/logs?resource_id=\(revoked.results[0].resource_id)")
             #expect(byKey.total == 2)
             let start = all.results[1].timestamp.replacingOccurrences(of: ":", with: "%3A")
-            let later = try await client.get("/v1/organizations/audit/logs?start=\(start)").decode(Page.self)
+            let later = try await page(client, "/v1/organizations/audit/logs?start=\(start)")
             #expect(later.results.count >= 2 && later.results.count <= 4)
-            #expect(try await client.get("/v1/organizations/audit/logs?end=2000-01-01T00%3A00%3A00Z").decode(Page.self).total == 0)
-            #expect(try await client.get("/v1/organizations/audit/logs?resource_type=collection").decode(Page.self).total == 0)
+            #expect(try await page(client, "/v1/organizations/audit/logs?end=2000-01-01T00%3A00%3A00Z").total == 0)
+            #expect(try await page(client, "/v1/organizations/audit/logs?resource_type=collection").total == 0)
             #expect(try await client.get("/v1/organizations/audit/logs?limit=0").status == .unprocessableEntity)
             #expect(try await client.get("/v1/organizations/audit/logs?limit=1001").status == .unprocessableEntity)
             #expect(try await client.get("/v1/organizations/audit/logs?skip=-1").status == .unprocessableEntity)
