@@ -201,3 +201,15 @@ struct TestUpstreamCalls {
         #expect(response.status == .ok)
     }
 }
+
+extension ReconcileTests {
+    @Test("the reader of the upstream's audit log never shows its token, described or dumped")
+    func tokenNotDescribed() {
+        let source = UpstreamAuditLog(baseURL: "http://127.0.0.1:1", token: "sk_admin_secret_0123456789abcdef")
+        var dumped = ""
+        dump(source, to: &dumped)
+        for text in [String(describing: source), String(reflecting: source), dumped] {
+            #expect(!text.contains("sk_admin_secret"), "\(text)")
+        }
+    }
+}

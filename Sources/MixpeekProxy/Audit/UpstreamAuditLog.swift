@@ -23,8 +23,9 @@ public enum UpstreamAuditError: Error, CustomStringConvertible, Equatable {
 }
 
 /// Reads the upstream's organisation audit log (`GET /v1/organizations/audit/logs`) page by
-/// page, retrying failures with backoff and waiting out a 429's `Retry-After`.
-public struct UpstreamAuditLog: Sendable {
+/// page, retrying failures with backoff and waiting out a 429's `Retry-After`. Its description
+/// leaves the token out: a default one would print every stored property.
+public struct UpstreamAuditLog: Sendable, CustomStringConvertible, CustomReflectable {
     public var baseURL: String
     public var pageSize: Int
     public var attempts: Int
@@ -40,6 +41,10 @@ public struct UpstreamAuditLog: Sendable {
         self.attempts = attempts
         self.longestWait = longestWait
     }
+
+    public var description: String { "UpstreamAuditLog(\(baseURL), page size \(pageSize))" }
+
+    public var customMirror: Mirror { Mirror(self, children: ["baseURL": baseURL, "pageSize": pageSize]) }
 
     private struct Page: Decodable {
         var results: [UpstreamAuditEvent]
