@@ -194,17 +194,22 @@ extension Audit {
         static let configuration = CommandConfiguration(
             abstract: "Hold the audit log against the upstream's own: changes made around the proxy, unknowns settled.",
             discussion: """
-                Reads GET /v1/organizations/audit/logs (resource_type=api_key) with the admin key in
-                $MIXPEEK_PROXY_RECONCILE_TOKEN (ADMIN permission; never a flag) and prints one finding a line:
-                  around_proxy      an upstream event with no proxy record: a change made elsewhere
-                  resolved_unknown  an intent recorded `unknown` that the upstream's log settles (applied or
-                                    not_applied); appended to the log as a resolution record
-                  unconfirmed       a record the proxy calls applied that the upstream's log does not show
-                Exit status: 0 nothing to report, 1 an around_proxy or unconfirmed finding, 2 the audit log
-                could not be read or written, 3 the token was refused (it lacks the ADMIN permission).
+                Reads GET /v1/organizations/audit/logs (resource_type=api_key) with the
+                admin key in $MIXPEEK_PROXY_RECONCILE_TOKEN (ADMIN permission; never a
+                flag) and prints one finding a line:
+                  around_proxy      an upstream event with no proxy record
+                  resolved_unknown  an `unknown` the upstream's log settles (applied or
+                                    not_applied), appended as a resolution record
+                  unconfirmed       a record the proxy calls applied that the upstream's
+                                    log does not show
+                Exit status: 0 nothing to report, 1 an around_proxy or unconfirmed finding,
+                2 the audit log could not be read or written, 3 the token was refused (it
+                lacks the ADMIN permission).
                 Examples:
-                  MIXPEEK_PROXY_RECONCILE_TOKEN=sk_... mixpeek-proxy audit reconcile --since 2026-10-01 --data-dir ./mixpeek-proxy-data
-                  mixpeek-proxy audit reconcile --since 2026-10-01T00:00:00Z --until 2026-10-02 --format jsonl
+                  export MIXPEEK_PROXY_RECONCILE_TOKEN=sk_...
+                  mixpeek-proxy audit reconcile --since 2026-10-01 --data-dir ./data
+                  mixpeek-proxy audit reconcile --since 2026-10-01 --until 2026-10-02 \\
+                    --format jsonl
                 """)
 
         enum Format: String, ExpressibleByArgument, CaseIterable { case table, jsonl, csv }
