@@ -25,6 +25,7 @@ grep -qi 'x-cache: HIT' out.* || { echo "demo_check: no HIT seen"; exit 1; }
 grep -q '"status":403' out.* || { echo "demo_check: admin-key was not refused"; exit 1; }
 grep -q 'audit chain intact' out.* || { echo "demo_check: audit verify did not pass"; exit 1; }
 grep -q 'rotate' out.* || { echo "demo_check: audit query shows no rotate"; exit 1; }
+grep -q 'nothing changed around the proxy' out.* || { echo "demo_check: audit reconcile found changes around the proxy"; exit 1; }
 # The tour ends with the status page's address, and it serves the page.
 page="$(tail -n 1 tour.txt | sed -e 's/^ *//')"
 [[ "$page" == "$url/_proxy/" ]] || { echo "demo_check: the tour does not end with the status page's address: $page"; exit 1; }

@@ -2,7 +2,8 @@
 # The test command: builds (no warnings allowed in our code), runs the Swift test suites,
 # then the end-to-end check with the official Python SDK against the real binary, schemathesis
 # against Mixpeek's OpenAPI document (the fake alone and behind the proxy), the
-# demo's printed commands, the status page in headless Chromium, crash/shutdown checks, a
+# demo's printed commands, the status page in headless Chromium, crash/shutdown checks, audit
+# reconcile against the fake's audit log, a
 # group of proxies on PostgreSQL, soak and request-log checks, a benchmark smoke run, and the
 # README's runnable blocks.
 set -euo pipefail
@@ -36,6 +37,9 @@ python3 scripts/status_page_check.py .build/debug/mixpeek-proxy
 
 echo "== crashes and shutdown against the real binary"
 python3 scripts/crash_check.py .build/debug/mixpeek-proxy
+
+echo "== audit reconcile against the fake's audit log: changes around the proxy, unknowns settled, 429, 401/403, the token never written"
+python3 scripts/reconcile_check.py .build/debug/mixpeek-proxy
 
 echo "== a group of proxies on a throwaway PostgreSQL: cross-proxy read-your-writes, the seeded property test, faults"
 python3 scripts/group_check.py .build/debug/mixpeek-proxy

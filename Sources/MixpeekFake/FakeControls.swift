@@ -7,6 +7,8 @@ import NIOHTTP1
 /// The operations the fake counts and can disturb.
 public enum FakeOperation: String, Sendable, CaseIterable {
     case create, list, update, rotate, delete, other
+    /// `GET /v1/organizations/audit/logs`.
+    case audit
 
     init(_ route: Route) {
         switch route {

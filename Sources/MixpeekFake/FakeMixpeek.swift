@@ -17,6 +17,8 @@ import NIOHTTP1
 /// Tests read per-operation call counts and switch faults on through `FakeControls`.
 public final class FakeMixpeek: Sendable {
     public let controls = FakeControls()
+    /// The organisation audit log: every mutation applied.
+    public let auditTrail = FakeAuditTrail()
     private let organizations = NIOLockedValueBox(Organizations())
 
     /// Every organisation, by bearer token, and every secret it issued (by its `key_hash`): a
@@ -145,7 +147,10 @@ public final class FakeMixpeek: Sendable {
             }
             if orgs.byToken[organization] == nil { orgs.byToken[organization] = Organization(internalID: "org_" + Self.shortHash(organization)) }
             // In place: a copy of the organisation would copy every key list on each mutation.
-            let (response, changes) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[organization]!, now: now)
+            var applied: (keyID: String, name: String)?
+            let (response, changes) = Self.apply(route, query: request.query, body: body, to: &orgs.byToken[organization]!, now: now,
+                                                 applied: &applied)
+            if let applied { auditTrail.note(route, keyID: applied.keyID, name: applied.name, at: now) }
             for change in changes {
                 switch change {
                 case .issued(let hash, let expiry): orgs.secrets[hash] = Secret(organization: organization, expiry: expiry)
@@ -159,9 +164,10 @@ public final class FakeMixpeek: Sendable {
         }
     }
 
-    /// Applies one call; also returns what it did to the secrets it issued or ended.
+    /// Applies one call; also returns what it did to the secrets it issued or ended, and sets
+    /// `applied` to the key a mutation changed.
     private static func apply(_ route: Route, query: Substring?, body: Any?, to org: inout Organization,
-                              now date: Date) -> (HTTPResponse, [SecretChange]) {
+                              now date: Date, applied: inout (keyID: String, name: String)?) -> (HTTPResponse, [SecretChange]) {
         let now = Timestamp.string(date)
         let fields = body as? KeyFields ?? KeyFields()
         switch route {
@@ -183,6 +189,7 @@ public final class FakeMixpeek: Sendable {
                     return (error(.badRequest, "an active key named '\(name)' already exists", type: "bad_request", code: "key_name_taken"), [])
                 }
                 keys.append(record)
+                applied = (record.key_id, name)
                 record.key = secret
                 return (json(record), [.issued(record.key_hash, expiry: record.expiry)])
             }
@@ -207,6 +214,7 @@ public final class FakeMixpeek: Sendable {
                         updated.revoked_by = updated.user_id
                     }
                     keys[index] = updated
+                    applied = (updated.key_id, updated.name)
                     keys.expire(now: date)
                     var changes: [SecretChange] = fields.expiresAt == nil ? [] : [.expiry(updated.key_hash, updated.expiry)]
                     if keys[index].status != "active" { changes.append(.revoked(updated.key_hash)) }
@@ -218,6 +226,7 @@ public final class FakeMixpeek: Sendable {
                     rotated.key_hash = sha256Hex(secret)
                     rotated.key_prefix = String(secret.prefix(10))
                     keys[index] = rotated
+                    applied = (rotated.key_id, name)
                     rotated.key = secret
                     return (json(rotated), [.revoked(old), .issued(rotated.key_hash, expiry: rotated.expiry)])
                 default:
@@ -226,6 +235,7 @@ public final class FakeMixpeek: Sendable {
                     revoked.revoked_at = now
                     revoked.revoked_by = revoked.user_id
                     keys[index] = revoked
+                    applied = (revoked.key_id, name)
                     return (json(SuccessBody(message: "API key '\(name)' revoked")), [.revoked(revoked.key_hash)])
                 }
             }

@@ -14,8 +14,10 @@ struct FakeResponder: HTTPResponder {
         if request.path == "/_fake/history" {
             return .now(history(request))
         }
-        let operation: FakeOperation = if case .route(let route) = UpstreamRouting(request) { FakeOperation(route) } else { .other }
+        let isAudit = request.path == FakeAuditTrail.path
+        let operation: FakeOperation = if isAudit { .audit } else if case .route(let route) = UpstreamRouting(request) { FakeOperation(route) } else { .other }
         let (fault, gate) = fake.controls.admit(request, as: operation, on: eventLoop)
+        let answer = { isAudit ? fake.auditTrail.answer(request) : fake.answer(request) }
         let response: HTTPResponse
         switch fault {
         case .status(let status):
@@ -25,9 +27,9 @@ struct FakeResponder: HTTPResponder {
         case .dropConnection:
             return .now(ConnectionFaultHandler.mark(HTTPResponse(status: .ok), .drop))
         case .truncatedBody:
-            return .now(ConnectionFaultHandler.mark(fake.answer(request), .truncate))
+            return .now(ConnectionFaultHandler.mark(answer(), .truncate))
         case .delay, nil:
-            response = fake.answer(request)
+            response = answer()
         }
         switch (fault, gate) {
         case (.delay(let amount), _):
@@ -42,7 +44,8 @@ struct FakeResponder: HTTPResponder {
 
     /// `POST /_fake/fault?op=list&kind=status&value=503`: switches a fault from outside the
     /// process (soak and end-to-end scripts). `kind` is status, delay (ms), drop, json,
-    /// truncate or off; without `op` it applies to every operation.
+    /// truncate or off; without `op` it applies to every operation. `op=audit&kind=ratelimit&value=S`
+    /// makes the next audit-log request answer 429 with `Retry-After: S`, once.
     private func setFault(_ query: Substring) -> HTTPResponse {
         var fields: [String: String] = [:]
         for pair in query.split(separator: "&") {
@@ -59,7 +62,11 @@ struct FakeResponder: HTTPResponder {
         case "json": fault = .invalidJSON
         case "truncate": fault = .truncatedBody
         case "off": fault = nil
-        default: return FakeMixpeek.error(.badRequest, "kind must be status, delay, drop, json, truncate or off", type: "bad_request")
+        case "ratelimit" where operation == .audit:
+            guard let value else { return FakeMixpeek.error(.badRequest, "ratelimit needs a numeric value", type: "bad_request") }
+            fake.auditTrail.rateLimitOnce(retryAfter: value)
+            return HTTPResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"success":true}"#))
+        default: return FakeMixpeek.error(.badRequest, "kind must be status, delay, drop, json, truncate, off (or ratelimit with op=audit)", type: "bad_request")
         }
         if fault == nil && fields["kind"] != "off" {
             return FakeMixpeek.error(.badRequest, "status and delay need a numeric value", type: "bad_request")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MixpeekAPI
 import MixpeekProxy
 import PostgresNIO
 
@@ -24,7 +25,7 @@ struct DataDirOption: ParsableArguments {
 struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Query, verify and export the audit log.",
-        subcommands: [Query.self, Verify.self])
+        subcommands: [Query.self, Verify.self, Reconcile.self])
 
     static func connect(_ url: PostgresURL, logger: Logger) async throws -> PostgresConnection {
         do {
@@ -64,7 +65,7 @@ struct Audit: AsyncParsableCommand {
         @Option(help: "Only this key_name.") var key: String?
         @Option(help: "From this time on (RFC 3339 UTC, or a date: 2026-10-01).") var since: String?
         @Option(help: "Before this time (RFC 3339 UTC, or a date).") var until: String?
-        @Option(help: "ok, rejected, error, timeout or unknown.") var outcome: String?
+        @Option(help: "ok, rejected, error, timeout, unknown, or applied / not_applied (an unknown settled by reconcile).") var outcome: String?
         @Option(help: "Only mutations made with the secret of this key (its key_id), when the proxy knew the key.") var actorKey: String?
         @Option(help: "Only mutations made with a key owned by this user_email.") var actorUser: String?
         @Option(help: "At most this many rows.") var limit: Int?
@@ -79,7 +80,7 @@ struct Audit: AsyncParsableCommand {
                 filter.action = parsed
             }
             if let outcome {
-                guard let parsed = AuditOutcome(rawValue: outcome) else { throw ValidationError("--outcome must be ok, rejected, error, timeout or unknown") }
+                guard let parsed = AuditOutcome(rawValue: outcome) else { throw ValidationError("--outcome must be ok, rejected, error, timeout, unknown, applied or not_applied") }
                 filter.outcome = parsed
             }
             for (name, value) in [("--since", since), ("--until", until)] {
@@ -190,6 +191,154 @@ struct Audit: AsyncParsableCommand {
     }
 }
 
+extension Audit {
+    struct Reconcile: AsyncParsableCommand {
+        static let tokenVariable = "MIXPEEK_PROXY_RECONCILE_TOKEN"
+
+        static let configuration = CommandConfiguration(
+            abstract: "Hold the audit log against the upstream's own: changes made around the proxy, unknowns settled.",
+            discussion: """
+                Reads GET /v1/organizations/audit/logs (resource_type=api_key) with the
+                admin key in $MIXPEEK_PROXY_RECONCILE_TOKEN (ADMIN permission; never a
+                flag) and prints one finding a line:
+                  around_proxy      an upstream event with no proxy record
+                  resolved_unknown  an `unknown` the upstream's log settles (applied or
+                                    not_applied), appended as a resolution record
+                  unconfirmed       a record the proxy calls applied that the upstream's
+                                    log does not show
+                Exit status: 0 nothing to report, 1 an around_proxy or unconfirmed finding,
+                2 the audit log could not be read or written, 3 the token was refused (it
+                lacks the ADMIN permission).
+                Examples:
+                  export MIXPEEK_PROXY_RECONCILE_TOKEN=sk_...
+                  mixpeek-proxy audit reconcile --since 2026-10-01 --data-dir ./data
+                  mixpeek-proxy audit reconcile --since 2026-10-01 --until 2026-10-02 \\
+                    --format jsonl
+                """)
+
+        enum Format: String, ExpressibleByArgument, CaseIterable { case table, jsonl, csv }
+
+        @OptionGroup var dataDir: DataDirOption
+        @Option(help: "From this time on (RFC 3339 UTC, or a date: 2026-10-01).") var since: String
+        @Option(help: "Before this time (RFC 3339 UTC, or a date; default now).") var until: String?
+        @Option(help: "The Mixpeek API (default $MIXPEEK_PROXY_UPSTREAM or https://api.mixpeek.com).") var upstream: String?
+        @Option(help: "Seconds between a proxy record and an upstream event that still match.") var slack: Double = 5
+        @Option(help: "Events asked for a page (1 to 1000).") var pageSize = 200
+        @Option(help: "table, jsonl or csv.") var format: Format = .table
+
+        func validate() throws {
+            guard (1...1000).contains(pageSize) else { throw ValidationError("--page-size must be between 1 and 1000") }
+            guard slack >= 0 else { throw ValidationError("--slack must not be negative") }
+        }
+
+        func run() async throws {
+            let environment = ProcessInfo.processInfo.environment
+            guard let token = environment[Self.tokenVariable], !token.isEmpty else {
+                Self.fail("set \(Self.tokenVariable) to a Mixpeek key with the ADMIN permission (it is read from the environment only)", code: 2)
+            }
+            let since = try Self.date(since, "--since")
+            let until = try until.map { try Self.date($0, "--until") } ?? Date()
+            let base = upstream ?? environment["MIXPEEK_PROXY_UPSTREAM"] ?? "https://api.mixpeek.com"
+            let hmacKey = environment[ProxyConfig.auditHMACKeyVariable].flatMap { $0.isEmpty ? nil : $0 }
+            let log: AuditLog
+            do {
+                log = try AuditLog(path: try dataDir.existingFile("audit.sqlite"), hmacKey: hmacKey, logger: Logs.quiet("mixpeek-proxy.audit"))
+            } catch let error as ValidationError {
+                throw error
+            } catch {
+                Self.fail("cannot open the audit log: \(error)", code: 2)
+            }
+            let reconciliation = Reconciliation(since: since, until: until, slack: slack)
+            let source = UpstreamAuditLog(baseURL: base, token: token, pageSize: pageSize)
+            let onTerminal = isatty(STDERR_FILENO) == 1
+            let events: [UpstreamAuditEvent]
+            do {
+                events = try await source.events(start: since - slack, end: until + slack) { read, total in
+                    if onTerminal { FileHandle.standardError.write(Data("\rreading the upstream's audit log: \(read) of \(total) events".utf8)) }
+                }
+                if onTerminal { FileHandle.standardError.write(Data("\n".utf8)) }
+            } catch let error as UpstreamAuditError {
+                if case .notAdmin = error { Self.fail(error.description, code: 3) }
+                Self.fail(error.description, code: 2)
+            }
+            var entries: [AuditEntry] = []
+            try log.query(AuditFilter(since: Timestamp.string(since), until: Timestamp.string(until))) { entries.append($0) }
+            let findings = reconciliation.findings(events: events, entries: entries)
+            let resolutions = findings.filter { $0.finding == .resolved_unknown }
+            if !resolutions.isEmpty, try !log.headVerifies() {
+                Self.fail("the log's last record does not verify with this key, so no resolution is appended: set \(ProxyConfig.auditHMACKeyVariable) as the proxy has it", code: 2)
+            }
+            for finding in resolutions {
+                guard let seq = finding.record_seq, let intent = try log.intent(seq: seq),
+                      let resolution = Reconciliation.resolution(of: finding) else { continue }
+                try await log.recordResolution(of: intent, resolution)
+            }
+            var writer = FindingWriter(format: format)
+            findings.forEach { writer.write($0) }
+            writer.finish()
+            let count = { (kind: ReconcileFinding.Kind) in findings.filter { $0.finding == kind }.count }
+            FileHandle.standardError.write(Data("""
+                reconcile: \(events.count) upstream events, \(entries.count) proxy mutations; \(count(.around_proxy)) around_proxy, \
+                \(count(.resolved_unknown)) resolved_unknown (appended), \(count(.unconfirmed)) unconfirmed\n
+                """.utf8))
+            if findings.contains(where: \.fails) { throw ExitCode(1) }
+        }
+
+        static func date(_ text: String, _ name: String) throws -> Date {
+            guard let stored = AuditLog.storedTime(text), let date = Reconciliation.date(stored) else {
+                throw ValidationError("\(name) must be an RFC 3339 UTC time (2026-10-01T00:00:00Z) or a date (2026-10-01)")
+            }
+            return date
+        }
+
+        static func fail(_ message: String, code: Int32) -> Never {
+            FileHandle.standardError.write(Data("audit reconcile: \(message)\n".utf8))
+            Foundation.exit(code)
+        }
+    }
+}
+
+/// Writes reconcile findings, one a line.
+struct FindingWriter {
+    let format: Audit.Reconcile.Format
+    private var rows = 0
+
+    init(format: Audit.Reconcile.Format) {
+        self.format = format
+    }
+
+    private static let tableColumns: [(String, Int)] = [
+        ("FINDING", 16), ("ACTION", 6), ("USER", 24), ("KEY", 16), ("KEY_ID", 20), ("TIME", 24), ("AUDIT_ID", 20),
+        ("SEQ", 6), ("RESOLUTION", 11),
+    ]
+
+    mutating func write(_ finding: ReconcileFinding) {
+        defer { rows += 1 }
+        switch format {
+        case .jsonl:
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: (try? encoder.encode(finding)) ?? Data(), as: UTF8.self))
+        case .csv:
+            if rows == 0 { print(ReconcileFinding.columns.joined(separator: ",")) }
+            print(finding.values.map(AuditTableWriter.csvField).joined(separator: ","))
+        case .table:
+            if rows == 0 { print(Self.tableColumns.map { $0.0.padding(toLength: $0.1, withPad: " ", startingAt: 0) }.joined(separator: " ")) }
+            let values = [finding.finding.rawValue, finding.action, finding.user_email ?? "-", finding.key_name ?? "-",
+                          finding.key_id ?? "-", finding.time, finding.audit_id ?? "-", finding.record_seq.map(String.init) ?? "-",
+                          finding.resolution ?? "-"]
+            print(zip(values, Self.tableColumns).map { value, column in
+                value.count > column.1 ? String(value.prefix(column.1 - 1)) + "…" : value.padding(toLength: column.1, withPad: " ", startingAt: 0)
+            }.joined(separator: " "))
+        }
+    }
+
+    func finish() {
+        if format == .table, rows == 0 { print("(nothing changed around the proxy, nothing unconfirmed)") }
+        fflush(nil)
+    }
+}
+
 /// Writes query rows as they come: nothing is held but the current row.
 struct AuditTableWriter {
     let format: String
@@ -240,7 +389,7 @@ struct AuditTableWriter {
         return String(decoding: (try? encoder.encode(entry)) ?? Data(), as: UTF8.self)
     }
 
-    private static func csvField(_ value: String?) -> String {
+    static func csvField(_ value: String?) -> String {
         guard let value else { return "" }
         // A leading =, +, - or @ would run as a formula in a spreadsheet.
         let safe = value.first.map { "=+-@".contains($0) } == true ? "'" + value : value

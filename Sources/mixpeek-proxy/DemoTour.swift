@@ -2,7 +2,10 @@
 enum DemoTour {
     static let token = "sk_demo_0123456789abcdefghijklmnop"
 
-    static func text(proxy: String, dataDir: String) -> String {
+    /// - Parameters:
+    ///   - upstream: the built-in fake's URL, whose audit log `audit reconcile` reads.
+    ///   - since: today's date (UTC), the reconcile window's start.
+    static func text(proxy: String, dataDir: String, upstream: String, since: String) -> String {
         """
         mixpeek-proxy demo: proxy on \(proxy), in front of a built-in fake Mixpeek (no account, no network).
         Data (cache and audit log): \(dataDir). Stop with Ctrl-C.
@@ -25,6 +28,11 @@ enum DemoTour {
           mixpeek-proxy cache stats --data-dir \(dataDir)
           mixpeek-proxy audit query --data-dir \(dataDir) --format table
           mixpeek-proxy audit verify --data-dir \(dataDir)
+
+        Hold the audit log against the fake's own audit log (any sk_... token is an admin key there;
+        a key made straight at \(upstream), around the proxy, would be reported and exit 1):
+          export MIXPEEK_PROXY_RECONCILE_TOKEN=$TOKEN
+          mixpeek-proxy audit reconcile --since \(since) --upstream \(upstream) --data-dir \(dataDir)
 
         Status page (savings, upstream, cache, audit; open it in a browser on this machine):
           \(proxy)/_proxy/

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MixpeekAPI
 import MixpeekFake
 import MixpeekProxy
 import ServiceLifecycle
@@ -178,7 +179,7 @@ struct Demo: AsyncParsableCommand {
         config.upstream = fake.url
         let logger = Logger(label: "mixpeek-proxy")
         let app = try await ProxyApp.start(config: config, logger: logger)
-        printFlushed(DemoTour.text(proxy: app.url, dataDir: config.dataDir))
+        printFlushed(DemoTour.text(proxy: app.url, dataDir: config.dataDir, upstream: fake.url, since: String(Timestamp.string(Date()).prefix(10))))
         try await runUntilSignalled(app, also: [FakeService(server: fake)], logger: logger)
     }
 }

@@ -57,7 +57,7 @@ struct AuditAppendTests {
         #expect(try log.verify().isIntact)
     }
 
-    @Test("a second writer on the same file makes an append fail once, never forks the chain")
+    @Test("a second writer on the same file (audit reconcile appending a resolution) never forks the chain: the next batch chains after the file's head")
     func secondWriterCannotFork() async throws {
         let path = AuditFile.scratchPath()
         defer { AuditFile.remove(path) }
@@ -65,13 +65,13 @@ struct AuditAppendTests {
         let second = try AuditFile.open(scratchFile: path)
         #expect(try await first.recordIntent(Self.intent(user: "a@example.com")).seq == 1)
         #expect(try await second.recordIntent(Self.intent(user: "b@example.com")).seq == 2)
-        // `first` still holds seq 1 as its head: seq 2 is taken, so the append is refused...
-        await #expect(throws: DatabaseError.self) { try await first.recordIntent(Self.intent(user: "c@example.com")) }
-        // ...and the next one reads the head from the file again.
-        let appended = try await first.recordIntent(Self.intent(user: "d@example.com"))
+        // `first` still holds seq 1 as its head: seq 2 is taken, so the batch is chained again
+        // after the record the file ends with, and nothing is refused.
+        let appended = try await first.recordIntent(Self.intent(user: "c@example.com"))
         #expect(appended.seq == 3)
+        #expect(try await first.recordIntent(Self.intent(user: "d@example.com")).seq == 4)
         let records = try AuditFile.records(at: path)
-        #expect(records.map(\.user_email) == ["a@example.com", "b@example.com", "d@example.com"])
+        #expect(records.map(\.user_email) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"])
         #expect(appended.prev_hash == records[1].hash)
         #expect(try first.verify().isIntact)
     }

@@ -34,6 +34,8 @@ struct AuditChainCheck {
         case .outcome:
             if let intent = record.intent_seq { open.remove(intent) }
             if record.outcome == .unknown, let intent = record.intent_seq { unknown.append(intent) }
+        case .resolution:
+            if let intent = record.intent_seq { unknown.removeAll { $0 == intent } }
         }
         expectedSeq += 1
         previousHash = record.hash

@@ -137,8 +137,36 @@ public final class AuditLog: Sendable {
             // Nullable: the records before it have none, and their hashes never covered one.
             try db.alter(table: "audit_records") { t in t.add(column: "trace_id", .text) }
         }
+        migrator.registerMigration("v3-resolution") { db in
+            // SQLite cannot change a CHECK in place: the table is rebuilt, every row copied as it
+            // is (DROP TABLE fires no trigger), then the indexes and the append-only triggers
+            // are made again. The hashes do not change: the rows do not.
+            try db.execute(sql: """
+                CREATE TABLE audit_records_v3 (
+                    seq INTEGER PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('intent', 'outcome', 'resolution')),
+                    intent_seq INTEGER, time TEXT NOT NULL, action TEXT NOT NULL, user_email TEXT NOT NULL,
+                    key_name TEXT, caller TEXT NOT NULL, client TEXT NOT NULL, request_id TEXT NOT NULL,
+                    upstream_status INTEGER, outcome TEXT, duration_ms DOUBLE, key_id TEXT, key_prefix TEXT,
+                    key_hash TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, trace_id TEXT, upstream_audit_id TEXT);
+                INSERT INTO audit_records_v3 (seq, kind, intent_seq, time, action, user_email, key_name, caller, client,
+                    request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id)
+                SELECT seq, kind, intent_seq, time, action, user_email, key_name, caller, client,
+                    request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id
+                FROM audit_records;
+                DROP TABLE audit_records;
+                ALTER TABLE audit_records_v3 RENAME TO audit_records;
+                CREATE INDEX audit_intent_seq ON audit_records (intent_seq);
+                CREATE INDEX audit_user_time ON audit_records (user_email, time);
+                CREATE INDEX audit_resolutions ON audit_records (intent_seq) WHERE kind = 'resolution';
+                CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+                CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+                """)
+        }
         // The key that acted (issue 22): nullable, hashed only when present.
-        migrator.registerMigration("v3-actor-key") { db in
+        migrator.registerMigration("v4-actor-key") { db in
             try db.alter(table: "audit_records") { t in
                 t.add(column: "actor_key_id", .text)
                 t.add(column: "actor_key_prefix", .text)
@@ -190,6 +218,26 @@ public final class AuditLog: Sendable {
         return record
     }
 
+    /// Records what the upstream's audit log says of `intent`, whose outcome was `unknown`:
+    /// `applied` with the event's `audit_id` (and the key it names), or `notApplied`. A new
+    /// record, never a change to the outcome.
+    @discardableResult
+    public func recordResolution(of intent: AuditRecord, _ resolution: AuditResolution) async throws -> AuditRecord {
+        try await append(Self.resolution(of: intent, resolution, time: Self.now()))
+    }
+
+    static func resolution(of intent: AuditRecord, _ resolution: AuditResolution, time: String) -> AuditRecord {
+        var record = intent
+        record.seq = 0
+        record.kind = .resolution
+        record.intent_seq = intent.seq
+        record.time = time
+        record.outcome = resolution.outcome
+        record.key_id = resolution.keyID
+        record.upstream_audit_id = resolution.auditID
+        return record
+    }
+
     private func append(_ draft: AuditRecord) async throws -> AuditRecord {
         try await withCheckedThrowingContinuation { continuation in
             let start = pending.withLockedValue { pending -> Bool in
@@ -213,15 +261,26 @@ public final class AuditLog: Sendable {
         guard !batch.isEmpty else { return }
         let key = key
         queue.asyncWrite({ db -> [AuditRecord] in
-            var head = try knownHead ?? Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-                .map { Head(seq: $0["seq"], hash: $0["hash"]) } ?? Head(seq: 0, hash: AuditRecord.genesis)
-            return try batch.map { draft, _ in
-                let record = draft.chained(after: (head.seq, head.hash), key: key)
-                // A seq taken by another writer fails the insert (primary key), never forks the chain.
-                try Self.insert(record, db)
-                head = Head(seq: record.seq, hash: record.hash)
-                return record
+            func chain(after start: Head) -> [AuditRecord] {
+                var head = start
+                return batch.map { draft, _ in
+                    let record = draft.chained(after: (head.seq, head.hash), key: key)
+                    head = Head(seq: record.seq, hash: record.hash)
+                    return record
+                }
             }
+            var records = chain(after: try knownHead ?? Self.readHead(db))
+            // A seq taken by another writer fails the insert (primary key), never forks the chain.
+            // The only other writer is `audit reconcile` appending a resolution: when the head
+            // this log remembered is no longer the file's, the batch is chained after the file's.
+            do {
+                try Self.insert(records[0], db)
+            } catch let error as DatabaseError where knownHead != nil && error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
+                records = chain(after: try Self.readHead(db))
+                try Self.insert(records[0], db)
+            }
+            for record in records.dropFirst() { try Self.insert(record, db) }
+            return records
         }, completion: { _, result in
             switch result {
             case .success(let records):
@@ -236,19 +295,24 @@ public final class AuditLog: Sendable {
         })
     }
 
+    private static func readHead(_ db: Database) throws -> Head {
+        try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            .map { Head(seq: $0["seq"], hash: $0["hash"]) } ?? Head(seq: 0, hash: AuditRecord.genesis)
+    }
+
     /// One prepared statement for every append: GRDB's record insert goes through `Codable`
     /// and builds its query each time, a cost that shows at a thousand records a second.
     private static func insert(_ record: AuditRecord, _ db: Database) throws {
         try db.cachedStatement(sql: """
             INSERT INTO audit_records (seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
-                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id,
+                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id, upstream_audit_id,
                 actor_key_id, actor_key_prefix, actor_key_name, actor_user)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [
                 record.seq, record.kind.rawValue, record.intent_seq, record.time, record.action.rawValue, record.user_email,
                 record.key_name, record.caller, record.client, record.request_id, record.upstream_status,
                 record.outcome?.rawValue, record.duration_ms, record.key_id, record.key_prefix, record.key_hash,
-                record.prev_hash, record.hash, record.trace_id,
+                record.prev_hash, record.hash, record.trace_id, record.upstream_audit_id,
                 record.actor_key_id, record.actor_key_prefix, record.actor_key_name, record.actor_user,
             ])
     }
@@ -261,7 +325,11 @@ public final class AuditLog: Sendable {
             // Each intent gets one outcome unless the proxy stopped in between, so equal counts
             // mean nothing to close. Counted from the intent_seq index, they cost a small part
             // of the search below, which reads every intent and made a long log slow to start.
-            let intentsWithoutOutcome = try Int.fetchOne(db, sql: "SELECT count(*) - 2 * count(intent_seq) FROM audit_records") ?? 0
+            // A resolution names its intent too, and is counted back from its own partial index.
+            let intentsWithoutOutcome = try Int.fetchOne(db, sql: """
+                SELECT count(*) - 2 * count(intent_seq) + (SELECT count(*) FROM audit_records WHERE kind = 'resolution')
+                FROM audit_records
+                """) ?? 0
             guard intentsWithoutOutcome != 0 else { return [] }
             return try AuditRecord.fetchAll(db, sql: """
                 SELECT * FROM audit_records i WHERE i.kind = 'intent'

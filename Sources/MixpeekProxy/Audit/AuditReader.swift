@@ -27,17 +27,24 @@ public struct AuditEntry: Codable, Sendable, Equatable {
     public var actor_key_prefix: String? = nil
     public var actor_key_name: String? = nil
     public var actor_user: String? = nil
+    /// For an `unknown` that `audit reconcile` settled (`outcome` is then `applied` or
+    /// `not_applied`): the seq of the resolution record, and the upstream's `audit_id` of the
+    /// event that showed it applied.
+    public var resolution_seq: Int64? = nil
+    public var upstream_audit_id: String? = nil
 
     public static let columns = [
         "seq", "time", "action", "user_email", "key_name", "caller", "client", "request_id", "outcome",
         "upstream_status", "duration_ms", "key_id", "key_prefix", "key_hash", "finished_at", "trace_id",
         "actor_key_id", "actor_key_prefix", "actor_key_name", "actor_user",
+        "resolution_seq", "upstream_audit_id",
     ]
 
     public var values: [String?] {
         [String(seq), time, action, user_email, key_name, caller, client, request_id, outcome,
          upstream_status.map(String.init), duration_ms.map(AuditRecord.threeDecimals), key_id, key_prefix,
-         key_hash, finished_at, trace_id, actor_key_id, actor_key_prefix, actor_key_name, actor_user]
+         key_hash, finished_at, trace_id, actor_key_id, actor_key_prefix, actor_key_name, actor_user,
+         resolution_seq.map(String.init), upstream_audit_id]
     }
 }
 
@@ -74,14 +81,15 @@ extension AuditFilter {
     /// `foldedUser` is the intent's user folded (`UserIdentity`) in that database, so that every
     /// spelling of the address matches; each record keeps the one sent.
     /// `foldedActor` is the acting key's owner folded likewise, where the database records it.
-    func conditions(foldedUser: String, foldedActor: String? = nil) -> [(sql: String, value: String)] {
+    func conditions(foldedUser: String, foldedActor: String? = nil,
+                    outcome outcomeSQL: String = "COALESCE(o.outcome, 'unknown')") -> [(sql: String, value: String)] {
         var conditions: [(sql: String, value: String)] = []
         if let action { conditions.append(("i.action = ?", action.rawValue)) }
         if let user { conditions.append(("\(foldedUser) = ?", UserIdentity.folded(user))) }
         if let key { conditions.append(("i.key_name = ?", key)) }
         if let since { conditions.append(("i.time >= ?", AuditLog.storedTime(since) ?? since)) }
         if let until { conditions.append(("i.time < ?", AuditLog.storedTime(until) ?? until)) }
-        if let outcome { conditions.append(("COALESCE(o.outcome, 'unknown') = ?", outcome.rawValue)) }
+        if let outcome { conditions.append(("\(outcomeSQL) = ?", outcome.rawValue)) }
         if let actorKey { conditions.append(("i.actor_key_id = ?", actorKey)) }
         if let actorUser, let foldedActor { conditions.append(("\(foldedActor) = ?", UserIdentity.folded(actorUser))) }
         return conditions
@@ -105,7 +113,8 @@ extension AuditLog {
     /// Streams the mutations matching `filter`, oldest first, one at a time: a million-record
     /// log is never loaded into memory. Works while the proxy appends (WAL readers).
     public func query(_ filter: AuditFilter, _ body: (AuditEntry) throws -> Void) throws {
-        let conditions = filter.conditions(foldedUser: "mixpeek_fold_user(i.user_email)", foldedActor: "mixpeek_fold_user(i.actor_user)")
+        let conditions = filter.conditions(foldedUser: "mixpeek_fold_user(i.user_email)", foldedActor: "mixpeek_fold_user(i.actor_user)",
+                                           outcome: Self.settledOutcomeSQL)
         var arguments = StatementArguments(conditions.map(\.value))
         var sql = Self.entriesSQL(where: (["i.kind = 'intent'"] + conditions.map(\.sql)).joined(separator: " AND "), order: "i.seq")
         if let limit = filter.limit {
@@ -121,14 +130,19 @@ extension AuditLog {
         }
     }
 
-    /// Intents joined with their outcomes: the one query behind `query` and the status page.
+    /// A mutation's outcome as it stands: a resolution's when `audit reconcile` settled it.
+    static let settledOutcomeSQL = "COALESCE(r.outcome, o.outcome, 'unknown')"
+
+    /// Intents joined with their outcomes and resolutions: the one query behind `query`, the
+    /// status page and `audit reconcile`. Reconcile appends one resolution an intent at most.
     static func entriesSQL(where conditions: String, order: String) -> String {
         """
         SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
-               COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
-               o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id,
-               i.actor_key_id, i.actor_key_prefix, i.actor_key_name, i.actor_user
+               \(settledOutcomeSQL) AS outcome, o.upstream_status, o.duration_ms,
+               COALESCE(r.key_id, o.key_id) AS key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id,
+               r.seq AS resolution_seq, r.upstream_audit_id, i.actor_key_id, i.actor_key_prefix, i.actor_key_name, i.actor_user
         FROM audit_records i LEFT JOIN audit_records o ON o.intent_seq = i.seq AND o.kind = 'outcome'
+        LEFT JOIN audit_records r ON r.intent_seq = i.seq AND r.kind = 'resolution'
         WHERE \(conditions) ORDER BY \(order)
         """
     }
@@ -140,7 +154,8 @@ extension AuditLog {
             outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
             key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
             finished_at: row["finished_at"], trace_id: row["trace_id"], actor_key_id: row["actor_key_id"],
-            actor_key_prefix: row["actor_key_prefix"], actor_key_name: row["actor_key_name"], actor_user: row["actor_user"])
+            actor_key_prefix: row["actor_key_prefix"], actor_key_name: row["actor_key_name"], actor_user: row["actor_user"],
+            resolution_seq: row["resolution_seq"], upstream_audit_id: row["upstream_audit_id"])
     }
 
     /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing
@@ -178,6 +193,22 @@ extension AuditLog {
 }
 
 extension AuditLog {
+    /// The intent record `seq`, as `audit reconcile` chains a resolution after it.
+    public func intent(seq: Int64) throws -> AuditRecord? {
+        try queue.read { db in
+            try AuditRecord.fetchOne(db, sql: "SELECT * FROM audit_records WHERE seq = ? AND kind = 'intent'", arguments: [seq])
+        }
+    }
+
+    /// Whether the last record's hash is the one this log's key makes of it: a resolution
+    /// appended under another key (or none, to an HMAC chain) would break the chain.
+    public func headVerifies() throws -> Bool {
+        try queue.read { db in
+            guard let last = try AuditRecord.fetchOne(db, sql: "SELECT * FROM audit_records ORDER BY seq DESC LIMIT 1") else { return true }
+            return last.hash == last.computeHash(key: key)
+        }
+    }
+
     /// True when record `seq` is in the log with this hash (for `verify --expect-head`).
     public func contains(seq: Int64, hash: String) throws -> Bool {
         try queue.read { db in

@@ -21,18 +21,24 @@ public enum AuditOutcome: String, Sendable, Codable, CaseIterable {
     case timeout
     /// The proxy stopped between recording the intent and the outcome.
     case unknown
+    /// An `unknown` settled by the upstream's own audit log (`audit reconcile`): it was made.
+    case applied
+    /// An `unknown` settled by the upstream's own audit log: the window closed with no event.
+    case notApplied = "not_applied"
 }
 
 /// One row of the append-only log: an *intent* (written and made durable before the
-/// mutation is forwarded) or an *outcome* (written after the upstream answered).
+/// mutation is forwarded), an *outcome* (written after the upstream answered) or a
+/// *resolution* (appended by `audit reconcile`: what the upstream's own audit log says of an
+/// intent whose outcome was `unknown`).
 public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
     public static let databaseTableName = "audit_records"
 
-    public enum Kind: String, Codable, Sendable { case intent, outcome }
+    public enum Kind: String, Codable, Sendable { case intent, outcome, resolution }
 
     public var seq: Int64
     public var kind: Kind
-    /// For an outcome: the `seq` of its intent.
+    /// For an outcome or a resolution: the `seq` of its intent.
     public var intent_seq: Int64?
     /// RFC 3339, UTC, milliseconds.
     public var time: String
@@ -66,6 +72,10 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
 
     var hasActor: Bool { actor_key_id != nil || actor_key_prefix != nil || actor_key_name != nil || actor_user != nil }
 
+    /// For a resolution: the upstream's `audit_id` of the event that settled it (nil for
+    /// `not_applied`, and in every other record).
+    public var upstream_audit_id: String? = nil
+
     /// The bytes the hash covers: every field but `hash`, each length-prefixed so that no
     /// two different records encode alike, followed by the previous record's hash. That is
     /// `mixpeek-proxy-audit-v1`, `seq`, `canonicalBody`, `prev_hash` (`mixpeek_audit_chain`
@@ -91,13 +101,17 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
         var bytes: [UInt8] = []
         bytes.reserveCapacity(fields.reduce(0) { $0 + 8 + ($1?.utf8.count ?? 0) } + 40)
         for field in fields { Self.appendField(field, to: &bytes) }
-        // Only when there is one: a record without it encodes, and so hashes, as every record
-        // did before the field existed, and old chains still verify. Unambiguous, as
-        // `prev_hash` (64 hex digits) follows and holds no `|`.
-        // With an acting key: the trace id's place (`|-` without one), then its four fields, so a
-        // record with an actor never encodes like one with a trace id alone.
+        // Each extra field only when present, so that a record without them encodes, and so
+        // hashes, as records did before they existed. With an acting key or an upstream audit id:
+        // the trace id's place first (`|-` without one), then the four actor fields, then the
+        // audit id; the field counts (1, 2, 5, 6) tell every combination apart, as `prev_hash` (64 hex digits,
+        // no `|`) follows.
         if hasActor {
             for field in [trace_id, actor_key_id, actor_key_prefix, actor_key_name, actor_user] { Self.appendField(field, to: &bytes) }
+            if let upstream_audit_id { Self.appendField(upstream_audit_id, to: &bytes) }
+        } else if let upstream_audit_id {
+            Self.appendField(trace_id, to: &bytes)
+            Self.appendField(upstream_audit_id, to: &bytes)
         } else if let trace_id {
             Self.appendField(trace_id, to: &bytes)
         }
@@ -192,6 +206,22 @@ public struct AuditResult: Sendable {
         self.keyID = keyID
         self.keyPrefix = keyPrefix
         self.keyHash = keyHash
+    }
+}
+
+/// What the upstream's own audit log says of a mutation recorded `unknown`.
+public struct AuditResolution: Sendable, Equatable {
+    /// `applied` or `notApplied`.
+    public var outcome: AuditOutcome
+    /// The upstream event's `audit_id` (applied only).
+    public var auditID: String?
+    /// The key the event names (its `resource_id`).
+    public var keyID: String?
+
+    public init(outcome: AuditOutcome, auditID: String?, keyID: String?) {
+        self.outcome = outcome
+        self.auditID = auditID
+        self.keyID = keyID
     }
 }
 
