@@ -112,31 +112,23 @@ struct RevocationTests {
                 return UpstreamResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(string: #"{"keys": []}"#))
             }
         }
-        var config = ProxyConfig()
-        config.port = 0
-        config.dataDir = TestProxy.makeDataDir()
-        config.logLevel = .warning
-        defer { try? FileManager.default.removeItem(atPath: config.dataDir) }
-        let app = try await ProxyApp.start(config: config, upstream: upstream, logger: TrustTests.quiet, clock: clock.read, accessLogSink: LineSink())
-        func list(_ token: String) async throws -> (Int, String?) {
-            var request = HTTPClientRequest(url: app.url + TestProxy.path())
-            request.headers.add(name: "authorization", value: "Bearer \(token)")
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
-            _ = try await response.body.collect(upTo: 1 << 20)
-            return (Int(response.status.code), response.headers.first(name: "X-Cache"))
+        try await withStubProxy(upstream, clock: clock.read) { (app: ProxyApp, _: String) async throws -> Void in
+            func list(_ token: String) async throws -> (Int, String?) {
+                let answer = try await listThrough(app, token: token)
+                return (answer.status, answer.cache)
+            }
+            let a = "sk_test_aaaaaaaaaaaaaaaaaaaaaaaaaaaa", b = "sk_test_bbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            #expect(try await list(a).1 == "MISS")
+            #expect(try await list(b).1 == "MISS")
+            clock.advance(31)
+            mode.withLockedValue { $0 = "refuse-a" }
+            #expect(try await list(a) == (401, "MISS"))
+            mode.withLockedValue { $0 = "down" }
+            let refusedThenDown = try await list(a)
+            #expect(refusedThenDown.1 != "STALE", "a credential the upstream refused gets no STALE: \(refusedThenDown)")
+            #expect(refusedThenDown.0 == 502)
+            #expect(try await list(b).1 == "STALE", "another credential's list is still served STALE")
         }
-        let a = "sk_test_aaaaaaaaaaaaaaaaaaaaaaaaaaaa", b = "sk_test_bbbbbbbbbbbbbbbbbbbbbbbbbbbb"
-        #expect(try await list(a).1 == "MISS")
-        #expect(try await list(b).1 == "MISS")
-        clock.advance(31)
-        mode.withLockedValue { $0 = "refuse-a" }
-        #expect(try await list(a) == (401, "MISS"))
-        mode.withLockedValue { $0 = "down" }
-        let refusedThenDown = try await list(a)
-        #expect(refusedThenDown.1 != "STALE", "a credential the upstream refused gets no STALE: \(refusedThenDown)")
-        #expect(refusedThenDown.0 == 502)
-        #expect(try await list(b).1 == "STALE", "another credential's list is still served STALE")
-        await app.shutdown()
     }
 
     @Test("a key whose expires_at has passed: its secret gets no HIT (the upstream answers 401)")

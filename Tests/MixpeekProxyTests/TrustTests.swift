@@ -142,24 +142,14 @@ struct TrustTests {
             return UpstreamResponse(status: .ok, headers: ["content-type": "application/json", "cache-control": cacheControl],
                                     body: ByteBuffer(string: #"{"keys": []}"#))
         }
-        var config = ProxyConfig()
-        config.port = 0
-        config.dataDir = TestProxy.makeDataDir()
-        config.logLevel = .warning
-        config.cacheIgnoreUpstreamDirectives = ignore
-        defer { try? FileManager.default.removeItem(atPath: config.dataDir) }
-        let app = try await ProxyApp.start(config: config, upstream: upstream, logger: quiet, accessLogSink: LineSink())
-        var results: [String?] = []
-        for index in 0..<2 {
-            if index == 1 { between?() }
-            var request = HTTPClientRequest(url: app.url + TestProxy.path())
-            request.headers.add(name: "authorization", value: "Bearer \(TestProxy.token)")
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
-            _ = try await response.body.collect(upTo: 1 << 20)
-            results.append(response.headers.first(name: "X-Cache"))
+        return try await withStubProxy(upstream, configure: { $0.cacheIgnoreUpstreamDirectives = ignore }) { app, _ in
+            var results: [String?] = []
+            for index in 0..<2 {
+                if index == 1 { between?() }
+                results.append(try await listThrough(app).cache)
+            }
+            return results
         }
-        await app.shutdown()
-        return results
     }
 
     @Test("a list answered Cache-Control private, no-cache, no-store, or private with a max-age is not kept: the next list is a MISS")
@@ -202,33 +192,22 @@ struct TrustTests {
             return UpstreamResponse(status: .ok, headers: ["content-type": "application/json", "cache-control": cacheControl.withLockedValue { $0 }],
                                     body: ByteBuffer(string: #"{"keys": []}"#))
         }
-        var config = ProxyConfig()
-        config.port = 0
-        config.dataDir = TestProxy.makeDataDir()
-        config.logLevel = .warning
-        defer { try? FileManager.default.removeItem(atPath: config.dataDir) }
-        let app = try await ProxyApp.start(config: config, upstream: upstream, logger: Self.quiet, clock: clock.read, accessLogSink: LineSink())
-        func list(_ user: String) async throws -> String? {
-            var request = HTTPClientRequest(url: app.url + TestProxy.path(user: user))
-            request.headers.add(name: "authorization", value: "Bearer \(TestProxy.token)")
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
-            _ = try await response.body.collect(upTo: 1 << 20)
-            return response.headers.first(name: "X-Cache")
+        try await withStubProxy(upstream, clock: clock.read) { (app: ProxyApp, _: String) async throws -> Void in
+            func list(_ user: String) async throws -> String? { try await listThrough(app, user: user).cache }
+            #expect(try await list("a%40b.com") == "MISS")
+            clock.advance(4)
+            #expect(try await list("a%40b.com") == "HIT")
+            clock.advance(2)
+            #expect(try await list("a%40b.com") == "MISS", "past max-age, inside the 30 s TTL")
+            // s-maxage implies proxy-revalidate for a shared cache: no STALE when the upstream fails.
+            cacheControl.withLockedValue { $0 = "s-maxage=5" }
+            #expect(try await list("c%40d.com") == "MISS")
+            clock.advance(6)
+            failing.withLockedValue { $0 = true }
+            #expect(try await list("c%40d.com") != "STALE")
+            // Without it, the same failure is served STALE (the stale window is unchanged).
+            #expect(try await list("a%40b.com") == "STALE")
         }
-        #expect(try await list("a%40b.com") == "MISS")
-        clock.advance(4)
-        #expect(try await list("a%40b.com") == "HIT")
-        clock.advance(2)
-        #expect(try await list("a%40b.com") == "MISS", "past max-age, inside the 30 s TTL")
-        // s-maxage implies proxy-revalidate for a shared cache: no STALE when the upstream fails.
-        cacheControl.withLockedValue { $0 = "s-maxage=5" }
-        #expect(try await list("c%40d.com") == "MISS")
-        clock.advance(6)
-        failing.withLockedValue { $0 = true }
-        #expect(try await list("c%40d.com") != "STALE")
-        // Without it, the same failure is served STALE (the stale window is unchanged).
-        #expect(try await list("a%40b.com") == "STALE")
-        await app.shutdown()
     }
 
     // MARK: 7. HTTP/1.0 with Transfer-Encoding

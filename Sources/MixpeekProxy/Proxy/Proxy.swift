@@ -233,13 +233,14 @@ public final class Proxy: HTTPResponder {
                         trace: TraceContext) async -> (HTTPResponse, String?) {
         guard let audit else { return (ProxyError.auditUnavailable.response(requestID: requestID), nil) }
         let authorization = request.headers.first(name: "authorization")
+        let credential = cache.credential(for: authorization)
         let intent: AuditRecord
         do {
             intent = try await metrics.timeAuditAppend {
                 try await audit.recordIntent(AuditIntent(
                     action: action, user: user, key: key ?? Self.createdName(request.body),
                     caller: callers.of(authorization: authorization), client: request.clientAddress,
-                    requestID: requestID, traceID: trace.traceID, actor: cache.identity(of: cache.credential(for: authorization))))
+                    requestID: requestID, traceID: trace.traceID, actor: cache.identity(of: credential)))
             }
         } catch {
             logger.error("audit intent could not be written; mutation refused", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
@@ -261,7 +262,7 @@ public final class Proxy: HTTPResponder {
             }
             // Before the answer is sent: a key revoked by it reads nothing from the cache from
             // the moment its client learns of it (`ListCache.noteMutation`).
-            cache.noteAnswer(.response(upstreamResponse), to: cache.credential(for: authorization), listOf: nil)
+            cache.noteAnswer(.response(upstreamResponse), to: credential, listOf: nil)
             if outcome == .ok { cache.noteMutation(action, user: user, name: key, answer: upstreamResponse.body) }
             let ids = outcome == .ok && (action == .create || action == .rotate) ? Self.newKeyIdentifiers(upstreamResponse.body) : (nil, nil, nil)
             result = AuditResult(outcome: outcome, upstreamStatus: code, durationMS: elapsed, keyID: ids.0, keyPrefix: ids.1, keyHash: ids.2)

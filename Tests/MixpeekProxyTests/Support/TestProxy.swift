@@ -181,6 +181,7 @@ final class TestClock: Sendable {
 /// Runs `body` against a proxy in front of `upstream` (no fake) and shuts it down. The data
 /// dir is a fresh one removed afterwards, unless `dataDir` is given (to read it afterwards).
 func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, logger: Logger? = nil,
+                      clock: (@Sendable () -> Double)? = nil, configure: (inout ProxyConfig) -> Void = { _ in },
                       _ body: (_ app: ProxyApp, _ dataDir: String) async throws -> T) async throws -> T {
     let dataDir = given ?? TestProxy.makeDataDir()
     defer { if given == nil { try? FileManager.default.removeItem(atPath: dataDir) } }
@@ -188,9 +189,10 @@ func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, lo
     config.port = 0
     config.dataDir = dataDir
     config.logLevel = .warning
+    configure(&config)
     let app = try await ProxyApp.start(
         config: config, upstream: upstream, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
-        accessLogSink: LineSink())
+        clock: clock, accessLogSink: LineSink())
     do {
         let result = try await body(app, dataDir)
         await app.shutdown()
@@ -199,6 +201,15 @@ func withStubProxy<T>(_ upstream: StubUpstream, dataDir given: String? = nil, lo
         await app.shutdown()
         throw error
     }
+}
+
+/// One list of `user` through `app` with `token`: its status and X-Cache.
+func listThrough(_ app: ProxyApp, user: String = "alice@example.com", token: String = TestProxy.token) async throws -> (status: Int, cache: String?) {
+    var request = HTTPClientRequest(url: app.url + TestProxy.path(user: user))
+    request.headers.add(name: "authorization", value: "Bearer \(token)")
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
+    _ = try await response.body.collect(upTo: 1 << 20)
+    return (Int(response.status.code), response.headers.first(name: "X-Cache"))
 }
 
 /// Writes raw bytes to a port and returns everything read until the peer closes or
