@@ -6,7 +6,7 @@ import Synchronization
 /// One `Authorization` value as the cache knows it: the fingerprint its lists are kept under,
 /// the SHA-256 of its bearer secret (which Mixpeek calls the key's `key_hash`), and whether a
 /// list may be answered from cache to it now. Made once per value and memoised, so a hit only
-/// loads three atomics.
+/// loads five atomics.
 ///
 /// Where "a revoked key reads nothing from the cache" lives (CONTRACT §4): a credential is
 /// answered from cache only while it is not revoked (a delete, a rotate or an update to a
