@@ -50,7 +50,7 @@ private func sha256Hex(_ text: String) -> String {
 }
 
 /// Polls `condition` every 10 ms for up to `timeout`.
-private func eventually(within timeout: Duration = .seconds(5), _ condition: () -> Bool) async throws -> Bool {
+private func eventually(within timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if condition() { return true }
