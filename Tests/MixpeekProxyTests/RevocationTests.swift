@@ -59,6 +59,22 @@ struct RevocationTests {
         }
     }
 
+    @Test("K made elsewhere and never seen by the proxy (it read only another user's lists), deleted through the proxy: its very next list is not a HIT")
+    func deletedUnseen() async throws {
+        try await withTestProxy(configure: { $0.cacheTTL = 3600 }) { proxy in
+            // Created straight at the fake: the proxy never relays K's create answer, nor (K
+            // reading only bob's lists) a list holding K, so it cannot tell which secret is K's.
+            let created = try await proxy.request(.POST, TestProxy.path(), token: Self.admin, json: #"{"name": "k-unseen"}"#, base: proxy.fake.url)
+            let secret = try #require(created.json["key"] as? String)
+            _ = try await proxy.list(user: "bob@example.com", token: secret)
+            #expect(try await proxy.list(user: "bob@example.com", token: secret).header("X-Cache") == "HIT")
+            #expect(try await proxy.delete(key: "k-unseen", token: Self.admin).status == 200)
+            let after = try await proxy.list(user: "bob@example.com", token: secret)
+            #expect(after.header("X-Cache") != "HIT", "a secret the proxy could not name got a HIT after a delete of an unseen key")
+            #expect(after.status == 401)
+        }
+    }
+
     @Test("K rotated through the proxy (by K itself): the old secret gets no HIT; the new one is served and cached")
     func rotated() async throws {
         try await withTestProxy { proxy in

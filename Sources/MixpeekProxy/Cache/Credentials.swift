@@ -173,8 +173,11 @@ struct CredentialBook {
 
     /// Revokes the secrets of every key of `user` named `name` that the proxy has seen, but
     /// `keeping` (a rotate's new secret), and any `alsoHash`; returns the revocations made.
+    /// When the proxy has never seen the key (its secret is unknown here), every credential it
+    /// cannot name has its next list forwarded instead: one of them may bear that secret.
     mutating func revoke(user: String, name: String, keeping: String? = nil, alsoHash: String? = nil, via: String, at now: Double) -> [Revocation] {
         var hashes = byName[Self.nameKey(user: user, name: name)] ?? []
+        if hashes.isEmpty && alsoHash == nil { demandConfirmation(ofUnknownAt: now) }
         if let alsoHash { hashes.insert(alsoHash.lowercased()) }
         if let keeping { hashes.remove(keeping.lowercased()) }
         var made: [Revocation] = []
@@ -188,12 +191,21 @@ struct CredentialBook {
     }
 
     /// Another proxy of the group is mutating `user`'s keys (its intent was heard, before it
-    /// was forwarded): every credential bearing a secret of theirs that this proxy has seen has
-    /// its next list forwarded, so the upstream decides whether the key still stands.
+    /// was forwarded): every credential bearing a secret of theirs, and every credential whose
+    /// key this proxy has not seen (it may be one of theirs), has its next list forwarded, so
+    /// the upstream decides whether the key still stands.
     mutating func demandConfirmation(ofKeysOf user: String, at now: Double) {
-        guard let hashes = byOwner[UserIdentity.folded(user)], !hashes.isEmpty else { return }
+        let hashes = byOwner[UserIdentity.folded(user)] ?? []
         credentials.forEach { credential in
-            if let hash = credential.secretHash, hashes.contains(hash) { credential.demandConfirmation(at: now) }
+            guard let hash = credential.secretHash else { return }
+            if hashes.contains(hash) || identities[hash] == nil { credential.demandConfirmation(at: now) }
+        }
+    }
+
+    /// Every credential whose key the proxy has not seen has its next list forwarded.
+    private mutating func demandConfirmation(ofUnknownAt now: Double) {
+        credentials.forEach { credential in
+            if let hash = credential.secretHash, identities[hash] == nil { credential.demandConfirmation(at: now) }
         }
     }
 
