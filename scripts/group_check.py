@@ -60,12 +60,17 @@ options = parser.parse_args()
 
 BIN = os.path.abspath(options.binary)
 TOKEN = "sk_group_0123456789abcdefghijklmnop"
+RECONCILE_ADMIN = "sk_group_reconcile_ADMIN_7e6d5c4b3a29"
 ROLE, ROLE_PASSWORD = "mixpeek_proxy", "pw"
 LEASE = 2.0             # --group-lease
 UPSTREAM_TIMEOUT = 2.0  # --upstream-timeout (the reaper closes an orphan after this plus 2 s)
 REAPER_MARGIN = 2.0
 
 check = Checks()
+
+
+def utc(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def keys_path(user, key=None, op=None):
@@ -105,9 +110,11 @@ class Reply:
         return f"{self.status} {self.cache} {self.text[:160]!r}"
 
 
-def call(port, method, path, body=None, timeout=15, token=TOKEN):
+def call(port, method, path, body=None, timeout=15, token=TOKEN, headers=None):
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers = dict(headers or {})
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
@@ -302,8 +309,14 @@ class Group:
     def __getitem__(self, name):
         return self.proxies[name]
 
-    def run(self, *args, timeout=60):
-        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout)
+    def run(self, *args, timeout=60, env=None):
+        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else {**os.environ, **env})
+
+    def reconcile(self, since, *extra):
+        """`audit reconcile --postgres-url` of the central chain against the fake's audit log."""
+        return self.run("audit", "reconcile", "--postgres-url", self.role_url, "--since", since, "--upstream", self.fake.url,
+                        "--format", "jsonl", *extra, env={"MIXPEEK_PROXY_RECONCILE_TOKEN": RECONCILE_ADMIN})
 
     def audit_query(self, *filters):
         """`audit query --postgres-url ... --format json`: the rows, or raises."""
@@ -767,7 +780,7 @@ def killed_mid_mutation(group):
     fake.fault("op=create&kind=delay&value=3000")
     answers = {}
     thread = threading.Thread(target=lambda: answers.setdefault("reply", create(C, user, "orphan", timeout=20)), daemon=True)
-    sent = time.monotonic()
+    sent, sent_wall = time.monotonic(), time.time()
     try:
         thread.start()
         # The fake applies a create when it arrives (and answers 3 s later): by then C has
@@ -821,6 +834,15 @@ def killed_mid_mutation(group):
         cached, _ = wait_until(lambda: prime(B, user)[1].cache == "HIT", 5, 0.3)
         check("SIGKILL mid-mutation: once closed, that user's lists are cached again (HIT on the second list)",
               bool(cached), "no HIT within 5 s")
+    # The upstream's audit log settles it: the fake applied the create.
+    settled = group.reconcile(utc(sent_wall - 1))
+    found = [json.loads(line) for line in settled.stdout.splitlines() if line.strip()]
+    after = [row for row in group.audit_query("--user", user, "--action", "create") if row.get("key_name") == "orphan"]
+    check("SIGKILL mid-mutation: audit reconcile --postgres-url settles the unknown as applied (exit 0), and audit query "
+          "then shows it applied with the upstream's audit id",
+          settled.returncode == 0 and [(f["finding"], f.get("key_name")) for f in found] == [("resolved_unknown", "orphan")]
+          and len(after) == 1 and after[0].get("outcome") == "applied" and after[0].get("upstream_audit_id"),
+          f"exit {settled.returncode}: {settled.stdout[-400:]} {settled.stderr[-400:]}; rows {after}")
     # C comes back under its name, with its data dir (and witness).
     C.start()
     healthy, _ = group.wait_healthy(["C"], 15)
@@ -928,6 +950,72 @@ def revoked_everywhere(group):
               done.status == 200 and all(c == "HIT" for c in warm.values())
               and all(r.cache != "HIT" and r.status == 401 for r in after.values()),
               f"{way} {done!r}; warm {warm}; after {after}")
+
+    # B never saw K's own key (K read only the other user's lists through it), so B cannot
+    # know which credential the delete revokes: hearing a mutation of the owner's keys, B has
+    # every credential it cannot name confirmed by the upstream before its next hit.
+    made = create(A, owner, "k-unseen")
+    secret = (made.json or {}).get("key") if isinstance(made.json, dict) else None
+    if made.status != 200 or not secret:
+        return check("revocation (unseen by B): K is created through A", False, f"{made!r}")
+    call(B.port, "GET", keys_path(other), token=secret)
+    warm = call(B.port, "GET", keys_path(other), token=secret)
+    done = delete(A, owner, "k-unseen")
+    after = call(B.port, "GET", keys_path(other), token=secret)
+    check("revocation (delete through A of a key B never saw): K's list of another user was a hit on B; "
+          "the very next one is not a HIT (the upstream says 401)",
+          warm.cache == "HIT" and done.status == 200 and after.cache != "HIT" and after.status == 401,
+          f"warm {warm!r}; delete {done!r}; after {after!r}")
+
+
+def reconcile_around(group):
+    """`audit reconcile --postgres-url` holds the central chain against the upstream's audit
+    log: of a create through A and a create and a delete made straight at the fake, exactly
+    the two made at the fake are around_proxy, and it exits 1; the token is never printed."""
+    A = group["A"]
+    user = "around@example.com"
+    since = utc(time.time() - 1)
+    through = create(A, user, "g-through")
+    around = [call(group.fake.port, "POST", keys_path(user), {"name": "g-around"}),
+              call(group.fake.port, "DELETE", keys_path(user, "g-through"))]
+    result = group.reconcile(since)
+    found = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    check("reconcile --postgres-url: a create and a delete made at the fake, not through the group, are exactly the "
+          "around_proxy findings, exit 1",
+          through.status == 200 and all(r.status == 200 for r in around) and result.returncode == 1
+          and sorted((f["finding"], f.get("action"), f.get("key_name")) for f in found)
+          == [("around_proxy", "create", "g-around"), ("around_proxy", "delete", "g-through")],
+          f"exit {result.returncode}: {result.stdout[-600:]} {result.stderr[-300:]}")
+    check("reconcile --postgres-url: the token never appears in what it printed",
+          RECONCILE_ADMIN not in result.stdout + result.stderr)
+
+
+def acting_key_in_chain(group):
+    """The group's chain names the key that acted and keeps the trace id, as audit.sqlite does:
+    K reads its owner's list through B (B learns K), creates through B with a traceparent;
+    `audit query --postgres-url --actor-key K` finds exactly that record, with K's prefix,
+    name and owner and the trace id; `--actor-user` finds it by the owner."""
+    A, B = group["A"], group["B"]
+    owner = "actor-owner@example.com"
+    made = create(A, owner, "k-actor")
+    key = made.json if isinstance(made.json, dict) else {}
+    secret, key_id = key.get("key"), key.get("key_id")
+    if made.status != 200 or not secret or not key_id:
+        return check("acting key: K is created through A", False, f"{made!r}")
+    call(B.port, "GET", keys_path(owner), token=secret)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    acted = call(B.port, "POST", keys_path(owner), {"name": "made-by-k"}, token=secret,
+                 headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    rows = group.audit_query("--actor-key", key_id)
+    by_user = group.audit_query("--actor-user", owner.upper())
+    row = rows[0] if len(rows) == 1 else {}
+    check("acting key: a create through B with K's secret is the one record --actor-key K finds in the group's chain, "
+          "naming K's prefix, name and owner, with the request's trace id; --actor-user finds it by the owner",
+          acted.status == 200 and len(rows) == 1 and row.get("key_name") == "made-by-k"
+          and row.get("actor_key_prefix") == key.get("key_prefix") and row.get("actor_key_name") == "k-actor"
+          and row.get("actor_user") == owner and row.get("trace_id") == trace
+          and [r.get("seq") for r in by_user] == [row.get("seq")],
+          f"create {acted!r}; rows {rows}; by user {by_user}")
 
 
 def postgres_restart_under_load(group):
@@ -1418,7 +1506,7 @@ def health_detail(group):
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("actor", acting_key_in_chain), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
           ("health-detail", health_detail), ("verify", audit_verify)]
 

@@ -214,11 +214,14 @@ extension Audit {
                   mixpeek-proxy audit reconcile --since 2026-10-01 --data-dir ./data
                   mixpeek-proxy audit reconcile --since 2026-10-01 --until 2026-10-02 \\
                     --format jsonl
+                  mixpeek-proxy audit reconcile --since 2026-10-01 \\
+                    --postgres-url postgres://auditor@db/mixpeek   (a group's chain)
                 """)
 
         enum Format: String, ExpressibleByArgument, CaseIterable { case table, jsonl, csv }
 
         @OptionGroup var dataDir: DataDirOption
+        @OptionGroup var postgres: PostgresOption
         @Option(help: "From this time on (RFC 3339 UTC, or a date: 2026-10-01).") var since: String
         @Option(help: "Before this time (RFC 3339 UTC, or a date; default now).") var until: String?
         @Option(help: "The Mixpeek API (default $MIXPEEK_PROXY_UPSTREAM or https://api.mixpeek.com).") var upstream: String?
@@ -240,47 +243,53 @@ extension Audit {
             let until = try until.map { try Self.date($0, "--until") } ?? Date()
             let base = upstream ?? environment["MIXPEEK_PROXY_UPSTREAM"] ?? "https://api.mixpeek.com"
             let hmacKey = environment[ProxyConfig.auditHMACKeyVariable].flatMap { $0.isEmpty ? nil : $0 }
-            let log: AuditLog
-            do {
-                log = try AuditLog(path: try dataDir.existingFile("audit.sqlite"), hmacKey: hmacKey, logger: Logs.quiet("mixpeek-proxy.audit"))
-            } catch let error as ValidationError {
-                throw error
-            } catch {
-                Self.fail("cannot open the audit log: \(error)", code: 2)
+            let log: any ReconciledLog
+            var connection: PostgresConnection?
+            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
+                let logger = Logs.quiet("mixpeek-proxy.audit")
+                let connected: PostgresConnection
+                do {
+                    connected = try await GroupChain.connect(url, logger: logger)
+                } catch {
+                    Self.fail("cannot open the group's chain: \(GroupError.describe(error))", code: 2)
+                }
+                connection = connected
+                log = GroupChainLog(connection: connected, hmacKey: hmacKey, logger: logger)
+            } else {
+                do {
+                    log = try AuditLog(path: try dataDir.existingFile("audit.sqlite"), hmacKey: hmacKey, logger: Logs.quiet("mixpeek-proxy.audit"))
+                } catch let error as ValidationError {
+                    throw error
+                } catch {
+                    Self.fail("cannot open the audit log: \(error)", code: 2)
+                }
             }
+            defer { if let connection { Task { try? await connection.close() } } }
             let reconciliation = Reconciliation(since: since, until: until, slack: slack)
             let source = UpstreamAuditLog(baseURL: base, token: token, pageSize: pageSize)
             let onTerminal = isatty(STDERR_FILENO) == 1
-            let events: [UpstreamAuditEvent]
+            let run: ReconcileRun
             do {
-                events = try await source.events(start: since - slack, end: until + slack) { read, total in
+                run = try await reconciliation.run(against: log, source: source) { read, total in
                     if onTerminal { FileHandle.standardError.write(Data("\rreading the upstream's audit log: \(read) of \(total) events".utf8)) }
                 }
                 if onTerminal { FileHandle.standardError.write(Data("\n".utf8)) }
             } catch let error as UpstreamAuditError {
                 if case .notAdmin = error { Self.fail(error.description, code: 3) }
                 Self.fail(error.description, code: 2)
-            }
-            var entries: [AuditEntry] = []
-            try log.query(AuditFilter(since: Timestamp.string(since), until: Timestamp.string(until))) { entries.append($0) }
-            let findings = reconciliation.findings(events: events, entries: entries)
-            let resolutions = findings.filter { $0.finding == .resolved_unknown }
-            if !resolutions.isEmpty, try !log.headVerifies() {
-                Self.fail("the log's last record does not verify with this key, so no resolution is appended: set \(ProxyConfig.auditHMACKeyVariable) as the proxy has it", code: 2)
-            }
-            for finding in resolutions {
-                guard let seq = finding.record_seq, let intent = try log.intent(seq: seq),
-                      let resolution = Reconciliation.resolution(of: finding) else { continue }
-                try await log.recordResolution(of: intent, resolution)
+            } catch let error as ReconcileHeadMismatch {
+                Self.fail(error.description, code: 2)
+            } catch {
+                Self.fail("the audit log could not be read or written: \(GroupError.describe(error))", code: 2)
             }
             var writer = FindingWriter(format: format)
-            findings.forEach { writer.write($0) }
+            run.findings.forEach { writer.write($0) }
             writer.finish()
-            let count = { (kind: ReconcileFinding.Kind) in findings.filter { $0.finding == kind }.count }
             FileHandle.standardError.write(Data("""
-                reconcile: \(events.count) upstream events, \(entries.count) proxy mutations; \(count(.around_proxy)) around_proxy, \
-                \(count(.resolved_unknown)) resolved_unknown (appended), \(count(.unconfirmed)) unconfirmed\n
+                reconcile: \(run.events) upstream events, \(run.mutations) proxy mutations; \(run.count(.around_proxy)) around_proxy, \
+                \(run.count(.resolved_unknown)) resolved_unknown (appended), \(run.count(.unconfirmed)) unconfirmed\n
                 """.utf8))
+            let findings = run.findings
             if findings.contains(where: \.fails) { throw ExitCode(1) }
         }
 

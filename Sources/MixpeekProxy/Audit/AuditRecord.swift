@@ -58,8 +58,8 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     public var prev_hash: String
     public var hash: String
     /// The W3C trace id of the request that made the mutation (32 lowercase hex digits); nil
-    /// in records written before the proxy kept it, and in a group's chain, whose schema has
-    /// no column for it yet.
+    /// in records written before the proxy kept it (in a group's chain: before its migration
+    /// v4-trace-actor-resolution).
     public var trace_id: String? = nil
     /// The key that acted, when the proxy had seen the key its bearer secret belongs to
     /// (`KeyIdentity`): its `key_id`, `key_prefix`, `name` and owning user. Nil in records of an

@@ -227,3 +227,63 @@ public struct Reconciliation: Sendable {
         return whole + fraction
     }
 }
+
+/// The audit log `audit reconcile` reads and settles: audit.sqlite (`AuditLog`) or a group's
+/// chain in PostgreSQL (`GroupChainLog`). Resolutions are appended as new chained records.
+public protocol ReconciledLog: Sendable {
+    /// The mutations (intents with their outcome as it stands) matching `filter`, oldest first.
+    func mutations(_ filter: AuditFilter) async throws -> [AuditEntry]
+    /// Whether the last record's hash is the one the reconciling key makes of it: a resolution
+    /// chained under another key (or none, on an HMAC chain) would break the chain.
+    func headVerifies() async throws -> Bool
+    func intent(seq: Int64) async throws -> AuditRecord?
+    @discardableResult
+    func recordResolution(of intent: AuditRecord, _ resolution: AuditResolution) async throws -> AuditRecord
+}
+
+extension AuditLog: ReconciledLog {
+    public func mutations(_ filter: AuditFilter) async throws -> [AuditEntry] {
+        var entries: [AuditEntry] = []
+        try query(filter) { entries.append($0) }
+        return entries
+    }
+}
+
+/// What one reconcile found: how much it read, and its findings (resolutions appended).
+public struct ReconcileRun: Sendable {
+    public var events: Int
+    public var mutations: Int
+    public var findings: [ReconcileFinding]
+
+    public func count(_ kind: ReconcileFinding.Kind) -> Int { findings.filter { $0.finding == kind }.count }
+}
+
+/// Why a reconcile appended nothing: the log's last record does not verify with the key it
+/// was given, so a resolution chained on it would break the chain.
+public struct ReconcileHeadMismatch: Error, CustomStringConvertible {
+    public var description: String {
+        "the log's last record does not verify with this key, so no resolution is appended: set \(ProxyConfig.auditHMACKeyVariable) as the proxy has it"
+    }
+}
+
+extension Reconciliation {
+    /// `audit reconcile`, and each round of `reconcile_interval`: reads the upstream's events of
+    /// the window (with `slack` on either side), holds `log`'s mutations of the window against
+    /// them, and appends a resolution record for each `resolved_unknown`. Throws
+    /// `UpstreamAuditError` when the upstream's log cannot be read, `ReconcileHeadMismatch`, or
+    /// the log's own error.
+    public func run(against log: any ReconciledLog, source: UpstreamAuditLog,
+                    progress: (Int, Int) -> Void = { _, _ in }) async throws -> ReconcileRun {
+        let events = try await source.events(start: since - slack, end: until + slack, progress: progress)
+        let entries = try await log.mutations(AuditFilter(since: Timestamp.string(since), until: Timestamp.string(until)))
+        let findings = findings(events: events, entries: entries)
+        let resolutions = findings.filter { $0.finding == .resolved_unknown }
+        if !resolutions.isEmpty, try await !log.headVerifies() { throw ReconcileHeadMismatch() }
+        for finding in resolutions {
+            guard let seq = finding.record_seq, let intent = try await log.intent(seq: seq),
+                  let resolution = Self.resolution(of: finding) else { continue }
+            try await log.recordResolution(of: intent, resolution)
+        }
+        return ReconcileRun(events: events.count, mutations: entries.count, findings: findings)
+    }
+}

@@ -1,7 +1,8 @@
 import MixpeekAPI
 
 /// Records as the group's append functions read them (`json_to_recordset`): a JSON array of
-/// objects, one per record, with its fields under their column names and `user_fold`. Written
+/// objects, one per record, with its fields under their column names, `user_fold` and
+/// `actor_user_fold`. Written
 /// with `JSONWriter`: Foundation's `JSONEncoder` took a tenth of a proxy's CPU in a group's
 /// mutation benchmark. A field without a value is left out (the column reads NULL).
 enum ChainRows {
@@ -28,6 +29,13 @@ enum ChainRows {
             json.field("key_id", record.key_id)
             json.field("key_prefix", record.key_prefix)
             json.field("key_hash", record.key_hash)
+            json.field("trace_id", record.trace_id)
+            json.field("actor_key_id", record.actor_key_id)
+            json.field("actor_key_prefix", record.actor_key_prefix)
+            json.field("actor_key_name", record.actor_key_name)
+            json.field("actor_user", record.actor_user)
+            json.field("actor_user_fold", record.actor_user.map(UserIdentity.folded))
+            json.field("upstream_audit_id", record.upstream_audit_id)
             if placed {
                 json.field("prev_hash", record.prev_hash)
                 json.field("hash", record.hash)

@@ -68,13 +68,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// the owner ahead of any proxy's reaper, which waits `upstream_timeout` + a lease + 2 s.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
         let asked = NIODeadline.now()
-        var draft = AuditLog.intent(intent, time: AuditLog.now())
-        // The group's schema has no trace_id column yet: a hash covering one could not be checked.
-        draft.trace_id = nil
-        draft.actor_key_id = nil
-        draft.actor_key_prefix = nil
-        draft.actor_key_name = nil
-        draft.actor_user = nil
+        let draft = AuditLog.intent(intent, time: AuditLog.now())
         try Self.check(draft)
         let written = try await append(draft, onlyIfOpen: nil)
         guard let record = written.record else { throw GroupError.chain("intent not written") }
@@ -104,11 +98,14 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// Refuses, for this mutation alone, a record PostgreSQL would refuse (and with it every
     /// record group-committed beside it): a NUL in a text field, or a user too long to announce.
     static func check(_ record: AuditRecord) throws {
-        let fields = [record.user_email, record.key_name ?? "", record.caller, record.client, record.request_id]
+        let fields = [record.user_email, record.key_name ?? "", record.caller, record.client, record.request_id,
+                      record.trace_id ?? "", record.actor_key_id ?? "", record.actor_key_prefix ?? "",
+                      record.actor_key_name ?? "", record.actor_user ?? "", record.upstream_audit_id ?? ""]
         if fields.contains(where: { $0.utf8.contains(0) }) {
             throw GroupError.chain("a NUL character cannot be recorded in the group's chain")
         }
-        if UserIdentity.folded(record.user_email).utf8.count > 4000 || (record.key_name?.utf8.count ?? 0) > 100_000 {
+        if UserIdentity.folded(record.user_email).utf8.count > 4000 || (record.key_name?.utf8.count ?? 0) > 100_000
+            || (record.actor_key_name?.utf8.count ?? 0) > 100_000 || (record.actor_user?.utf8.count ?? 0) > 100_000 {
             throw GroupError.chain("a user or key name too long to record in the group's chain")
         }
     }
@@ -341,7 +338,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
 }
 
 /// `mixpeek_audit_append`, prepared once per connection.
-private struct AppendCall: PostgresPreparedStatement {
+struct AppendCall: PostgresPreparedStatement {
     static let name = "mixpeek_audit_append_v2"
     static let sql = """
         SELECT conflict, head_seq, head_hash, peer_id, peer_read_seq, closed_intent

@@ -8,7 +8,8 @@ import PostgresNIO
 public enum GroupChain {
     static let recordColumns = """
         seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
-        upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash
+        upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id,
+        actor_key_id, actor_key_prefix, actor_key_name, actor_user, upstream_audit_id
         """
 
     static func record(_ row: PostgresRow) throws -> AuditRecord {
@@ -26,7 +27,10 @@ public enum GroupChain {
             outcome: try optionalText("outcome").flatMap(AuditOutcome.init(rawValue:)),
             duration_ms: try row["duration_ms"].decode(Double?.self), key_id: try optionalText("key_id"),
             key_prefix: try optionalText("key_prefix"), key_hash: try optionalText("key_hash"),
-            prev_hash: try text("prev_hash"), hash: try text("hash"))
+            prev_hash: try text("prev_hash"), hash: try text("hash"), trace_id: try optionalText("trace_id"),
+            actor_key_id: try optionalText("actor_key_id"), actor_key_prefix: try optionalText("actor_key_prefix"),
+            actor_key_name: try optionalText("actor_key_name"), actor_user: try optionalText("actor_user"),
+            upstream_audit_id: try optionalText("upstream_audit_id"))
     }
 
     /// Intent `seq` while it has no outcome; nil once it has one.
@@ -52,34 +56,53 @@ public enum GroupChain {
         return found
     }
 
-    /// Connects for one command (`audit query`, `audit verify`).
+    /// Connects for one command (`audit query`, `verify`, `reconcile`), to a chain whose schema
+    /// is the one this build reads.
     public static func connect(_ url: PostgresURL, logger: Logger) async throws -> PostgresConnection {
+        let connection: PostgresConnection
         do {
-            return try await PostgresConnection.connect(
+            connection = try await PostgresConnection.connect(
                 configuration: url.connectionConfiguration(applicationName: "mixpeek-proxy audit"), id: 0, logger: logger)
         } catch {
             throw GroupError.unavailable("cannot connect to \(url): \(GroupError.describe(error))")
         }
+        let applied: [String]
+        do {
+            applied = try await GroupSchema.applied(connection, logger: logger)
+        } catch {
+            try? await connection.close()
+            throw GroupError.unavailable("cannot read the group's schema version: \(GroupError.describe(error))")
+        }
+        guard applied.last == GroupSchema.currentVersion else {
+            try? await connection.close()
+            let known = Set(GroupSchema.migrations.map(\.version))
+            if let newer = applied.first(where: { !known.contains($0) }) {
+                throw GroupError.schema("the group's schema has migration \(newer), which this mixpeek-proxy does not know: it is newer; upgrade the proxy")
+            }
+            throw GroupError.schema("the group's schema is at \(applied.last ?? "nothing yet"); this mixpeek-proxy reads \(GroupSchema.currentVersion): start a proxy of this version once, or run `mixpeek-proxy group migrate`")
+        }
+        return connection
     }
 
     /// `audit query --postgres-url`: the same filters, rows and order as `AuditLog.query`.
     public static func query(_ filter: AuditFilter, on connection: PostgresConnection, logger: Logger,
                              _ body: (AuditEntry) throws -> Void) async throws {
-        if filter.actorKey != nil || filter.actorUser != nil {
-            throw GroupError.chain("--actor-key and --actor-user: a group's chain does not record the acting key yet (audit.sqlite does)")
-        }
         var conditions = ["i.kind = 'intent'"]
         var bindings = PostgresBindings()
-        for condition in filter.conditions(foldedUser: "i.user_fold") {
+        for condition in filter.conditions(foldedUser: "i.user_fold", foldedActor: "i.actor_user_fold", outcome: AuditLog.settledOutcomeSQL) {
             bindings.append(condition.value)
             conditions.append(condition.sql.replacingOccurrences(of: "?", with: "$\(bindings.count)"))
         }
+        // `AuditLog.entriesSQL`'s columns, from the group's table: the first outcome and the
+        // resolution of each intent.
         var sql = """
             SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
-                   COALESCE(o.outcome, 'unknown') AS outcome, o.upstream_status, o.duration_ms,
-                   o.key_id, o.key_prefix, o.key_hash, o.time AS finished_at
+                   \(AuditLog.settledOutcomeSQL) AS outcome, o.upstream_status, o.duration_ms,
+                   COALESCE(r.key_id, o.key_id) AS key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id,
+                   r.seq AS resolution_seq, r.upstream_audit_id, i.actor_key_id, i.actor_key_prefix, i.actor_key_name, i.actor_user
             FROM mixpeek_audit i
             LEFT JOIN LATERAL (SELECT * FROM mixpeek_audit o WHERE o.intent_seq = i.seq AND o.kind = 'outcome' ORDER BY o.seq LIMIT 1) o ON true
+            LEFT JOIN LATERAL (SELECT * FROM mixpeek_audit r WHERE r.intent_seq = i.seq AND r.kind = 'resolution' ORDER BY r.seq LIMIT 1) r ON true
             WHERE \(conditions.joined(separator: " AND ")) ORDER BY i.seq
             """
         if let limit = filter.limit {
@@ -88,16 +111,20 @@ public enum GroupChain {
         }
         for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) {
             let row = row.makeRandomAccess()
+            func optional(_ name: String) throws -> String? { try row[name].decode(String?.self) }
             try body(AuditEntry(
                 seq: row["seq"].decode(Int64.self), time: row["time"].decode(String.self),
                 action: row["action"].decode(String.self), user_email: row["user_email"].decode(String.self),
-                key_name: row["key_name"].decode(String?.self), caller: row["caller"].decode(String.self),
+                key_name: optional("key_name"), caller: row["caller"].decode(String.self),
                 client: row["client"].decode(String.self), request_id: row["request_id"].decode(String.self),
                 outcome: row["outcome"].decode(String.self),
                 upstream_status: row["upstream_status"].decode(Int32?.self).map(Int.init),
-                duration_ms: row["duration_ms"].decode(Double?.self), key_id: row["key_id"].decode(String?.self),
-                key_prefix: row["key_prefix"].decode(String?.self), key_hash: row["key_hash"].decode(String?.self),
-                finished_at: row["finished_at"].decode(String?.self)))
+                duration_ms: row["duration_ms"].decode(Double?.self), key_id: optional("key_id"),
+                key_prefix: optional("key_prefix"), key_hash: optional("key_hash"),
+                finished_at: optional("finished_at"), trace_id: optional("trace_id"),
+                actor_key_id: optional("actor_key_id"), actor_key_prefix: optional("actor_key_prefix"),
+                actor_key_name: optional("actor_key_name"), actor_user: optional("actor_user"),
+                resolution_seq: row["resolution_seq"].decode(Int64?.self), upstream_audit_id: optional("upstream_audit_id")))
         }
     }
 
@@ -133,5 +160,72 @@ public enum GroupChain {
             }
         }
         return result
+    }
+}
+
+/// A group's chain as `audit reconcile --postgres-url` reads and settles it. Resolutions are
+/// chained here (with the HMAC key when the chain has one) on the head read just before, and
+/// appended by `mixpeek_audit_append`, which inserts them only if that is still the head: on
+/// a moved head they are chained again. Their `proxy_id` is `audit-reconcile` (one word: announcements are split at spaces), and the proxies
+/// hear them as they hear every record.
+public final class GroupChainLog: ReconciledLog {
+    public static let appender = "audit-reconcile"
+    let connection: PostgresConnection
+    private let key: Data?
+    private let logger: Logger
+
+    public init(connection: PostgresConnection, hmacKey: String?, logger: Logger) {
+        self.connection = connection
+        key = hmacKey.map { Data($0.utf8) }
+        self.logger = logger
+    }
+
+    public func mutations(_ filter: AuditFilter) async throws -> [AuditEntry] {
+        var entries: [AuditEntry] = []
+        try await GroupChain.query(filter, on: connection, logger: logger) { entries.append($0) }
+        return entries
+    }
+
+    private func last() async throws -> AuditRecord? {
+        var found: AuditRecord?
+        for try await row in try await connection.query(PostgresQuery(unsafeSQL: """
+            SELECT \(GroupChain.recordColumns) FROM mixpeek_audit ORDER BY seq DESC LIMIT 1
+            """), logger: logger) {
+            found = try GroupChain.record(row)
+        }
+        return found
+    }
+
+    public func headVerifies() async throws -> Bool {
+        guard let last = try await last() else { return true }
+        return last.hash == last.computeHash(key: key)
+    }
+
+    public func intent(seq: Int64) async throws -> AuditRecord? {
+        var found: AuditRecord?
+        for try await row in try await connection.query(PostgresQuery(unsafeSQL: """
+            SELECT \(GroupChain.recordColumns) FROM mixpeek_audit WHERE seq = $1 AND kind = 'intent'
+            """, binds: { var b = PostgresBindings(); b.append(seq); return b }()), logger: logger) {
+            found = try GroupChain.record(row)
+        }
+        return found
+    }
+
+    @discardableResult
+    public func recordResolution(of intent: AuditRecord, _ resolution: AuditResolution) async throws -> AuditRecord {
+        let draft = AuditLog.resolution(of: intent, resolution, time: AuditLog.now())
+        var head = try await last().map { ($0.seq, $0.hash) } ?? (0, AuditRecord.genesis)
+        for _ in 0..<100 {
+            let record = draft.chained(after: head, key: key)
+            let call = AppendCall(expectedSeq: head.0, expectedHash: head.1, records: ChainRows.json([record], placed: true),
+                                  me: Self.appender, onlyIfOpen: [])
+            var moved: (Int64, String)?
+            for try await (conflict, seq, hash, _, _, _) in try await connection.execute(call, logger: logger) where conflict {
+                if let seq, let hash { moved = (seq, hash) }
+            }
+            guard let moved else { return record }
+            head = moved
+        }
+        throw GroupError.chain("the chain's head kept moving: 100 tries to append a resolution failed")
     }
 }

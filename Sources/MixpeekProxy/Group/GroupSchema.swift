@@ -3,8 +3,9 @@ import PostgresNIO
 
 /// The group's tables in PostgreSQL, created by versioned migrations.
 ///
-/// - `mixpeek_audit`: the one audit chain, the same records and hash as `audit.sqlite`, plus
-///   `user_fold` (which user's lists a record invalidates) and `proxy_id`, outside the hash:
+/// - `mixpeek_audit`: the one audit chain, the same records and hash as `audit.sqlite` (the
+///   trace id, the acting key and resolutions since v4), plus `user_fold` (which user's lists
+///   a record invalidates), `actor_user_fold` and `proxy_id`, outside the hash:
 ///   each proxy's witness file is what binds its appends. Triggers refuse UPDATE, DELETE and
 ///   TRUNCATE, and announce every insert on the `mixpeek_proxy` channel
 ///   (`i seq intent_seq proxy_id hash user`; v1 had no hash).
@@ -117,55 +118,7 @@ public enum GroupSchema {
             // then returns the other proxies with a live lease and their `read_seq`, read after
             // the lock was taken. Else it inserts nothing and returns the head, or the intents
             // of `only_if_open` that are closed.
-            """
-            CREATE FUNCTION mixpeek_audit_append(expected_seq bigint, expected_hash text, records jsonb, me text,
-                only_if_open bigint[], OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text,
-                OUT peer_read_seq bigint, OUT closed_intent bigint)
-            -- A generic plan: a custom one would be planned again at each call, parsing `records` to fold it.
-            RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-            DECLARE
-                any_closed boolean := false;
-            BEGIN
-                PERFORM pg_advisory_xact_lock(\(appendLock));
-                SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
-                head_seq := coalesce(head_seq, 0);
-                head_hash := coalesce(head_hash, '\(AuditRecord.genesis)');
-                conflict := head_seq <> expected_seq OR head_hash <> expected_hash;
-                IF conflict THEN
-                    RETURN NEXT;
-                    RETURN;
-                END IF;
-                -- One equality at a time, which the generic plan answers from the intent_seq index
-                -- (`= ANY(array)` it would answer by scanning the chain).
-                head_seq := NULL;
-                head_hash := NULL;
-                FOREACH closed_intent IN ARRAY only_if_open LOOP
-                    IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = closed_intent) THEN
-                        any_closed := true;
-                        RETURN NEXT;
-                    END IF;
-                END LOOP;
-                IF any_closed THEN
-                    RETURN;
-                END IF;
-                closed_intent := NULL;
-                INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller,
-                    client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash,
-                    hash, proxy_id)
-                SELECT r.seq, r.kind, r.intent_seq, r.time, r.action, r.user_email, r.user_fold, r.key_name, r.caller,
-                    r.client, r.request_id, r.upstream_status, r.outcome, r.duration_ms, r.key_id, r.key_prefix,
-                    r.key_hash, r.prev_hash, r.hash, me
-                FROM jsonb_to_recordset(records) AS r(seq bigint, kind text, intent_seq bigint, time text, action text,
-                    user_email text, user_fold text, key_name text, caller text, client text, request_id text,
-                    upstream_status integer, outcome text, duration_ms double precision, key_id text, key_prefix text,
-                    key_hash text, prev_hash text, hash text)
-                ORDER BY r.seq;
-                RETURN NEXT;
-                -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
-                RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint
-                    FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
-            END $$
-            """,
+            appendFunction(fieldsV1, replacing: false),
             "DROP TABLE mixpeek_flushes",
             // A proxy of v1 still running would misread the announcements above (and drop the
             // wrong user's lists): its lease renewals and `read_seq` writes are refused from now
@@ -195,63 +148,157 @@ public enum GroupSchema {
             // encoding of its other fields) and the previous record's hash. Returns the head it
             // chained on, the hashes, and the other proxies with a live lease and their
             // `read_seq`; or, having inserted nothing, the intents of `only_if_open` closed.
+            chainFunction(fieldsV1, replacing: false),
+        ]),
+        ("v4-trace-actor-resolution", [
+            // The fields audit.sqlite gained after v3 (its migrations v2-trace-id, v3-resolution
+            // and v4-actor-key): the trace id, the acting key (and its owner folded, outside the
+            // hash, as `user_fold` is), the upstream's audit id; and resolution records, which
+            // `audit reconcile --postgres-url` appends. Adding nullable columns rewrites no row
+            // (no UPDATE trigger fires); records from before have them NULL and hash as before.
             """
-            CREATE FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],
-                OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_ids text[],
-                OUT peer_read_seqs bigint[], OUT closed_intents bigint[])
-            LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-            DECLARE
-                intent bigint;
-                body text;
-                s bigint;
-                h text;
-            BEGIN
-                PERFORM pg_advisory_xact_lock(\(appendLock));
-                closed_intents := '{}';
-                -- One equality at a time, which the generic plan answers from the intent_seq index.
-                FOREACH intent IN ARRAY only_if_open LOOP
-                    IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = intent) THEN
-                        closed_intents := closed_intents || intent;
-                    END IF;
-                END LOOP;
-                IF cardinality(closed_intents) > 0 THEN
-                    RETURN;
-                END IF;
-                -- A statement of its own: its snapshot is taken after the lock was.
-                SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
-                head_seq := coalesce(head_seq, 0);
-                head_hash := coalesce(head_hash, '\(AuditRecord.genesis)');
-                s := head_seq;
-                h := head_hash;
-                hashes := '{}';
-                FOREACH body IN ARRAY bodies LOOP
-                    s := s + 1;
-                    h := encode(sha256(convert_to('mixpeek-proxy-audit-v1|' || length(s::text) || ':' || s::text || body
-                        || '|' || length(h) || ':' || h, 'UTF8')), 'hex');
-                    hashes := hashes || h;
-                END LOOP;
-                INSERT INTO mixpeek_audit (seq, kind, intent_seq, time, action, user_email, user_fold, key_name, caller,
-                    client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash,
-                    hash, proxy_id)
-                SELECT head_seq + r.n, r.kind, r.intent_seq, r.time, r.action, r.user_email, r.user_fold, r.key_name,
-                    r.caller, r.client, r.request_id, r.upstream_status, r.outcome, r.duration_ms, r.key_id,
-                    r.key_prefix, r.key_hash, CASE WHEN r.n = 1 THEN head_hash ELSE hashes[r.n::int - 1] END, hashes[r.n::int], me
-                FROM ROWS FROM (json_to_recordset(records) AS (kind text, intent_seq bigint, time text, action text,
-                    user_email text, user_fold text, key_name text, caller text, client text, request_id text,
-                    upstream_status integer, outcome text, duration_ms double precision, key_id text, key_prefix text,
-                    key_hash text)) WITH ORDINALITY AS r(kind, intent_seq, time, action, user_email, user_fold, key_name,
-                    caller, client, request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, n)
-                ORDER BY r.n;
-                -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
-                SELECT coalesce(array_agg(p.proxy_id), '{}'), coalesce(array_agg(p.read_seq), '{}')
-                    INTO peer_ids, peer_read_seqs
-                    FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
-            END $$
+            ALTER TABLE mixpeek_audit ADD COLUMN trace_id text, ADD COLUMN actor_key_id text,
+                ADD COLUMN actor_key_prefix text, ADD COLUMN actor_key_name text, ADD COLUMN actor_user text,
+                ADD COLUMN actor_user_fold text, ADD COLUMN upstream_audit_id text
             """,
+            "ALTER TABLE mixpeek_audit DROP CONSTRAINT mixpeek_audit_kind_check",
+            "ALTER TABLE mixpeek_audit ADD CONSTRAINT mixpeek_audit_kind_check CHECK (kind IN ('intent', 'outcome', 'resolution'))",
+            "CREATE INDEX mixpeek_audit_actor_key ON mixpeek_audit (actor_key_id, seq) WHERE actor_key_id IS NOT NULL",
+            // The same functions, writing the new columns too (a proxy of v3 leaves them NULL).
+            appendFunction(fieldsV4, replacing: true),
+            chainFunction(fieldsV4, replacing: true),
         ]),
     ]
 
     static var currentVersion: String { migrations.last!.version }
+
+    /// A record's columns as the append functions read them from JSON, in the order of the
+    /// table, but `seq`, `prev_hash`, `hash` and `proxy_id`: v1's, and v4's.
+    static let fieldsV1: [(name: String, type: String)] = [
+        ("kind", "text"), ("intent_seq", "bigint"), ("time", "text"), ("action", "text"), ("user_email", "text"),
+        ("user_fold", "text"), ("key_name", "text"), ("caller", "text"), ("client", "text"), ("request_id", "text"),
+        ("upstream_status", "integer"), ("outcome", "text"), ("duration_ms", "double precision"), ("key_id", "text"),
+        ("key_prefix", "text"), ("key_hash", "text"),
+    ]
+    static let fieldsV4 = fieldsV1 + [
+        ("trace_id", "text"), ("actor_key_id", "text"), ("actor_key_prefix", "text"), ("actor_key_name", "text"),
+        ("actor_user", "text"), ("actor_user_fold", "text"), ("upstream_audit_id", "text"),
+    ]
+
+    /// Inserts `records` as the caller chained them (`seq`, `prev_hash` and `hash` given).
+    private static func insertPlaced(_ fields: [(name: String, type: String)]) -> String {
+        let names = fields.map(\.name)
+        return """
+            INSERT INTO mixpeek_audit (seq, \(names.joined(separator: ", ")), prev_hash, hash, proxy_id)
+                SELECT r.seq, \(names.map { "r." + $0 }.joined(separator: ", ")), r.prev_hash, r.hash, me
+                FROM jsonb_to_recordset(records) AS r(seq bigint, \(fields.map { "\($0.name) \($0.type)" }.joined(separator: ", ")),
+                    prev_hash text, hash text)
+                ORDER BY r.seq;
+            """
+    }
+
+    /// Inserts `records` chained on `head_seq`/`head_hash` with `hashes`, in their order.
+    private static func insertChained(_ fields: [(name: String, type: String)]) -> String {
+        let names = fields.map(\.name)
+        return """
+            INSERT INTO mixpeek_audit (seq, \(names.joined(separator: ", ")), prev_hash, hash, proxy_id)
+                SELECT head_seq + r.n, \(names.map { "r." + $0 }.joined(separator: ", ")),
+                    CASE WHEN r.n = 1 THEN head_hash ELSE hashes[r.n::int - 1] END, hashes[r.n::int], me
+                FROM ROWS FROM (json_to_recordset(records) AS (\(fields.map { "\($0.name) \($0.type)" }.joined(separator: ", "))))
+                    WITH ORDINALITY AS r(\(names.joined(separator: ", ")), n)
+                ORDER BY r.n;
+            """
+    }
+
+
+    /// `GroupAuditLog.chainedHere` (v2; v4 with the new columns): see the migration's comment.
+    static func appendFunction(_ fields: [(name: String, type: String)], replacing: Bool) -> String {
+        """
+        CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_append(expected_seq bigint, expected_hash text, records jsonb, me text,
+            only_if_open bigint[], OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text,
+            OUT peer_read_seq bigint, OUT closed_intent bigint)
+        -- A generic plan: a custom one would be planned again at each call, parsing `records` to fold it.
+        RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+        DECLARE
+            any_closed boolean := false;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(\(appendLock));
+            SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
+            head_seq := coalesce(head_seq, 0);
+            head_hash := coalesce(head_hash, '\(AuditRecord.genesis)');
+            conflict := head_seq <> expected_seq OR head_hash <> expected_hash;
+            IF conflict THEN
+                RETURN NEXT;
+                RETURN;
+            END IF;
+            -- One equality at a time, which the generic plan answers from the intent_seq index
+            -- (`= ANY(array)` it would answer by scanning the chain).
+            head_seq := NULL;
+            head_hash := NULL;
+            FOREACH closed_intent IN ARRAY only_if_open LOOP
+                IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = closed_intent) THEN
+                    any_closed := true;
+                    RETURN NEXT;
+                END IF;
+            END LOOP;
+            IF any_closed THEN
+                RETURN;
+            END IF;
+            closed_intent := NULL;
+            \(insertPlaced(fields))
+            RETURN NEXT;
+            -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
+            RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint
+                FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
+        END $$
+        """
+    }
+
+    /// `GroupAuditLog.chainedByDatabase` (v3; v4 with the new columns): see the migration's comment.
+    static func chainFunction(_ fields: [(name: String, type: String)], replacing: Bool) -> String {
+        """
+        CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],
+            OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_ids text[],
+            OUT peer_read_seqs bigint[], OUT closed_intents bigint[])
+        LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+        DECLARE
+            intent bigint;
+            body text;
+            s bigint;
+            h text;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(\(appendLock));
+            closed_intents := '{}';
+            -- One equality at a time, which the generic plan answers from the intent_seq index.
+            FOREACH intent IN ARRAY only_if_open LOOP
+                IF EXISTS (SELECT 1 FROM mixpeek_audit a WHERE a.intent_seq = intent) THEN
+                    closed_intents := closed_intents || intent;
+                END IF;
+            END LOOP;
+            IF cardinality(closed_intents) > 0 THEN
+                RETURN;
+            END IF;
+            -- A statement of its own: its snapshot is taken after the lock was.
+            SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
+            head_seq := coalesce(head_seq, 0);
+            head_hash := coalesce(head_hash, '\(AuditRecord.genesis)');
+            s := head_seq;
+            h := head_hash;
+            hashes := '{}';
+            FOREACH body IN ARRAY bodies LOOP
+                s := s + 1;
+                h := encode(sha256(convert_to('mixpeek-proxy-audit-v1|' || length(s::text) || ':' || s::text || body
+                    || '|' || length(h) || ':' || h, 'UTF8')), 'hex');
+                hashes := hashes || h;
+            END LOOP;
+            \(insertChained(fields))
+            -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
+            SELECT coalesce(array_agg(p.proxy_id), '{}'), coalesce(array_agg(p.read_seq), '{}')
+                INTO peer_ids, peer_read_seqs
+                FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
+        END $$
+        """
+    }
 
     /// The grants a proxy's role needs, and no more: it may add to the chain and read it, never
     /// change or remove a record. Whatever the role held on the chain before is revoked first,
