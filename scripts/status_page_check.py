@@ -176,6 +176,7 @@ def tour(base):
 
 FIGURES = "Object.fromEntries([...document.querySelectorAll('[data-v]')].map(e => [e.dataset.v, e.textContent]))"
 ROWS = "[...document.querySelectorAll('#mutations tbody tr')].map(tr => [...tr.cells].map(td => td.textContent))"
+REVOKED = "[...document.querySelectorAll('#revocations tbody tr')].map(tr => [...tr.cells].map(td => td.textContent))"
 
 
 def main():
@@ -200,6 +201,7 @@ def main():
 
         browser.open(page, scripts=False)
         served = browser.evaluate(FIGURES)
+        served_revoked = browser.evaluate(REVOKED)
         check("without scripts the server's page shows the savings",
               (served.get("savings.hits"), served.get("savings.misses"), served.get("savings.upstream_list_calls_saved"),
                served.get("savings.hit_ratio")) == ("2", "1", "2", "66.7%"), json.dumps(served)[:400])
@@ -220,6 +222,12 @@ def main():
               rows and rows[0][3:6] == ["admin-key", "rejected", "403"], json.dumps(rows[:1]))
         check("a key named like markup is shown as text, never as an element",
               any(r[3] == MARKUP for r in rows) and browser.evaluate("document.querySelectorAll('main img').length") == 0)
+        revoked = browser.evaluate(REVOKED)
+        check("the rotate's old secret is listed among the revocations: ci-key's prefix, by rotate, through this proxy; "
+              "the server's render and the script's agree",
+              len(revoked) == 1 and revoked[0][1].startswith("sk_") and revoked[0][2:6] == ["ci-key", "alice@example.com", "rotate", "this proxy"]
+              and revoked == served_revoked and live.get("cache.revoked_credentials") == "1",
+              json.dumps([revoked, served_revoked])[:400])
         check("no token on the page", TOKEN not in browser.evaluate("document.documentElement.outerHTML"))
         check("the chain head is shown with a copy button",
               browser.evaluate("/^[0-9]+:[0-9a-f]{64}$/.test(document.getElementById('head').textContent) && !document.getElementById('copy-head').hidden"))

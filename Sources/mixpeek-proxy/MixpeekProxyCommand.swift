@@ -44,6 +44,8 @@ struct ServerOptions: ParsableArguments {
     var auditOutcomeWait: String?
     @Option(help: "Seconds a credential is answered from cache without the upstream confirming it; then its next list is forwarded (default 30; 0 = always).")
     var credentialRecheck: String?
+    @Option(help: "Seconds between the proxy's own audit reconcile rounds over the last 24 h, with the admin key in $MIXPEEK_PROXY_RECONCILE_TOKEN (default 0: off).")
+    var reconcileInterval: String?
     @Option(help: "Seconds to wait for the upstream before answering 504 (default 30).")
     var upstreamTimeout: String?
     @Option(help: "PEM file of CA certificates to trust for the upstream.")
@@ -89,7 +91,7 @@ struct ServerOptions: ParsableArguments {
             ("host", host), ("port", port), ("upstream", upstream), ("data_dir", dataDir), ("cache_ttl", cacheTtl),
             ("stale_if_error", staleIfError), ("upstream_timeout", upstreamTimeout), ("upstream_ca_file", upstreamCaFile),
             ("cache_ignore_upstream_directives", cacheIgnoreUpstreamDirectives), ("audit_outcome_wait", auditOutcomeWait),
-            ("credential_recheck", credentialRecheck),
+            ("credential_recheck", credentialRecheck), ("reconcile_interval", reconcileInterval),
             ("max_body_bytes", maxBodyBytes), ("cache_max_entries", cacheMaxEntries), ("cache_max_bytes", cacheMaxBytes),
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),

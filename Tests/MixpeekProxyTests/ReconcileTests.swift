@@ -213,3 +213,42 @@ extension ReconcileTests {
         }
     }
 }
+
+/// `reconcile_interval`: the proxy runs reconcile itself and shows the last round.
+@Suite("Reconcile in the proxy (reconcile_interval)")
+struct ReconcileScheduleTests {
+    static let adminToken = "sk_schedule_ADMIN_0f1e2d3c4b5a"
+
+    @Test("a create made at the upstream directly is counted around the proxy on the status page and in /metrics; a create through the proxy is not; the token is shown nowhere")
+    func changesAroundTheProxy() async throws {
+        try await withTestProxy(configure: { $0.reconcileInterval = 1; $0.reconcileToken = Self.adminToken }) { proxy in
+            #expect(try await proxy.request(.POST, TestProxy.path(), json: #"{"name": "through"}"#).status == 200)
+            #expect(try await proxy.request(.POST, TestProxy.path(), json: #"{"name": "around"}"#, base: proxy.fake.url).status == 200)
+            var last: [String: Any] = [:]
+            let counted = try await eventually(within: 20) {
+                let status = try await proxy.request(.GET, "/_proxy/status.json", token: nil)
+                last = ((status.json["audit"] as? [String: Any])?["reconcile"] as? [String: Any]) ?? [:]
+                return last["around_proxy"] as? Int == 1
+            }
+            #expect(counted, "\(last)")
+            #expect(last["unconfirmed"] as? Int == 0)
+            let metrics = try await proxy.request(.GET, "/_proxy/metrics", token: nil).body
+            #expect(metrics.contains("\nmixpeek_proxy_changes_around_proxy 1\n"), "\(metrics)")
+            let page = try await proxy.request(.GET, "/_proxy/", token: nil).body
+            #expect(page.contains("changes made around the proxy"))
+            for text in [page, metrics, try await proxy.request(.GET, "/_proxy/status.json", token: nil).body] {
+                #expect(!text.contains(Self.adminToken))
+            }
+        }
+    }
+
+    @Test("reconcile_interval without the admin key in the environment stops start-up with a message naming the variable")
+    func needsTheToken() throws {
+        #expect(throws: ConfigError.self) {
+            try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_RECONCILE_INTERVAL": "60"], flags: [:])
+        }
+        let config = try ProxyConfig.load(file: nil, environment: ["MIXPEEK_PROXY_RECONCILE_INTERVAL": "60",
+                                                                   ProxyConfig.reconcileTokenVariable: Self.adminToken], flags: [:])
+        #expect(config.reconcileInterval == 60 && config.reconcileToken == Self.adminToken)
+    }
+}

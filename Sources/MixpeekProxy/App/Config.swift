@@ -66,6 +66,14 @@ public struct ProxyConfig: Sendable, Equatable {
     public var auditHMACKey: String?
     public static let auditHMACKeyVariable = "MIXPEEK_PROXY_AUDIT_HMAC_KEY"
 
+    /// Seconds between the proxy's own `audit reconcile` rounds over the last 24 h (0: off, the
+    /// default). Needs `reconcileToken`.
+    public var reconcileInterval: Double = 0
+    /// The admin key reconcile reads the upstream's audit log with: from the environment only
+    /// (`MIXPEEK_PROXY_RECONCILE_TOKEN`), never stored, logged or shown.
+    public var reconcileToken: String?
+    public static let reconcileTokenVariable = "MIXPEEK_PROXY_RECONCILE_TOKEN"
+
     /// Where request-log lines go.
     public enum AccessLogTarget: Sendable, Equatable {
         case stderr
@@ -88,7 +96,7 @@ public struct ProxyConfig: Sendable, Equatable {
         "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "credential_recheck", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
         "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check",
-        "require_append_only_role",
+        "require_append_only_role", "reconcile_interval",
     ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -114,6 +122,10 @@ public struct ProxyConfig: Sendable, Equatable {
             try config.set(name, value, source: "flag --\(name.replacingOccurrences(of: "_", with: "-"))")
         }
         config.auditHMACKey = environment[auditHMACKeyVariable].flatMap { $0.isEmpty ? nil : $0 }
+        config.reconcileToken = environment[reconcileTokenVariable].flatMap { $0.isEmpty ? nil : $0 }
+        if config.reconcileInterval > 0 && config.reconcileToken == nil {
+            throw ConfigError(message: "reconcile_interval needs the upstream's admin key in \(reconcileTokenVariable) (ADMIN permission; read from the environment only)")
+        }
         return config
     }
 
@@ -154,6 +166,7 @@ public struct ProxyConfig: Sendable, Equatable {
         case "cache_ignore_upstream_directives": cacheIgnoreUpstreamDirectives = try boolean()
         case "audit_outcome_wait": auditOutcomeWait = try number(0...3_600)
         case "credential_recheck": credentialRecheck = try number(0...86_400)
+        case "reconcile_interval": reconcileInterval = try number(0...604_800)
         case "upstream_timeout": upstreamTimeout = try number(0.001...3_600)
         case "upstream_ca_file": upstreamCAFile = raw.isEmpty ? nil : raw
         case "max_body_bytes": maxBodyBytes = try integer(1...(64 << 20))

@@ -36,6 +36,8 @@ public final class ProxyApp: Service, Sendable {
     private let minuteTicks: Task<Void, Never>
     /// In a group: listening and the lease (`GroupMember.run`), and the reaper.
     private let groupTasks: [Task<Void, Never>]
+    /// `reconcile_interval`'s rounds, when on.
+    private let reconcileRounds: Task<Void, Never>?
     private let logger: Logger
 
     /// The port the proxy listens on (the chosen one for port 0).
@@ -60,6 +62,7 @@ public final class ProxyApp: Service, Sendable {
         } else {
             groupTasks = []
         }
+        reconcileRounds = proxy.status?.reconcile.map { schedule in Task { await schedule.run() } }
         counterFlush = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(5))
@@ -144,8 +147,25 @@ public final class ProxyApp: Service, Sendable {
                 logger.warning("the status page cannot read the audit log", metadata: ["error": "\(error)"])
             }
         }
+        // `reconcile_interval`: the proxy's own reconcile rounds, against the log it writes.
+        var reconcile: ReconcileSchedule?
+        if config.reconcileInterval > 0, let token = config.reconcileToken {
+            let log: @Sendable () async throws -> (log: any ReconciledLog, close: @Sendable () async -> Void)
+            if let member {
+                let database = member.settings.database
+                log = {
+                    let connection = try await GroupChain.connect(database, logger: logger)
+                    return (GroupChainLog(connection: connection, hmacKey: hmacKey, logger: logger), { try? await connection.close() })
+                }
+            } else if let audit {
+                log = { (audit, {}) }
+            } else {
+                log = { throw ConfigError(message: "the audit log is not open") }
+            }
+            reconcile = ReconcileSchedule(interval: config.reconcileInterval, upstream: config.upstream, token: token, logger: logger, log: log)
+        }
         let status = StatusBoard(
-            cache: cache, audit: auditReader, group: member,
+            cache: cache, audit: auditReader, group: member, reconcile: reconcile,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
 
         let eventLoops = given ?? EventLoops(
@@ -244,6 +264,8 @@ public final class ProxyApp: Service, Sendable {
         await proxy.accessLog?.close()
         counterFlush.cancel()
         minuteTicks.cancel()
+        // Not awaited: a round may be reading the upstream's log; its append is one transaction.
+        reconcileRounds?.cancel()
         for task in groupTasks { task.cancel() }
         if let member = proxy.group {
             for task in groupTasks { await task.value }

@@ -96,7 +96,8 @@ public final class ProxyMetrics: Sendable {
     /// The Prometheus text exposition, with the cache's and the request log's figures read at
     /// scrape time, and `group`'s in a group.
     public func exposition(cache: CacheCounters, entries: Int, bytes: Int, logLinesDropped: Int, outcomesPending: Int = 0,
-                           revokedCredentials: Int = 0, listsHeldFromRevoked: Int = 0, group: GroupFigures? = nil) -> String {
+                           revokedCredentials: Int = 0, listsHeldFromRevoked: Int = 0, reconcile: ReconcileSchedule.Result? = nil,
+                           group: GroupFigures? = nil) -> String {
         var text = registry.emitToString()
         func counter(_ name: String, _ help: String, _ value: Int) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
@@ -116,6 +117,15 @@ public final class ProxyMetrics: Sendable {
         gauge("mixpeek_proxy_revoked_credentials", "Secrets of keys revoked through the proxy: none is answered from the cache.", revokedCredentials)
         counter("mixpeek_proxy_cache_revoked_held_total", "List requests bearing a revoked key's secret, forwarded instead of answered from the cache.", listsHeldFromRevoked)
         gauge("mixpeek_proxy_audit_outcomes_pending", "Outcomes of mutations answered audit_incomplete that are not written yet.", outcomesPending)
+        if let reconcile, reconcile.problem == nil {
+            // Only once a round has run (`reconcile_interval`): absent, not 0, before.
+            gauge("mixpeek_proxy_changes_around_proxy",
+                  "Key changes in the upstream's audit log of the last 24 h with no proxy record, at the last reconcile round.",
+                  reconcile.aroundProxy)
+            gauge("mixpeek_proxy_reconcile_unconfirmed",
+                  "Mutations the proxy recorded applied that the upstream's audit log did not show, at the last reconcile round.",
+                  reconcile.unconfirmed)
+        }
         if let group {
             if let canRewrite = group.auditRoleCanRewrite {
                 gauge("mixpeek_proxy_audit_role_can_rewrite",

@@ -72,6 +72,7 @@ extension Proxy {
                 cache: cache.counters, entries: memory.entries, bytes: memory.bytes, logLinesDropped: accessLog?.droppedLines ?? 0,
                 outcomesPending: outcomes.incompleteCount,
                 revokedCredentials: cache.revocations.count, listsHeldFromRevoked: cache.listsHeldFromRevoked,
+                reconcile: status?.reconcile?.lastResult,
                 group: group.map { group in
                     .init(auditRoleCanRewrite: group.auditRoleCanRewrite,
                           witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0)

@@ -22,6 +22,8 @@ public final class StatusBoard: Sendable {
 
     /// Mutations the page lists.
     public static let recentMutations = 50
+    /// Revocations the page lists.
+    public static let recentRevocations = 20
 
     let cache: ProxyListCache
     public let health: UpstreamHealth
@@ -30,17 +32,20 @@ public final class StatusBoard: Sendable {
     private let audit: AuditLog?
     private let limits: Limits
     private let group: GroupMember?
+    /// `reconcile_interval`'s rounds, when on.
+    let reconcile: ReconcileSchedule?
     private let clock: @Sendable () -> Double
     private let startedAt: Double
     private let history = NIOLockedValueBox(MinuteHistory())
     private let verification = NIOLockedValueBox<(last: StatusSnapshot.Verification?, running: Task<StatusSnapshot.Verification, Never>?)>((nil, nil))
 
-    public init(cache: ProxyListCache, audit: AuditLog?, group: GroupMember? = nil, limits: Limits,
+    public init(cache: ProxyListCache, audit: AuditLog?, group: GroupMember? = nil, reconcile: ReconcileSchedule? = nil, limits: Limits,
                 health: UpstreamHealth = UpstreamHealth(),
                 clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.cache = cache
         self.audit = audit
         self.group = group
+        self.reconcile = reconcile
         self.limits = limits
         self.health = health
         self.clock = clock
@@ -60,6 +65,7 @@ public final class StatusBoard: Sendable {
         let counters = cache.counters
         let memory = cache.memoryFootprint
         let disk = await cache.diskFootprint()
+        let revocations = cache.revocations
         return StatusSnapshot(
             generated_at: Self.time(clock()), started_at: Self.time(startedAt),
             savings: .init(
@@ -71,7 +77,12 @@ public final class StatusBoard: Sendable {
             cache: .init(
                 entries: disk?.entries, entries_max: limits.cacheMaxEntries, bytes: disk?.bytes, bytes_max: limits.cacheMaxBytes,
                 memory_entries: memory.entries, memory_bytes: memory.bytes, memory_bytes_max: cache.settings.memoryBytes,
-                ttl_seconds: cache.settings.ttl, stale_if_error_seconds: cache.settings.staleIfError),
+                ttl_seconds: cache.settings.ttl, stale_if_error_seconds: cache.settings.staleIfError,
+                revoked_credentials: revocations.count,
+                recent_revocations: revocations.recent.reversed().prefix(Self.recentRevocations).map {
+                    .init(time: Self.time($0.at), key_prefix: $0.keyPrefix, key_name: $0.name, user_email: $0.user,
+                          via: $0.via, proxy_id: group?.settings.proxyID)
+                }),
             audit: await auditPanel(),
             group: group.map { group in
                 .init(proxy_id: group.settings.proxyID, state: group.health.state, audit_role_can_rewrite: group.auditRoleCanRewrite,
@@ -82,16 +93,28 @@ public final class StatusBoard: Sendable {
     private func auditPanel() async -> StatusSnapshot.Audit {
         let last = verification.withLockedValue { $0.last }
         guard let audit, let newest = try? await audit.newest(Self.recentMutations) else {
-            return .init(available: false, records: 0, head: nil, recent: [], last_verification: last)
+            return .init(available: false, records: 0, head: nil, reconcile: reconcilePanel(), recent: [], last_verification: last)
         }
         return .init(
             available: true, records: newest.records, head: newest.head,
+            reconcile: reconcilePanel(),
             recent: newest.mutations.map {
                 .init(seq: $0.seq, time: $0.time, action: $0.action, user_email: $0.user_email, key_name: $0.key_name,
                       outcome: $0.outcome, upstream_status: $0.upstream_status, caller: $0.caller, request_id: $0.request_id,
                       trace_id: $0.trace_id, actor: Self.actor($0))
             },
             last_verification: last)
+    }
+
+    /// The last `reconcile_interval` round; nil when reconcile is off.
+    private func reconcilePanel() -> StatusSnapshot.Reconcile? {
+        guard let reconcile else { return nil }
+        guard let last = reconcile.lastResult else {
+            return .init(interval_seconds: reconcile.interval, window_hours: Int(ReconcileSchedule.window / 3600))
+        }
+        return .init(interval_seconds: reconcile.interval, window_hours: Int(ReconcileSchedule.window / 3600), time: Self.time(last.at),
+                     around_proxy: last.problem == nil ? last.aroundProxy : nil, unconfirmed: last.problem == nil ? last.unconfirmed : nil,
+                     resolved_unknown: last.problem == nil ? last.resolved : nil, problem: last.problem)
     }
 
     /// Walks the whole audit chain off the event loops; requests that come while a walk is

@@ -109,9 +109,37 @@ enum StatusPage {
         <meter data-m="cache.memory_bytes" data-max="cache.memory_bytes_max" value="\(cache.memory_bytes)" max="\(cache.memory_bytes_max)"></meter></dd>
         <dt>TTL</dt><dd><span data-v="cache.ttl_seconds" data-f="seconds">\(Format.seconds(cache.ttl_seconds))</span>,
         stale when the upstream fails for <span data-v="cache.stale_if_error_seconds" data-f="seconds">\(Format.seconds(cache.stale_if_error_seconds))</span> more</dd>
+        <dt>revoked keys</dt><dd><span data-v="cache.revoked_credentials">\(cache.revoked_credentials)</span>,
+        through this proxy: their secrets read nothing from the cache</dd>
         </dl>
+        <div class="scroll">
+        <table id="revocations" data-empty="no key revoked through this proxy">
+        <caption>the newest \(StatusBoard.recentRevocations) revocations, newest first</caption>
+        <thead><tr>\(revocationColumns.map { "<th data-c=\"\($0.field)\" data-f=\"\($0.format)\">\($0.heading)</th>" as HTML })</tr></thead>
+        <tbody>\(revocationRows(cache.recent_revocations))</tbody>
+        </table>
+        </div>
         </section>
         """
+    }
+
+    /// The columns of the revocations table, as `mutationColumns`.
+    static let revocationColumns: [(field: String, heading: String, format: String)] = [
+        ("time", "time", "time"), ("key_prefix", "prefix", "text"), ("key_name", "key", "text"),
+        ("user_email", "owner", "text"), ("via", "by", "text"), ("proxy_id", "through", "text"),
+    ]
+
+    private static func revocationRows(_ revocations: [StatusSnapshot.RevokedKey]) -> [HTML] {
+        guard !revocations.isEmpty else {
+            return ["<tr><td colspan=\"\(revocationColumns.count)\">no key revoked through this proxy</td></tr>"]
+        }
+        return revocations.map { revoked -> HTML in
+            let cells: [HTML] = [
+                "<td>\(Format.time(revoked.time))</td>", "<td>\(Format.text(revoked.key_prefix))</td>", "<td>\(revoked.key_name)</td>",
+                "<td>\(revoked.user_email)</td>", "<td>\(revoked.via)</td>", "<td>\(Format.text(revoked.proxy_id ?? "this proxy"))</td>",
+            ]
+            return "<tr>\(cells)</tr>"
+        }
     }
 
     /// The columns of the mutations table: JSON field, heading, format. The script reads them
@@ -137,14 +165,30 @@ enum StatusPage {
             <span data-v="audit.last_verification.problem" data-f="optional" class="why">\(Format.optional(audit.last_verification?.problem))</span>
             <button id="verify" type="submit">verify now</button></p>
             </form>
+            \(reconcile(audit.reconcile))
             <div class="scroll">
-            <table id="mutations">
+            <table id="mutations" data-empty="no mutations yet">
             <caption>the newest \(StatusBoard.recentMutations) mutations, newest first</caption>
             <thead><tr>\(head)</tr></thead>
             <tbody>\(mutationRows(audit.recent))</tbody>
             </table>
             </div>
             </section>
+            """
+    }
+
+    /// The last round of `reconcile_interval`, when it is on: "3 changes made around the proxy
+    /// in the last 24 h".
+    private static func reconcile(_ reconcile: StatusSnapshot.Reconcile?) -> HTML {
+        guard let reconcile else { return "" }
+        return """
+            <p id="reconcile">reconcile with the upstream's audit log:
+            <strong><span data-v="audit.reconcile.around_proxy">\(Format.text(reconcile.around_proxy.map(String.init)))</span>
+            changes made around the proxy</strong> in the last \(reconcile.window_hours) h ·
+            <span data-v="audit.reconcile.unconfirmed">\(Format.text(reconcile.unconfirmed.map(String.init)))</span> unconfirmed ·
+            <span data-v="audit.reconcile.resolved_unknown">\(Format.text(reconcile.resolved_unknown.map(String.init)))</span> unknowns settled ·
+            as of <span data-v="audit.reconcile.time" data-f="time">\(Format.time(reconcile.time))</span>, every \(Format.seconds(reconcile.interval_seconds))
+            <span data-v="audit.reconcile.problem" data-f="optional" class="why">\(Format.optional(reconcile.problem))</span></p>
             """
     }
 
@@ -355,27 +399,29 @@ enum StatusPage {
               meter.max = at(data, meter.dataset.max) || 1;
               meter.value = at(data, meter.dataset.m) || 0;
             }
-            rows(data.audit.recent || []);
+            rows('mutations', data.audit.recent || []);
+            rows('revocations', (data.cache.recent_revocations || []).map(r => Object.assign({}, r, {proxy_id: r.proxy_id || 'this proxy'})));
             chart(data.savings.minutes || []);
           }
 
-          function rows(mutations) {
-            const columns = [...document.querySelectorAll('#mutations th')].map(th => [th.dataset.c, th.dataset.f]);
+          function rows(id, items) {
+            const table = document.getElementById(id);
+            const columns = [...table.querySelectorAll('th')].map(th => [th.dataset.c, th.dataset.f]);
             const body = document.createElement('tbody');
-            for (const m of mutations) {
+            for (const item of items) {
               const tr = body.insertRow();
               for (const [field, f] of columns) {
                 const td = tr.insertCell();
-                td.textContent = format[f](m[field]);
-                if (field === 'outcome') td.className = 'o-' + m.outcome;
+                td.textContent = format[f](item[field]);
+                if (field === 'outcome') td.className = 'o-' + item.outcome;
               }
             }
-            if (!mutations.length) {
+            if (!items.length) {
               const td = body.insertRow().insertCell();
               td.colSpan = columns.length;
-              td.textContent = 'no mutations yet';
+              td.textContent = table.dataset.empty;
             }
-            document.querySelector('#mutations tbody').replaceWith(body);
+            table.querySelector('tbody').replaceWith(body);
           }
 
           function chart(minutes) {

@@ -75,6 +75,23 @@ public struct StatusSnapshot: Codable, Sendable {
         public var memory_bytes_max: Int
         public var ttl_seconds: Double
         public var stale_if_error_seconds: Double
+        /// Secrets of keys revoked through this proxy: none is answered from the cache.
+        public var revoked_credentials: Int = 0
+        /// The newest revocations made through this proxy, newest first.
+        public var recent_revocations: [RevokedKey] = []
+    }
+
+    /// A key revoked through this proxy: from then on its secret reads nothing from the cache.
+    /// Names it by prefix and name, never by its secret or hash.
+    public struct RevokedKey: Codable, Sendable, Equatable {
+        public var time: String
+        public var key_prefix: String?
+        public var key_name: String
+        public var user_email: String
+        /// `delete`, `rotate` or `update` (to a status other than active).
+        public var via: String
+        /// The proxy it went through: this one's id in a group, null for a lone proxy.
+        public var proxy_id: String?
     }
 
     public struct Audit: Codable, Sendable {
@@ -83,9 +100,25 @@ public struct StatusSnapshot: Codable, Sendable {
         public var records: Int
         /// `seq:hash` of the newest record: keep it elsewhere for `audit verify --expect-head`.
         public var head: String?
+        /// The last round of `reconcile_interval`; null when it is off.
+        public var reconcile: Reconcile? = nil
         /// The newest mutations, newest first.
         public var recent: [Mutation]
         public var last_verification: Verification?
+    }
+
+    /// The proxy's own `audit reconcile` (`reconcile_interval`): its last round over the last
+    /// `window_hours`; the counts are null before the first round and when it could not run.
+    public struct Reconcile: Codable, Sendable, Equatable {
+        public var interval_seconds: Double
+        public var window_hours: Int
+        public var time: String? = nil
+        /// Key changes the upstream's log shows and the proxy's does not: made around it.
+        public var around_proxy: Int? = nil
+        public var unconfirmed: Int? = nil
+        public var resolved_unknown: Int? = nil
+        /// Why the last round could not run.
+        public var problem: String? = nil
     }
 
     /// One mutation as the page lists it.
