@@ -550,19 +550,26 @@ struct CacheTests {
         }
     }
 
-    @Test("memory holds no more than cache_memory_bytes of bodies", arguments: [0, 1])
+    @Test("memory holds no more than cache_memory_bytes of bodies and of what the cache knows of credentials and keys", arguments: [0, 1])
     func memoryBound(entries: Int) async throws {
         var bodySize = 0
-        try await withTestProxy { proxy in bodySize = try await proxy.list(user: "user0@example.com").body.utf8.count }
-        let budget = bodySize * entries + bodySize / 2
-        let bound = entries == 0 ? 0 : budget
+        var credentialBytes = 0
+        let users = (0..<3).map { "user\($0)@example.com" }
+        try await withTestProxy { proxy in
+            bodySize = try await proxy.list(user: users[0]).body.utf8.count
+            for user in users.dropFirst() { _ = try await proxy.list(user: user) }
+            credentialBytes = try await cacheStats(proxy)["credential_bytes_in_memory"] as? Int ?? 0
+        }
+        #expect(credentialBytes > 0, "the credential and the keys it read are counted")
+        let bound = entries == 0 ? 0 : bodySize * entries + bodySize / 2 + credentialBytes
         try await withTestProxy(configure: { $0.cacheMemoryBytes = bound }) { proxy in
-            for user in (0..<3).map({ "user\($0)@example.com" }) {
+            for user in users {
                 _ = try await proxy.list(user: user)
                 let stats = try await cacheStats(proxy)
-                #expect((stats["bytes_in_memory"] as? Int ?? .max) <= bound)
-                #expect(stats["entries_in_memory"] as? Int == entries)
+                #expect((stats["bytes_in_memory"] as? Int ?? .max) + (stats["credential_bytes_in_memory"] as? Int ?? .max) <= max(bound, credentialBytes))
+                #expect((stats["entries_in_memory"] as? Int ?? .max) <= entries + 1, "fewer keys known yet leave room for at most one more")
             }
+            #expect(try await cacheStats(proxy)["entries_in_memory"] as? Int == entries, "once it knows every key it will, the budget holds this many lists")
             try await proxy.expectVerdict("HIT", user: "user2@example.com")
         }
     }

@@ -23,6 +23,37 @@ struct MemoryTierTests {
         #expect(tier.bytes == 60 && tier.count == 2)
     }
 
+    @Test("what the cache knows of credentials and keys is counted in the budget: reserving bytes evicts lists, and a list that no longer fits is not kept")
+    func reservedBytes() {
+        var tier = MemoryTier<Int>(capacity: 300)
+        for i in 0..<3 { tier.insert(i, bytes: 100, for: Self.key("u\(i)@example.com")) }
+        tier.reserve(150)
+        #expect(tier.count == 1 && tier.bytes + tier.reserved <= 300)
+        tier.insert(9, bytes: 200, for: Self.key("big@example.com"))
+        #expect(!tier.contains(Self.key("big@example.com")), "200 bytes do not fit in 300 less 150 reserved")
+        tier.reserve(0)
+        tier.insert(9, bytes: 200, for: Self.key("big@example.com"))
+        #expect(tier.contains(Self.key("big@example.com")) && tier.bytes <= 300)
+    }
+
+    @Test("the credential book's bytes grow with the keys it learns, by name and user, and an identity learned again is counted once")
+    func bookFootprint() {
+        var book = CredentialBook(capacity: 10, identityCapacity: 2)
+        let empty = book.footprint
+        func key(_ n: Int) -> KeyIdentity {
+            KeyIdentity(["key_hash": String(repeating: "\(n)", count: 64), "key_id": "key_\(n)", "key_prefix": "sk_\(n)",
+                         "name": "name-\(n)", "status": "active"], user: "u\(n)@example.com")!
+        }
+        book.learn(key(1))
+        let one = book.footprint
+        #expect(one > empty + 400)
+        book.learn(key(1))
+        #expect(book.footprint == one)
+        book.learn(key(2))
+        book.learn(key(3))
+        #expect(book.footprint == empty + 2 * (one - empty), "at the identity capacity, one is forgotten for each learned")
+    }
+
     @Test("without hits the oldest entry goes first")
     func oldestFirst() {
         var tier = MemoryTier<String>(capacity: 30)

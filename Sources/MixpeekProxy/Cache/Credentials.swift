@@ -136,6 +136,8 @@ struct CredentialBook {
     private var byOwner: [String: Set<String>] = [:]
     private(set) var revoked: Set<String> = []
     private(set) var recent: [Revocation] = []
+    /// The UTF-8 bytes of the names and users of `identities`.
+    private var namesBytes = 0
     let identityCapacity: Int
 
     init(capacity: Int = 10_000, identityCapacity: Int = 100_000) {
@@ -162,13 +164,28 @@ struct CredentialBook {
     mutating func learn(_ identity: KeyIdentity) {
         if identities[identity.keyHash] == nil, identities.count >= identityCapacity, let evicted = identities.first {
             identities.removeValue(forKey: evicted.key)
+            namesBytes -= evicted.value.name.utf8.count + evicted.value.user.utf8.count
+            forgetIndexes(of: evicted.value)
         }
-        identities[identity.keyHash] = identity
+        if let old = identities.updateValue(identity, forKey: identity.keyHash) {
+            namesBytes -= old.name.utf8.count + old.user.utf8.count
+        }
+        namesBytes += identity.name.utf8.count + identity.user.utf8.count
         byName[Self.nameKey(user: identity.user, name: identity.name), default: []].insert(identity.keyHash)
         byOwner[UserIdentity.folded(identity.user), default: []].insert(identity.keyHash)
         credentials.forEach { credential in
             if credential.secretHash == identity.keyHash { credential.expires(at: identity.expiresAt) }
         }
+    }
+
+    /// Drops a forgotten key from the indexes by name and by owner, so they stay as bounded as
+    /// `identities`.
+    private mutating func forgetIndexes(of identity: KeyIdentity) {
+        let name = Self.nameKey(user: identity.user, name: identity.name), owner = UserIdentity.folded(identity.user)
+        byName[name]?.remove(identity.keyHash)
+        if byName[name]?.isEmpty == true { byName[name] = nil }
+        byOwner[owner]?.remove(identity.keyHash)
+        if byOwner[owner]?.isEmpty == true { byOwner[owner] = nil }
     }
 
     /// Revokes the secrets of every key of `user` named `name` that the proxy has seen, but
@@ -221,6 +238,14 @@ struct CredentialBook {
             if let hash = credential.secretHash, hashes.contains(hash) { credential.revoke() }
         }
         recent = Array((recent + made).suffix(50))
+    }
+
+    /// About how many bytes of memory the book takes, counted against the memory tier's budget
+    /// (`MemoryTier.reserve`): a credential (its `Authorization` value, two hex hashes, the
+    /// object) about 400, a key (a hash, an id, a prefix, a name, a user, three index
+    /// entries) 400 plus its name and user, a revoked hash 100.
+    var footprint: Int {
+        credentials.count * 400 + identities.count * 400 + namesBytes + revoked.count * 100
     }
 
     /// The key whose secret `credential` bears, when the proxy has seen it.

@@ -125,7 +125,9 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         var memory: MemoryTier<Remembered>
         var readYourWrites = ReadYourWrites<FlightResult>()
         var counters = CacheCounters()
-        var book = CredentialBook()
+        /// Counted in the memory tier's budget (without `oldValue`, the observer leaves the
+        /// book's mutations in place).
+        var book = CredentialBook() { didSet { memory.reserve(book.footprint) } }
         var onDisk = CacheIndex()
     }
 
@@ -552,8 +554,10 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     }
 
     /// Entries and bytes in memory.
-    public var memoryFootprint: (entries: Int, bytes: Int) {
-        state.withReadLock { ($0.memory.count, $0.memory.bytes) }
+    /// Lists and their bytes in the memory tier, and the bytes of its budget the credentials
+    /// and keys the cache knows take (`CredentialBook.footprint`).
+    public var memoryFootprint: (entries: Int, bytes: Int, reserved: Int) {
+        state.withReadLock { ($0.memory.count, $0.memory.bytes, $0.memory.reserved) }
     }
 
     /// Entries and bytes in the cache file; nil without a usable file.

@@ -43,6 +43,9 @@ struct MemoryTier<Value> {
     private var hand: Slot?
     /// Bytes held: the sum of the stored entries' `bytes`.
     private(set) var bytes = 0
+    /// Bytes of the budget taken by what else the cache keeps in memory (the credentials and
+    /// keys it knows, `CredentialBook.footprint`): entries get `capacity` less these.
+    private(set) var reserved = 0
 
     init(capacity: Int) {
         self.capacity = capacity
@@ -69,13 +72,23 @@ struct MemoryTier<Value> {
     /// kept (and the old one for `key` is dropped all the same).
     mutating func insert(_ value: Value, bytes: Int, for key: CacheKey) {
         remove(key)
-        guard bytes <= capacity else { return }
+        guard bytes <= capacity - reserved else { return }
         let slot = Slot(key: key, folded: UserIdentity.folded(key.user), value: value, bytes: bytes)
         slots[key] = slot
         byUser[slot.folded, default: []].insert(key)
         link(slot)
         self.bytes += bytes
-        while self.bytes > capacity, let victim = victim(sparing: slot) {
+        while self.bytes + reserved > capacity, let victim = victim(sparing: slot) {
+            remove(victim.key)
+        }
+    }
+
+    /// Takes `bytes` of the budget for something else (replacing what was reserved before),
+    /// evicting entries until the rest fits.
+    mutating func reserve(_ bytes: Int) {
+        guard bytes != reserved else { return }
+        reserved = bytes
+        while self.bytes + reserved > capacity, let victim = victim(sparing: nil) {
             remove(victim.key)
         }
     }
@@ -117,8 +130,8 @@ struct MemoryTier<Value> {
     // MARK: The ring
 
     /// The first unreferenced entry from the hand on (clearing bits on the way), never `spared`.
-    private mutating func victim(sparing spared: Slot) -> Slot? {
-        guard var slot = hand, slots.count > 1 else { return nil }
+    private mutating func victim(sparing spared: Slot?) -> Slot? {
+        guard var slot = hand, slots.count > (spared == nil ? 0 : 1) else { return nil }
         while slot === spared || slot.referenced.exchange(false, ordering: .relaxed) {
             slot = slot.next!
         }

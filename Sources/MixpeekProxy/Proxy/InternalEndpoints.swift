@@ -12,6 +12,8 @@ extension Proxy {
         struct Cache: Codable {
             var entries_in_memory: Int
             var bytes_in_memory: Int
+            /// The part of `cache_memory_bytes` taken by the credentials and keys the cache knows.
+            var credential_bytes_in_memory: Int
             var hits: Int
             var misses: Int
             var stale: Int
@@ -95,7 +97,8 @@ extension Proxy {
         let records = try? await audit?.recordCount()
         return Stats(
             cache: .init(
-                entries_in_memory: memory.entries, bytes_in_memory: memory.bytes, hits: counters.hits,
+                entries_in_memory: memory.entries, bytes_in_memory: memory.bytes, credential_bytes_in_memory: memory.reserved,
+                hits: counters.hits,
                 misses: counters.misses, stale: counters.stale, bypass: counters.bypass, coalesced: counters.coalesced,
                 upstream_list_calls: counters.upstreamListCalls, upstream_list_calls_saved: counters.saved,
                 hit_ratio: (counters.hitRatio * 1000).rounded() / 1000),

@@ -17,6 +17,8 @@ struct BoundedMemo<Value: Sendable>: Sendable {
     @inline(__always)
     subscript(key: String) -> Value? { values[ExactText(key)] }
 
+    var count: Int { values.count }
+
     mutating func value(for key: String, else compute: (String) -> Value) -> Value {
         let exact = ExactText(key)
         if let known = values[exact] { return known }
