@@ -45,7 +45,7 @@ DEVIATIONS = [
     {"check": "replay", "status": 400, "fake": 200, "body": r'"message":"malformed request: request target (has an escaped NUL, CR or LF|has a byte RFC 3986|has a % not followed|never carries a fragment)',
      "reason": "the proxy refuses, before forwarding or recording, a request target that is not RFC 3986's absolute-path "
                "[ ? query ]: an escaped NUL, CR or LF (a front end that decodes it would see another request), a stray byte, "
-               "a bad escape or a fragment (README 'What the proxy does to each call'); the fake, as FastAPI, ignores an "
+               "a bad escape or a fragment (docs/HTTP.md 'HTTP conformance'); the fake, as FastAPI, ignores an "
                "unknown query parameter however it is spelled"},
     {"check": "replay", "status": 405, "fake": 405, "body": r'"code":"mixpeek_proxy\.method_not_allowed"',
      "reason": "a method an API-keys path does not have is answered by the proxy itself (405 with the same Allow), in "

@@ -245,7 +245,7 @@ public final class FakeMixpeek: Sendable {
     }
 
     /// The 422 the real API answers, in the contract's error shape (not FastAPI's
-    /// `HTTPValidationError`; the README says how they differ): the message names the field.
+    /// `HTTPValidationError`; docs/DEVELOPMENT.md says how they differ): the message names the field.
     static func invalid(_ failure: ValidationFailure) -> HTTPResponse {
         var body = ErrorBody(status: .unprocessableEntity, message: failure.text, type: "validation_error")
         body.error.details = ["loc": failure.location.joined(separator: "."), "type": failure.type]

@@ -70,7 +70,7 @@ public final class HTTPServer: Sendable {
     /// before the first connection: every type the handlers need is then resolved once, here,
     /// not by two event loops at once (the fake upstream crashed once inside the runtime's
     /// `swift_getTypeByMangledName`, called from `addHandlers`, under a burst of first
-    /// connections on two loops; see the README's note on it).
+    /// connections on two loops; see the note on it in docs/OPERATIONS.md).
     static func resolveHandlerTypes(responder: any HTTPResponder, limits: ServerLimits, connectionHandlers: [any ChannelHandler]) throws {
         let channel = EmbeddedChannel()
         defer { _ = try? channel.finish() }

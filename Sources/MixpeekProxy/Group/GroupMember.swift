@@ -9,7 +9,7 @@ import Synchronization
 /// This proxy's membership in a group: the guarantee that once any proxy has answered a
 /// mutation, no proxy serves a list of that user that predates it.
 ///
-/// How (the README's "Running many proxies" argues it):
+/// How (docs/GROUP.md argues it):
 /// - Every record appended to the chain is announced on the `mixpeek_proxy` channel. This
 ///   proxy LISTENs on a connection of its own; for an intent it marks the user *open* (no hit,
 ///   nothing stored) and drops the user's lists; for an outcome it drops them again and clears

@@ -1,6 +1,6 @@
 import Foundation
 
-/// Everything the status page shows, as `GET /_proxy/status.json` serves it (the README
+/// Everything the status page shows, as `GET /_proxy/status.json` serves it (docs/STATUS-PAGE.md
 /// documents each field). It holds no token, no secret and no key value: mutations carry the
 /// caller's fingerprint and the key's name only.
 public struct StatusSnapshot: Codable, Sendable {
