@@ -470,7 +470,10 @@ struct OutcomeDurabilityTests {
             #expect(harness.creates.withLockedValue { $0 } == 1, "it was forwarded: the client is told it may have been applied")
             // While the outcome is not durable, the user's lists are neither served from nor kept in the cache.
             #expect(try await harness.list() == "MISS")
-            #expect(try await harness.list() == "MISS")
+            let forwarded = try await harness.send(.GET, TestProxy.path())
+            #expect(forwarded.headers.first(name: "X-Cache") == "MISS")
+            #expect(forwarded.headers.first(name: "Cache-Status")?.contains("detail=outcome-pending") == true,
+                    "\(forwarded.headers.first(name: "Cache-Status") ?? "")")
             #expect(harness.proxy.outcomes.incompleteCount == 1)
             let metrics = try await harness.send(.GET, "/_proxy/metrics")
             #expect(String(buffer: metrics.body).contains("\nmixpeek_proxy_audit_outcomes_pending 1\n"))

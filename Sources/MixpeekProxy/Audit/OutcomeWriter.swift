@@ -105,6 +105,14 @@ public final class PendingOutcomes: ListGate {
         return next?.admits(user: user) ?? true
     }
 
+    /// Why `user`'s lists are not admitted, as `Cache-Status`'s `detail` says it:
+    /// `outcome-pending` for a mutation of theirs whose outcome is not durable yet, else
+    /// `group-closed` (the group's gate).
+    func closedReason(user: String) -> String {
+        let folded = UserIdentity.folded(user)
+        return open.withLockedValue { $0[folded] != nil } ? "outcome-pending" : "group-closed"
+    }
+
     func open(user: String) {
         let folded = UserIdentity.folded(user)
         open.withLockedValue { $0[folded, default: 0] += 1 }

@@ -240,7 +240,9 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         let stands = credential.standsAt(clock())
         if credential.isRevoked { heldFromRevoked.wrappingAdd(1, ordering: .relaxed) }
         if !gate.admits(user: key.user) {
-            // Not now (a group's mutation in progress, or not caught up): forwarded, not kept.
+            // Not now (an outcome not yet durable, a group's mutation in progress, or not
+            // caught up): forwarded, not kept.
+            let reason = gate.closedReason(user: key.user)
             state.withLockedValue { state in
                 state.counters.misses += 1
                 state.counters.upstreamListCalls += 1
@@ -253,7 +255,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 }
                 let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
                 let made = self.storable(outcome, list: list, key: key, storedAt: self.clock())
-                promise.succeed(.fetched(Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : "group-closed"),
+                promise.succeed(.fetched(Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : reason),
                                          ListForward(reason: refresh ? .request : .uriMiss, coalesced: false)))
             }
             return promise.futureResult
