@@ -990,6 +990,27 @@ def reconcile_around(group):
           RECONCILE_ADMIN not in result.stdout + result.stderr)
 
 
+def status_audit_panel(group):
+    """In a group the status page shows the audit panel from the central chain: the record
+    count and head as PostgreSQL has them, the newest mutation (whichever proxy made it), and
+    "verify now" walks the chain and this proxy's witness: intact."""
+    A, B = group["A"], group["B"]
+    made = create(B, "status@example.com", "status-key")
+    status = call(A.port, "GET", "/_proxy/status.json", token=None)
+    audit = status.json.get("audit", {}) if isinstance(status.json, dict) else {}
+    head = group.pg.psql("SELECT seq || ':' || hash FROM mixpeek_audit ORDER BY seq DESC LIMIT 1")
+    newest = (audit.get("recent") or [{}])[0]
+    check("status page in a group: A's audit panel shows the central chain (records, head) and B's create as the newest mutation",
+          made.status == 200 and audit.get("available") is True and audit.get("head") == head
+          and audit.get("records") == int(head.split(":")[0]) and newest.get("key_name") == "status-key"
+          and newest.get("outcome") == "ok",
+          f"create {made!r}; head {head}; audit {json.dumps(audit)[:500]}")
+    verified = call(A.port, "POST", "/_proxy/audit/verify", token=None, headers={"Accept": "application/json"}, timeout=60)
+    check("status page in a group: 'verify now' walks the chain and A's witness: intact",
+          verified.status == 200 and isinstance(verified.json, dict) and verified.json.get("intact") is True,
+          f"{verified!r}")
+
+
 def acting_key_in_chain(group):
     """The group's chain names the key that acted and keeps the trace id, as audit.sqlite does:
     K reads its owner's list through B (B learns K), creates through B with a traceparent;
@@ -1506,7 +1527,7 @@ def health_detail(group):
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("actor", acting_key_in_chain), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("actor", acting_key_in_chain), ("status", status_audit_panel), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
           ("health-detail", health_detail), ("verify", audit_verify)]
 

@@ -165,7 +165,7 @@ public final class ProxyApp: Service, Sendable {
             reconcile = ReconcileSchedule(interval: config.reconcileInterval, upstream: config.upstream, token: token, logger: logger, log: log)
         }
         let status = StatusBoard(
-            cache: cache, audit: auditReader, group: member, reconcile: reconcile,
+            cache: cache, audit: auditReader, group: member, groupAudit: member.map { _ in (hmacKey, config.dataDir) }, reconcile: reconcile,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
 
         let eventLoops = given ?? EventLoops(
@@ -271,6 +271,7 @@ public final class ProxyApp: Service, Sendable {
             for task in groupTasks { await task.value }
             await member.leave()
             await (proxy.audit as? GroupAuditLog)?.close()
+            await proxy.status?.close()
         }
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()

@@ -93,39 +93,65 @@ public enum GroupChain {
             bindings.append(condition.value)
             conditions.append(condition.sql.replacingOccurrences(of: "?", with: "$\(bindings.count)"))
         }
-        // `AuditLog.entriesSQL`'s columns, from the group's table: the first outcome and the
-        // resolution of each intent.
-        var sql = """
-            SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
-                   \(AuditLog.settledOutcomeSQL) AS outcome, o.upstream_status, o.duration_ms,
-                   COALESCE(r.key_id, o.key_id) AS key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id,
-                   r.seq AS resolution_seq, r.upstream_audit_id, i.actor_key_id, i.actor_key_prefix, i.actor_key_name, i.actor_user
-            FROM mixpeek_audit i
-            LEFT JOIN LATERAL (SELECT * FROM mixpeek_audit o WHERE o.intent_seq = i.seq AND o.kind = 'outcome' ORDER BY o.seq LIMIT 1) o ON true
-            LEFT JOIN LATERAL (SELECT * FROM mixpeek_audit r WHERE r.intent_seq = i.seq AND r.kind = 'resolution' ORDER BY r.seq LIMIT 1) r ON true
-            WHERE \(conditions.joined(separator: " AND ")) ORDER BY i.seq
-            """
+        var sql = entriesSQL(where: conditions.joined(separator: " AND "), order: "i.seq")
         if let limit = filter.limit {
             bindings.append(limit)
             sql += " LIMIT $\(bindings.count)"
         }
         for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) {
-            let row = row.makeRandomAccess()
-            func optional(_ name: String) throws -> String? { try row[name].decode(String?.self) }
-            try body(AuditEntry(
-                seq: row["seq"].decode(Int64.self), time: row["time"].decode(String.self),
-                action: row["action"].decode(String.self), user_email: row["user_email"].decode(String.self),
-                key_name: optional("key_name"), caller: row["caller"].decode(String.self),
-                client: row["client"].decode(String.self), request_id: row["request_id"].decode(String.self),
-                outcome: row["outcome"].decode(String.self),
-                upstream_status: row["upstream_status"].decode(Int32?.self).map(Int.init),
-                duration_ms: row["duration_ms"].decode(Double?.self), key_id: optional("key_id"),
-                key_prefix: optional("key_prefix"), key_hash: optional("key_hash"),
-                finished_at: optional("finished_at"), trace_id: optional("trace_id"),
-                actor_key_id: optional("actor_key_id"), actor_key_prefix: optional("actor_key_prefix"),
-                actor_key_name: optional("actor_key_name"), actor_user: optional("actor_user"),
-                resolution_seq: row["resolution_seq"].decode(Int64?.self), upstream_audit_id: optional("upstream_audit_id")))
+            try body(entry(row))
         }
+    }
+
+    /// `AuditLog.entriesSQL`'s columns, from the group's table: each intent with its first
+    /// outcome and its resolution.
+    static func entriesSQL(where conditions: String, order: String) -> String {
+        """
+        SELECT i.seq, i.time, i.action, i.user_email, i.key_name, i.caller, i.client, i.request_id,
+               \(AuditLog.settledOutcomeSQL) AS outcome, o.upstream_status, o.duration_ms,
+               COALESCE(r.key_id, o.key_id) AS key_id, o.key_prefix, o.key_hash, o.time AS finished_at, i.trace_id,
+               r.seq AS resolution_seq, r.upstream_audit_id, i.actor_key_id, i.actor_key_prefix, i.actor_key_name, i.actor_user
+        FROM mixpeek_audit i
+        LEFT JOIN LATERAL (SELECT * FROM mixpeek_audit o WHERE o.intent_seq = i.seq AND o.kind = 'outcome' ORDER BY o.seq LIMIT 1) o ON true
+        LEFT JOIN LATERAL (SELECT * FROM mixpeek_audit r WHERE r.intent_seq = i.seq AND r.kind = 'resolution' ORDER BY r.seq LIMIT 1) r ON true
+        WHERE \(conditions) ORDER BY \(order)
+        """
+    }
+
+    static func entry(_ row: PostgresRow) throws -> AuditEntry {
+        let row = row.makeRandomAccess()
+        func optional(_ name: String) throws -> String? { try row[name].decode(String?.self) }
+        return AuditEntry(
+            seq: try row["seq"].decode(Int64.self), time: try row["time"].decode(String.self),
+            action: try row["action"].decode(String.self), user_email: try row["user_email"].decode(String.self),
+            key_name: try optional("key_name"), caller: try row["caller"].decode(String.self),
+            client: try row["client"].decode(String.self), request_id: try row["request_id"].decode(String.self),
+            outcome: try row["outcome"].decode(String.self),
+            upstream_status: try row["upstream_status"].decode(Int32?.self).map(Int.init),
+            duration_ms: try row["duration_ms"].decode(Double?.self), key_id: try optional("key_id"),
+            key_prefix: try optional("key_prefix"), key_hash: try optional("key_hash"),
+            finished_at: try optional("finished_at"), trace_id: try optional("trace_id"),
+            actor_key_id: try optional("actor_key_id"), actor_key_prefix: try optional("actor_key_prefix"),
+            actor_key_name: try optional("actor_key_name"), actor_user: try optional("actor_user"),
+            resolution_seq: try row["resolution_seq"].decode(Int64?.self), upstream_audit_id: try optional("upstream_audit_id"))
+    }
+
+    /// The record count (the chain's seqs have no gaps: the head's), the head (`seq:hash`) and
+    /// the newest `count` mutations, newest first: the status page's audit panel in a group.
+    static func newest(_ count: Int, on connection: PostgresConnection, logger: Logger) async throws
+        -> (records: Int, head: String?, mutations: [AuditEntry]) {
+        var head: (Int64, String)?
+        for try await (seq, hash) in try await connection.query(
+            "SELECT seq, hash FROM mixpeek_audit ORDER BY seq DESC LIMIT 1", logger: logger).decode((Int64, String).self) {
+            head = (seq, hash)
+        }
+        var mutations: [AuditEntry] = []
+        let sql = entriesSQL(where: "i.kind = 'intent'", order: "i.seq DESC LIMIT $1")
+        for try await row in try await connection.query(
+            PostgresQuery(unsafeSQL: sql, binds: { var b = PostgresBindings(); b.append(count); return b }()), logger: logger) {
+            mutations.append(try entry(row))
+        }
+        return (Int(head?.0 ?? 0), head.map { "\($0.0):\($0.1)" }, mutations)
     }
 
     /// `audit verify --postgres-url [--witness DIR…]`: the whole chain, streamed in order, then

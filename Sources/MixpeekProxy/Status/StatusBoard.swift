@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Logging
 import MixpeekAPI
 import NIOConcurrencyHelpers
 
@@ -34,23 +35,40 @@ public final class StatusBoard: Sendable {
     private let group: GroupMember?
     /// `reconcile_interval`'s rounds, when on.
     let reconcile: ReconcileSchedule?
+    /// In a group: a connection of the page's own to the group's chain (its audit panel and
+    /// "verify now"), apart from the member's, whose lease renewals a long walk would hold up;
+    /// with the HMAC key and this proxy's data dir, whose witness file the walk checks.
+    private let groupChain: (link: GroupLink, hmacKey: String?, witness: String)?
     private let clock: @Sendable () -> Double
     private let startedAt: Double
     private let history = NIOLockedValueBox(MinuteHistory())
     private let verification = NIOLockedValueBox<(last: StatusSnapshot.Verification?, running: Task<StatusSnapshot.Verification, Never>?)>((nil, nil))
 
-    public init(cache: ProxyListCache, audit: AuditLog?, group: GroupMember? = nil, reconcile: ReconcileSchedule? = nil, limits: Limits,
+    public init(cache: ProxyListCache, audit: AuditLog?, group: GroupMember? = nil, groupAudit: (hmacKey: String?, dataDir: String)? = nil,
+                reconcile: ReconcileSchedule? = nil, limits: Limits,
                 health: UpstreamHealth = UpstreamHealth(),
                 clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.cache = cache
         self.audit = audit
         self.group = group
         self.reconcile = reconcile
+        groupChain = group.flatMap { group in
+            groupAudit.map { audit in
+                (GroupLink(url: group.settings.database, applicationName: "mixpeek-proxy \(group.settings.proxyID) status",
+                           logger: Self.quiet), audit.hmacKey, audit.dataDir)
+            }
+        }
         self.limits = limits
         self.health = health
         self.clock = clock
         startedAt = clock()
         history.withLockedValue { $0.record(cache.counters, at: startedAt) }
+    }
+
+    /// At shutdown: closes the page's connection to the group's chain (PostgresNIO requires a
+    /// connection closed before it goes).
+    public func close() async {
+        await groupChain?.link.close()
     }
 
     /// Closes the running minute of the history: called by a timer once a minute.
@@ -90,9 +108,20 @@ public final class StatusBoard: Sendable {
             })
     }
 
+    private static let quiet = { var logger = Logger(label: "mixpeek-proxy.status"); logger.logLevel = .critical; return logger }()
+
+    /// The newest records of the log this proxy writes: audit.sqlite, or the group's chain.
+    private func newest() async throws -> (records: Int, head: String?, mutations: [AuditEntry])? {
+        if let audit { return try await audit.newest(Self.recentMutations) }
+        guard let groupChain else { return nil }
+        return try await groupChain.link.run { connection in
+            try await GroupChain.newest(Self.recentMutations, on: connection, logger: Self.quiet)
+        }
+    }
+
     private func auditPanel() async -> StatusSnapshot.Audit {
         let last = verification.withLockedValue { $0.last }
-        guard let audit, let newest = try? await audit.newest(Self.recentMutations) else {
+        guard let newest = try? await newest() else {
             return .init(available: false, records: 0, head: nil, reconcile: reconcilePanel(), recent: [], last_verification: last)
         }
         return .init(
@@ -131,12 +160,24 @@ public final class StatusBoard: Sendable {
 
     private func walkChain() async -> StatusSnapshot.Verification {
         let started = clock()
-        let outcome: Result<AuditVerification, any Error> = await withCheckedContinuation { continuation in
-            DispatchQueue.global(qos: .utility).async { [audit] in
-                continuation.resume(returning: Result {
-                    guard let audit else { throw AuditUnavailable() }
-                    return try audit.verifyWithOwnKey()
+        let outcome: Result<AuditVerification, any Error>
+        if let groupChain {
+            // The whole chain, then this proxy's witnessed appends: `audit verify --postgres-url --witness`.
+            do {
+                outcome = .success(try await groupChain.link.run(timeout: 3600) { connection in
+                    try await GroupChain.verify(on: connection, hmacKey: groupChain.hmacKey, witnesses: [groupChain.witness], logger: Self.quiet)
                 })
+            } catch {
+                outcome = .failure(error)
+            }
+        } else {
+            outcome = await withCheckedContinuation { continuation in
+                DispatchQueue.global(qos: .utility).async { [audit] in
+                    continuation.resume(returning: Result {
+                        guard let audit else { throw AuditUnavailable() }
+                        return try audit.verifyWithOwnKey()
+                    })
+                }
             }
         }
         let result: StatusSnapshot.Verification = switch outcome {
