@@ -23,13 +23,18 @@ marked `X-Cache: STALE`).
    disable the chain's triggers or rewrite it, a self-migrating role is reported and refused
    with `--append-only-role`; `audit verify --expect-head` on the central chain; a witness file
    that cannot be written refuses mutations; the password from PGPASSWORD or a passfile, a
-   warning for one in a flag; `/_proxy/health` without PostgreSQL's words.
+   warning for one in a flag; `/_proxy/health` without PostgreSQL's words;
+5. trust and audit in the group: a key revoked through one proxy reads nothing from another's
+   cache (by urllib and by the official SDK, also a key the other proxy never saw), the
+   central chain names the acting key and keeps the trace id, the status page's audit panel
+   reads the central chain, and `audit reconcile --postgres-url` finds changes made around the
+   group and settles a reaped `unknown`.
 
 Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 on a failure.
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
-        [--only basic,property,listen,sigstop,sigkill,role,outage,restart,revoked,down-at-start,hmac,append-only,
-                expect-head,witness,credentials,health-detail,verify]
+        [--only basic,property,listen,sigstop,sigkill,role,outage,restart,revoked,sdk-revoked,actor,status,
+                reconcile,down-at-start,hmac,append-only,expect-head,witness,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -968,6 +973,46 @@ def revoked_everywhere(group):
           f"warm {warm!r}; delete {done!r}; after {after!r}")
 
 
+def sdk_revoked(group):
+    """The same with the official SDK as the client: K (made through A with the SDK) reads two
+    users' lists through B with the SDK until they are hits; K is deleted through A; the very
+    next list with K's secret through B, for each user, raises the SDK's UnauthorizedException
+    (the upstream's 401), not a HIT."""
+    import mixpeek
+    from mixpeek.exceptions import UnauthorizedException
+    from mixpeek.models.api_key_create_request import APIKeyCreateRequest
+    A, B = group["A"], group["B"]
+
+    def client(proxy, token):
+        return mixpeek.OrganizationAPIKeysApi(mixpeek.ApiClient(mixpeek.Configuration(
+            host=f"http://127.0.0.1:{proxy.port}", access_token=token)))
+
+    def cache_header(answer):
+        return {k.lower(): v for k, v in dict(getattr(answer, "headers", None) or {}).items()}.get("x-cache")
+
+    timeout = {"_request_timeout": 15}
+    owner, other = "sdk-owner@example.com", "sdk-other@example.com"
+    admin = client(A, TOKEN)
+    secret = admin.create_key_organizations_users_email(owner, APIKeyCreateRequest(name="k-sdk"), **timeout).key
+    k = client(B, secret)
+    warm = {}
+    for user in (owner, other):
+        k.list_keys_organizations_users_email_with_http_info(user, **timeout)
+        warm[user] = cache_header(k.list_keys_organizations_users_email_with_http_info(user, **timeout))
+    admin.delete_key_organizations_users_email_name(owner, "k-sdk", **timeout)
+    after = {}
+    for user in (other, owner):
+        try:
+            answer = k.list_keys_organizations_users_email_with_http_info(user, **timeout)
+            after[user] = f"answered {answer.status_code} {cache_header(answer)}"
+        except UnauthorizedException as refused:
+            after[user] = "401" if cache_header(refused) != "HIT" else "401 HIT"
+    check("revocation with the SDK: K's lists were hits on B; after K's delete through A the very next list with K's "
+          "secret through B raises UnauthorizedException for either user, never a HIT",
+          all(c == "HIT" for c in warm.values()) and all(v == "401" for v in after.values()),
+          f"warm {warm}; after {after}")
+
+
 def reconcile_around(group):
     """`audit reconcile --postgres-url` holds the central chain against the upstream's audit
     log: of a create through A and a create and a delete made straight at the fake, exactly
@@ -1527,7 +1572,7 @@ def health_detail(group):
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("actor", acting_key_in_chain), ("status", status_audit_panel), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("sdk-revoked", sdk_revoked), ("actor", acting_key_in_chain), ("status", status_audit_panel), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
           ("health-detail", health_detail), ("verify", audit_verify)]
 
