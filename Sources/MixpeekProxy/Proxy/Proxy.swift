@@ -119,14 +119,12 @@ public final class Proxy: HTTPResponder {
         case .bypassCache:
             cache.noteBypass()
             let trace = clientTrace ?? .started()
-            return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
-                await self.forward(request, requestID: requestID, trace: trace, xCache: "BYPASS", cacheStatus: CacheStatus.bypass)
-            }
+            return later(request, route: decision.label, trace: trace, started: started,
+                         forward(request, requestID: requestID, trace: trace, xCache: "BYPASS", cacheStatus: CacheStatus.bypass, on: eventLoop))
         case .passThrough:
             let trace = clientTrace ?? .started()
-            return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
-                await self.forward(request, requestID: requestID, trace: trace, xCache: nil, cacheStatus: nil)
-            }
+            return later(request, route: decision.label, trace: trace, started: started,
+                         forward(request, requestID: requestID, trace: trace, xCache: nil, cacheStatus: nil, on: eventLoop))
         case .mutate(let action, let user, let key):
             let trace = clientTrace ?? .started()
             return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
@@ -301,14 +299,16 @@ public final class Proxy: HTTPResponder {
 
     // MARK: Forwarding
 
+    /// A pass-through or bypass call: sent from the connection's event loop and answered on it,
+    /// with no task between (as list misses are), so the only hops are to the upstream
+    /// client's loop and back.
     private func forward(_ request: HTTPRequest, requestID: String, trace: TraceContext, xCache: String?,
-                         cacheStatus: String?) async -> (HTTPResponse, String?) {
-        do {
-            let response = try await upstream.send(upstreamRequest(request, requestID: requestID, trace: trace))
-            cache.noteAnswer(.response(response), to: cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
-            return (clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache)
-        } catch {
-            var failure = upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
+                         cacheStatus: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
+        upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).map { response in
+            self.cache.noteAnswer(.response(response), to: self.cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
+            return (self.clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache)
+        }.recover { error in
+            var failure = self.upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
             if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
             return (failure, xCache)
         }
