@@ -77,6 +77,21 @@ struct ReconcileTests {
         #expect(Reconciliation.resolution(of: findings[1]) == AuditResolution(outcome: .notApplied, auditID: nil, keyID: nil))
     }
 
+    @Test("a record from just before the window matches its event inside it (no around_proxy), and is not reported itself")
+    func recordBeforeTheWindow() {
+        let entries = [
+            // A mutation recorded 3 s before the window, which reached the upstream 1 s into it.
+            Self.entry(1, .create, key: "early", outcome: "ok", at: -3),
+            // Recorded before the window with no event at all: the window does not report it.
+            Self.entry(3, .create, key: "older", outcome: "ok", at: -60),
+        ]
+        var entry = entries[0]
+        entry.finished_at = Self.at(1.5)
+        let events = [Self.event("aud_1", "api_key_created", keyID: "key_early", name: "early", at: 1)]
+        #expect(window.findings(events: events, entries: [entry, entries[1]]).isEmpty)
+        #expect(Reconciliation.lookback >= 60, "records are read far enough before the window")
+    }
+
     @Test("upstream times with microseconds, offsets or no zone are read as instants")
     func times() {
         #expect(Reconciliation.date("2026-12-01T10:00:00.123456") == Self.t0 + 0.123456)

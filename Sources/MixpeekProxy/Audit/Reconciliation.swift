@@ -118,6 +118,12 @@ public struct Reconciliation: Sendable {
         (self.since, self.until, self.slack) = (since, until, slack)
     }
 
+    /// How far before the window `run` reads the proxy's records: a mutation recorded just
+    /// before it may reach the upstream inside it (after a slow upstream, or a proxy paused
+    /// between its intent and its forward), and its event must find its record, not be taken
+    /// for a change made around the proxy. Those records match events; they are never reported.
+    public static let lookback: TimeInterval = 120
+
     /// The findings for `events` (any order) against `entries` (intents joined with their
     /// outcome and resolution, as `audit query` reads them), oldest first.
     public func findings(events: [UpstreamAuditEvent], entries: [AuditEntry]) -> [ReconcileFinding] {
@@ -178,7 +184,8 @@ public struct Reconciliation: Sendable {
                 key_name: event.changes?["name"], user_email: event.changes?["user_email"], time: event.timestamp,
                 audit_id: event.audit_id, record_seq: nil))
         }
-        for candidate in candidates {
+        // Records from before the window (read to match the events at its start) are not reported.
+        for candidate in candidates where candidate.start + slack >= since && candidate.start + slack < until {
             let entry = candidate.entry
             let time = candidate.start + slack
             switch (entry.outcome, candidate.matched) {
@@ -275,7 +282,7 @@ extension Reconciliation {
     public func run(against log: any ReconciledLog, source: UpstreamAuditLog,
                     progress: (Int, Int) -> Void = { _, _ in }) async throws -> ReconcileRun {
         let events = try await source.events(start: since - slack, end: until + slack, progress: progress)
-        let entries = try await log.mutations(AuditFilter(since: Timestamp.string(since), until: Timestamp.string(until)))
+        let entries = try await log.mutations(AuditFilter(since: Timestamp.string(since - Self.lookback), until: Timestamp.string(until)))
         let findings = findings(events: events, entries: entries)
         let resolutions = findings.filter { $0.finding == .resolved_unknown }
         if !resolutions.isEmpty, try await !log.headVerifies() { throw ReconcileHeadMismatch() }
