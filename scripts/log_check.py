@@ -5,8 +5,9 @@ Starts `fake-upstream` and `serve`, makes mutations (each answer names its entry
 Mixpeek-Proxy-Audit-Index), saves the checkpoint, makes more, and runs the outside verifier
 (scripts/tlog_client, Go's sumdb/tlog and sumdb/note over HTTP): it must pass. Then it
 tampers with copies of the stopped proxy's data dir — a record changed with its triggers
-dropped, the log truncated to an earlier checkpoint — and shows that `audit verify
---checkpoint` and the Go verifier both fail, naming the index.
+dropped, the log truncated to an earlier checkpoint, then grown into a forked history signed
+with the real key — and shows that `audit verify --checkpoint` and the Go verifier both fail,
+naming the index.
 
     python3 scripts/log_check.py .build/debug/mixpeek-proxy
 """
@@ -128,7 +129,14 @@ def main():
         proxy, port = proctools.start(BIN, serve[:-1] + [truncated], logs("proxy-truncated"))
         code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
         check(f"Go's verifier catches the truncation, naming entry {keep}", code == 1 and f"entry {keep}" in out, out)
+        # A forked history: the truncated log grown again past the saved checkpoint, every new
+        # checkpoint signed with the real key (it lives in the data dir).
+        mutations(port, [f"fork-{n}" for n in range(10)])
+        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
+        check("Go's verifier catches a forked history signed with the real key", code == 1 and "rewritten" in out, out)
         stop(proxy)
+        code, out = run([BIN, "audit", "verify", "--data-dir", truncated, "--checkpoint", saved])
+        check("audit verify --checkpoint catches the forked history", code == 1 and "rewritten" in out, out)
     finally:
         stop(fake)
     status = check.summary("log check")
