@@ -97,6 +97,28 @@ struct VerifiableLogTests {
         #expect(check.entries == 305)
     }
 
+    @Test("a second writer without the key (audit reconcile) extends the tree; the next batch signs a checkpoint over it")
+    func secondWriterExtendsTheTree() async throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/audit.sqlite"
+        let signing = try Self.signing(dir)
+        let log = try AuditLog(path: path, signing: signing, logger: Self.logger)
+        try await Self.append(10, to: log)
+        let other = try AuditLog(path: path, logger: Self.logger)
+        _ = try await other.recordIntent(Self.intent(99))
+        #expect(try Self.checkpoint(try #require(try log.latestCheckpoint()), signing.verifier).size == 10)
+        // This log's remembered head is stale: its batch is chained again after the file's.
+        _ = try await log.recordIntent(Self.intent(100))
+        let checkpoint = try Self.checkpoint(try #require(try log.latestCheckpoint()), signing.verifier)
+        #expect(checkpoint.size == 12)
+        let leaves = try Self.records(path).map { MerkleTree.leafHash($0.logEntry) }
+        #expect(checkpoint.root == (try MerkleTree.treeHash(size: 12, read: Self.reader(leaves))))
+        let empty = Checkpoint(origin: signing.origin, size: 0, root: MerkleTree.emptyTreeHash)
+        #expect(try log.verifyLog(extending: empty).isIntact)
+        #expect(try log.verify().isIntact)
+    }
+
     @Test("the tiles served are the tree's: hash tiles, entry bundles, partial and full, 404 past the end")
     func tilesMatchTheTree() async throws {
         let dir = try Self.tempDir()
