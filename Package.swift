@@ -59,6 +59,7 @@ let package = Package(
             dependencies: [
                 "MixpeekAPI",
                 "MixpeekHTTP",
+                "MixpeekLog",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -89,6 +90,7 @@ let package = Package(
             name: "mixpeek-proxy",
             dependencies: [
                 "MixpeekAPI",
+                "MixpeekLog",
                 "MixpeekProxy",
                 "MixpeekFake",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -109,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "MixpeekProxyTests",
             dependencies: [
-                "MixpeekProxy", "MixpeekFake", "MixpeekHTTP", "MixpeekAPI",
+                "MixpeekProxy", "MixpeekFake", "MixpeekHTTP", "MixpeekAPI", "MixpeekLog",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -3,7 +3,7 @@
 # then the end-to-end check with the official Python SDK against the real binary, schemathesis
 # against Mixpeek's OpenAPI document (the fake alone and behind the proxy), the
 # demo's printed commands, the status page in headless Chromium, crash/shutdown checks, audit
-# reconcile against the fake's audit log, a
+# reconcile against the fake's audit log, the audit log checked by Go's sumdb verifier, a
 # group of proxies on PostgreSQL, soak and request-log checks, a benchmark smoke run, and the
 # README's runnable blocks.
 set -euo pipefail
@@ -22,6 +22,9 @@ bash scripts/log_vectors.sh
 
 echo "== swift test"
 swift test 2>&1 | grep -v -E "^\[[0-9]+/[0-9]+\]"
+
+echo "== the verifiable audit log read over HTTP by Go's sumdb/tlog and sumdb/note, tampering caught"
+python3 scripts/log_check.py .build/debug/mixpeek-proxy
 
 echo "== demo tour"
 bash scripts/demo_check.sh .build/debug/mixpeek-proxy

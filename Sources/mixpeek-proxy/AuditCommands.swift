@@ -25,7 +25,7 @@ struct DataDirOption: ParsableArguments {
 struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Query, verify and export the audit log.",
-        subcommands: [Query.self, Verify.self, Reconcile.self])
+        subcommands: [Query.self, Verify.self, Reconcile.self, LogKey.self, ShowCheckpoint.self, Prove.self])
 
     static func connect(_ url: PostgresURL, logger: Logger) async throws -> PostgresConnection {
         do {
@@ -125,6 +125,7 @@ struct Audit: AsyncParsableCommand {
         var expectHead: String?
         @Option(help: "With --postgres-url: a proxy's data directory whose witness file (its own appends) must all be in the chain; repeat for each proxy.")
         var witness: [String] = []
+        @OptionGroup var savedCheckpoint: SavedCheckpointOption
 
         func run() async throws {
             let hmacKey = ProcessInfo.processInfo.environment[ProxyConfig.auditHMACKeyVariable]
@@ -137,15 +138,28 @@ struct Audit: AsyncParsableCommand {
                 head = (seq, String(parts[1]))
             }
             if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
+                guard savedCheckpoint.checkpoint == nil else { throw ValidationError("--checkpoint checks a lone proxy's audit.sqlite; a group's chain has no tree yet") }
                 return try await verifyGroup(url, hmacKey: hmacKey, expectHead: head)
             }
             guard witness.isEmpty else { throw ValidationError("--witness goes with --postgres-url") }
             let log = try Audit.open(dataDir)
+            // The log first: a record changed with the chain recomputed still breaks the tree.
+            var logBroken = false
+            if let saved = try savedCheckpoint.read(dataDir) {
+                let check = try log.verifyLog(extending: saved)
+                if let problem = check.problem {
+                    print("audit log BROKEN against the saved checkpoint (size \(saved.size)): \(problem)")
+                    logBroken = true
+                } else {
+                    print("audit log consistent: its \(check.entries) entries extend the saved checkpoint of \(saved.size) and match their records")
+                }
+            }
             let result = try log.verify(hmacKey: hmacKey)
             if let problem = result.problem {
                 print("audit chain BROKEN after \(result.records) records: \(problem)")
                 throw ExitCode(1)
             }
+            if logBroken { throw ExitCode(1) }
             if let head, try !log.contains(seq: head.seq, hash: head.hash) {
                 try headMissing()
             }

@@ -85,6 +85,10 @@ struct ServerOptions: ParsableArguments {
     @Flag(name: [.customLong("append-only-role"), .customLong("require-append-only-role")],
           help: "In a group, refuse to start when the PostgreSQL role could rewrite the audit chain (it owns the chain's tables or is a superuser); see `group migrate --grant`.")
     var appendOnlyRole = false
+    @Option(help: "The audit log's origin, the first line of its signed checkpoints (default mixpeek-proxy/<host>/<data dir>).")
+    var logOrigin: String?
+    @Option(help: "The Ed25519 key the audit log's checkpoints are signed with (default log-signing.key in the data dir, made at the first start).")
+    var logSigningKeyFile: String?
 
     var flags: [String: String] {
         let all: [(String, String?)] = [
@@ -98,6 +102,7 @@ struct ServerOptions: ParsableArguments {
             ("log_format", logFormat), ("status_page", statusPage), ("postgres_url", postgresUrl), ("proxy_id", proxyId),
             ("group_lease", groupLease), ("group_hit_check", groupHitCheck),
             ("require_append_only_role", appendOnlyRole ? "true" : nil),
+            ("log_origin", logOrigin), ("log_signing_key_file", logSigningKeyFile),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { name, value in value.map { (name, $0) } })
     }

@@ -598,7 +598,12 @@ extension AuditTests {
                 let scratch = AuditFile.scratchPath()
             defer { AuditFile.remove(scratch) }
                 try DatabaseQueue(path: path).backup(to: DatabaseQueue(path: scratch))
-                try AuditFile.tamper(scratch, "DELETE FROM audit_records WHERE seq >= 5")
+                // The log's tree would refuse a second entry 4: the attacker cuts it back too.
+                try AuditFile.tamper(scratch) { db in
+                    try db.execute(sql: "DELETE FROM audit_records WHERE seq >= 5")
+                    try db.execute(sql: "DROP TRIGGER log_subtrees_no_delete")
+                    try db.execute(sql: "DELETE FROM log_subtrees WHERE (idx + 1) << level > 4")
+                }
                 let forged = try await AuditFile.open(scratchFile: scratch)
                     .recordIntent(Sample.intent(.delete, user: "alice@example.com", key: "prod-key", requestID: "forged"))
                 #expect(forged.seq == 5)

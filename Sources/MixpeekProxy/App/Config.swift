@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MixpeekLog
 import NIOCore
 
 /// Every setting of `serve` (and `demo`), with its defaults. Values come from, in rising
@@ -58,6 +59,12 @@ public struct ProxyConfig: Sendable, Equatable {
     /// In a group: refuse to start (and to join) when the role of `postgres_url` could rewrite
     /// the audit chain (it owns the chain's tables or functions, or is a superuser).
     public var requireAppendOnlyRole = false
+    /// The verifiable log's origin, the first line of its checkpoints (nil:
+    /// `LogSigning.defaultOrigin`, from the host name and the data dir).
+    public var logOrigin: String?
+    /// The Ed25519 key checkpoints are signed with (nil: `log-signing.key` in the data dir,
+    /// made at the first start).
+    public var logSigningKeyFile: String?
 
     public enum LogFormat: String, Sendable, CaseIterable { case text, json }
 
@@ -96,7 +103,7 @@ public struct ProxyConfig: Sendable, Equatable {
         "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "credential_recheck", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
         "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check",
-        "require_append_only_role", "reconcile_interval",
+        "require_append_only_role", "reconcile_interval", "log_origin", "log_signing_key_file",
     ].map { Key(name: $0) }
 
     /// Builds the configuration from the layers, each a map from key name to raw text.
@@ -215,6 +222,10 @@ public struct ProxyConfig: Sendable, Equatable {
             guard let check = GroupSettings.HitCheck(rawValue: raw.lowercased()) else { throw fail("lease or read") }
             groupHitCheck = check
         case "require_append_only_role": requireAppendOnlyRole = try boolean()
+        case "log_origin":
+            guard SignedNote.isValidName(raw) else { throw fail("a signed-note name: not empty, no spaces, no '+'") }
+            logOrigin = raw
+        case "log_signing_key_file": logSigningKeyFile = raw.isEmpty ? nil : raw
         default:
             throw ConfigError(message: "unknown setting '\(name)' in \(source); known: \(Self.keys.map(\.name).joined(separator: ", "))")
         }
@@ -259,6 +270,21 @@ public struct ProxyConfig: Sendable, Equatable {
             settings.hitCheck = groupHitCheck
             settings.requireAppendOnlyRole = requireAppendOnlyRole
             return settings
+        }
+    }
+
+    /// What the lone proxy signs its checkpoints with: the key of `log_signing_key_file`
+    /// (made at the first start when it is the data dir's default) and `log_origin`.
+    public func logSigning() throws -> LogSigning {
+        let origin = logOrigin ?? LogSigning.defaultOrigin(dataDir: dataDir)
+        guard SignedNote.isValidName(origin) else {
+            throw ConfigError(message: "the log origin \(origin.debugDescription) (from the host name and data_dir) is not a valid signed-note name (no spaces, no '+'); set log_origin")
+        }
+        do {
+            return try LogSigning.load(
+                keyFile: logSigningKeyFile ?? LogSigning.defaultKeyFile(dataDir: dataDir), origin: origin, create: logSigningKeyFile == nil)
+        } catch let error as LogKeyError {
+            throw ConfigError(message: "log_signing_key_file: \(error.description)")
         }
     }
 

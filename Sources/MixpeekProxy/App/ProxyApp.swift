@@ -93,6 +93,12 @@ public final class ProxyApp: Service, Sendable {
         }
         try DataFiles.createPrivateDirectory(at: config.dataDir)
         let dataDir = URL(fileURLWithPath: config.dataDir)
+        // A lone proxy's log key and origin: one that cannot sign is a configuration error, said
+        // at start. Its verifier key is public; the key itself is never logged.
+        let signing = config.group == nil ? try config.logSigning() : nil
+        if let signing {
+            logger.info("audit log checkpoints are signed", metadata: ["origin": "\(signing.origin)", "verifier_key": "\(signing.verifierKey)"])
+        }
 
         // In a group, the cache serves a user's lists only while the group says it may.
         let member = config.group.map { GroupMember(settings: $0, logger: logger) }
@@ -129,7 +135,7 @@ public final class ProxyApp: Service, Sendable {
             }
         } else {
             do {
-                let log = try AuditLog(path: auditPath, hmacKey: hmacKey, logger: logger)
+                let log = try AuditLog(path: auditPath, hmacKey: hmacKey, signing: signing, logger: logger)
                 try await log.closeOrphans()
                 audit = log
             } catch {
@@ -166,7 +172,8 @@ public final class ProxyApp: Service, Sendable {
         }
         let status = StatusBoard(
             cache: cache, audit: auditReader, group: member, groupAudit: member.map { _ in (hmacKey, config.dataDir) }, reconcile: reconcile,
-            limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes))
+            limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes),
+            logVerifierKey: signing?.verifierKey)
 
         let eventLoops = given ?? EventLoops(
             server: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops),
@@ -206,7 +213,7 @@ public final class ProxyApp: Service, Sendable {
         settings.auditOutcomeWait = config.auditOutcomeWait
         let proxy = Proxy(
             upstream: chosenUpstream, cache: cache, audit: groupAudit ?? audit, settings: settings, metrics: ProxyMetrics(),
-            accessLog: accessLog, logger: logger, status: status, group: member)
+            accessLog: accessLog, logger: logger, status: status, group: member, log: auditReader)
 
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes

@@ -24,9 +24,16 @@ public enum AuditFileError: Error, CustomStringConvertible {
 /// Appends are group-committed: requests that arrive while a commit is being made to disk
 /// wait for the next one and share its fsync. An append returns only once its record is
 /// durable, so an intent is on disk before its mutation is forwarded.
+///
+/// Each record is also an entry of the verifiable log (`LogTree`): a batch stores the subtree
+/// hashes its records complete and, with `signing`, a signed checkpoint of the tree, in its own
+/// transaction. So an answer sent after its outcome is durable is covered by a checkpoint.
 public final class AuditLog: Sendable {
     let queue: DatabaseQueue
     let key: Data?
+    /// Nil: batches store the tree but sign no checkpoint (`audit reconcile`, which has no key;
+    /// the proxy signs one covering its resolutions at its next batch or start).
+    let signing: LogSigning?
     private let logger: Logger
     private let pending = NIOLockedValueBox(Pending())
 
@@ -42,6 +49,8 @@ public final class AuditLog: Sendable {
     private struct Head {
         var seq: Int64
         var hash: String
+        /// The log's right edge after record `seq`.
+        var tree: LogTree.Frontier
     }
 
     /// - Parameter hmacKey: when set, the chain is an HMAC chain: only holders of the key can
@@ -50,8 +59,9 @@ public final class AuditLog: Sendable {
     ///   writer has it open (no `-wal` beside it): nothing is written, not even the `-shm` and
     ///   `-wal` files a WAL reader makes, so an archived copy stays byte for byte as it was and
     ///   a read-only mount can be read.
+    /// - Parameter signing: the key and origin checkpoints are signed with (writers only).
     public init(path: String, hmacKey: String? = nil, busyTimeout: TimeInterval = 5, readOnly: Bool = false,
-                immutable: Bool = false, logger: Logger) throws {
+                immutable: Bool = false, signing: LogSigning? = nil, logger: Logger) throws {
         if !readOnly { try DataFiles.createPrivateFile(at: path) }
         var configuration = Configuration()
         configuration.journalMode = readOnly ? .default : .wal
@@ -70,6 +80,7 @@ public final class AuditLog: Sendable {
             try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         }
         key = hmacKey.map { Data($0.utf8) }
+        self.signing = readOnly ? nil : signing
         self.logger = logger
         if readOnly {
             // A reader never changes the file: it only says when it cannot read this schema.
@@ -79,6 +90,14 @@ public final class AuditLog: Sendable {
             }
         } else {
             try Self.migrator.migrate(queue)
+            if let signing {
+                // A tree built at migration, or records another writer appended, get their
+                // checkpoint before anything else is appended.
+                try queue.write { db in
+                    let size = try LogTree.size(db)
+                    try LogTree.sign(try LogTree.frontier(db, size: size), by: signing, db)
+                }
+            }
         }
     }
 
@@ -175,6 +194,8 @@ public final class AuditLog: Sendable {
             }
             try db.create(index: "audit_actor_key", on: "audit_records", columns: ["actor_key_id"])
         }
+        // The verifiable log (issue 24): the tree of the records already there is built once, here.
+        migrator.registerMigration("v5-log-tree") { db in try LogTree.migrate(db) }
         return migrator
     }
 
@@ -183,8 +204,17 @@ public final class AuditLog: Sendable {
     /// Records a mutation's intent durably; throws when it cannot, and then the mutation must
     /// not be forwarded.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
-        try await append(Self.intent(intent, time: Self.now()))
+        let draft = Self.intent(intent, time: Self.now())
+        // Refused before forwarding when its outcome could not be a log entry either: the outcome
+        // adds its status, duration and the new key's identifiers (each at most
+        // `Proxy.maximumIdentifierSize`).
+        let size = draft.chainedEntrySizeBound + Self.outcomeEntryGrowth
+        guard size <= AuditRecord.maximumEntrySize else { throw LogTreeError.entryTooLarge(bytes: size) }
+        return try await append(draft)
     }
+
+    /// What an outcome's entry adds at most to its intent's.
+    static let outcomeEntryGrowth = 1_024
 
     /// The unchained record of `intent` (`seq`, `prev_hash` and `hash` are filled in by the
     /// append that chains it): this log's and the group chain's.
@@ -239,7 +269,9 @@ public final class AuditLog: Sendable {
     }
 
     private func append(_ draft: AuditRecord) async throws -> AuditRecord {
-        try await withCheckedThrowingContinuation { continuation in
+        let size = draft.chainedEntrySizeBound
+        guard size <= AuditRecord.maximumEntrySize else { throw LogTreeError.entryTooLarge(bytes: size) }
+        return try await withCheckedThrowingContinuation { continuation in
             let start = pending.withLockedValue { pending -> Bool in
                 pending.drafts.append((draft, continuation))
                 defer { pending.flushing = true }
@@ -260,31 +292,38 @@ public final class AuditLog: Sendable {
         }
         guard !batch.isEmpty else { return }
         let key = key
-        queue.asyncWrite({ db -> [AuditRecord] in
+        let signing = signing
+        queue.asyncWrite({ db -> ([AuditRecord], Head) in
             func chain(after start: Head) -> [AuditRecord] {
-                var head = start
+                var head = (seq: start.seq, hash: start.hash)
                 return batch.map { draft, _ in
-                    let record = draft.chained(after: (head.seq, head.hash), key: key)
-                    head = Head(seq: record.seq, hash: record.hash)
+                    let record = draft.chained(after: head, key: key)
+                    head = (record.seq, record.hash)
                     return record
                 }
             }
-            var records = chain(after: try knownHead ?? Self.readHead(db))
+            var start = try knownHead ?? Self.readHead(db)
+            var records = chain(after: start)
             // A seq taken by another writer fails the insert (primary key), never forks the chain.
             // The only other writer is `audit reconcile` appending a resolution: when the head
             // this log remembered is no longer the file's, the batch is chained after the file's.
             do {
                 try Self.insert(records[0], db)
             } catch let error as DatabaseError where knownHead != nil && error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
-                records = chain(after: try Self.readHead(db))
+                start = try Self.readHead(db)
+                records = chain(after: start)
                 try Self.insert(records[0], db)
             }
             for record in records.dropFirst() { try Self.insert(record, db) }
-            return records
+            var tree = start.tree
+            for record in records { try LogTree.append(record, to: &tree, db) }
+            if let signing { try LogTree.sign(tree, by: signing, db) }
+            let last = records[records.count - 1]
+            return (records, Head(seq: last.seq, hash: last.hash, tree: tree))
         }, completion: { _, result in
             switch result {
-            case .success(let records):
-                self.pending.withLockedValue { $0.head = records.last.map { Head(seq: $0.seq, hash: $0.hash) } }
+            case .success(let (records, head)):
+                self.pending.withLockedValue { $0.head = head }
                 for ((_, continuation), record) in zip(batch, records) { continuation.resume(returning: record) }
             case .failure(let error):
                 self.pending.withLockedValue { $0.head = nil }
@@ -296,8 +335,9 @@ public final class AuditLog: Sendable {
     }
 
     private static func readHead(_ db: Database) throws -> Head {
-        try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-            .map { Head(seq: $0["seq"], hash: $0["hash"]) } ?? Head(seq: 0, hash: AuditRecord.genesis)
+        let (seq, hash) = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            .map { ($0["seq"] as Int64, $0["hash"] as String) } ?? (0, AuditRecord.genesis)
+        return Head(seq: seq, hash: hash, tree: try LogTree.frontier(db, size: seq))
     }
 
     /// One prepared statement for every append: GRDB's record insert goes through `Codable`

@@ -16,9 +16,18 @@ public protocol AuditSink: Sendable {
     func recordOutcome(of intent: AuditRecord, _ result: AuditResult) async throws -> AuditRecord
     /// Records in the log (`/_proxy/stats`), read without holding up appends for long.
     func recordCount() async throws -> Int
+    /// Whether each record is an entry of a verifiable log whose checkpoint covers it once
+    /// appended, so that an answer may carry `Mixpeek-Proxy-Audit-Index`.
+    var isVerifiableLog: Bool { get }
+}
+
+extension AuditSink {
+    public var isVerifiableLog: Bool { false }
 }
 
 extension AuditLog: AuditSink {
+    public var isVerifiableLog: Bool { signing != nil }
+
     public func recordCount() async throws -> Int {
         try await queue.read { db in try AuditRecord.fetchCount(db) }
     }

@@ -28,6 +28,9 @@ extension Proxy {
     }
 
     func internalEndpoint(_ request: HTTPRequest, on eventLoop: any EventLoop) -> HTTPReply {
+        if request.path.hasPrefix(Self.logPrefix) {
+            return logEndpoint(request, on: eventLoop)
+        }
         if Self.statusPaths.contains(request.path) {
             return statusEndpoint(request, on: eventLoop)
         }

@@ -44,14 +44,18 @@ public final class Proxy: HTTPResponder {
     let status: StatusBoard?
     /// The group this proxy is in (`/_proxy/health` reports on it); nil for a lone proxy.
     let group: GroupMember?
+    /// A read-only connection to the audit file that serves the verifiable log's checkpoint
+    /// and tiles (`LogEndpoints`); nil serves none.
+    let log: AuditLog?
     /// A hit's `Cache-Status` for each second of freshness left, formatted once.
     private let hitStatus: CacheStatus.Hits
 
     /// `invalidation` defaults to `cache`, which then drops lists in this process only.
     public init(upstream: any Upstream, cache: ProxyListCache, invalidation: (any Invalidation)? = nil, audit: (any AuditSink)?,
                 settings: Settings, metrics: ProxyMetrics, accessLog: AccessLog?, logger: Logger, status: StatusBoard? = nil,
-                group: GroupMember? = nil) {
+                group: GroupMember? = nil, log: AuditLog? = nil) {
         self.upstream = upstream
+        self.log = log
         self.group = group
         self.status = status
         self.cache = cache
@@ -240,6 +244,8 @@ public final class Proxy: HTTPResponder {
                     caller: callers.of(authorization: authorization), client: request.clientAddress,
                     requestID: requestID, traceID: trace.traceID, actor: cache.identity(of: credential)))
             }
+        } catch LogTreeError.entryTooLarge(let bytes) {
+            return (ProxyError.auditRecordTooLarge(bytes: bytes).response(requestID: requestID), nil)
         } catch {
             logger.error("audit intent could not be written; mutation refused", metadata: ["request_id": "\(requestID)", "error": "\(error)"])
             return (ProxyError.auditUnavailable.response(requestID: requestID), nil)
@@ -276,8 +282,12 @@ public final class Proxy: HTTPResponder {
         switch await outcomes.deliver(user: user, intentSeq: intent.seq, requestID: requestID, {
             try await metrics.timeAuditAppend { try await audit.recordOutcome(of: intent, result) }
         }) {
-        case .written:
-            return (response, nil)
+        case .written(let outcome):
+            guard audit.isVerifiableLog else { return (response, nil) }
+            // The outcome's batch signed a checkpoint that covers it: its index can be proved now.
+            var answer = response
+            answer.headers.add(name: Self.auditIndexHeader, value: String(outcome.seq - 1))
+            return (answer, nil)
         case .incomplete:
             // The upstream may have applied it: the client is told so, never that it succeeded.
             return (ProxyError.auditIncomplete(upstreamStatus: result.upstreamStatus, intentSeq: intent.seq).response(requestID: requestID), nil)
@@ -290,11 +300,21 @@ public final class Proxy: HTTPResponder {
         return object["name"] as? String
     }
 
+    /// `Mixpeek-Proxy-Audit-Index`: a mutation's outcome entry in the verifiable log.
+    static let auditIndexHeader = "Mixpeek-Proxy-Audit-Index"
+
+    /// The longest identifier of a new key the outcome keeps (Mixpeek's are a few dozen
+    /// characters): what `AuditLog.outcomeEntryGrowth` allows for, so an outcome always fits.
+    static let maximumIdentifierSize = 256
+
     /// The non-secret identifiers of a new key (`key_id`, `key_prefix`, `key_hash`); the
     /// plaintext `key` beside them is never read into anything that is kept.
     static func newKeyIdentifiers(_ body: ByteBuffer) -> (String?, String?, String?) {
         guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else { return (nil, nil, nil) }
-        return (object["key_id"] as? String, object["key_prefix"] as? String, object["key_hash"] as? String)
+        func identifier(_ name: String) -> String? {
+            (object[name] as? String).flatMap { $0.utf8.count <= maximumIdentifierSize ? $0 : nil }
+        }
+        return (identifier("key_id"), identifier("key_prefix"), identifier("key_hash"))
     }
 
     // MARK: Forwarding

@@ -11,6 +11,10 @@ public enum ProxyError: Error, Sendable, Equatable {
     /// The mutation was forwarded (the upstream answered `upstreamStatus`, nil when it did
     /// not answer) but its outcome record could not be written within `audit_outcome_wait`.
     case auditIncomplete(upstreamStatus: Int?, intentSeq: Int64)
+    /// The mutation's audit record would be larger than a log entry may be: refused, not forwarded.
+    case auditRecordTooLarge(bytes: Int)
+    /// The verifiable log could not be read (`/_proxy/log/...`).
+    case logUnreadable
     case malformed(String)
     /// An API-keys path spelled other than canonically: refused, never forwarded (the message
     /// says what to send instead).
@@ -34,7 +38,8 @@ public enum ProxyError: Error, Sendable, Equatable {
         switch self {
         case .upstreamUnreachable: .badGateway
         case .upstreamTimeout: .gatewayTimeout
-        case .auditUnavailable, .auditIncomplete: .serviceUnavailable
+        case .auditUnavailable, .auditIncomplete, .logUnreadable: .serviceUnavailable
+        case .auditRecordTooLarge: .payloadTooLarge
         case .malformed, .nonCanonicalPath: .badRequest
         case .methodNotAllowed: .methodNotAllowed
         case .notAnOpenProxy: .forbidden
@@ -50,6 +55,8 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .upstreamTimeout: "upstream_timeout"
         case .auditUnavailable: "audit_unavailable"
         case .auditIncomplete: "audit_incomplete"
+        case .auditRecordTooLarge: "audit_record_too_large"
+        case .logUnreadable: "log_unavailable"
         case .malformed: "bad_request"
         case .nonCanonicalPath: "non_canonical_path"
         case .methodNotAllowed: "method_not_allowed"
@@ -74,6 +81,9 @@ public enum ProxyError: Error, Sendable, Equatable {
         case .auditUnavailable: "the audit log cannot be written, so this mutation was refused and not forwarded"
         case .auditIncomplete(let status, let seq):
             "this mutation was forwarded and the upstream \(status.map { "answered \($0)" } ?? "did not answer"), so it may have been applied, but its outcome could not be recorded in time (audit intent seq \(seq)); the proxy records it as soon as it can"
+        case .auditRecordTooLarge(let bytes):
+            "this mutation's audit record would be about \(bytes) bytes, more than an audit log entry may hold (65,535), so it was refused and not forwarded; use a shorter user, key name or request id"
+        case .logUnreadable: "the audit log could not be read"
         case .malformed(let why): "malformed request: \(why)"
         case .nonCanonicalPath(let why): why
         case .methodNotAllowed(let allowed): "method not allowed; allowed: \(allowed)"

@@ -150,6 +150,14 @@ enum StatusPage {
         ("request_id", "request id", "text"), ("trace_id", "trace id", "text"),
     ]
 
+    /// The verifier key auditors check the log's signed checkpoints with (docs/AUDIT.md).
+    private static func logKey(_ key: String?) -> HTML {
+        guard let key else { return "" }
+        return """
+            <p>log verifier key <code id="log-key">\(key)</code> · <a href="/_proxy/log/checkpoint">signed checkpoint</a></p>
+            """
+    }
+
     private static func audit(_ audit: StatusSnapshot.Audit) -> HTML {
         let verdict = Format.verdict(audit.last_verification)
         let head: [HTML] = mutationColumns.map { "<th data-c=\"\($0.field)\" data-f=\"\($0.format)\">\($0.heading)</th>" }
@@ -165,6 +173,7 @@ enum StatusPage {
             <span data-v="audit.last_verification.problem" data-f="optional" class="why">\(Format.optional(audit.last_verification?.problem))</span>
             <button id="verify" type="submit">verify now</button></p>
             </form>
+            \(logKey(audit.log_verifier_key))
             \(reconcile(audit.reconcile))
             <div class="scroll">
             <table id="mutations" data-empty="no mutations yet">

@@ -105,6 +105,8 @@ public struct StatusSnapshot: Codable, Sendable {
         /// The newest mutations, newest first.
         public var recent: [Mutation]
         public var last_verification: Verification?
+        /// The verifier key of the lone proxy's signed checkpoints (`audit log-key`); null in a group.
+        public var log_verifier_key: String? = nil
     }
 
     /// The proxy's own `audit reconcile` (`reconcile_interval`): its last round over the last

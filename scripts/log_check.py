@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""The verifiable audit log, end to end against the real binary, judged by Go's sumdb code.
+
+Starts `fake-upstream` and `serve`, makes mutations (each answer names its entry in
+Mixpeek-Proxy-Audit-Index), saves the checkpoint, makes more, and runs the outside verifier
+(scripts/tlog_client, Go's sumdb/tlog and sumdb/note over HTTP): it must pass. Then it
+tampers with copies of the stopped proxy's data dir — a record changed with its triggers
+dropped, the log truncated to an earlier checkpoint, then grown into a forked history signed
+with the real key — and shows that `audit verify --checkpoint` and the Go verifier both fail,
+naming the index.
+
+    python3 scripts/log_check.py .build/debug/mixpeek-proxy
+"""
+import json, os, shutil, sqlite3, subprocess, sys, tempfile, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proctools
+from proctools import Checks, stop
+
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".build/debug/mixpeek-proxy")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+work = tempfile.mkdtemp(prefix="log-check-")
+check = Checks()
+TOKEN = "sk_logcheck_0123456789abcdefghijkl"
+
+
+def logs(name):
+    return os.path.join(work, name + ".log")
+
+
+def build_client():
+    out = os.path.join(ROOT, ".build", "tlog-client")
+    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode",
+               GOCACHE=os.environ.get("GOCACHE", os.path.join(ROOT, ".build", "go-cache")))
+    subprocess.run(["go", "build", "-o", out, "./scripts/tlog_client"], cwd=ROOT, env=env, check=True)
+    return out
+
+
+def call(port, method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request.add_header("Authorization", "Bearer " + TOKEN)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers
+
+
+def mutations(port, names):
+    """Creates, rotates and deletes each key; returns the answers' audit indexes."""
+    indexes = []
+    base = "/v1/organizations/users/alice@example.com/api-keys"
+    for name in names:
+        for method, path, body in [("POST", base, {"name": name}), ("POST", f"{base}/{name}/rotate", None),
+                                   ("DELETE", f"{base}/{name}", None)]:
+            status, headers = call(port, method, path, body)
+            indexes.append(headers.get("Mixpeek-Proxy-Audit-Index"))
+    return indexes
+
+
+def run(args):
+    result = subprocess.run(args, capture_output=True, text=True)
+    return result.returncode, result.stdout + result.stderr
+
+
+def main():
+    client = build_client()
+    data = os.path.join(work, "data")
+    fake, fake_port = proctools.start(BIN, ["fake-upstream", "--port", "0"], logs("fake"))
+    serve = ["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", data]
+    try:
+        proxy, port = proctools.start(BIN, serve, logs("proxy"))
+        url = f"http://127.0.0.1:{port}"
+        code, key = run([BIN, "audit", "log-key", "--data-dir", data])
+        key = key.strip()
+        check("audit log-key prints a verifier key", code == 0 and key.count("+") >= 2, key)
+        first = mutations(port, [f"early-{n}" for n in range(30)])
+        check("every mutation's answer carries Mixpeek-Proxy-Audit-Index", all(i is not None for i in first), str(first))
+        saved = os.path.join(work, "saved.checkpoint")
+        code, out = run([client, "-save", saved, url, key])
+        check("Go's verifier passes the first checkpoint", code == 0, out)
+        later = mutations(port, [f"late-{n}" for n in range(70)])
+        code, out = run([client, "-saved", saved, url, key])
+        check("Go's verifier passes the grown log, consistent with the saved checkpoint", code == 0, out)
+        print("   " + out.strip())
+        last = int(later[-1])
+        code, out = run([BIN, "audit", "prove", "--data-dir", data, "--index", str(last)])
+        check("audit prove verifies the last answer's index", code == 0 and "inclusion proof verifies" in out, out)
+        code, out = run([BIN, "audit", "checkpoint", "--data-dir", data])
+        check("audit checkpoint prints a signed checkpoint", code == 0 and out.count("\n") >= 4 and "\u2014 " in out, out)
+        code, out = run([BIN, "audit", "verify", "--data-dir", data, "--checkpoint", saved])
+        check("audit verify --checkpoint passes the untouched log", code == 0 and "audit log consistent" in out, out)
+        stop(proxy)
+
+        # A record changed in place, its triggers dropped: the tree still holds the old leaf.
+        changed = os.path.join(work, "changed")
+        shutil.copytree(data, changed)
+        db = sqlite3.connect(os.path.join(changed, "audit.sqlite"))
+        db.executescript("DROP TRIGGER audit_records_no_update;"
+                         "UPDATE audit_records SET user_email = 'mallory@example.com' WHERE seq = 8;")
+        db.close()
+        code, out = run([BIN, "audit", "verify", "--data-dir", changed, "--checkpoint", saved])
+        check("audit verify --checkpoint catches a changed record, naming entry 7", code == 1 and "entry 7" in out, out)
+        proxy, port = proctools.start(BIN, serve[:-1] + [changed], logs("proxy-changed"))
+        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
+        check("Go's verifier catches the changed record, naming entry 7", code == 1 and "entry 7 " in out, out)
+        stop(proxy)
+
+        # Truncated back to an earlier checkpoint, tree and checkpoints too.
+        truncated = os.path.join(work, "truncated")
+        shutil.copytree(data, truncated)
+        size = int(open(saved).read().split("\n")[1])
+        db = sqlite3.connect(os.path.join(truncated, "audit.sqlite"))
+        # An even size ends on an outcome: the proxy restarted on it has no intent to close.
+        keep = db.execute("SELECT max(size) FROM log_checkpoints WHERE size < ? - 10 AND size % 2 = 0", (size,)).fetchone()[0]
+        db.executescript("DROP TRIGGER audit_records_no_delete; DROP TRIGGER log_subtrees_no_delete;"
+                         "DROP TRIGGER log_checkpoints_no_delete;")
+        db.execute("DELETE FROM audit_records WHERE seq > ?", (keep,))
+        db.execute("DELETE FROM log_subtrees WHERE (idx + 1) << level > ?", (keep,))
+        db.execute("DELETE FROM log_checkpoints WHERE size > ?", (keep,))
+        db.commit()
+        db.close()
+        code, out = run([BIN, "audit", "verify", "--data-dir", truncated, "--checkpoint", saved])
+        check(f"audit verify --checkpoint catches the log truncated to {keep}, naming entry {keep}",
+              code == 1 and f"entry {keep}" in out, out)
+        proxy, port = proctools.start(BIN, serve[:-1] + [truncated], logs("proxy-truncated"))
+        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
+        check(f"Go's verifier catches the truncation, naming entry {keep}", code == 1 and f"entry {keep}" in out, out)
+        # A forked history: the truncated log grown again past the saved checkpoint, every new
+        # checkpoint signed with the real key (it lives in the data dir).
+        mutations(port, [f"fork-{n}" for n in range(10)])
+        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
+        check("Go's verifier catches a forked history signed with the real key", code == 1 and "rewritten" in out, out)
+        stop(proxy)
+        code, out = run([BIN, "audit", "verify", "--data-dir", truncated, "--checkpoint", saved])
+        check("audit verify --checkpoint catches the forked history", code == 1 and "rewritten" in out, out)
+    finally:
+        stop(fake)
+    status = check.summary("log check")
+    if status == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"logs and data kept in {work}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
