@@ -3,11 +3,12 @@
 
 Starts `fake-upstream` and `serve`, makes mutations (each answer names its entry in
 Mixpeek-Proxy-Audit-Index), saves the checkpoint, makes more, and runs the outside verifier
-(scripts/tlog_client, Go's sumdb/tlog and sumdb/note over HTTP): it must pass. Then it
+(scripts/tlog_client, Go's sumdb/tlog and sumdb/note over HTTP; it also holds the checkpoint's
+origin to its key's name and to the saved checkpoint's): it must pass. Then it
 tampers with copies of the stopped proxy's data dir — a record changed with its triggers
 dropped, the log truncated to an earlier checkpoint, then grown into a forked history signed
 with the real key — and shows that `audit verify --checkpoint` and the Go verifier both fail,
-naming the index.
+naming the index; and the same key serving under another origin is refused as another log.
 
     python3 scripts/log_check.py .build/debug/mixpeek-proxy
 """
@@ -126,7 +127,10 @@ def main():
         code, out = run([BIN, "audit", "verify", "--data-dir", truncated, "--checkpoint", saved])
         check(f"audit verify --checkpoint catches the log truncated to {keep}, naming entry {keep}",
               code == 1 and f"entry {keep}" in out, out)
-        proxy, port = proctools.start(BIN, serve[:-1] + [truncated], logs("proxy-truncated"))
+        # The copy serves under the original log's origin (its default would name the copy's
+        # directory): an operator forking the log keeps its identity, key and name alike.
+        origin = open(saved).read().split("\n", 1)[0]
+        proxy, port = proctools.start(BIN, serve[:-1] + [truncated, "--log-origin", origin], logs("proxy-truncated"))
         code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
         check(f"Go's verifier catches the truncation, naming entry {keep}", code == 1 and f"entry {keep}" in out, out)
         # A forked history: the truncated log grown again past the saved checkpoint, every new
@@ -137,6 +141,15 @@ def main():
         stop(proxy)
         code, out = run([BIN, "audit", "verify", "--data-dir", truncated, "--checkpoint", saved])
         check("audit verify --checkpoint catches the forked history", code == 1 and "rewritten" in out, out)
+        # The same key signing under another origin (a copy served with its default origin) is
+        # another log to the verifier, not this one grown.
+        renamed = os.path.join(work, "renamed")
+        shutil.copytree(data, renamed)
+        proxy, port = proctools.start(BIN, serve[:-1] + [renamed], logs("proxy-renamed"))
+        mutations(port, ["renamed-0"])
+        code, out = run([client, f"http://127.0.0.1:{port}", key])
+        stop(proxy)
+        check("Go's verifier refuses a checkpoint whose origin is not its key's name", code == 1 and "origin" in out, out)
     finally:
         stop(fake)
     status = check.summary("log check")

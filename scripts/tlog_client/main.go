@@ -153,6 +153,10 @@ func main() {
 		fail("%v", err)
 	}
 	current := open(msg, verifier, "the checkpoint served")
+	// The log signs as itself: a checkpoint whose origin is not its key's name is another log's.
+	if current.origin != verifier.Name() {
+		fail("the checkpoint's origin %q is not the name of the key it is signed with (%q)", current.origin, verifier.Name())
+	}
 	if *save != "" {
 		if err := os.WriteFile(*save, msg, 0o644); err != nil {
 			fail("%v", err)
@@ -202,6 +206,9 @@ func main() {
 			fail("%v", err)
 		}
 		earlier := open(old, verifier, "the saved checkpoint")
+		if earlier.origin != current.origin {
+			fail("the saved checkpoint is of log %q, not of %q", earlier.origin, current.origin)
+		}
 		if earlier.tree.N > size {
 			fail("entry %d: the log has %d entries, fewer than the saved checkpoint's %d (truncated)", size, size, earlier.tree.N)
 		}

@@ -98,6 +98,12 @@ public final class ProxyApp: Service, Sendable {
         let signing = config.group == nil ? try config.logSigning() : nil
         if let signing {
             logger.info("audit log checkpoints are signed", metadata: ["origin": "\(signing.origin)", "verifier_key": "\(signing.verifierKey)"])
+            if signing.signer.name != signing.origin {
+                // Verifiers (Go's sumdb/note among them) take a checkpoint whose origin is not its
+                // key's name for another log's.
+                logger.warning("the log origin is not the signing key's name: verifiers will take its checkpoints for another log's; set log_origin to the key's name", metadata: [
+                    "origin": "\(signing.origin)", "key_name": "\(signing.signer.name)"])
+            }
         }
 
         // In a group, the cache serves a user's lists only while the group says it may.
