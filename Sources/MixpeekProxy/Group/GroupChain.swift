@@ -33,16 +33,24 @@ public enum GroupChain {
             upstream_audit_id: try optionalText("upstream_audit_id"))
     }
 
-    /// Intent `seq` while it has no outcome; nil once it has one.
-    static func openIntent(_ seq: Int64, on connection: PostgresConnection, logger: Logger) async throws -> AuditRecord? {
+    /// The record that `sql`, a clause on the chain (aliased `i`) after `SELECT … FROM`,
+    /// selects (the last row when it selects several), or nil; `seq`, when given, is its `$1`.
+    static func record(_ sql: String, seq: Int64? = nil, on connection: PostgresConnection, logger: Logger) async throws -> AuditRecord? {
+        var bindings = PostgresBindings()
+        if let seq { bindings.append(seq) }
         var found: AuditRecord?
-        for try await row in try await connection.query(PostgresQuery(unsafeSQL: """
-            SELECT \(recordColumns) FROM mixpeek_audit i WHERE i.seq = $1 AND i.kind = 'intent'
-            AND NOT EXISTS (SELECT 1 FROM mixpeek_audit o WHERE o.intent_seq = i.seq)
-            """, binds: { var b = PostgresBindings(); b.append(seq); return b }()), logger: logger) {
+        for try await row in try await connection.query(
+            PostgresQuery(unsafeSQL: "SELECT \(recordColumns) FROM mixpeek_audit i " + sql, binds: bindings), logger: logger) {
             found = try record(row)
         }
         return found
+    }
+
+    /// Intent `seq` while it has no outcome; nil once it has one.
+    static func openIntent(_ seq: Int64, on connection: PostgresConnection, logger: Logger) async throws -> AuditRecord? {
+        try await record("""
+            WHERE i.seq = $1 AND i.kind = 'intent' AND NOT EXISTS (SELECT 1 FROM mixpeek_audit o WHERE o.intent_seq = i.seq)
+            """, seq: seq, on: connection, logger: logger)
     }
 
     /// Whether record `seq` is in the chain with `hash`: `audit verify --expect-head`, which
@@ -75,10 +83,7 @@ public enum GroupChain {
         }
         guard applied.last == GroupSchema.currentVersion else {
             try? await connection.close()
-            let known = Set(GroupSchema.migrations.map(\.version))
-            if let newer = applied.first(where: { !known.contains($0) }) {
-                throw GroupError.schema("the group's schema has migration \(newer), which this mixpeek-proxy does not know: it is newer; upgrade the proxy")
-            }
+            try GroupSchema.refuseNewer(applied)
             throw GroupError.schema("the group's schema is at \(applied.last ?? "nothing yet"); this mixpeek-proxy reads \(GroupSchema.currentVersion): start a proxy of this version once, or run `mixpeek-proxy group migrate`")
         }
         return connection
@@ -213,13 +218,7 @@ public final class GroupChainLog: ReconciledLog {
     }
 
     private func last() async throws -> AuditRecord? {
-        var found: AuditRecord?
-        for try await row in try await connection.query(PostgresQuery(unsafeSQL: """
-            SELECT \(GroupChain.recordColumns) FROM mixpeek_audit ORDER BY seq DESC LIMIT 1
-            """), logger: logger) {
-            found = try GroupChain.record(row)
-        }
-        return found
+        try await GroupChain.record("ORDER BY i.seq DESC LIMIT 1", on: connection, logger: logger)
     }
 
     public func headVerifies() async throws -> Bool {
@@ -228,13 +227,7 @@ public final class GroupChainLog: ReconciledLog {
     }
 
     public func intent(seq: Int64) async throws -> AuditRecord? {
-        var found: AuditRecord?
-        for try await row in try await connection.query(PostgresQuery(unsafeSQL: """
-            SELECT \(GroupChain.recordColumns) FROM mixpeek_audit WHERE seq = $1 AND kind = 'intent'
-            """, binds: { var b = PostgresBindings(); b.append(seq); return b }()), logger: logger) {
-            found = try GroupChain.record(row)
-        }
-        return found
+        try await GroupChain.record("WHERE i.seq = $1 AND i.kind = 'intent'", seq: seq, on: connection, logger: logger)
     }
 
     @discardableResult

@@ -356,10 +356,7 @@ public enum GroupSchema {
             throw GroupError.schema("cannot create the group's tables as this role (\(GroupError.describe(error))); run `mixpeek-proxy group migrate --postgres-url <an owner's URL> --grant <this role>` once")
         }
         let done = try await applied(connection, logger: logger)
-        let known = Set(migrations.map(\.version))
-        if let unknown = done.first(where: { !known.contains($0) }) {
-            throw GroupError.schema("the database's schema has migration \(unknown), which this mixpeek-proxy does not know: it is newer; upgrade the proxy")
-        }
+        try refuseNewer(done)
         for migration in migrations where !done.contains(migration.version) {
             do {
                 try await connection.query("BEGIN", logger: logger)
@@ -373,6 +370,14 @@ public enum GroupSchema {
                 _ = try? await connection.query("ROLLBACK", logger: logger)
                 throw GroupError.schema("migration \(migration.version) failed (\(GroupError.describe(error))); run `mixpeek-proxy group migrate --postgres-url <an owner's URL> --grant <this role>` once")
             }
+        }
+    }
+
+    /// Throws when `applied` has a migration this build does not know: the database is newer.
+    static func refuseNewer(_ applied: [String]) throws {
+        let known = Set(migrations.map(\.version))
+        if let unknown = applied.first(where: { !known.contains($0) }) {
+            throw GroupError.schema("the database's schema has migration \(unknown), which this mixpeek-proxy does not know: it is newer; upgrade the proxy")
         }
     }
 
