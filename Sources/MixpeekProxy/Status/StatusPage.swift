@@ -112,39 +112,47 @@ enum StatusPage {
         <dt>revoked keys</dt><dd><span data-v="cache.revoked_credentials">\(cache.revoked_credentials)</span>,
         through this proxy: their secrets read nothing from the cache</dd>
         </dl>
-        <div class="scroll">
-        <table id="revocations" data-empty="no key revoked through this proxy">
-        <caption>the newest \(StatusBoard.recentRevocations) revocations, newest first</caption>
-        <thead><tr>\(revocationColumns.map { "<th data-c=\"\($0.field)\" data-f=\"\($0.format)\">\($0.heading)</th>" as HTML })</tr></thead>
-        <tbody>\(revocationRows(cache.recent_revocations))</tbody>
-        </table>
-        </div>
+        \(table(id: "revocations", caption: "the newest \(StatusBoard.recentRevocations) revocations, newest first",
+                columns: revocationColumns, empty: "no key revoked through this proxy", rows: cache.recent_revocations.map(revocationCells)))
         </section>
         """
     }
 
     /// The columns of the revocations table, as `mutationColumns`.
-    static let revocationColumns: [(field: String, heading: String, format: String)] = [
+    static let revocationColumns: [Column] = [
         ("time", "time", "time"), ("key_prefix", "prefix", "text"), ("key_name", "key", "text"),
         ("user_email", "owner", "text"), ("via", "by", "text"), ("proxy_id", "through", "text"),
     ]
 
-    private static func revocationRows(_ revocations: [StatusSnapshot.RevokedKey]) -> [HTML] {
-        guard !revocations.isEmpty else {
-            return ["<tr><td colspan=\"\(revocationColumns.count)\">no key revoked through this proxy</td></tr>"]
-        }
-        return revocations.map { revoked -> HTML in
-            let cells: [HTML] = [
-                "<td>\(Format.time(revoked.time))</td>", "<td>\(Format.text(revoked.key_prefix))</td>", "<td>\(revoked.key_name)</td>",
-                "<td>\(revoked.user_email)</td>", "<td>\(revoked.via)</td>", "<td>\(Format.text(revoked.proxy_id ?? "this proxy"))</td>",
-            ]
-            return "<tr>\(cells)</tr>"
-        }
+    private static func revocationCells(_ revoked: StatusSnapshot.RevokedKey) -> [HTML] {
+        [
+            "<td>\(Format.time(revoked.time))</td>", "<td>\(Format.text(revoked.key_prefix))</td>", "<td>\(revoked.key_name)</td>",
+            "<td>\(revoked.user_email)</td>", "<td>\(revoked.via)</td>", "<td>\(Format.text(revoked.proxy_id ?? "this proxy"))</td>",
+        ]
+    }
+
+    typealias Column = (field: String, heading: String, format: String)
+
+    /// A table the script refills from status.json: it reads the columns from the head and the
+    /// text of the one row a table without items has from `data-empty`, so both are written
+    /// here once; a row of `cells` an item.
+    private static func table(id: String, caption: String, columns: [Column], empty: String, rows: [[HTML]]) -> HTML {
+        let head: [HTML] = columns.map { "<th data-c=\"\($0.field)\" data-f=\"\($0.format)\">\($0.heading)</th>" }
+        let body: [HTML] = rows.isEmpty ? ["<tr><td colspan=\"\(columns.count)\">\(empty)</td></tr>"] : rows.map { "<tr>\($0)</tr>" }
+        return """
+            <div class="scroll">
+            <table id="\(id)" data-empty="\(empty)">
+            <caption>\(caption)</caption>
+            <thead><tr>\(head)</tr></thead>
+            <tbody>\(body)</tbody>
+            </table>
+            </div>
+            """
     }
 
     /// The columns of the mutations table: JSON field, heading, format. The script reads them
     /// from the table's head, so they are written down once.
-    static let mutationColumns: [(field: String, heading: String, format: String)] = [
+    static let mutationColumns: [Column] = [
         ("time", "time", "time"), ("action", "action", "text"), ("user_email", "user", "text"), ("key_name", "key", "text"),
         ("outcome", "outcome", "text"), ("upstream_status", "status", "text"), ("caller", "caller", "text"), ("actor", "acting key", "text"),
         ("request_id", "request id", "text"), ("trace_id", "trace id", "text"),
@@ -160,7 +168,6 @@ enum StatusPage {
 
     private static func audit(_ audit: StatusSnapshot.Audit) -> HTML {
         let verdict = Format.verdict(audit.last_verification)
-        let head: [HTML] = mutationColumns.map { "<th data-c=\"\($0.field)\" data-f=\"\($0.format)\">\($0.heading)</th>" }
         return """
             <section id="audit" class="panel wide">
             <h2>Audit</h2>
@@ -175,13 +182,8 @@ enum StatusPage {
             </form>
             \(logKey(audit.log_verifier_key))
             \(reconcile(audit.reconcile))
-            <div class="scroll">
-            <table id="mutations" data-empty="no mutations yet">
-            <caption>the newest \(StatusBoard.recentMutations) mutations, newest first</caption>
-            <thead><tr>\(head)</tr></thead>
-            <tbody>\(mutationRows(audit.recent))</tbody>
-            </table>
-            </div>
+            \(table(id: "mutations", caption: "the newest \(StatusBoard.recentMutations) mutations, newest first",
+                    columns: mutationColumns, empty: "no mutations yet", rows: audit.recent.map(mutationCells)))
             </section>
             """
     }
@@ -201,20 +203,14 @@ enum StatusPage {
             """
     }
 
-    private static func mutationRows(_ mutations: [StatusSnapshot.Mutation]) -> [HTML] {
-        guard !mutations.isEmpty else {
-            return ["<tr><td colspan=\"\(mutationColumns.count)\">no mutations yet</td></tr>"]
-        }
-        return mutations.map { mutation -> HTML in
-            let cells: [HTML] = [
-                "<td>\(Format.time(mutation.time))</td>", "<td>\(mutation.action)</td>", "<td>\(mutation.user_email)</td>",
-                "<td>\(Format.text(mutation.key_name))</td>", "<td class=\"o-\(mutation.outcome)\">\(mutation.outcome)</td>",
-                "<td>\(Format.text(mutation.upstream_status.map(String.init)))</td>", "<td>\(mutation.caller)</td>",
-                "<td>\(Format.text(mutation.actor))</td>",
-                "<td>\(mutation.request_id)</td>", "<td>\(Format.text(mutation.trace_id))</td>",
-            ]
-            return "<tr>\(cells)</tr>"
-        }
+    private static func mutationCells(_ mutation: StatusSnapshot.Mutation) -> [HTML] {
+        [
+            "<td>\(Format.time(mutation.time))</td>", "<td>\(mutation.action)</td>", "<td>\(mutation.user_email)</td>",
+            "<td>\(Format.text(mutation.key_name))</td>", "<td class=\"o-\(mutation.outcome)\">\(mutation.outcome)</td>",
+            "<td>\(Format.text(mutation.upstream_status.map(String.init)))</td>", "<td>\(mutation.caller)</td>",
+            "<td>\(Format.text(mutation.actor))</td>",
+            "<td>\(mutation.request_id)</td>", "<td>\(Format.text(mutation.trace_id))</td>",
+        ]
     }
 
     /// This proxy in its group (`postgres_url`), and whether its role could rewrite the chain;
