@@ -142,12 +142,15 @@ public final class StatusBoard: Sendable {
     /// The last `reconcile_interval` round; nil when reconcile is off.
     private func reconcilePanel() -> StatusSnapshot.Reconcile? {
         guard let reconcile else { return nil }
-        guard let last = reconcile.lastResult else {
-            return .init(interval_seconds: reconcile.interval, window_hours: Int(ReconcileSchedule.window / 3600))
+        var panel = StatusSnapshot.Reconcile(interval_seconds: reconcile.interval, window_hours: Int(ReconcileSchedule.window / 3600))
+        guard let last = reconcile.lastResult else { return panel }
+        panel.time = Self.time(last.at)
+        panel.problem = last.problem
+        // The counts of a round that ran; a failed round counted nothing.
+        if last.problem == nil {
+            (panel.around_proxy, panel.unconfirmed, panel.resolved_unknown) = (last.aroundProxy, last.unconfirmed, last.resolved)
         }
-        return .init(interval_seconds: reconcile.interval, window_hours: Int(ReconcileSchedule.window / 3600), time: Self.time(last.at),
-                     around_proxy: last.problem == nil ? last.aroundProxy : nil, unconfirmed: last.problem == nil ? last.unconfirmed : nil,
-                     resolved_unknown: last.problem == nil ? last.resolved : nil, problem: last.problem)
+        return panel
     }
 
     /// Walks the whole audit chain off the event loops; requests that come while a walk is
