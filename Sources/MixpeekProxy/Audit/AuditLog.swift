@@ -204,13 +204,10 @@ public final class AuditLog: Sendable {
     /// Records a mutation's intent durably; throws when it cannot, and then the mutation must
     /// not be forwarded.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
-        let draft = Self.intent(intent, time: Self.now())
         // Refused before forwarding when its outcome could not be a log entry either: the outcome
         // adds its status, duration and the new key's identifiers (each at most
         // `Proxy.maximumIdentifierSize`).
-        let size = draft.chainedEntrySizeBound + Self.outcomeEntryGrowth
-        guard size <= AuditRecord.maximumEntrySize else { throw LogTreeError.entryTooLarge(bytes: size) }
-        return try await append(draft)
+        try await append(Self.intent(intent, time: Self.now()), leaving: Self.outcomeEntryGrowth)
     }
 
     /// What an outcome's entry adds at most to its intent's.
@@ -268,8 +265,10 @@ public final class AuditLog: Sendable {
         return record
     }
 
-    private func append(_ draft: AuditRecord) async throws -> AuditRecord {
-        let size = draft.chainedEntrySizeBound
+    /// Appends `draft` once it is durable; refused when its entry, grown by `room` bytes, could
+    /// exceed what a log entry may hold (its JSON is measured once, here).
+    private func append(_ draft: AuditRecord, leaving room: Int = 0) async throws -> AuditRecord {
+        let size = draft.chainedEntrySizeBound + room
         guard size <= AuditRecord.maximumEntrySize else { throw LogTreeError.entryTooLarge(bytes: size) }
         return try await withCheckedThrowingContinuation { continuation in
             let start = pending.withLockedValue { pending -> Bool in
