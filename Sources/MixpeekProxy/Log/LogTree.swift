@@ -65,9 +65,11 @@ enum LogTree {
         return frontier
     }
 
-    /// The entries the tree holds: one per subtree at level 0.
+    /// The entries the tree holds: one per subtree at level 0, indexed from 0 without gaps
+    /// (`append` takes them in order), so the last index says it from the primary key without
+    /// counting every entry at each start.
     static func size(_ db: Database) throws -> Int64 {
-        try Int64.fetchOne(db, sql: "SELECT count(*) FROM log_subtrees WHERE level = 0") ?? 0
+        try Int64.fetchOne(db, sql: "SELECT coalesce(max(idx) + 1, 0) FROM log_subtrees WHERE level = 0") ?? 0
     }
 
     /// The latest signed checkpoint, nil before the first.
