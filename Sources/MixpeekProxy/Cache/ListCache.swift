@@ -457,10 +457,10 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     /// What a mutation's 2xx answer says of keys, acted on before the answer is sent: a create,
     /// rotate or update teaches the key it answers with; a delete or rotate of `name`, or an
     /// update that leaves it non-active, revokes every secret of that key the proxy has seen
-    /// (a rotate's new one aside). Returns the revocations made.
+    /// (a rotate's new one aside). `answer` is the answer's body, parsed (nil when it is not a
+    /// JSON object). Returns the revocations made.
     @discardableResult
-    public func noteMutation(_ action: AuditAction, user: String, name: String?, answer: ByteBuffer) -> [Revocation] {
-        let object = Self.jsonObject(answer)
+    public func noteMutation(_ action: AuditAction, user: String, name: String?, answer object: [String: Any]?) -> [Revocation] {
         let identity = object.flatMap { KeyIdentity($0, user: user) }
         let now = clock()
         let made = state.withLockedValue { state -> [Revocation] in

@@ -267,8 +267,10 @@ public final class Proxy: HTTPResponder {
             // Before the answer is sent: a key revoked by it reads nothing from the cache from
             // the moment its client learns of it (`ListCache.noteMutation`).
             cache.noteAnswer(.response(upstreamResponse), to: credential, listOf: nil)
-            if outcome == .ok { cache.noteMutation(action, user: user, name: key, answer: upstreamResponse.body) }
-            let ids = outcome == .ok && (action == .create || action == .rotate) ? Self.newKeyIdentifiers(upstreamResponse.body) : (nil, nil, nil)
+            // A 2xx answer's body, parsed once for the cache and the outcome record.
+            let answer = outcome == .ok ? ProxyListCache.jsonObject(upstreamResponse.body) : nil
+            if outcome == .ok { cache.noteMutation(action, user: user, name: key, answer: answer) }
+            let ids = action == .create || action == .rotate ? Self.newKeyIdentifiers(answer) : (nil, nil, nil)
             result = AuditResult(outcome: outcome, upstreamStatus: code, durationMS: elapsed, keyID: ids.0, keyPrefix: ids.1, keyHash: ids.2)
             response = clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: nil, cacheStatus: nil)
         } catch {
@@ -309,8 +311,8 @@ public final class Proxy: HTTPResponder {
 
     /// The non-secret identifiers of a new key (`key_id`, `key_prefix`, `key_hash`); the
     /// plaintext `key` beside them is never read into anything that is kept.
-    static func newKeyIdentifiers(_ body: ByteBuffer) -> (String?, String?, String?) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else { return (nil, nil, nil) }
+    static func newKeyIdentifiers(_ answer: [String: Any]?) -> (String?, String?, String?) {
+        guard let object = answer else { return (nil, nil, nil) }
         func identifier(_ name: String) -> String? {
             (object[name] as? String).flatMap { $0.utf8.count <= maximumIdentifierSize ? $0 : nil }
         }
