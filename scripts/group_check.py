@@ -34,7 +34,7 @@ Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 o
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
         [--only basic,property,listen,sigstop,sigkill,role,outage,restart,revoked,sdk-revoked,actor,status,
-                reconcile,down-at-start,hmac,append-only,expect-head,witness,credentials,health-detail,verify]
+                reconcile,down-at-start,hmac,log,append-only,expect-head,witness,credentials,health-detail,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -1292,6 +1292,194 @@ def hmac_chain(group):
             group.proxies.pop(proxy.name, None)
 
 
+# ---- the group's verifiable log (issue 24, item 6) ---------------------------------------------
+
+def tlog_client():
+    """Go's sumdb/tlog and sumdb/note as the outside verifier (scripts/tlog_client), built offline."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = os.path.join(root, ".build", "tlog-client")
+    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode",
+               GOCACHE=os.environ.get("GOCACHE", os.path.join(root, ".build", "go-cache")))
+    subprocess.run(["go", "build", "-o", out, "./scripts/tlog_client"], cwd=root, env=env, check=True)
+    return out
+
+
+def verifier_key(proxy):
+    reply = call(proxy.port, "GET", "/_proxy/status.json", token=None)
+    return ((reply.json or {}).get("audit") or {}).get("log_verifier_key")
+
+
+def tree_hashes(leaves):
+    """Every perfect subtree hash over `leaves` (RFC 6962), as {(level, index): hash}: what
+    mixpeek_log_subtrees holds."""
+    import hashlib
+    out = {(0, i): leaf for i, leaf in enumerate(leaves)}
+    level, row = 0, leaves
+    while len(row) > 1:
+        row = [hashlib.sha256(b"\x01" + row[i] + row[i + 1]).digest() for i in range(0, len(row) - 1, 2)]
+        level += 1
+        out.update({(level, i): h for i, h in enumerate(row)})
+    return out
+
+
+def verifiable_log(group):
+    """Two members in a database of their own: every answered mutation carries its entry's
+    index, covered by the checkpoint fetched right after; within 2 s of the last mutation the
+    checkpoint either serves carries both members' signatures, which Go's sumdb/note and
+    sumdb/tlog verify with every tile and entry; then the superuser rewrites a record and
+    recomputes the tree (a forked history): both members refuse mutations within 2 s (503 in
+    the error shape, the metric, the status page), also after a restart, and the outside
+    verifier holding the saved checkpoint catches it."""
+    import hashlib
+    client = tlog_client()
+    group.pg.psql("CREATE DATABASE logged")
+    admin = group.admin_url.replace("/postgres?", "/logged?")
+    setup = group.run("group", "migrate", "--postgres-url", admin, "--grant", ROLE)
+    check("log: group migrate of a third database (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
+    url = group.pg.url_for(ROLE, ROLE_PASSWORD, database="logged")
+    members = []
+    try:
+        for name in ("L1", "L2"):
+            members.append(Proxy(name, group.work, group.fake.url, url).start())
+        group.proxies.update({proxy.name: proxy for proxy in members})
+        healthy, waited = group.wait_healthy(["L1", "L2"], 15)
+        check(f"log: L1 and L2 join ({waited:.1f} s)", bool(healthy), f"{[health(p) for p in members]}")
+        L1, L2 = members
+        keys = [verifier_key(L1), verifier_key(L2)]
+        check("log: each member shows its own verifier key on the status page, named as the group's log",
+              all(keys) and keys[0] != keys[1] and keys[0].split("+")[0] == keys[1].split("+")[0], f"{keys}")
+        uncovered = []
+        for n in range(12):
+            proxy = members[n % 2]
+            made = create(proxy, f"log{n % 3}@example.com", f"log-{n}")
+            index = made.headers.get("mixpeek-proxy-audit-index")
+            checkpoint = call(proxy.port, "GET", "/_proxy/log/checkpoint", token=None)
+            lines = checkpoint.text.split("\n")
+            size = int(lines[1]) if checkpoint.status == 200 and len(lines) > 2 and lines[1].isdigit() else -1
+            if made.status != 200 or index is None or not index.isdigit() or size <= int(index):
+                uncovered.append((proxy.name, made.status, index, size))
+        last = time.monotonic()
+        check("log: each answered create carries Mixpeek-Proxy-Audit-Index, in the tree of the checkpoint its proxy serves right after",
+              not uncovered, f"{uncovered}")
+        results = {}
+
+        def cosigned(proxy):
+            run = subprocess.run([client, f"http://127.0.0.1:{proxy.port}", *keys], capture_output=True, text=True, timeout=30)
+            results[proxy.name] = run
+            return run.returncode == 0
+
+        both, waited = wait_until(lambda: cosigned(L1) and cosigned(L2), 10, 0.1)
+        waited = time.monotonic() - last
+        check(f"log: within 2 s of the last mutation the checkpoint of L1 and of L2 carries both members' signatures, "
+              f"verified with every tile and entry by Go's sumdb/note and sumdb/tlog ({waited:.1f} s)",
+              bool(both) and waited <= 2.0, "; ".join(f"{k}: {(r.stdout + r.stderr).strip()[-300:]}" for k, r in results.items()))
+        saved = os.path.join(group.work, "log-saved.checkpoint")
+        run = subprocess.run([client, "-save", saved, f"http://127.0.0.1:{L1.port}", *keys], capture_output=True, text=True, timeout=30)
+        check("log: a checkpoint saved from L1", run.returncode == 0, (run.stdout + run.stderr)[-300:])
+        for n in range(2):
+            create(members[n % 2], "log-later@example.com", f"later-{n}")
+        run = subprocess.run([client, "-saved", saved, f"http://127.0.0.1:{L2.port}", keys[1]], capture_output=True, text=True, timeout=30)
+        check("log: after more mutations, L2's tree is consistent with the checkpoint saved from L1 (Go's tlog.CheckTree)",
+              run.returncode == 0, (run.stdout + run.stderr)[-300:])
+
+        latest, signatures = None, []
+
+        def both_signed():
+            nonlocal latest, signatures
+            latest = group.run("audit", "checkpoint", "--postgres-url", url)
+            signatures = [line for line in latest.stdout.split("\n") if line.startswith("\u2014 ")]
+            return len(signatures) == 2
+
+        wait_until(both_signed, 3, 0.2)
+        check("log: audit checkpoint --postgres-url prints the latest checkpoint with both members' signatures",
+              latest.returncode == 0 and len(signatures) == 2, f"exit {latest.returncode}: {latest.stdout[-400:]}{latest.stderr[-300:]}")
+        proved = group.run("audit", "prove", "--postgres-url", url, "--index", "5", "--log-key", keys[1])
+        check("log: audit prove --postgres-url --index 5 prints a proof that verifies (exit 0)",
+              proved.returncode == 0 and "inclusion proof verifies" in proved.stdout, f"exit {proved.returncode}: {(proved.stdout + proved.stderr)[-400:]}")
+        intact = group.run("audit", "verify", "--postgres-url", url, "--checkpoint", saved, "--log-key", keys[0],
+                           "--witness", L1.data, "--witness", L2.data)
+        check("log: audit verify --postgres-url --checkpoint (and each witness's signed checkpoint) passes on the untouched log",
+              intact.returncode == 0 and intact.stdout.count("audit log consistent") == 3, f"exit {intact.returncode}: {(intact.stdout + intact.stderr)[-600:]}")
+
+        # The superuser forges a record and recomputes the tree, so that it is self-consistent.
+        db = dict(database="logged")
+        seq = int(group.pg.psql("SELECT seq FROM mixpeek_audit WHERE kind = 'intent' ORDER BY seq OFFSET 3 LIMIT 1", **db))
+        with urllib.request.urlopen(f"http://127.0.0.1:{L1.port}/_proxy/log/tile/entries/000.p/{seq}", timeout=15) as response:
+            raw = response.read()
+        entries = []
+        while raw:
+            length = int.from_bytes(raw[:2], "big")
+            entries.append(raw[2:2 + length])
+            raw = raw[2 + length:]
+        original = group.pg.psql(f"SELECT user_email FROM mixpeek_audit WHERE seq = {seq}", **db)
+        forged = entries[seq - 1].replace(original.encode(), b"mallory@example.com")
+        leaves = [bytes.fromhex(line) for line in group.pg.psql(
+            "SELECT encode(hash, 'hex') FROM mixpeek_log_subtrees WHERE level = 0 ORDER BY idx", **db).split()]
+        leaves[seq - 1] = hashlib.sha256(b"\x00" + forged).digest()
+        rows = ", ".join(f"({level}, {index}, '\\x{h.hex()}')" for (level, index), h in tree_hashes(leaves).items())
+        group.pg.psql(
+            "ALTER TABLE mixpeek_audit DISABLE TRIGGER USER; ALTER TABLE mixpeek_log_subtrees DISABLE TRIGGER USER; "
+            f"UPDATE mixpeek_audit SET user_email = 'mallory@example.com' WHERE seq = {seq}; "
+            f"DELETE FROM mixpeek_log_subtrees; INSERT INTO mixpeek_log_subtrees (level, idx, hash) VALUES {rows}; "
+            "ALTER TABLE mixpeek_log_subtrees ENABLE TRIGGER USER; ALTER TABLE mixpeek_audit ENABLE TRIGGER USER", **db)
+        forked = time.monotonic()
+
+        def refusing(proxy):
+            reply = create(proxy, "log-after@example.com", f"after-{proxy.name}-{time.monotonic()}")
+            return reply.status == 503 and is_error_shape(reply, 503)
+
+        refused = {}
+        for proxy in members:
+            ok, _ = wait_until(lambda: refusing(proxy), 5, 0.1)
+            refused[proxy.name] = (bool(ok), time.monotonic() - forked)
+        check("log: the tree forked by the superuser: L1 and L2 refuse mutations (503, error shape) within 2 s",
+              all(ok and seconds <= 2.0 for ok, seconds in refused.values()), f"{refused}")
+        check("log: and say so in /metrics (mixpeek_proxy_log_consistent 0) and on the status page",
+              all(metrics(proxy).get("mixpeek_proxy_log_consistent") == "0"
+                  and ((call(proxy.port, "GET", "/_proxy/status.json", token=None).json or {}).get("audit") or {}).get("log_problem")
+                  for proxy in members),
+              f"{[metrics(p).get('mixpeek_proxy_log_consistent') for p in members]}")
+        run = subprocess.run([client, "-saved", saved, f"http://127.0.0.1:{L1.port}", keys[0]], capture_output=True, text=True, timeout=30)
+        check("log: Go's verifier holding the saved checkpoint catches the forged history",
+              run.returncode != 0 and "FAILED" in run.stdout, (run.stdout + run.stderr)[-300:])
+        forged_verify = group.run("audit", "verify", "--postgres-url", url, "--checkpoint", saved, "--log-key", keys[0])
+        check(f"log: audit verify --postgres-url --checkpoint catches the forged history, naming entry {seq - 1} (record {seq})",
+              forged_verify.returncode == 1 and "audit log BROKEN" in forged_verify.stdout
+              and re.search(rf"audit log BROKEN[^\n]*entry {seq - 1}\b", forged_verify.stdout) is not None,
+              f"exit {forged_verify.returncode}: {(forged_verify.stdout + forged_verify.stderr)[-600:]}")
+        L1.stop()
+        L1.start()
+        time.sleep(1.5)
+        check("log: restarted, L1 still refuses mutations (the checkpoint it signed stays in its data dir)",
+              refusing(L1), L1.log_text()[-400:])
+
+        # The record put back and the tree dropped: the migration builds it again from the
+        # records (as for a database of before v5), the same tree L1 signed, and L1 goes on.
+        L1.stop()
+        L2.stop()
+        group.pg.psql(
+            "ALTER TABLE mixpeek_audit DISABLE TRIGGER USER; "
+            f"UPDATE mixpeek_audit SET user_email = '{original}' WHERE seq = {seq}; "
+            "ALTER TABLE mixpeek_audit ENABLE TRIGGER USER; "
+            "DROP TABLE mixpeek_log_subtrees, mixpeek_log_checkpoints; "
+            "DROP FUNCTION mixpeek_log_append(bigint, bytea); DROP FUNCTION mixpeek_log_append_only(); "
+            "DELETE FROM mixpeek_schema_migrations WHERE version = 'v5-log-tree'", **db)
+        built = group.run("group", "migrate", "--postgres-url", admin, "--grant", ROLE)
+        entries = int(group.pg.psql("SELECT count(*) FROM mixpeek_log_subtrees WHERE level = 0", **db))
+        records = int(group.pg.psql("SELECT count(*) FROM mixpeek_audit", **db))
+        check("log: group migrate builds the tree of the records already in the chain (one leaf a record)",
+              built.returncode == 0 and entries == records > 0, f"exit {built.returncode}: {built.stderr[-300:]}; {entries} leaves, {records} records")
+        L1.start()
+        back, _ = wait_until(lambda: create(L1, "log-back@example.com", f"back-{time.monotonic()}").status == 200, 10, 0.2)
+        run = subprocess.run([client, "-saved", saved, f"http://127.0.0.1:{L1.port}", keys[0]], capture_output=True, text=True, timeout=30)
+        check("log: L1 restarted on the rebuilt tree accepts mutations again, and Go's verifier finds it extends the saved checkpoint",
+              bool(back) and run.returncode == 0, f"{L1.log_text()[-300:]}; {(run.stdout + run.stderr)[-300:]}")
+    finally:
+        for proxy in members:
+            proxy.stop()
+            group.proxies.pop(proxy.name, None)
+
+
 # ---- 4. the database role, credentials, witnesses --------------------------------------------
 
 def metrics(proxy):
@@ -1572,7 +1760,7 @@ def health_detail(group):
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
-          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("sdk-revoked", sdk_revoked), ("actor", acting_key_in_chain), ("status", status_audit_panel), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("append-only", append_only_role),
+          ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("sdk-revoked", sdk_revoked), ("actor", acting_key_in_chain), ("status", status_audit_panel), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("log", verifiable_log), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
           ("health-detail", health_detail), ("verify", audit_verify)]
 

@@ -94,6 +94,23 @@ def main():
         check("audit checkpoint prints a signed checkpoint", code == 0 and out.count("\n") >= 4 and "\u2014 " in out, out)
         code, out = run([BIN, "audit", "verify", "--data-dir", data, "--checkpoint", saved])
         check("audit verify --checkpoint passes the untouched log", code == 0 and "audit log consistent" in out, out)
+        # The contract's words: an entry's bytes are the line `audit query --format jsonl`
+        # prints for its record (`--records`: every record, not mutations).
+        lines = subprocess.run([BIN, "audit", "query", "--data-dir", data, "--records", "--format", "jsonl"],
+                               capture_output=True).stdout.split(b"\n")[:-1]
+        size = int(open(saved).read().split("\n")[1])
+        served = []
+        for n in range((len(lines) + 255) // 256):
+            width = min(256, len(lines) - n * 256)
+            suffix = "" if width == 256 else f".p/{width}"
+            with urllib.request.urlopen(f"{url}/_proxy/log/tile/entries/{n:03d}{suffix}") as response:
+                bundle = response.read()
+            while bundle:
+                length = int.from_bytes(bundle[:2], "big")
+                served.append(bundle[2:2 + length])
+                bundle = bundle[2 + length:]
+        check(f"audit query --records --format jsonl prints each record's log entry, byte for byte the served entries ({len(lines)})",
+              len(lines) > size and lines == served, f"{len(lines)} lines, {len(served)} served; first {lines[:1]} vs {served[:1]}")
         stop(proxy)
 
         # A record changed in place, its triggers dropped: the tree still holds the old leaf.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MixpeekAPI
+import MixpeekLog
 import MixpeekProxy
 import PostgresNIO
 
@@ -70,8 +71,12 @@ struct Audit: AsyncParsableCommand {
         @Option(help: "Only mutations made with a key owned by this user_email.") var actorUser: String?
         @Option(help: "At most this many rows.") var limit: Int?
         @Option(help: "table, json, jsonl or csv.") var format: Format = .table
+        @Flag(help: "Every chain record (intent, outcome, resolution) instead of mutations, each as its verifiable-log entry: with --format jsonl, line N is entry N, the bytes the tree hashes. Takes --after-seq and --limit only.")
+        var records = false
+        @Option(help: "With --records: from the record after this seq on.") var afterSeq: Int64 = 0
 
         func run() async throws {
+            if records { return try await printRecords() }
             var filter = AuditFilter(user: user, key: key, since: since, until: until, limit: limit)
             filter.actorKey = actorKey
             filter.actorUser = actorUser
@@ -104,6 +109,32 @@ struct Audit: AsyncParsableCommand {
                 try log.query(filter) { writer.write($0) }
             }
             writer.finish()
+        }
+
+        /// `--records`: each record's log entry, one line each.
+        private func printRecords() async throws {
+            guard format == .jsonl else { throw ValidationError("--records prints log entries, one a line: give --format jsonl") }
+            guard action == nil, user == nil, key == nil, since == nil, until == nil, outcome == nil, actorKey == nil, actorUser == nil else {
+                throw ValidationError("--records takes --after-seq and --limit only (it prints the log's entries in order)")
+            }
+            var buffer: [UInt8] = []
+            func line(_ entry: [UInt8]) {
+                buffer += entry
+                buffer.append(0x0A)
+                if buffer.count >= 1 << 16 { flush() }
+            }
+            func flush() {
+                FileHandle.standardOutput.write(Data(buffer))
+                buffer.removeAll(keepingCapacity: true)
+            }
+            defer { flush() }
+            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
+                try await Audit.withGroup(url) { connection, logger in
+                    try await GroupLogTree.entries(after: afterSeq, limit: limit, on: connection, logger: logger, line)
+                }
+            } else {
+                try Audit.open(dataDir).entries(after: afterSeq, limit: limit, line)
+            }
         }
     }
 
@@ -138,7 +169,6 @@ struct Audit: AsyncParsableCommand {
                 head = (seq, String(parts[1]))
             }
             if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-                guard savedCheckpoint.checkpoint == nil else { throw ValidationError("--checkpoint checks a lone proxy's audit.sqlite; a group's chain has no tree yet") }
                 return try await verifyGroup(url, hmacKey: hmacKey, expectHead: head)
             }
             guard witness.isEmpty else { throw ValidationError("--witness goes with --postgres-url") }
@@ -146,7 +176,7 @@ struct Audit: AsyncParsableCommand {
             // The log first: a record changed with the chain recomputed still breaks the tree.
             var logBroken = false
             if let saved = try savedCheckpoint.read(dataDir) {
-                let check = try log.verifyLog(extending: saved)
+                let check = try log.verifyLog(extending: saved, verifier: try savedCheckpoint.verifier(dataDir))
                 if let problem = check.problem {
                     print("audit log BROKEN against the saved checkpoint (size \(saved.size)): \(problem)")
                     logBroken = true
@@ -171,7 +201,28 @@ struct Audit: AsyncParsableCommand {
             let connection = try await Audit.connect(url, logger: logger)
             let result: AuditVerification
             var headFound = true
+            // The log against the saved checkpoint, and against each witness's: the one its
+            // proxy signed last (`group-log.checkpoint`).
+            let given = try savedCheckpoint.verifier(dataDir, group: true)
+            var saved: [(what: String, checkpoint: Checkpoint, verifier: SignedNote.Verifier?)] =
+                try savedCheckpoint.read(dataDir, group: true).map { [("the saved checkpoint", $0, given)] } ?? []
+            for directory in witness {
+                let path = URL(fileURLWithPath: directory).appendingPathComponent(GroupCosigner.stateFile).path
+                guard let note = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
+                let verifier = try? LogSigning.verifier(keyFile: SavedCheckpointOption.keyFile(directory, group: true))
+                saved.append(("the checkpoint \(directory) signed", try SavedCheckpointOption.open(note, what: path, verifier: verifier), verifier))
+            }
+            var logBroken = false
             do {
+                for (what, checkpoint, verifier) in saved {
+                    let check = try await GroupLogTree.verify(extending: checkpoint, verifier: verifier, on: connection, logger: logger)
+                    if let problem = check.problem {
+                        print("audit log BROKEN against \(what) (size \(checkpoint.size)): \(problem)")
+                        logBroken = true
+                    } else {
+                        print("audit log consistent: its \(check.entries) entries extend \(what) (size \(checkpoint.size)) and match their records")
+                    }
+                }
                 result = try await GroupChain.verify(on: connection, hmacKey: hmacKey, witnesses: witness, logger: logger)
                 if let expectHead {
                     headFound = try await GroupChain.contains(seq: expectHead.seq, hash: expectHead.hash, on: connection, logger: logger)
@@ -186,6 +237,7 @@ struct Audit: AsyncParsableCommand {
                 print("audit chain BROKEN after \(result.records) records: \(problem)")
                 throw ExitCode(1)
             }
+            if logBroken { throw ExitCode(1) }
             if !headFound { try headMissing() }
             if !witness.isEmpty { print("witnesses: every record appended by \(witness.joined(separator: ", ")) is in the chain") }
             Self.report(result)

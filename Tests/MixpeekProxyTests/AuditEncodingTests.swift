@@ -174,8 +174,24 @@ struct AuditEncodingTests {
                 }
                 #expect(row["user_fold"] as? String == UserIdentity.folded(record.user_email))
                 #expect(placed == (row["seq"] != nil) && placed == (row["hash"] != nil))
-                #expect(Set(row.keys).subtracting(encoded.keys) == ["user_fold"], "no field that the record lacks")
+                #expect(row["log_middle"] as? String == String(decoding: record.logEntryMiddle, as: UTF8.self))
+                #expect(Set(row.keys).subtracting(encoded.keys) == ["user_fold", "log_middle"], "no field that the record lacks")
             }
+        }
+    }
+
+    @Test("a log entry is its middle between seq and prev_hash, as the group's mixpeek_log_append puts it together")
+    func logEntryIsTheMiddle() {
+        for actor in [nil, "key_1"] {
+            var record = AuditLog.intent(AuditIntent(action: .rotate, user: "ünï@x.y", key: "k \"q\"", caller: "c", client: "h",
+                                                     requestID: "r"), time: "2026-11-27T18:54:04.000Z")
+            record.actor_key_id = actor
+            record.seq = 98_765
+            record.prev_hash = String(repeating: "a", count: 64)
+            record.hash = String(repeating: "b", count: 64)
+            let assembled = "{\"seq\":98765," + String(decoding: record.logEntryMiddle, as: UTF8.self)
+                + ",\"prev_hash\":\"" + record.prev_hash + "\",\"hash\":\"" + record.hash + "\"}"
+            #expect(Array(assembled.utf8) == record.logEntry)
         }
     }
 

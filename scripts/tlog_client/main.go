@@ -6,7 +6,10 @@
 // It reads the log as any C2SP tlog-tiles client would, over HTTP from the proxy's
 // /_proxy/log/ paths, and trusts nothing the proxy says but what the verifier key signs:
 //
-//	tlog-client [-saved FILE] [-save FILE] URL VERIFIER_KEY
+//	tlog-client [-saved FILE] [-save FILE] URL VERIFIER_KEY [VERIFIER_KEY...]
+//
+// With several keys (a group's members, each signing the group's one log with a key of its
+// own), the checkpoint must carry a valid signature by every one of them.
 //
 // verifies the checkpoint's signature, every hash tile it reads against the checkpoint's root
 // (tlog.TileHashReader), the inclusion of every entry of every entry bundle
@@ -57,11 +60,21 @@ func get(url string) ([]byte, error) {
 	return body, nil
 }
 
-// open checks msg's signature by verifier and parses the C2SP checkpoint in it.
-func open(msg []byte, verifier note.Verifier, what string) checkpoint {
-	n, err := note.Open(msg, note.VerifierList(verifier))
+// open checks msg's signatures by verifiers, every one of which must have signed (a signature
+// by another key is ignored), and parses the C2SP checkpoint in it.
+func open(msg []byte, verifiers []note.Verifier, what string) checkpoint {
+	n, err := note.Open(msg, note.VerifierList(verifiers...))
 	if err != nil {
 		fail("%s: signature: %v", what, err)
+	}
+	for _, v := range verifiers {
+		signed := false
+		for _, sig := range n.Sigs {
+			signed = signed || (sig.Name == v.Name() && sig.Hash == v.KeyHash())
+		}
+		if !signed {
+			fail("%s: no signature by %s+%08x (%d of %d keys signed)", what, v.Name(), v.KeyHash(), len(n.Sigs), len(verifiers))
+		}
 	}
 	lines := strings.SplitN(n.Text, "\n", 4)
 	if len(lines) < 4 {
@@ -138,24 +151,30 @@ func main() {
 	saved := flag.String("saved", "", "a signed checkpoint saved earlier: the tree must extend it")
 	save := flag.String("save", "", "write the checkpoint fetched to this file")
 	flag.Parse()
-	if flag.NArg() != 2 {
-		fmt.Fprintln(os.Stderr, "usage: tlog-client [-saved FILE] [-save FILE] URL VERIFIER_KEY")
+	if flag.NArg() < 2 {
+		fmt.Fprintln(os.Stderr, "usage: tlog-client [-saved FILE] [-save FILE] URL VERIFIER_KEY [VERIFIER_KEY...]")
 		os.Exit(2)
 	}
 	base := strings.TrimSuffix(flag.Arg(0), "/") + "/_proxy/log/"
-	verifier, err := note.NewVerifier(flag.Arg(1))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "tlog-client: bad verifier key: %v\n", err)
-		os.Exit(2)
+	var verifiers []note.Verifier
+	for _, key := range flag.Args()[1:] {
+		verifier, err := note.NewVerifier(key)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tlog-client: bad verifier key: %v\n", err)
+			os.Exit(2)
+		}
+		verifiers = append(verifiers, verifier)
 	}
 	msg, err := get(base + "checkpoint")
 	if err != nil {
 		fail("%v", err)
 	}
-	current := open(msg, verifier, "the checkpoint served")
+	current := open(msg, verifiers, "the checkpoint served")
 	// The log signs as itself: a checkpoint whose origin is not its key's name is another log's.
-	if current.origin != verifier.Name() {
-		fail("the checkpoint's origin %q is not the name of the key it is signed with (%q)", current.origin, verifier.Name())
+	for _, verifier := range verifiers {
+		if current.origin != verifier.Name() {
+			fail("the checkpoint's origin %q is not the name of the key it is signed with (%q)", current.origin, verifier.Name())
+		}
 	}
 	if *save != "" {
 		if err := os.WriteFile(*save, msg, 0o644); err != nil {
@@ -199,13 +218,13 @@ func main() {
 			}
 		}
 	}
-	report := fmt.Sprintf("checkpoint %q of %d entries: signature, tiles and every entry's inclusion verified", current.origin, size)
+	report := fmt.Sprintf("checkpoint %q of %d entries: %d signature(s), tiles and every entry's inclusion verified", current.origin, size, len(verifiers))
 	if *saved != "" {
 		old, err := os.ReadFile(*saved)
 		if err != nil {
 			fail("%v", err)
 		}
-		earlier := open(old, verifier, "the saved checkpoint")
+		earlier := open(old, verifiers[:1], "the saved checkpoint")
 		if earlier.origin != current.origin {
 			fail("the saved checkpoint is of log %q, not of %q", earlier.origin, current.origin)
 		}

@@ -288,6 +288,24 @@ public struct ProxyConfig: Sendable, Equatable {
         }
     }
 
+    /// A group member's key for the group's one log, whose origin is `log_origin` or, by
+    /// default, `mixpeek-proxy/<PostgreSQL host>/<database>` (the same for every member). The
+    /// key is `log_signing_key_file` or `group-log-signing.key` in the data dir, made at the
+    /// first start and named as the origin: each member signs as the log, with a key of its own.
+    public func groupLogSigning(_ database: PostgresURL) throws -> LogSigning {
+        let origin = logOrigin ?? "mixpeek-proxy/\(database.host)/\(database.database ?? database.user)"
+        guard SignedNote.isValidName(origin) else {
+            throw ConfigError(message: "the group log origin \(origin.debugDescription) (from postgres_url) is not a valid signed-note name (no spaces, no '+'); set log_origin")
+        }
+        do {
+            return try LogSigning.load(
+                keyFile: logSigningKeyFile ?? URL(fileURLWithPath: dataDir).appendingPathComponent("group-log-signing.key").path,
+                origin: origin, create: logSigningKeyFile == nil)
+        } catch let error as LogKeyError {
+            throw ConfigError(message: "log_signing_key_file: \(error.description)")
+        }
+    }
+
     /// The number of event-loop threads to start: `eventLoops`, or for 0 the CPUs this process
     /// may run on (its affinity mask, so `taskset -c 0` means one).
     public var resolvedEventLoops: Int {

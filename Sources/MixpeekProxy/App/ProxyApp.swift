@@ -57,7 +57,10 @@ public final class ProxyApp: Service, Sendable {
         let cache = proxy.cache
         if let member = proxy.group {
             var tasks = [Task { await member.run(dropping: cache) }]
-            if let groupAudit = proxy.audit as? GroupAuditLog { tasks.append(Task { await groupAudit.reap() }) }
+            if let groupAudit = proxy.audit as? GroupAuditLog {
+                tasks.append(Task { await groupAudit.reap() })
+                if let cosigner = groupAudit.cosigner { tasks.append(Task { await cosigner.run() }) }
+            }
             groupTasks = tasks
         } else {
             groupTasks = []
@@ -93,17 +96,16 @@ public final class ProxyApp: Service, Sendable {
         }
         try DataFiles.createPrivateDirectory(at: config.dataDir)
         let dataDir = URL(fileURLWithPath: config.dataDir)
-        // A lone proxy's log key and origin: one that cannot sign is a configuration error, said
-        // at start. Its verifier key is public; the key itself is never logged.
-        let signing = config.group == nil ? try config.logSigning() : nil
-        if let signing {
-            logger.info("audit log checkpoints are signed", metadata: ["origin": "\(signing.origin)", "verifier_key": "\(signing.verifierKey)"])
-            if signing.signer.name != signing.origin {
-                // Verifiers (Go's sumdb/note among them) take a checkpoint whose origin is not its
-                // key's name for another log's.
-                logger.warning("the log origin is not the signing key's name: verifiers will take its checkpoints for another log's; set log_origin to the key's name", metadata: [
-                    "origin": "\(signing.origin)", "key_name": "\(signing.signer.name)"])
-            }
+        // The log key and origin (a lone proxy's, or this member's for the group's log): one
+        // that cannot sign is a configuration error, said at start. Its verifier key is public;
+        // the key itself is never logged.
+        let signing = try config.group.map { try config.groupLogSigning($0.database) } ?? config.logSigning()
+        logger.info("audit log checkpoints are signed", metadata: ["origin": "\(signing.origin)", "verifier_key": "\(signing.verifierKey)"])
+        if signing.signer.name != signing.origin {
+            // Verifiers (Go's sumdb/note among them) take a checkpoint whose origin is not its
+            // key's name for another log's.
+            logger.warning("the log origin is not the signing key's name: verifiers will take its checkpoints for another log's; set log_origin to the key's name", metadata: [
+                "origin": "\(signing.origin)", "key_name": "\(signing.signer.name)"])
         }
 
         // In a group, the cache serves a user's lists only while the group says it may.
@@ -134,8 +136,10 @@ public final class ProxyApp: Service, Sendable {
             // The group's chain in PostgreSQL replaces audit.sqlite; this proxy keeps a witness.
             audit = nil
             do {
+                let cosigner = GroupCosigner(signing: signing, proxyID: member.settings.proxyID, database: member.settings.database,
+                                             dataDir: config.dataDir, logger: logger)
                 groupAudit = GroupAuditLog(
-                    member: member, hmacKey: hmacKey, witness: try WitnessFile(directory: config.dataDir), logger: logger)
+                    member: member, hmacKey: hmacKey, witness: try WitnessFile(directory: config.dataDir), cosigner: cosigner, logger: logger)
             } catch {
                 logger.critical("the group witness file cannot be opened; mutations will be refused", metadata: ["error": "\(error)"])
             }
@@ -179,7 +183,7 @@ public final class ProxyApp: Service, Sendable {
         let status = StatusBoard(
             cache: cache, audit: auditReader, group: member, groupAudit: member.map { _ in (hmacKey, config.dataDir) }, reconcile: reconcile,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes),
-            logVerifierKey: signing?.verifierKey)
+            logVerifierKey: signing.verifierKey, logProblem: { [cosigner = groupAudit?.cosigner] in cosigner?.problem })
 
         let eventLoops = given ?? EventLoops(
             server: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops),

@@ -19,10 +19,14 @@ public protocol AuditSink: Sendable {
     /// Whether each record is an entry of a verifiable log whose checkpoint covers it once
     /// appended, so that an answer may carry `Mixpeek-Proxy-Audit-Index`.
     var isVerifiableLog: Bool { get }
+    /// Returns once a signed checkpoint covers `outcome` (true), or false when none does: the
+    /// answer then carries no `Mixpeek-Proxy-Audit-Index`.
+    func covers(_ outcome: AuditRecord) async -> Bool
 }
 
 extension AuditSink {
     public var isVerifiableLog: Bool { false }
+    public func covers(_ outcome: AuditRecord) async -> Bool { isVerifiableLog }
 }
 
 extension AuditLog: AuditSink {

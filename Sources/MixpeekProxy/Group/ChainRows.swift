@@ -36,6 +36,8 @@ enum ChainRows {
             json.field("actor_user", record.actor_user)
             json.field("actor_user_fold", record.actor_user.map(UserIdentity.folded))
             json.field("upstream_audit_id", record.upstream_audit_id)
+            // The entry between its `seq` and `prev_hash`, which `mixpeek_log_append` hashes.
+            json.field("log_middle", String(decoding: record.logEntryMiddle, as: UTF8.self))
             if placed {
                 json.field("prev_hash", record.prev_hash)
                 json.field("hash", record.hash)

@@ -46,14 +46,17 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     let member: GroupMember
+    /// This member's signatures on the group's verifiable log; nil signs none.
+    public let cosigner: GroupCosigner?
     private let writer: GroupLink
     private let key: Data?
     private let witness: WitnessFile?
     private let logger: Logger
     private let pending = NIOLockedValueBox(Pending())
 
-    public init(member: GroupMember, hmacKey: String?, witness: WitnessFile?, logger: Logger) {
+    public init(member: GroupMember, hmacKey: String?, witness: WitnessFile?, cosigner: GroupCosigner? = nil, logger: Logger) {
         self.member = member
+        self.cosigner = cosigner
         self.key = hmacKey.map { Data($0.utf8) }
         self.witness = witness
         self.logger = logger
@@ -68,6 +71,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// the owner ahead of any proxy's reaper, which waits `upstream_timeout` + a lease + 2 s.
     public func recordIntent(_ intent: AuditIntent) async throws -> AuditRecord {
         let asked = NIODeadline.now()
+        // Fail closed: the log is not the one this member signed.
+        if let problem = cosigner?.problem { throw GroupError.unavailable(problem) }
         let draft = AuditLog.intent(intent, time: AuditLog.now())
         try Self.check(draft)
         let written = try await append(draft, onlyIfOpen: nil)
@@ -116,6 +121,14 @@ public final class GroupAuditLog: AuditSink, Sendable {
             throw GroupError.chain("outcome not written")
         }
         return record
+    }
+
+    public var isVerifiableLog: Bool { cosigner != nil }
+
+    /// Once a checkpoint this member signed covers `outcome`.
+    public func covers(_ outcome: AuditRecord) async -> Bool {
+        guard let cosigner else { return false }
+        return await cosigner.cover(outcome.seq)
     }
 
     /// At shutdown, after the last request: closes this sink's connections.

@@ -92,8 +92,9 @@ public final class GroupMember: ListGate, Sendable {
     }
 
     /// What this build says and understands on the channel (`mixpeek_proxies.protocol`): 2 is
-    /// announcements with the record's hash and acknowledgements by announcement.
-    static let channelProtocol: Int32 = 2
+    /// announcements with the record's hash and acknowledgements by announcement; 3 sends each
+    /// record's log entry (`log_middle`, schema v5-log-tree).
+    static let channelProtocol: Int32 = 3
 
     /// `hit_check = read`: connections for the per-hit reads, used in turn.
     private let readers: [GroupLink]

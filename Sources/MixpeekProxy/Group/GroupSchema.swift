@@ -168,6 +168,10 @@ public enum GroupSchema {
             appendFunction(fieldsV4, replacing: true),
             chainFunction(fieldsV4, replacing: true),
         ]),
+        // The verifiable log (issue 24): the tree over the chain, written by the append
+        // functions in the records' transaction, and the members' signed checkpoints
+        // (`GroupLogTree`). The tree of the records already there is built once, here.
+        (GroupLogTree.version, GroupLogTree.migration),
     ]
 
     static var currentVersion: String { migrations.last!.version }
@@ -210,9 +214,26 @@ public enum GroupSchema {
             """
     }
 
+    /// v5: each record inserted by `insertPlaced`, as an entry of the log.
+    private static let appendPlacedToLog = """
+        FOR e IN SELECT r.seq, r.log_middle, r.prev_hash, r.hash
+            FROM jsonb_to_recordset(records) AS r(seq bigint, log_middle text, prev_hash text, hash text) ORDER BY r.seq LOOP
+            PERFORM mixpeek_log_append(e.seq, \(GroupLogTree.entrySQL(seq: "e.seq", middle: "e.log_middle", prev: "e.prev_hash", hash: "e.hash")));
+        END LOOP;
+        """
+
+    /// v5: each record inserted by `insertChained`, as an entry of the log.
+    private static let appendChainedToLog = """
+        FOR s, body IN SELECT head_seq + r.n, r.log_middle
+            FROM ROWS FROM (json_to_recordset(records) AS (log_middle text)) WITH ORDINALITY AS r(log_middle, n) ORDER BY r.n LOOP
+            PERFORM mixpeek_log_append(s, \(GroupLogTree.entrySQL(
+                seq: "s", middle: "body", prev: "CASE WHEN s = head_seq + 1 THEN head_hash ELSE hashes[(s - head_seq - 1)::int] END",
+                hash: "hashes[(s - head_seq)::int]")));
+        END LOOP;
+        """
 
     /// `GroupAuditLog.chainedHere` (v2; v4 with the new columns): see the migration's comment.
-    static func appendFunction(_ fields: [(name: String, type: String)], replacing: Bool) -> String {
+    static func appendFunction(_ fields: [(name: String, type: String)], replacing: Bool, log: Bool = false) -> String {
         """
         CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_append(expected_seq bigint, expected_hash text, records jsonb, me text,
             only_if_open bigint[], OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text,
@@ -221,6 +242,7 @@ public enum GroupSchema {
         RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
         DECLARE
             any_closed boolean := false;
+            e record;
         BEGIN
             PERFORM pg_advisory_xact_lock(\(appendLock));
             SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
@@ -246,6 +268,7 @@ public enum GroupSchema {
             END IF;
             closed_intent := NULL;
             \(insertPlaced(fields))
+            \(log ? appendPlacedToLog : "")
             RETURN NEXT;
             -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
             RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint
@@ -255,7 +278,7 @@ public enum GroupSchema {
     }
 
     /// `GroupAuditLog.chainedByDatabase` (v3; v4 with the new columns): see the migration's comment.
-    static func chainFunction(_ fields: [(name: String, type: String)], replacing: Bool) -> String {
+    static func chainFunction(_ fields: [(name: String, type: String)], replacing: Bool, log: Bool = false) -> String {
         """
         CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],
             OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_ids text[],
@@ -292,6 +315,7 @@ public enum GroupSchema {
                 hashes := hashes || h;
             END LOOP;
             \(insertChained(fields))
+            \(log ? appendChainedToLog : "")
             -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
             SELECT coalesce(array_agg(p.proxy_id), '{}'), coalesce(array_agg(p.read_seq), '{}')
                 INTO peer_ids, peer_read_seqs
@@ -310,6 +334,8 @@ public enum GroupSchema {
             "GRANT SELECT, INSERT ON mixpeek_audit TO \(role)",
             "GRANT SELECT, INSERT, UPDATE ON mixpeek_proxies TO \(role)",
             "GRANT SELECT ON mixpeek_schema_migrations TO \(role)",
+            "REVOKE ALL ON mixpeek_log_subtrees, mixpeek_log_checkpoints FROM \(role)",
+            "GRANT SELECT, INSERT ON mixpeek_log_subtrees, mixpeek_log_checkpoints TO \(role)",
         ]
     }
 
@@ -363,6 +389,7 @@ public enum GroupSchema {
                 for statement in migration.sql {
                     try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
+                if migration.version == GroupLogTree.version { try await GroupLogTree.build(connection, logger: logger) }
                 try await connection.query("INSERT INTO mixpeek_schema_migrations (version) VALUES (\(migration.version))", logger: logger)
                 try await connection.query("COMMIT", logger: logger)
                 logger.notice("group schema migrated", metadata: ["version": "\(migration.version)"])

@@ -38,6 +38,19 @@ extension AuditRecord {
         return json.bytes
     }
 
+    /// The entry's fields after `seq` and before `prev_hash`, without the commas around them:
+    /// what the group's `mixpeek_log_append` puts between the `seq`, `prev_hash` and `hash`
+    /// PostgreSQL chains the record with (`GroupLogTree.entrySQL`).
+    var logEntryMiddle: [UInt8] {
+        var unplaced = self
+        unplaced.seq = 0
+        unplaced.prev_hash = ""
+        unplaced.hash = ""
+        let entry = unplaced.logEntry
+        // `{"seq":0,` … `,"prev_hash":"","hash":""}`
+        return Array(entry[9..<(entry.count - 26)])
+    }
+
     /// The most an unchained draft's entry can grow once chained: its `seq` (up to 19 digits)
     /// and two 64-digit hashes in place of empty ones.
     var chainedEntrySizeBound: Int { logEntry.count + 19 + 2 * 64 }

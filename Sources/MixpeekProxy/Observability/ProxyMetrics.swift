@@ -86,10 +86,14 @@ public final class ProxyMetrics: Sendable {
         /// Whether the role could rewrite the chain; nil until the proxy has joined once.
         public var auditRoleCanRewrite: Bool?
         public var witnessFailures: Int
+        /// Whether the group's log extends the checkpoint this member signed last; nil when it
+        /// cosigns none.
+        public var logConsistent: Bool?
 
-        public init(auditRoleCanRewrite: Bool?, witnessFailures: Int) {
+        public init(auditRoleCanRewrite: Bool?, witnessFailures: Int, logConsistent: Bool? = nil) {
             self.auditRoleCanRewrite = auditRoleCanRewrite
             self.witnessFailures = witnessFailures
+            self.logConsistent = logConsistent
         }
     }
 
@@ -135,6 +139,11 @@ public final class ProxyMetrics: Sendable {
             counter("mixpeek_proxy_witness_failures_total",
                     "Batches of chain records whose witness-file write or fsync failed (their intents were refused).",
                     group.witnessFailures)
+            if let consistent = group.logConsistent {
+                gauge("mixpeek_proxy_log_consistent",
+                      "1 while the group's log extends the checkpoint this member signed last; 0 once it does not (mutations refused).",
+                      consistent ? 1 : 0)
+            }
         }
         return text
     }

@@ -80,7 +80,8 @@ extension Proxy {
                 reconcile: status?.reconcile?.lastResult,
                 group: group.map { group in
                     .init(auditRoleCanRewrite: group.auditRoleCanRewrite,
-                          witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0)
+                          witnessFailures: (audit as? GroupAuditLog)?.witnessFailures ?? 0,
+                          logConsistent: (audit as? GroupAuditLog)?.cosigner.map { $0.problem == nil })
                 })
             return .now(HTTPResponse(
                 status: .ok, headers: ["Content-Type": "text/plain; version=0.0.4; charset=utf-8"],

@@ -285,8 +285,9 @@ public final class Proxy: HTTPResponder {
             try await metrics.timeAuditAppend { try await audit.recordOutcome(of: intent, result) }
         }) {
         case .written(let outcome):
-            guard audit.isVerifiableLog else { return (response, nil) }
-            // The outcome's batch signed a checkpoint that covers it: its index can be proved now.
+            // A checkpoint covers it (a lone proxy's batch signed one; a member signs one for
+            // it): its index can be proved now.
+            guard audit.isVerifiableLog, await audit.covers(outcome) else { return (response, nil) }
             var answer = response
             answer.headers.add(name: Self.auditIndexHeader, value: String(outcome.seq - 1))
             return (answer, nil)

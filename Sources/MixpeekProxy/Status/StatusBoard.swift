@@ -35,6 +35,8 @@ public final class StatusBoard: Sendable {
     private let group: GroupMember?
     /// What checks the log's checkpoints (public; the key itself never comes here).
     private let logVerifierKey: String?
+    /// In a group: why this member refuses mutations (`GroupCosigner.problem`).
+    private let logProblem: @Sendable () -> String?
     /// `reconcile_interval`'s rounds, when on.
     let reconcile: ReconcileSchedule?
     /// In a group: a connection of the page's own to the group's chain (its audit panel and
@@ -49,9 +51,11 @@ public final class StatusBoard: Sendable {
     public init(cache: ProxyListCache, audit: AuditLog?, group: GroupMember? = nil, groupAudit: (hmacKey: String?, dataDir: String)? = nil,
                 reconcile: ReconcileSchedule? = nil, limits: Limits,
                 health: UpstreamHealth = UpstreamHealth(), logVerifierKey: String? = nil,
+                logProblem: @escaping @Sendable () -> String? = { nil },
                 clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.cache = cache
         self.logVerifierKey = logVerifierKey
+        self.logProblem = logProblem
         self.audit = audit
         self.group = group
         self.reconcile = reconcile
@@ -126,7 +130,7 @@ public final class StatusBoard: Sendable {
         let last = verification.withLockedValue { $0.last }
         guard let newest = try? await newest() else {
             return .init(available: false, records: 0, head: nil, reconcile: reconcilePanel(), recent: [], last_verification: last,
-                         log_verifier_key: logVerifierKey)
+                         log_verifier_key: logVerifierKey, log_problem: logProblem())
         }
         return .init(
             available: true, records: newest.records, head: newest.head,
@@ -136,7 +140,7 @@ public final class StatusBoard: Sendable {
                       outcome: $0.outcome, upstream_status: $0.upstream_status, caller: $0.caller, request_id: $0.request_id,
                       trace_id: $0.trace_id, actor: Self.actor($0))
             },
-            last_verification: last, log_verifier_key: logVerifierKey)
+            last_verification: last, log_verifier_key: logVerifierKey, log_problem: logProblem())
     }
 
     /// The last `reconcile_interval` round; nil when reconcile is off.

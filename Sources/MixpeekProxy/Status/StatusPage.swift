@@ -166,6 +166,13 @@ enum StatusPage {
             """
     }
 
+    private static func logProblem(_ problem: String?) -> HTML {
+        guard let problem else { return "" }
+        return """
+            <p id="log-problem" class="bad">mutations refused: \(Format.text(problem))</p>
+            """
+    }
+
     private static func audit(_ audit: StatusSnapshot.Audit) -> HTML {
         let verdict = Format.verdict(audit.last_verification)
         return """
@@ -180,7 +187,7 @@ enum StatusPage {
             <span data-v="audit.last_verification.problem" data-f="optional" class="why">\(Format.optional(audit.last_verification?.problem))</span>
             <button id="verify" type="submit">verify now</button></p>
             </form>
-            \(logKey(audit.log_verifier_key))
+            \(logKey(audit.log_verifier_key))\(logProblem(audit.log_problem))
             \(reconcile(audit.reconcile))
             \(table(id: "mutations", caption: "the newest \(StatusBoard.recentMutations) mutations, newest first",
                     columns: mutationColumns, empty: "no mutations yet", rows: audit.recent.map(mutationCells)))

@@ -105,8 +105,12 @@ public struct StatusSnapshot: Codable, Sendable {
         /// The newest mutations, newest first.
         public var recent: [Mutation]
         public var last_verification: Verification?
-        /// The verifier key of the lone proxy's signed checkpoints (`audit log-key`); null in a group.
+        /// The verifier key of the log's signed checkpoints (`audit log-key`; in a group, this
+        /// member's key, which cosigns the group's log).
         public var log_verifier_key: String? = nil
+        /// In a group, why this member refuses mutations: the group's log does not extend the
+        /// checkpoint it signed last. Null while it does.
+        public var log_problem: String? = nil
     }
 
     /// The proxy's own `audit reconcile` (`reconcile_interval`): its last round over the last
