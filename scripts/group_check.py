@@ -1437,6 +1437,7 @@ def verifiable_log(group):
         check("log: and say so in /metrics (mixpeek_proxy_log_consistent 0) and on the status page",
               all(metrics(proxy).get("mixpeek_proxy_log_consistent") == "0"
                   and ((call(proxy.port, "GET", "/_proxy/status.json", token=None).json or {}).get("audit") or {}).get("log_problem")
+                  and 'id="log-problem"' in call(proxy.port, "GET", "/_proxy/", token=None).text
                   for proxy in members),
               f"{[metrics(p).get('mixpeek_proxy_log_consistent') for p in members]}")
         run = subprocess.run([client, "-saved", saved, f"http://127.0.0.1:{L1.port}", keys[0]], capture_output=True, text=True, timeout=30)

@@ -169,7 +169,7 @@ enum StatusPage {
     private static func logProblem(_ problem: String?) -> HTML {
         guard let problem else { return "" }
         return """
-            <p id="log-problem" class="bad">mutations refused: \(Format.text(problem))</p>
+            <p id="log-problem" class="why">mutations refused: \(Format.text(problem))</p>
             """
     }
 
