@@ -15,7 +15,7 @@ public final class ProxyApp: Service, Sendable {
     /// be opened.
     public let audit: AuditLog?
     public let server: HTTPServer
-    private let ownedUpstream: HTTPClientUpstream?
+    private let ownedUpstream: NIOUpstream?
     /// Event-loop groups for the proxy: the server's and, apart, the upstream client's, so list
     /// misses use a second core while hits keep the first to themselves.
     public struct EventLoops: Sendable {
@@ -44,7 +44,7 @@ public final class ProxyApp: Service, Sendable {
     public var port: Int { server.port }
     public var url: String { "http://\(config.host.contains(":") ? "[\(config.host)]" : config.host):\(port)" }
 
-    private init(config: ProxyConfig, proxy: Proxy, audit: AuditLog?, server: HTTPServer, ownedUpstream: HTTPClientUpstream?,
+    private init(config: ProxyConfig, proxy: Proxy, audit: AuditLog?, server: HTTPServer, ownedUpstream: NIOUpstream?,
                  eventLoops: EventLoops, ownsEventLoops: Bool, logger: Logger) {
         self.config = config
         self.audit = audit
@@ -196,7 +196,7 @@ public final class ProxyApp: Service, Sendable {
             try? await upstreamGroup.shutdownGracefully()
             try? await group.shutdownGracefully()
         }
-        var ownedUpstream: HTTPClientUpstream?
+        var ownedUpstream: NIOUpstream?
         let chosenUpstream: any Upstream
         let accessLog: AccessLog?
         do {
@@ -204,9 +204,9 @@ public final class ProxyApp: Service, Sendable {
             if let upstream {
                 chosenUpstream = upstream
             } else {
-                let client = try HTTPClientUpstream(
+                let client = try NIOUpstream(
                     url: config.upstream, timeout: .milliseconds(Int64(config.upstreamTimeout * 1000)),
-                    caFile: config.upstreamCAFile, group: upstreamGroup)
+                    caFile: config.upstreamCAFile, group: group)
                 ownedUpstream = client
                 chosenUpstream = client
             }

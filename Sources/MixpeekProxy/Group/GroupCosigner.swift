@@ -47,7 +47,9 @@ public final class GroupCosigner: Sendable {
         self.proxyID = proxyID
         self.logger = logger
         statePath = URL(fileURLWithPath: dataDir).appendingPathComponent(Self.stateFile).path
-        link = GroupLink(url: database, applicationName: "mixpeek-proxy \(proxyID) log", logger: logger)
+        // The signature rows need no synchronous commit: the checkpoint a member signed is
+        // durable in its data dir first, and a row lost in a crash is signed again next round.
+        link = GroupLink(url: database, applicationName: "mixpeek-proxy \(proxyID) log", setup: ["SET synchronous_commit = off"], logger: logger)
         do {
             if let (checkpoint, note) = try Self.readState(statePath, signing: signing) {
                 state.withLockedValue { $0.signed = checkpoint; $0.note = note }

@@ -1,0 +1,376 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// The upstream through keep-alive HTTP/1.1 connections of our own, pooled per event loop
+/// (issue 28): a request asked on a loop is written, and its answer read, on a connection of
+/// that loop, so a forward never hops between threads and no task is made for it. What it
+/// keeps of `HTTPClientUpstream` (the tests decide): TLS verified against the system's roots
+/// or `upstream_ca_file`, the server name sent (SNI) and checked; one deadline of
+/// `upstream_timeout` for the whole exchange, connect included (a connect alone gives up after
+/// 10 s); no retry of a refused connection and no redirect followed; a response larger than
+/// `maxResponseBytes` refused; every failure an `UpstreamError` in the same words.
+/// No request is ever sent twice (as with AsyncHTTPClient): a pooled connection the upstream
+/// closes is dropped from its pool when the close arrives.
+public final class NIOUpstream: Upstream, @unchecked Sendable {
+    private let scheme: String
+    private let host: String
+    private let port: Int
+    private let pathPrefix: String
+    private let hostHeader: String
+    private let timeout: TimeAmount
+    private let maxResponseBytes: Int
+    private let tls: NIOSSLContext?
+    /// Where requests asked without a loop (mutations, from a task) go.
+    private let group: any EventLoopGroup
+    private let pools = NIOLockedValueBox<[ObjectIdentifier: Pool]>([:])
+    static let connectTimeout = TimeAmount.seconds(10)
+    static let idleTimeout = TimeAmount.seconds(60)
+    static let maxIdlePerLoop = 64
+
+    /// - Parameters:
+    ///   - url: `scheme://host[:port]`; a path prefix is kept in front of every target.
+    ///   - caFile: PEM file of extra trust roots (for an upstream with a private CA).
+    public init(url: String, timeout: TimeAmount, caFile: String? = nil, maxResponseBytes: Int = 16 << 20,
+                group: any EventLoopGroup) throws {
+        guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = parsed.host, !host.isEmpty else {
+            throw UpstreamError.unreachable("the upstream URL \(url) is not http(s)://host[:port]")
+        }
+        self.scheme = scheme
+        self.host = host
+        port = parsed.port ?? (scheme == "https" ? 443 : 80)
+        let path = parsed.path
+        pathPrefix = path.hasSuffix("/") ? String(path.dropLast()) : path
+        let bracketed = host.contains(":") ? "[\(host)]" : host
+        hostHeader = parsed.port.map { "\(bracketed):\($0)" } ?? bracketed
+        self.timeout = timeout
+        self.maxResponseBytes = maxResponseBytes
+        self.group = group
+        if scheme == "https" {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            if let caFile { configuration.trustRoots = .file(caFile) }
+            configuration.applicationProtocols = ["http/1.1"]
+            tls = try NIOSSLContext(configuration: configuration)
+        } else {
+            tls = nil
+        }
+    }
+
+    public func send(_ request: UpstreamRequest) async throws -> UpstreamResponse {
+        try await send(request, on: group.next()).get()
+    }
+
+    /// Answered on `eventLoop`, on a connection of that loop.
+    public func send(_ request: UpstreamRequest, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamResponse> {
+        let promise = eventLoop.makePromise(of: UpstreamResponse.self)
+        if eventLoop.inEventLoop {
+            start(request, promise: promise, on: eventLoop)
+        } else {
+            eventLoop.execute { self.start(request, promise: promise, on: eventLoop) }
+        }
+        return promise.futureResult
+    }
+
+    public func shutdown() async {
+        let all = pools.withLockedValue { pools in
+            defer { pools.removeAll() }
+            return Array(pools.values)
+        }
+        for pool in all {
+            try? await pool.loop.submit { pool.closeAll() }.get()
+        }
+    }
+
+    // MARK: On the loop
+
+    private func pool(for loop: any EventLoop) -> Pool {
+        let id = ObjectIdentifier(loop)
+        return pools.withLockedValue { pools in
+            if let pool = pools[id] { return pool }
+            let pool = Pool(loop: loop)
+            pools[id] = pool
+            return pool
+        }
+    }
+
+    private func start(_ request: UpstreamRequest, promise: EventLoopPromise<UpstreamResponse>, on loop: any EventLoop) {
+        let exchange = Exchange(head: head(for: request), body: request.body, promise: promise, maxResponseBytes: maxResponseBytes)
+        exchange.deadline = loop.scheduleTask(deadline: .now() + timeout) { exchange.fail(.timeout) }
+        run(exchange, on: loop)
+    }
+
+    private func run(_ exchange: Exchange, on loop: any EventLoop) {
+        let pool = pool(for: loop)
+        if let handler = pool.takeIdle() {
+            handler.start(exchange)
+            return
+        }
+        connect(on: loop, pool: pool).whenComplete { result in
+            switch result {
+            case .success(let handler):
+                // Past its deadline while connecting: the connection is kept for the next one.
+                if exchange.done { return pool.putBack(handler) }
+                handler.start(exchange)
+            case .failure(let error):
+                exchange.fail(Self.upstreamError(error))
+            }
+        }
+    }
+
+    private func connect(on loop: any EventLoop, pool: Pool) -> EventLoopFuture<ExchangeHandler> {
+        let (tls, host) = (self.tls, self.host)
+        let handler = ExchangeHandler(pool: pool)
+        return ClientBootstrap(group: loop)
+            .connectTimeout(Self.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                do {
+                    if let tls {
+                        // SNI and the certificate's name check, except for an IP literal.
+                        let name = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: name))
+                    }
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .connect(host: host, port: port)
+            .map { _ in handler }
+    }
+
+    private func head(for request: UpstreamRequest) -> HTTPRequestHead {
+        var headers = request.headers
+        headers.replaceOrAdd(name: "Host", value: hostHeader)
+        if let body = request.body {
+            headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        } else if request.method == .POST || request.method == .PUT || request.method == .PATCH {
+            headers.replaceOrAdd(name: "Content-Length", value: "0")
+        }
+        return HTTPRequestHead(version: .http1_1, method: request.method, uri: pathPrefix + request.target, headers: headers)
+    }
+
+    /// Any failure as an `UpstreamError`, in the words `HTTPClientUpstream` uses.
+    static func upstreamError(_ error: any Error) -> UpstreamError {
+        switch error {
+        case let error as UpstreamError:
+            return error
+        case let error as NIOSSLError:
+            return .unreachable(describeTLS(error))
+        case let error as BoringSSLError:
+            return .unreachable("\(error)".contains("CERTIFICATE_VERIFY_FAILED")
+                ? "TLS handshake with the upstream failed: its certificate is not trusted (set upstream_ca_file for a private CA)"
+                : "TLS failure talking to the upstream")
+        case is ChannelError where "\(error)".contains("connectTimeout"):
+            return .unreachable("could not connect to the upstream in time")
+        default:
+            return .unreachable("could not reach the upstream: \(describe(error))")
+        }
+    }
+
+    private static func describeTLS(_ error: NIOSSLError) -> String {
+        if "\(error)".contains("CERTIFICATE_VERIFY_FAILED") {
+            return "TLS handshake with the upstream failed: its certificate is not trusted (set upstream_ca_file for a private CA)"
+        }
+        if case .handshakeFailed = error { return "TLS handshake with the upstream failed" }
+        return "TLS failure talking to the upstream"
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let error = error as? NIOConnectionError {
+            if error.dnsAAAAError != nil || error.dnsAError != nil, error.connectionErrors.isEmpty {
+                return "DNS lookup of \(error.host) failed"
+            }
+            return "connection to \(error.host):\(error.port) failed"
+        }
+        if let error = error as? IOError { return error.description }
+        return String(describing: error)
+    }
+
+    // MARK: Pool and exchange (each confined to one loop)
+
+    /// A loop's idle keep-alive connections, newest last (taken LIFO: the warmest first).
+    final class Pool: @unchecked Sendable {
+        let loop: any EventLoop
+        private var idle: [ExchangeHandler] = []
+
+        init(loop: any EventLoop) { self.loop = loop }
+
+        func takeIdle() -> ExchangeHandler? {
+            while let handler = idle.popLast() {
+                if handler.isUsable {
+                    handler.cancelIdleTimer()
+                    return handler
+                }
+            }
+            return nil
+        }
+
+        func putBack(_ handler: ExchangeHandler) {
+            guard idle.count < NIOUpstream.maxIdlePerLoop else { return handler.close() }
+            idle.append(handler)
+            handler.startIdleTimer()
+        }
+
+        func remove(_ handler: ExchangeHandler) {
+            idle.removeAll { $0 === handler }
+        }
+
+        func closeAll() {
+            let all = idle
+            idle.removeAll()
+            for handler in all { handler.close() }
+        }
+    }
+
+    /// One request and its answer.
+    final class Exchange: @unchecked Sendable {
+        let head: HTTPRequestHead
+        let body: ByteBuffer?
+        let promise: EventLoopPromise<UpstreamResponse>
+        let maxResponseBytes: Int
+        var deadline: Scheduled<Void>?
+        var done = false
+        /// Called when the exchange ends by the deadline, so that its connection is closed.
+        var onFail: (() -> Void)?
+
+        init(head: HTTPRequestHead, body: ByteBuffer?, promise: EventLoopPromise<UpstreamResponse>, maxResponseBytes: Int) {
+            self.head = head
+            self.body = body
+            self.promise = promise
+            self.maxResponseBytes = maxResponseBytes
+        }
+
+        func succeed(_ response: UpstreamResponse) {
+            guard !done else { return }
+            done = true
+            deadline?.cancel()
+            promise.succeed(response)
+        }
+
+        func fail(_ error: UpstreamError) {
+            guard !done else { return }
+            done = true
+            deadline?.cancel()
+            onFail?()
+            onFail = nil
+            promise.fail(error)
+        }
+    }
+
+    /// The last handler of an upstream connection: writes an exchange's request, reads its
+    /// answer, then gives the connection back to its pool or closes it.
+    final class ExchangeHandler: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = HTTPClientResponsePart
+        typealias OutboundOut = HTTPClientRequestPart
+
+        private let pool: Pool
+        private var context: ChannelHandlerContext?
+        private var exchange: Exchange?
+        private var status: HTTPResponseStatus = .ok
+        private var headers = HTTPHeaders()
+        private var body = ByteBuffer()
+        private var keepAlive = false
+        private var idleTimer: Scheduled<Void>?
+        private var closed = false
+        /// The first error the connection met, for an exchange that comes after it.
+        private var failure: UpstreamError?
+
+        init(pool: Pool) { self.pool = pool }
+
+        var isUsable: Bool { !closed && (context?.channel.isActive ?? false) }
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+        func start(_ exchange: Exchange) {
+            guard let context, !exchange.done else { return }
+            guard !closed else {
+                // It failed (a TLS handshake, say) before the exchange came.
+                return exchange.fail(failure ?? .unreachable("could not reach the upstream: the connection closed before the request was sent"))
+            }
+            self.exchange = exchange
+            body = context.channel.allocator.buffer(capacity: 0)
+            exchange.onFail = { [weak self] in self?.close() }
+            keepAlive = exchange.head.isKeepAlive
+            context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
+            if let requestBody = exchange.body, requestBody.readableBytes > 0 {
+                context.write(wrapOutboundOut(.body(.byteBuffer(requestBody))), promise: nil)
+            }
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard let exchange else { return }
+            switch unwrapInboundIn(data) {
+            case .head(let head):
+                status = head.status
+                headers = head.headers
+                keepAlive = keepAlive && head.isKeepAlive
+            case .body(var part):
+                guard body.readableBytes + part.readableBytes <= exchange.maxResponseBytes else {
+                    finish(failing: .unreachable("upstream request failed: the response is larger than \(exchange.maxResponseBytes) bytes"))
+                    return
+                }
+                body.writeBuffer(&part)
+            case .end:
+                self.exchange = nil
+                exchange.onFail = nil
+                let response = UpstreamResponse(status: status, headers: headers, body: body)
+                if keepAlive && !exchange.done {
+                    pool.putBack(self)
+                } else {
+                    close()
+                }
+                exchange.succeed(response)
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            closed = true
+            pool.remove(self)
+            idleTimer?.cancel()
+            guard let exchange else { return }
+            self.exchange = nil
+            exchange.fail(.unreachable("could not reach the upstream: the connection closed before the answer was complete"))
+            context.fireChannelInactive()
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            finish(failing: NIOUpstream.upstreamError(error))
+        }
+
+        private func finish(failing error: UpstreamError) {
+            let exchange = self.exchange
+            self.exchange = nil
+            if failure == nil { failure = error }
+            close()
+            exchange?.fail(error)
+        }
+
+        func startIdleTimer() {
+            guard let context else { return }
+            idleTimer = context.eventLoop.scheduleTask(in: NIOUpstream.idleTimeout) { [weak self] in
+                guard let self else { return }
+                self.pool.remove(self)
+                self.close()
+            }
+        }
+
+        func cancelIdleTimer() {
+            idleTimer?.cancel()
+            idleTimer = nil
+        }
+
+        func close() {
+            guard !closed else { return }
+            closed = true
+            context?.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Two or more builds side by side on a lone proxy's durable creates, which is what this
+machine's noise allows: for each round, for each binary in turn, a fresh data dir, the fake
+upstream (from the first binary, so that the upstream is the same for all) and the proxy as
+shipped (its defaults: request log on, to a file here), then
+
+- 16 wrk connections of creates (scripts/wrk_creates.lua, unique names) for SECONDS: creates/s,
+  wrk's p50 and p99, the proxy's CPU per create;
+- CREATES sequential creates on one keep-alive connection: p50 and p99 of a create.
+
+    python3 scripts/create_ab.py ROUNDS SECONDS BINARY...      env: CREATES (300), CLIENTS (16)
+
+Prints a line per run and the medians per binary; every run's data dir then passes
+`audit verify`. Needs wrk (scripts/setup.sh installs it).
+"""
+import http.client, json, os, re, statistics, subprocess, sys, tempfile, time
+
+import proctools
+
+ROUNDS, SECONDS = int(sys.argv[1]), int(sys.argv[2])
+BINARIES = [os.path.abspath(b) for b in sys.argv[3:]]
+CREATES = int(os.environ.get("CREATES", "300"))
+CLIENTS = int(os.environ.get("CLIENTS", "16"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "sk_bench_0123456789abcdefghijklmnop"
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def sequential(port, label):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times = []
+    for n in range(CREATES):
+        started = time.perf_counter()
+        connection.request("POST", "/v1/organizations/users/seq@example.com/api-keys", body=json.dumps({"name": f"{label}-{n}"}),
+                           headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"a sequential create answered {response.status}")
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
+
+
+def run(binary, fake_port, label):
+    work = tempfile.mkdtemp(prefix="mixpeek-create-ab-")
+    data = os.path.join(work, "data")
+    proc, port = proctools.start(binary, ["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", data,
+                                          "--access-log", os.path.join(work, "access.log")], os.path.join(work, "proxy.log"))
+    try:
+        sequential(port, f"warm-{label}")
+        c0 = cpu_seconds(proc.pid)
+        out = subprocess.run(["wrk", "-t2", f"-c{CLIENTS}", f"-d{SECONDS}s", "--latency", "-s", os.path.join(ROOT, "scripts", "wrk_creates.lua"),
+                              f"http://127.0.0.1:{port}/", "--", label], capture_output=True, text=True, timeout=SECONDS + 60).stdout
+        c1 = cpu_seconds(proc.pid)
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
+        p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if bad:
+            raise RuntimeError(f"{bad.group(1)} creates were not answered 200")
+        seq50, seq99 = sequential(port, f"seq-{label}")
+    finally:
+        proctools.stop(proc)
+    verify = subprocess.run([binary, "audit", "verify", "--data-dir", data], capture_output=True, text=True)
+    subprocess.run(["rm", "-rf", work])
+    return {"rate": rate, "p50": p50, "p99": p99, "cpu_us": (c1 - c0) * 1e6 / requests, "seq50": seq50, "seq99": seq99,
+            "verify": verify.returncode}
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="mixpeek-create-ab-fake-")
+    fake, fake_port = proctools.start(BINARIES[0], ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
+    runs = {binary: [] for binary in BINARIES}
+    try:
+        for round_number in range(ROUNDS):
+            for index, binary in enumerate(BINARIES):
+                result = run(binary, fake_port, f"r{round_number}b{index}")
+                runs[binary].append(result)
+                print(f"round {round_number + 1} {binary}: {result['rate']:.0f} creates/s, wrk p50 {result['p50']:.2f} ms p99 {result['p99']:.2f} ms, "
+                      f"proxy {result['cpu_us']:.0f} CPU µs/create; sequential p50 {result['seq50']:.2f} ms p99 {result['seq99']:.2f} ms; "
+                      f"verify exit {result['verify']}", flush=True)
+    finally:
+        proctools.stop(fake)
+        subprocess.run(["rm", "-rf", work])
+    print(f"\n| binary | creates/s ({CLIENTS} clients) | wrk p50 / p99 ms | proxy CPU µs/create | sequential create p50 / p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for binary, results in runs.items():
+        med = {key: statistics.median(r[key] for r in results) for key in ("rate", "p50", "p99", "cpu_us", "seq50", "seq99")}
+        print(f"| {binary} | {med['rate']:.0f} | {med['p50']:.2f} / {med['p99']:.2f} | {med['cpu_us']:.0f} | {med['seq50']:.2f} / {med['seq99']:.2f} |")
+    return 0 if all(r["verify"] == 0 for results in runs.values() for r in results) else 1
+
+
+sys.exit(main())
