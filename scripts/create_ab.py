@@ -64,8 +64,8 @@ def run(binary, fake_port, label):
         c1 = cpu_seconds(proc.pid)
         requests = int(re.search(r"(\d+) requests in", out).group(1))
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-        p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+        p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         if bad:
             raise RuntimeError(f"{bad.group(1)} creates were not answered 200")
