@@ -1467,7 +1467,7 @@ def verifiable_log(group):
             f"UPDATE mixpeek_audit SET user_email = '{original}' WHERE seq = {seq}; "
             "ALTER TABLE mixpeek_audit ENABLE TRIGGER USER; "
             "DROP TABLE mixpeek_log_subtrees, mixpeek_log_checkpoints; "
-            "DROP FUNCTION mixpeek_log_append(bigint, bytea); DROP FUNCTION mixpeek_log_append_only(); "
+            "DROP FUNCTION mixpeek_log_append(bigint, bytea[]); DROP FUNCTION mixpeek_log_append_only(); "
             "DELETE FROM mixpeek_schema_migrations WHERE version = 'v5-log-tree'", **db)
         built = group.run("group", "migrate", "--postgres-url", admin, "--grant", ROLE)
         entries = int(group.pg.psql("SELECT count(*) FROM mixpeek_log_subtrees WHERE level = 0", **db))

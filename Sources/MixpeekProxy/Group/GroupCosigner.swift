@@ -38,6 +38,11 @@ public final class GroupCosigner: Sendable {
         var note: String?
         var problem: String?
         var running = false
+        /// The right edge of the tree of `signed`, once a round has read and checked it.
+        var frontier: LogTree.Frontier?
+        /// The newest signature not yet in `mixpeek_log_checkpoints`, and whether one is going in.
+        var unpublished: (checkpoint: Checkpoint, line: String)?
+        var publishing = false
         var waiters: [(seq: Int64, continuation: CheckedContinuation<Bool, Never>)] = []
     }
     private let state = NIOLockedValueBox(State())
@@ -131,43 +136,101 @@ public final class GroupCosigner: Sendable {
     }
 
     /// Reads the tree, checks that it extends the saved checkpoint, and signs it if it grew.
+    ///
+    /// Once this member knows the right edge (`Frontier`) of the tree it signed, a round is one
+    /// query: the tree's size, the leaves since, and the stored right edge now. The member
+    /// appends the new leaves to its own edge and finds the stored one equal, or the tree was
+    /// rewritten (the edge's subtrees cover every entry). The first round after a start checks
+    /// the saved checkpoint by a consistency proof instead, and takes the stored edge.
     private func round() async throws {
-        let saved = state.withLockedValue { $0.signed }
+        let (saved, known) = state.withLockedValue { ($0.signed, $0.frontier) }
         let old = saved?.size ?? 0
-        let (size, root, proof) = try await link.run { connection in
-            let size = try await GroupLogTree.size(connection, logger: self.logger)
-            guard size >= old else { return (size, MerkleTree.emptyTreeHash, [TreeHash]()) }
-            return try await GroupLogTree.reading(connection, logger: self.logger) { read in
-                (size, try MerkleTree.treeHash(size: size, read: read),
-                 old > 0 && old < size ? try MerkleTree.consistencyProof(old: old, new: size, read: read) : [])
+        var frontier: LogTree.Frontier
+        if let known {
+            let (size, leaves, stored) = try await link.run { connection in
+                try await GroupLogTree.edge(after: old, connection, logger: self.logger)
             }
-        }
-        if let saved {
             if size < old {
                 return fail("the group's log has \(size) entries, fewer than the \(old) of the checkpoint this proxy signed (truncated or replaced)")
             }
-            if size == old {
-                if root != saved.root { fail("the group's tree of \(size) entries no longer has the root this proxy signed (history rewritten)") }
+            frontier = known
+            for index in old..<size {
+                guard let leaf = leaves[index] else { throw LogTreeError.missingSubtree(level: 0, index: index) }
+                _ = try frontier.append(leaf)
+            }
+            if let level = GroupLogTree.firstDifference(frontier, stored) {
+                return fail("the group's tree of \(size) entries does not extend the checkpoint of \(old) this proxy signed (history rewritten: its subtree at level \(level) differs)")
+            }
+            if size == old { return }
+        } else {
+            let (size, root, proof, stored) = try await link.run { connection in
+                let size = try await GroupLogTree.size(connection, logger: self.logger)
+                guard size >= old else { return (size, MerkleTree.emptyTreeHash, [TreeHash](), LogTree.Frontier()) }
+                return try await GroupLogTree.reading(connection, logger: self.logger) { read in
+                    (size, try MerkleTree.treeHash(size: size, read: read),
+                     old > 0 && old < size ? try MerkleTree.consistencyProof(old: old, new: size, read: read) : [],
+                     try GroupLogTree.frontier(size: size, read: read))
+                }
+            }
+            if let saved {
+                if size < old {
+                    return fail("the group's log has \(size) entries, fewer than the \(old) of the checkpoint this proxy signed (truncated or replaced)")
+                }
+                if size == old, root != saved.root {
+                    return fail("the group's tree of \(size) entries no longer has the root this proxy signed (history rewritten)")
+                }
+                if old > 0, old < size, !MerkleTree.verifyConsistency(old: old, new: size, oldRoot: saved.root, newRoot: root, proof: proof) {
+                    return fail("the group's tree of \(size) entries does not extend the checkpoint of \(old) this proxy signed (history rewritten)")
+                }
+            }
+            guard try stored.root() == root else { throw LogTreeError.missingSubtree(level: 0, index: size) }
+            frontier = stored
+            if let saved, size == saved.size {
+                state.withLockedValue { $0.frontier = frontier }
                 return
             }
-            if old > 0, !MerkleTree.verifyConsistency(old: old, new: size, oldRoot: saved.root, newRoot: root, proof: proof) {
-                return fail("the group's tree of \(size) entries does not extend the checkpoint of \(old) this proxy signed (history rewritten)")
-            }
         }
-        let checkpoint = Checkpoint(origin: signing.origin, size: size, root: root)
+        let checkpoint = Checkpoint(origin: signing.origin, size: frontier.size, root: try frontier.root())
         let line = try signing.signer.signatureLine(for: checkpoint.text)
         let note = checkpoint.text + "\n" + line
-        // Kept before it is published: this member never signs a tree that does not extend it.
+        // Kept (synced) before anything is answered under it or it is published: this member
+        // never signs a tree that does not extend it.
         try Self.writeState(note, to: statePath)
-        let (verifierKey, proxyID) = (signing.verifierKey, self.proxyID)
-        try await link.run { connection in
-            _ = try await connection.query("""
-                INSERT INTO mixpeek_log_checkpoints (verifier_key, size, root, body, signature, proxy_id)
-                VALUES (\(verifierKey), \(size), \(root.base64), \(checkpoint.text), \(line), \(proxyID))
-                ON CONFLICT DO NOTHING
-                """, logger: self.logger)
+        let publish = state.withLockedValue { state -> Bool in
+            state.signed = checkpoint
+            state.note = note
+            state.frontier = frontier
+            state.unpublished = (checkpoint, line)
+            defer { state.publishing = true }
+            return !state.publishing
         }
-        state.withLockedValue { $0.signed = checkpoint; $0.note = note }
+        if publish { Task { await self.publish() } }
+    }
+
+    /// Inserts this member's latest signature into `mixpeek_log_checkpoints`, for the others'
+    /// served checkpoints, off the answers' way (their cover is the synced file above): one
+    /// insert at a time, the newest pending one next.
+    private func publish() async {
+        while true {
+            guard let (checkpoint, line) = state.withLockedValue({ state -> (Checkpoint, String)? in
+                defer { state.unpublished = nil }
+                if state.unpublished == nil { state.publishing = false }
+                return state.unpublished
+            }) else { return }
+            let (verifierKey, proxyID) = (signing.verifierKey, self.proxyID)
+            do {
+                try await link.run { connection in
+                    _ = try await connection.query("""
+                        INSERT INTO mixpeek_log_checkpoints (verifier_key, size, root, body, signature, proxy_id)
+                        VALUES (\(verifierKey), \(checkpoint.size), \(checkpoint.root.base64), \(checkpoint.text), \(line), \(proxyID))
+                        ON CONFLICT DO NOTHING
+                        """, logger: self.logger)
+                }
+            } catch {
+                logger.warning("group log: this member's signature could not be published", metadata: [
+                    "size": "\(checkpoint.size)", "error": "\(GroupError.describe(error))"])
+            }
+        }
     }
 
     private func fail(_ problem: String) {

@@ -58,28 +58,31 @@ public enum GroupLogTree {
         CREATE TRIGGER mixpeek_log_checkpoints_no_truncate BEFORE TRUNCATE ON mixpeek_log_checkpoints
         FOR EACH STATEMENT EXECUTE FUNCTION mixpeek_log_append_only()
         """,
-        // Entry `entry_seq - 1`: its leaf, then each perfect subtree it completes (RFC 6962).
+        // Entries `first_seq - 1` on: their leaves, then, a level at a time, each perfect
+        // subtree they complete (RFC 6962): set-based, a statement a level, not three a record.
         """
-        CREATE FUNCTION mixpeek_log_append(entry_seq bigint, entry bytea) RETURNS void LANGUAGE plpgsql AS $$
+        CREATE FUNCTION mixpeek_log_append(first_seq bigint, entries bytea[]) RETURNS void LANGUAGE plpgsql AS $$
         DECLARE
             lvl integer := 0;
-            i bigint := entry_seq - 1;
-            h bytea := sha256('\\x00'::bytea || entry);
-            l bytea;
+            lo bigint := first_seq - 1;
+            hi bigint := first_seq - 2 + cardinality(entries);
+            made bigint;
         BEGIN
-            IF h IS NULL THEN
-                RAISE EXCEPTION 'record % comes without its log entry: this mixpeek-proxy is older than the group''s schema (\(version)); upgrade it', entry_seq;
+            IF array_position(entries, NULL) IS NOT NULL THEN
+                RAISE EXCEPTION 'records from % on come without their log entries: this mixpeek-proxy is older than the group''s schema (\(version)); upgrade it', first_seq;
             END IF;
-            INSERT INTO mixpeek_log_subtrees (level, idx, hash) VALUES (0, i, h);
-            WHILE i % 2 = 1 LOOP
-                SELECT s.hash INTO l FROM mixpeek_log_subtrees s WHERE s.level = lvl AND s.idx = i - 1;
-                IF l IS NULL THEN
-                    RAISE EXCEPTION 'the log tree has no subtree at level %, index %', lvl, i - 1;
-                END IF;
-                h := sha256('\\x01'::bytea || l || h);
-                i := i / 2;
+            INSERT INTO mixpeek_log_subtrees (level, idx, hash)
+                SELECT 0, lo + e.n - 1, sha256('\\x00'::bytea || e.entry) FROM unnest(entries) WITH ORDINALITY AS e(entry, n);
+            LOOP
+                INSERT INTO mixpeek_log_subtrees (level, idx, hash)
+                    SELECT lvl + 1, r.idx / 2, sha256('\\x01'::bytea || l.hash || r.hash)
+                    FROM mixpeek_log_subtrees r JOIN mixpeek_log_subtrees l ON l.level = lvl AND l.idx = r.idx - 1
+                    WHERE r.level = lvl AND r.idx BETWEEN lo AND hi AND r.idx % 2 = 1;
+                GET DIAGNOSTICS made = ROW_COUNT;
+                EXIT WHEN made = 0;
                 lvl := lvl + 1;
-                INSERT INTO mixpeek_log_subtrees (level, idx, hash) VALUES (lvl, i, h);
+                lo := lo / 2;
+                hi := hi / 2;
             END LOOP;
         END $$
         """,
@@ -154,6 +157,56 @@ public enum GroupLogTree {
             size = value
         }
         return size
+    }
+
+    /// The tree's size, its leaves from `after` on, and its stored right edge (the last
+    /// subtree at each level): `GroupCosigner`'s round, in one statement.
+    static func edge(after: Int64, _ connection: PostgresConnection, logger: Logger) async throws
+        -> (size: Int64, leaves: [Int64: TreeHash], edge: [Int: (index: Int64, hash: TreeHash)]) {
+        var size: Int64 = 0
+        var leaves: [Int64: TreeHash] = [:]
+        var edge: [Int: (index: Int64, hash: TreeHash)] = [:]
+        let rows = try await connection.query("""
+            WITH s AS (SELECT coalesce(max(idx) + 1, 0)::bigint AS n FROM mixpeek_log_subtrees WHERE level = 0)
+            SELECT s.n, t.leaf, t.level, t.idx, encode(t.hash, 'hex') FROM s LEFT JOIN LATERAL (
+                SELECT true AS leaf, 0 AS level, x.idx, x.hash FROM mixpeek_log_subtrees x
+                    WHERE x.level = 0 AND x.idx >= \(after) AND x.idx < s.n
+                UNION ALL
+                SELECT false, x.level, x.idx, x.hash FROM generate_series(0, 62) AS l(level)
+                    JOIN mixpeek_log_subtrees x ON x.level = l.level AND x.idx = (s.n >> l.level) - 1
+                    WHERE s.n >> l.level > 0
+            ) t ON true
+            """, logger: logger)
+        for try await (n, leaf, level, index, hex) in rows.decode((Int64, Bool?, Int32?, Int64?, String?).self) {
+            size = n
+            guard let leaf, let level, let index, let hex, let bytes = Base16.decode(hex), let hash = TreeHash(bytes) else { continue }
+            if leaf { leaves[index] = hash } else { edge[Int(level)] = (index, hash) }
+        }
+        return (size, leaves, edge)
+    }
+
+    /// The lowest level where `frontier` and the stored `edge` differ; nil when they agree.
+    static func firstDifference(_ frontier: LogTree.Frontier, _ edge: [Int: (index: Int64, hash: TreeHash)]) -> Int? {
+        var level = 0
+        while frontier.size >> level > 0 {
+            let mine = frontier.latest[level]
+            let stored = edge[level]
+            if mine?.index != stored?.index || mine?.hash != stored?.hash { return level }
+            level += 1
+        }
+        return edge.keys.contains { $0 >= level } ? level : nil
+    }
+
+    /// The right edge of the tree of `size` entries, read through `read`.
+    static func frontier(size: Int64, read: SubtreeReader) throws -> LogTree.Frontier {
+        var frontier = LogTree.Frontier()
+        frontier.size = size
+        var level = 0
+        while size >> level > 0 {
+            frontier.latest[level] = ((size >> level) - 1, try read(level, (size >> level) - 1))
+            level += 1
+        }
+        return frontier
     }
 
     /// Runs `body`, a pure function of the tree (`MerkleTree`, `Tiles`), on the stored subtree

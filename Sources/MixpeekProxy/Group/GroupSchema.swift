@@ -214,22 +214,18 @@ public enum GroupSchema {
             """
     }
 
-    /// v5: each record inserted by `insertPlaced`, as an entry of the log.
+    /// v5: the records inserted by `insertPlaced`, as entries of the log.
     private static let appendPlacedToLog = """
-        FOR e IN SELECT r.seq, r.log_middle, r.prev_hash, r.hash
-            FROM jsonb_to_recordset(records) AS r(seq bigint, log_middle text, prev_hash text, hash text) ORDER BY r.seq LOOP
-            PERFORM mixpeek_log_append(e.seq, \(GroupLogTree.entrySQL(seq: "e.seq", middle: "e.log_middle", prev: "e.prev_hash", hash: "e.hash")));
-        END LOOP;
+        PERFORM mixpeek_log_append(min(r.seq), array_agg(\(GroupLogTree.entrySQL(seq: "r.seq", middle: "r.log_middle", prev: "r.prev_hash", hash: "r.hash")) ORDER BY r.seq))
+            FROM jsonb_to_recordset(records) AS r(seq bigint, log_middle text, prev_hash text, hash text);
         """
 
-    /// v5: each record inserted by `insertChained`, as an entry of the log.
+    /// v5: the records inserted by `insertChained`, as entries of the log.
     private static let appendChainedToLog = """
-        FOR s, body IN SELECT head_seq + r.n, r.log_middle
-            FROM ROWS FROM (json_to_recordset(records) AS (log_middle text)) WITH ORDINALITY AS r(log_middle, n) ORDER BY r.n LOOP
-            PERFORM mixpeek_log_append(s, \(GroupLogTree.entrySQL(
-                seq: "s", middle: "body", prev: "CASE WHEN s = head_seq + 1 THEN head_hash ELSE hashes[(s - head_seq - 1)::int] END",
-                hash: "hashes[(s - head_seq)::int]")));
-        END LOOP;
+        PERFORM mixpeek_log_append(head_seq + 1, array_agg(\(GroupLogTree.entrySQL(
+                seq: "head_seq + r.n", middle: "r.log_middle", prev: "CASE WHEN r.n = 1 THEN head_hash ELSE hashes[r.n::int - 1] END",
+                hash: "hashes[r.n::int]")) ORDER BY r.n))
+            FROM ROWS FROM (json_to_recordset(records) AS (log_middle text)) WITH ORDINALITY AS r(log_middle, n);
         """
 
     /// `GroupAuditLog.chainedHere` (v2; v4 with the new columns): see the migration's comment.
@@ -242,7 +238,6 @@ public enum GroupSchema {
         RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
         DECLARE
             any_closed boolean := false;
-            e record;
         BEGIN
             PERFORM pg_advisory_xact_lock(\(appendLock));
             SELECT a.seq, a.hash INTO head_seq, head_hash FROM mixpeek_audit a ORDER BY a.seq DESC LIMIT 1;
