@@ -1,6 +1,7 @@
 import Foundation
 import MixpeekHTTP
 import MixpeekLog
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 
@@ -22,10 +23,12 @@ extension Proxy {
             return .now(ProxyError.methodNotAllowed(allowed: "GET, HEAD").response())
         }
         let path = request.path.dropFirst(Self.logPrefix.count)
+        // A full tile never changes: once read, it is answered from memory, on the loop.
+        if let bytes = fullTiles.bytes(of: path) { return .now(Self.tileResponse(bytes, full: true)) }
         let promise = eventLoop.makePromise(of: HTTPResponse.self)
         if let log {
             DispatchQueue.global(qos: .userInitiated).async {
-                promise.succeed(Self.logResponse(path, from: log))
+                promise.succeed(Self.logResponse(path, checkpoint: log.latestCheckpoint, tile: self.fullTiles.keeping(path, log.tile)))
             }
         } else if let cosigner = (audit as? GroupAuditLog)?.cosigner {
             // The group's log, read from PostgreSQL.
@@ -38,6 +41,7 @@ extension Proxy {
                         note = try await cosigner.servedCheckpoint()
                     } else if path.hasPrefix("tile/"), let tile = Tiles.parse(path.dropFirst("tile/".count)) {
                         bytes = try await cosigner.tile(tile)
+                        if tile.isFull, let bytes { self.fullTiles.keep(bytes, for: path) }
                     }
                 } catch {
                     failure = error
@@ -52,6 +56,15 @@ extension Proxy {
             return .now(ProxyError.notFound("this proxy serves no verifiable log (its audit log is not open)").response())
         }
         return .later(promise.futureResult)
+    }
+
+    /// A full tile never changes; a partial one is replaced by a wider one as the log grows.
+    static func tileResponse(_ bytes: [UInt8], full: Bool) -> HTTPResponse {
+        HTTPResponse(
+            status: .ok,
+            headers: ["Content-Type": "application/octet-stream",
+                      "Cache-Control": full ? "public, max-age=31536000, immutable" : "no-cache"],
+            body: ByteBuffer(bytes: bytes))
     }
 
     /// A lone proxy's log, from its audit file.
@@ -73,14 +86,51 @@ extension Proxy {
             guard let bytes = try read(tile) else {
                 return ProxyError.notFound("\(tile.path) is beyond the tree of the latest checkpoint").response()
             }
-            // A full tile never changes; a partial one is replaced by a wider one as the log grows.
-            return HTTPResponse(
-                status: .ok,
-                headers: ["Content-Type": "application/octet-stream",
-                          "Cache-Control": tile.isFull ? "public, max-age=31536000, immutable" : "no-cache"],
-                body: ByteBuffer(bytes: bytes))
+            return tileResponse(bytes, full: tile.isFull)
         } catch {
             return ProxyError.logUnreadable.response()
+        }
+    }
+}
+
+/// The full tiles served so far, in memory up to `capacity` bytes (the oldest dropped first):
+/// they never change, so a mirror or an auditor fetching the log costs a lookup, not a read of
+/// the audit file.
+final class FullTiles: Sendable {
+    private struct Store {
+        var bytes: [String: [UInt8]] = [:]
+        var order: [String] = []
+        var total = 0
+    }
+    private let store = NIOLockedValueBox(Store())
+    let capacity: Int
+
+    init(capacity: Int = 16 << 20) { self.capacity = capacity }
+
+    func bytes(of path: Substring) -> [UInt8]? {
+        store.withLockedValue { $0.bytes[String(path)] }
+    }
+
+    func keep(_ bytes: [UInt8], for path: Substring) {
+        store.withLockedValue { store in
+            let key = String(path)
+            guard store.bytes[key] == nil, bytes.count <= capacity else { return }
+            while store.total + bytes.count > capacity, !store.order.isEmpty {
+                let oldest = store.order.removeFirst()
+                store.total -= store.bytes.removeValue(forKey: oldest)?.count ?? 0
+            }
+            store.bytes[key] = bytes
+            store.order.append(key)
+            store.total += bytes.count
+        }
+    }
+
+    /// `read`, keeping what it gives for a full tile.
+    func keeping(_ path: Substring, _ read: @escaping (Tiles.Tile) throws -> [UInt8]?) -> (Tiles.Tile) throws -> [UInt8]? {
+        { tile in
+            let bytes = try read(tile)
+            if tile.isFull, let bytes { self.keep(bytes, for: path) }
+            return bytes
         }
     }
 }

@@ -16,7 +16,20 @@ extension AuditLog {
     public func tile(_ tile: Tiles.Tile) throws -> [UInt8]? {
         try queue.read { db in
             guard let size = try Int64.fetchOne(db, sql: "SELECT max(size) FROM log_checkpoints") else { return nil }
-            guard tile.level == nil else { return try Tiles.hashTile(tile, size: size, read: LogTree.reader(db)) }
+            if let level = tile.level {
+                // The tile's hashes in one range read, not one query each.
+                let start = tile.index * Int64(Tiles.width)
+                var hashes: [Int64: TreeHash] = [:]
+                let rows = try Row.fetchCursor(db, sql: "SELECT idx, hash FROM log_subtrees WHERE level = ? AND idx >= ? AND idx < ?",
+                                               arguments: [level * Tiles.height, start, start + Int64(tile.width)])
+                while let row = try rows.next() {
+                    if let hash = TreeHash(row["hash"] as Data) { hashes[row["idx"]] = hash }
+                }
+                return try Tiles.hashTile(tile, size: size) { level, index in
+                    guard let hash = hashes[index] else { throw LogTreeError.missingSubtree(level: level, index: index) }
+                    return hash
+                }
+            }
             let start = tile.index * Int64(Tiles.width)
             guard start + Int64(tile.width) <= size else { return nil }
             let records = try AuditRecord.fetchAll(

@@ -47,6 +47,8 @@ public final class Proxy: HTTPResponder {
     /// A read-only connection to the audit file that serves the verifiable log's checkpoint
     /// and tiles (`LogEndpoints`); nil serves none.
     let log: AuditLog?
+    /// The full tiles of the log served so far (`LogEndpoints`).
+    let fullTiles = FullTiles()
     /// A hit's `Cache-Status` for each second of freshness left, formatted once.
     private let hitStatus: CacheStatus.Hits
 
