@@ -329,14 +329,20 @@ public final class Proxy: HTTPResponder {
     /// client's loop and back.
     private func forward(_ request: HTTPRequest, requestID: String, trace: TraceContext, xCache: String?,
                          cacheStatus: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
-        upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).map { response in
-            self.cache.noteAnswer(.response(response), to: self.cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
-            return (self.clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache)
-        }.recover { error in
-            var failure = self.upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
-            if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
-            return (failure, xCache)
+        // One promise, completed either way (not `map` then `recover`: a future and a callback less).
+        let answer = eventLoop.makePromise(of: (HTTPResponse, String?).self)
+        upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).whenComplete { result in
+            switch result {
+            case .success(let response):
+                self.cache.noteAnswer(.response(response), to: self.cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
+                answer.succeed((self.clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache))
+            case .failure(let error):
+                var failure = self.upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
+                if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
+                answer.succeed((failure, xCache))
+            }
         }
+        return answer.futureResult
     }
 
     /// A list fetched for the cache: a whole GET, whatever the client sent. Its answer is

@@ -134,8 +134,12 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
                         let name = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: name))
                     }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(handler)
+                    // NIO's client handlers without the outbound header validator (a twelfth of
+                    // a forward's CPU): every field sent was parsed from a client by the
+                    // server's llhttp, which refuses what the validator looks for, or made here.
+                    try channel.pipeline.syncOperations.addHandlers([
+                        HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)), handler,
+                    ])
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
