@@ -16,15 +16,13 @@ public final class ProxyApp: Service, Sendable {
     public let audit: AuditLog?
     public let server: HTTPServer
     private let ownedUpstream: NIOUpstream?
-    /// Event-loop groups for the proxy: the server's and, apart, the upstream client's, so list
-    /// misses use a second core while hits keep the first to themselves.
+    /// The proxy's event loops: clients' connections, and the upstream connections each
+    /// loop's requests go out on (`NIOUpstream`: no hop between threads).
     public struct EventLoops: Sendable {
         public var server: any EventLoopGroup
-        public var upstream: any EventLoopGroup
 
-        public init(server: any EventLoopGroup, upstream: any EventLoopGroup) {
+        public init(server: any EventLoopGroup) {
             self.server = server
-            self.upstream = upstream
         }
     }
 
@@ -185,15 +183,11 @@ public final class ProxyApp: Service, Sendable {
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes),
             logVerifierKey: signing.verifierKey, logProblem: { [cosigner = groupAudit?.cosigner] in cosigner?.problem })
 
-        let eventLoops = given ?? EventLoops(
-            server: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops),
-            upstream: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops))
+        let eventLoops = given ?? EventLoops(server: MultiThreadedEventLoopGroup(numberOfThreads: config.resolvedEventLoops))
         let ownsEventLoops = given == nil
         let group = eventLoops.server
-        let upstreamGroup = eventLoops.upstream
         @Sendable func shutdownOwnedEventLoops() async {
             guard ownsEventLoops else { return }
-            try? await upstreamGroup.shutdownGracefully()
             try? await group.shutdownGracefully()
         }
         var ownedUpstream: NIOUpstream?
@@ -293,7 +287,6 @@ public final class ProxyApp: Service, Sendable {
         proxy.cache.persistCounters()
         await ownedUpstream?.shutdown()
         if ownsEventLoops {
-            try? await eventLoops.upstream.shutdownGracefully()
             try? await eventLoops.server.shutdownGracefully()
         }
     }
