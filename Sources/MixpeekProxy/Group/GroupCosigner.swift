@@ -112,6 +112,10 @@ public final class GroupCosigner: Sendable {
             var failed = false
             do {
                 try await round()
+            } catch let error as LogTreeError {
+                // A subtree the tree must hold is not there: rows were removed, not delayed.
+                failed = true
+                fail("the group's log tree is missing what it held: \(error)")
             } catch {
                 failed = true
                 logger.warning("group log: no checkpoint could be signed", metadata: ["error": "\(GroupError.describe(error))"])
