@@ -6,7 +6,8 @@ Mixpeek-Proxy-Audit-Index), saves the checkpoint, makes more, and runs the outsi
 (scripts/tlog_client, Go's sumdb/tlog and sumdb/note over HTTP; it also holds the checkpoint's
 origin to its key's name and to the saved checkpoint's): it must pass. Then it
 tampers with copies of the stopped proxy's data dir — a record changed with its triggers
-dropped, the log truncated to an earlier checkpoint, then grown into a forked history signed
+dropped, the same with the hash chain recomputed after it (which the chain alone then passes),
+the log truncated to an earlier checkpoint, then grown into a forked history signed
 with the real key — and shows that `audit verify --checkpoint` and the Go verifier both fail,
 naming the index; and the same key serving under another origin is refused as another log.
 
@@ -60,6 +61,38 @@ def mutations(port, names):
             status, headers = call(port, method, path, body)
             indexes.append(headers.get("Mixpeek-Proxy-Audit-Index"))
     return indexes
+
+
+def field(value):
+    """`AuditRecord.appendField`: `|length:value` (UTF-8 bytes), `|-` for none."""
+    if value is None:
+        return b"|-"
+    data = str(value).encode()
+    return b"|" + str(len(data)).encode() + b":" + data
+
+
+def chain_hash(row, previous):
+    """The chain's SHA-256 of a record after `previous` (`AuditRecord.canonicalEncoding`),
+    written from its definition here, for the tamper that recomputes the chain."""
+    import hashlib
+    keys = row.keys()
+    get = lambda name: row[name] if name in keys else None
+    duration = get("duration_ms")
+    body = b"".join(field(v) for v in [
+        get("kind"), get("intent_seq"), get("time"), get("action"), get("user_email"), get("key_name"), get("caller"),
+        get("client"), get("request_id"), get("upstream_status"), get("outcome"),
+        None if duration is None else "%.3f" % duration, get("key_id"), get("key_prefix"), get("key_hash")])
+    actor = [get("actor_key_id"), get("actor_key_prefix"), get("actor_key_name"), get("actor_user")]
+    if any(v is not None for v in actor):
+        body += b"".join(field(v) for v in [get("trace_id")] + actor)
+        if get("upstream_audit_id") is not None:
+            body += field(get("upstream_audit_id"))
+    elif get("upstream_audit_id") is not None:
+        body += field(get("trace_id")) + field(get("upstream_audit_id"))
+    elif get("trace_id") is not None:
+        body += field(get("trace_id"))
+    encoding = b"mixpeek-proxy-audit-v1" + field(row["seq"]) + body + field(previous)
+    return hashlib.sha256(encoding).hexdigest()
 
 
 def run(args):
@@ -125,6 +158,32 @@ def main():
         proxy, port = proctools.start(BIN, serve[:-1] + [changed], logs("proxy-changed"))
         code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
         check("Go's verifier catches the changed record, naming entry 7", code == 1 and "entry 7 " in out, out)
+        stop(proxy)
+
+        # A record changed and the hash chain recomputed after it (what whoever holds the file
+        # can do): the chain verifies, only the tree still holds the old entry.
+        rechained = os.path.join(work, "rechained")
+        shutil.copytree(data, rechained)
+        db = sqlite3.connect(os.path.join(rechained, "audit.sqlite"))
+        db.row_factory = sqlite3.Row
+        db.executescript("DROP TRIGGER audit_records_no_update;")
+        db.execute("UPDATE audit_records SET user_email = 'mallory@example.com' WHERE seq = 8")
+        rows = db.execute("SELECT * FROM audit_records WHERE seq >= 8 ORDER BY seq").fetchall()
+        previous = db.execute("SELECT hash FROM audit_records WHERE seq = 7").fetchone()[0]
+        for row in rows:
+            digest = chain_hash(row, previous)
+            db.execute("UPDATE audit_records SET prev_hash = ?, hash = ? WHERE seq = ?", (previous, digest, row["seq"]))
+            previous = digest
+        db.commit()
+        db.close()
+        code, out = run([BIN, "audit", "verify", "--data-dir", rechained])
+        check("a record changed with the chain recomputed: the hash chain alone verifies (the tamper is a good one)",
+              code == 0 and "audit chain intact" in out, out)
+        code, out = run([BIN, "audit", "verify", "--data-dir", rechained, "--checkpoint", saved])
+        check("audit verify --checkpoint catches it, naming entry 7", code == 1 and "entry 7" in out, out)
+        proxy, port = proctools.start(BIN, serve[:-1] + [rechained], logs("proxy-rechained"))
+        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
+        check("Go's verifier catches it, naming entry 7", code == 1 and "entry 7 " in out, out)
         stop(proxy)
 
         # Truncated back to an earlier checkpoint, tree and checkpoints too.
