@@ -169,11 +169,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
         guard !batch.isEmpty else { return }
         Task {
             do {
-                let (written, peers, tail) = try await appendChained(batch.map { ($0.record, $0.onlyIfOpen) })
+                let (written, peers) = try await appendChained(batch.map { ($0.record, $0.onlyIfOpen) })
                 let witnessProblem = self.writeWitness(written.compactMap { $0 })
-                // This member signs the log its batch made before the batch's appends return,
-                // so that its outcomes are covered with no round of their own.
-                if let tail { self.cosigner?.offer(tail) }
                 for (draft, record) in zip(batch, written) {
                     draft.continuation.resume(returning: Appended(record: record, peers: peers, witnessProblem: witnessProblem))
                 }
@@ -206,7 +203,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// reaper's `unknown`) is written only if that intent has no outcome yet under the chain's
     /// lock; else its result is nil and the rest are sent again.
     private func appendChained(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
-        -> (written: [AuditRecord?], peers: [String: Int64], tail: LogTail?) {
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
         key == nil ? try await chainedByDatabase(drafts) : try await chainedHere(drafts)
     }
 
@@ -215,30 +212,27 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// computes each record's hash too, from the head PostgreSQL chained on, and writes its
     /// own to the witness file: a hash PostgreSQL computed otherwise is found by `audit verify`.
     private func chainedByDatabase(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
-        -> (written: [AuditRecord?], peers: [String: Int64], tail: LogTail?) {
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
         let me = member.settings.proxyID
         return try await writer.run { connection in
-            var tail: LogTail?
             var closed = Set<Int64>()
             while true {
                 let kept = drafts.indices.filter { drafts[$0].onlyIfOpen.map { !closed.contains($0) } ?? true }
                 var written = [AuditRecord?](repeating: nil, count: drafts.count)
-                if kept.isEmpty { return (written, [:], nil) }
+                if kept.isEmpty { return (written, [:]) }
                 let records = kept.map { drafts[$0].record }
-                let since = self.cosigner?.tailSince
                 let call = ChainCall(
                     records: ChainRows.json(records, placed: false),
                     bodies: records.map { String(decoding: $0.canonicalBody, as: UTF8.self) },
-                    me: me, onlyIfOpen: kept.compactMap { drafts[$0].onlyIfOpen }, logSince: since)
+                    me: me, onlyIfOpen: kept.compactMap { drafts[$0].onlyIfOpen })
                 var chainedOn: (seq: Int64, hash: String)?
                 var hashes: [String] = []
                 var closing: [Int64] = []
                 var peers: [String: Int64] = [:]
-                for try await (seq, hash, rowHashes, peerIDs, readSeqs, closedIntents, logSize, leaves, edge) in try await connection.execute(call, logger: self.logger) {
+                for try await (seq, hash, rowHashes, peerIDs, readSeqs, closedIntents) in try await connection.execute(call, logger: self.logger) {
                     closing = closedIntents ?? []
                     if let seq, let hash, let rowHashes { chainedOn = (seq, hash); hashes = rowHashes }
                     if let peerIDs, let readSeqs { peers = Dictionary(zip(peerIDs, readSeqs), uniquingKeysWith: max) }
-                    if let since, let logSize { tail = LogTail(since: since, size: logSize, leaves: leaves, edge: edge) }
                 }
                 if !closing.isEmpty {
                     // Closed meanwhile: nothing was written; again without those outcomes.
@@ -258,7 +252,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     head = (record.seq, record.hash)
                 }
                 self.member.noteHead(head.seq, head.hash)
-                return (written, peers, tail)
+                return (written, peers)
             }
         }
     }
@@ -267,10 +261,9 @@ public final class GroupAuditLog: AuditSink, Sendable {
     /// as this proxy chained them on the head it knows if that is still the head, and else
     /// returns the head, on which they are chained again.
     private func chainedHere(_ drafts: [(record: AuditRecord, onlyIfOpen: Int64?)]) async throws
-        -> (written: [AuditRecord?], peers: [String: Int64], tail: LogTail?) {
+        -> (written: [AuditRecord?], peers: [String: Int64]) {
         let me = member.settings.proxyID
         return try await writer.run { connection in
-            var tail: LogTail?
             var head = self.member.chainHead
             var closed = Set<Int64>()
             while true {
@@ -289,19 +282,17 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     written.append(record)
                     rows.append(record)
                 }
-                if rows.isEmpty { return (written, [:], nil) }
+                if rows.isEmpty { return (written, [:]) }
                 let onlyIfOpen = drafts.compactMap { $0.onlyIfOpen }.filter { !closed.contains($0) }
                 var found: (seq: Int64, hash: String)?
                 var closing = Set<Int64>()
                 var peers: [String: Int64] = [:]
-                let since = self.cosigner?.tailSince
                 let call = AppendCall(expectedSeq: expected.seq, expectedHash: expected.hash,
-                                      records: ChainRows.json(rows, placed: true), me: me, onlyIfOpen: onlyIfOpen, logSince: since)
-                for try await (conflict, seq, hash, peer, readSeq, closedIntent, logSize, leaves, edge) in try await connection.execute(call, logger: self.logger) {
+                                      records: ChainRows.json(rows, placed: true), me: me, onlyIfOpen: onlyIfOpen)
+                for try await (conflict, seq, hash, peer, readSeq, closedIntent) in try await connection.execute(call, logger: self.logger) {
                     if let closedIntent { closing.insert(closedIntent) }
                     if conflict, let seq, let hash { found = (seq, hash) }
                     if let peer, let readSeq { peers[peer] = readSeq }
-                    if let since, let logSize { tail = LogTail(since: since, size: logSize, leaves: leaves, edge: edge) }
                 }
                 if let found {
                     // Another proxy appended first: chain on what it wrote.
@@ -316,7 +307,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     continue
                 }
                 self.member.noteHead(head.seq, head.hash)
-                return (written, peers, tail)
+                return (written, peers)
             }
         }
     }
@@ -361,28 +352,25 @@ public final class GroupAuditLog: AuditSink, Sendable {
 
 /// `mixpeek_audit_append`, prepared once per connection.
 struct AppendCall: PostgresPreparedStatement {
-    static let name = "mixpeek_audit_append_v5"
+    static let name = "mixpeek_audit_append_v2"
     static let sql = """
-        SELECT conflict, head_seq, head_hash, peer_id, peer_read_seq, closed_intent, log_size, log_leaves, log_edge
-        FROM mixpeek_audit_append($1, $2, $3::jsonb, $4, $5, $6)
+        SELECT conflict, head_seq, head_hash, peer_id, peer_read_seq, closed_intent
+        FROM mixpeek_audit_append($1, $2, $3::jsonb, $4, $5)
         """
-    typealias Row = (Bool, Int64?, String?, String?, Int64?, Int64?, Int64?, [String]?, [String]?)
+    typealias Row = (Bool, Int64?, String?, String?, Int64?, Int64?)
     var expectedSeq: Int64
     var expectedHash: String
     var records: String
     var me: String
     var onlyIfOpen: [Int64]
-    /// The size of the checkpoint this proxy's cosigner signed last, for the log's tail.
-    var logSince: Int64?
 
     func makeBindings() -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 6)
+        var bindings = PostgresBindings(capacity: 5)
         bindings.append(expectedSeq)
         bindings.append(expectedHash)
         bindings.append(records)
         bindings.append(me)
         bindings.append(onlyIfOpen)
-        bindings.append(logSince)
         return bindings
     }
 
@@ -391,25 +379,23 @@ struct AppendCall: PostgresPreparedStatement {
 
 /// `mixpeek_audit_chain`, prepared once per connection: one row.
 private struct ChainCall: PostgresPreparedStatement {
-    static let name = "mixpeek_audit_chain_v5"
+    static let name = "mixpeek_audit_chain_v3"
     static let sql = """
-        SELECT head_seq, head_hash, hashes, peer_ids, peer_read_seqs, closed_intents, log_size, log_leaves, log_edge
-        FROM mixpeek_audit_chain($1::json, $2, $3, $4, $5)
+        SELECT head_seq, head_hash, hashes, peer_ids, peer_read_seqs, closed_intents
+        FROM mixpeek_audit_chain($1::json, $2, $3, $4)
         """
-    typealias Row = (Int64?, String?, [String]?, [String]?, [Int64]?, [Int64]?, Int64?, [String]?, [String]?)
+    typealias Row = (Int64?, String?, [String]?, [String]?, [Int64]?, [Int64]?)
     var records: String
     var bodies: [String]
     var me: String
     var onlyIfOpen: [Int64]
-    var logSince: Int64?
 
     func makeBindings() -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 5)
+        var bindings = PostgresBindings(capacity: 4)
         bindings.append(records)
         bindings.append(bodies)
         bindings.append(me)
         bindings.append(onlyIfOpen)
-        bindings.append(logSince)
         return bindings
     }
 

@@ -237,9 +237,9 @@ public final class GroupChainLog: ReconciledLog {
         for _ in 0..<100 {
             let record = draft.chained(after: head, key: key)
             let call = AppendCall(expectedSeq: head.0, expectedHash: head.1, records: ChainRows.json([record], placed: true),
-                                  me: Self.appender, onlyIfOpen: [], logSince: nil)
+                                  me: Self.appender, onlyIfOpen: [])
             var moved: (Int64, String)?
-            for try await (conflict, seq, hash, _, _, _, _, _, _) in try await connection.execute(call, logger: logger) where conflict {
+            for try await (conflict, seq, hash, _, _, _) in try await connection.execute(call, logger: logger) where conflict {
                 if let seq, let hash { moved = (seq, hash) }
             }
             guard let moved else { return record }

@@ -9,10 +9,8 @@ import PostgresNIO
 /// checkpoint of the central tree only after checking that the tree extends the last one it
 /// signed, which it keeps in its own data dir (`group-log.checkpoint`, its witness state).
 ///
-/// - After each of its own batches (`offer`: the append call returns the log's new leaves and
-///   right edge, so no query is needed), so that a mutation is answered only once a checkpoint
-///   this member signed covers it; when that cannot be (a round was running, the member had
-///   moved), after the outcome (`cover`) by a round; and every `roundInterval` for the others'
+/// - After each of its own outcomes (`cover`), so that a mutation is answered only once a
+///   checkpoint this member signed covers it, and every `roundInterval` for the others'
 ///   appends: each member's signature is on the tree within a round of the last mutation.
 /// - Each round reads the tree's size and the subtree hashes of its root and of the
 ///   consistency proof from the saved checkpoint (one query), and checks them: a tree that is
@@ -196,11 +194,6 @@ public final class GroupCosigner: Sendable {
                 return
             }
         }
-        try sign(frontier)
-    }
-
-    /// Signs the tree whose right edge is `frontier`, keeps the checkpoint, and has it published.
-    private func sign(_ frontier: LogTree.Frontier) throws {
         let checkpoint = Checkpoint(origin: signing.origin, size: frontier.size, root: try frontier.root())
         let line = try signing.signer.signatureLine(for: checkpoint.text)
         let note = checkpoint.text + "\n" + line
@@ -253,52 +246,6 @@ public final class GroupCosigner: Sendable {
             logger.critical("group log: the audit log is not the one this proxy signed; mutations are refused", metadata: [
                 "problem": "\(problem)", "saved_checkpoint": "\(statePath)"])
         }
-    }
-
-    /// The size of the checkpoint this member signed last, when it knows that tree's right
-    /// edge: what the append functions return the log's tail from (`LogTail`).
-    var tailSince: Int64? {
-        state.withLockedValue { state in state.frontier == nil ? nil : state.signed?.size }
-    }
-
-    /// The log as the member's own batch left it: signed here, without a query, if this member
-    /// is still where the tail starts and no round is running (else a round covers the batch).
-    func offer(_ tail: LogTail) {
-        let known = state.withLockedValue { state -> LogTree.Frontier? in
-            guard state.problem == nil, !state.running, let frontier = state.frontier, frontier.size == tail.since else { return nil }
-            state.running = true
-            return frontier
-        }
-        guard var frontier = known else { return }
-        do {
-            if let leaves = tail.leaves, let edge = tail.edge, tail.size >= tail.since, leaves.count == Int(tail.size - tail.since) {
-                for leaf in leaves { _ = try frontier.append(leaf) }
-                if let level = GroupLogTree.firstDifference(frontier, edge) {
-                    fail("the group's tree of \(tail.size) entries does not extend the checkpoint of \(tail.since) this proxy signed (history rewritten: its subtree at level \(level) differs)")
-                } else if tail.size > tail.since {
-                    try sign(frontier)
-                }
-            }
-        } catch {
-            logger.warning("group log: the batch's checkpoint could not be signed", metadata: ["error": "\(error)"])
-        }
-        // Waiters that came meanwhile: covered now, or by a round.
-        let (covered, refused, again) = state.withLockedValue { state -> ([CheckedContinuation<Bool, Never>], [CheckedContinuation<Bool, Never>], Bool) in
-            let size = state.signed?.size ?? 0
-            let done = state.waiters.filter { $0.seq <= size }.map(\.continuation)
-            var left = state.waiters.filter { $0.seq > size }
-            var refused: [CheckedContinuation<Bool, Never>] = []
-            if state.problem != nil {
-                refused = left.map(\.continuation)
-                left = []
-            }
-            state.waiters = left
-            state.running = !left.isEmpty
-            return (done, refused, !left.isEmpty)
-        }
-        for continuation in covered { continuation.resume(returning: true) }
-        for continuation in refused { continuation.resume(returning: false) }
-        if again { Task { await self.drive() } }
     }
 
     // MARK: Serving
@@ -364,33 +311,5 @@ public final class GroupCosigner: Sendable {
         try handle.write(contentsOf: Data(note.utf8))
         try handle.synchronize()
         guard rename(temporary, path) == 0 else { throw GroupError.chain("cannot replace \(path) (errno \(errno))") }
-    }
-}
-
-/// The log after a batch, as the append functions return it: its size, the leaves from `since`
-/// (the size this member signed last) on, and its right edge.
-struct LogTail: Sendable {
-    let since: Int64
-    let size: Int64
-    let leaves: [TreeHash]?
-    let edge: [Int: (index: Int64, hash: TreeHash)]?
-
-    init(since: Int64, size: Int64, leaves: [String]?, edge: [String]?) {
-        self.since = since
-        self.size = size
-        self.leaves = leaves.flatMap { hexes in
-            let hashes = hexes.compactMap { Base16.decode($0).flatMap { TreeHash($0) } }
-            return hashes.count == hexes.count ? hashes : nil
-        }
-        self.edge = edge.flatMap { parts in
-            var edge: [Int: (index: Int64, hash: TreeHash)] = [:]
-            for part in parts {
-                let fields = part.split(separator: ":")
-                guard fields.count == 3, let level = Int(fields[0]), let index = Int64(fields[1]),
-                      let bytes = Base16.decode(String(fields[2])), let hash = TreeHash(bytes) else { return nil }
-                edge[level] = (index, hash)
-            }
-            return edge
-        }
     }
 }

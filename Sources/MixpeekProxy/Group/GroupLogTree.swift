@@ -106,10 +106,6 @@ public enum GroupLogTree {
             RETURN NEW;
         END $$
         """,
-        // The append functions write the tree too, and return the log after the batch (they
-        // take one argument more and return three columns more: made anew).
-        "DROP FUNCTION IF EXISTS mixpeek_audit_append(bigint, text, jsonb, text, bigint[])",
-        "DROP FUNCTION IF EXISTS mixpeek_audit_chain(json, text[], text, bigint[])",
         GroupSchema.appendFunction(GroupSchema.fieldsV4, replacing: true, log: true),
         GroupSchema.chainFunction(GroupSchema.fieldsV4, replacing: true, log: true),
     ]

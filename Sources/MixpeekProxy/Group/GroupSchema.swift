@@ -228,29 +228,12 @@ public enum GroupSchema {
             FROM ROWS FROM (json_to_recordset(records) AS (log_middle text)) WITH ORDINALITY AS r(log_middle, n);
         """
 
-    /// v5: the log after the batch, for the caller's cosigner (`GroupCosigner.offer`): its
-    /// size, its leaves from `log_since` (the size of the checkpoint the caller signed last) on,
-    /// and its right edge (`level:index:hash`), so that the member signs its batch without a
-    /// query of its own. Nothing when `log_since` is null or more than 4,096 entries behind.
-    private static func logTail(size: String) -> String {
-        """
-        log_size := \(size);
-        IF log_since IS NOT NULL AND log_since <= log_size AND log_size - log_since <= 4096 THEN
-            log_leaves := ARRAY(SELECT encode(x.hash, 'hex') FROM mixpeek_log_subtrees x
-                WHERE x.level = 0 AND x.idx >= log_since AND x.idx < log_size ORDER BY x.idx);
-            log_edge := ARRAY(SELECT g.level || ':' || x.idx || ':' || encode(x.hash, 'hex') FROM generate_series(0, 62) AS g(level)
-                JOIN mixpeek_log_subtrees x ON x.level = g.level AND x.idx = (log_size >> g.level) - 1
-                WHERE log_size >> g.level > 0 ORDER BY g.level);
-        END IF;
-        """
-    }
-
     /// `GroupAuditLog.chainedHere` (v2; v4 with the new columns): see the migration's comment.
     static func appendFunction(_ fields: [(name: String, type: String)], replacing: Bool, log: Bool = false) -> String {
         """
         CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_append(expected_seq bigint, expected_hash text, records jsonb, me text,
-            only_if_open bigint[],\(log ? " log_since bigint," : "") OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text,
-            OUT peer_read_seq bigint, OUT closed_intent bigint\(log ? ", OUT log_size bigint, OUT log_leaves text[], OUT log_edge text[]" : ""))
+            only_if_open bigint[], OUT conflict boolean, OUT head_seq bigint, OUT head_hash text, OUT peer_id text,
+            OUT peer_read_seq bigint, OUT closed_intent bigint)
         -- A generic plan: a custom one would be planned again at each call, parsing `records` to fold it.
         RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
         DECLARE
@@ -280,10 +263,10 @@ public enum GroupSchema {
             END IF;
             closed_intent := NULL;
             \(insertPlaced(fields))
-            \(log ? appendPlacedToLog + logTail(size: "expected_seq + jsonb_array_length(records)") : "")
+            \(log ? appendPlacedToLog : "")
             RETURN NEXT;
             -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
-            RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint\(log ? ", NULL::bigint, NULL::text[], NULL::text[]" : "")
+            RETURN QUERY SELECT false, NULL::bigint, NULL::text, p.proxy_id, p.read_seq, NULL::bigint
                 FROM mixpeek_proxies p WHERE p.proxy_id <> me AND p.lease_until > now();
         END $$
         """
@@ -292,9 +275,9 @@ public enum GroupSchema {
     /// `GroupAuditLog.chainedByDatabase` (v3; v4 with the new columns): see the migration's comment.
     static func chainFunction(_ fields: [(name: String, type: String)], replacing: Bool, log: Bool = false) -> String {
         """
-        CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],\(log ? " log_since bigint," : "")
+        CREATE \(replacing ? "OR REPLACE " : "")FUNCTION mixpeek_audit_chain(records json, bodies text[], me text, only_if_open bigint[],
             OUT head_seq bigint, OUT head_hash text, OUT hashes text[], OUT peer_ids text[],
-            OUT peer_read_seqs bigint[], OUT closed_intents bigint[]\(log ? ", OUT log_size bigint, OUT log_leaves text[], OUT log_edge text[]" : ""))
+            OUT peer_read_seqs bigint[], OUT closed_intents bigint[])
         LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
         DECLARE
             intent bigint;
@@ -327,7 +310,7 @@ public enum GroupSchema {
                 hashes := hashes || h;
             END LOOP;
             \(insertChained(fields))
-            \(log ? appendChainedToLog + logTail(size: "head_seq + cardinality(bodies)") : "")
+            \(log ? appendChainedToLog : "")
             -- A statement of its own: its snapshot is taken after the lock was (see catchUp).
             SELECT coalesce(array_agg(p.proxy_id), '{}'), coalesce(array_agg(p.read_seq), '{}')
                 INTO peer_ids, peer_read_seqs
