@@ -8,7 +8,7 @@ import Testing
 @Suite("Request log")
 struct AccessLogTests {
     static func entry(_ n: Int, requestID: String? = nil) -> AccessLogEntry {
-        AccessLogEntry(method: .GET, route: "list", status: 200, cache: "HIT", milliseconds: 0.126, requestID: requestID ?? "req-\(n)")
+        AccessLogEntry(method: .GET, route: "list", status: 200, cache: .hit, milliseconds: 0.126, requestID: requestID ?? "req-\(n)")
     }
 
     /// Runs `body` with `count` fresh event loops, shut down afterwards.

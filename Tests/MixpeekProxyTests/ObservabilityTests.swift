@@ -64,6 +64,29 @@ struct ObservabilityTests {
         }
     }
 
+    @Test("one cache result per request: the X-Cache sent, the request log's cache= and the metric's cache label agree, a coalesced list included")
+    func oneCacheResult() async throws {
+        try await withTestProxy { proxy in
+            let waited = try await CacheTests().concurrentLists(proxy, count: 3)   // 1 MISS, 2 coalesced
+            _ = try await proxy.list()                                   // HIT
+            _ = try await proxy.list(query: "limit=5")                   // BYPASS
+            let sent = (waited + [try await proxy.list(), try await proxy.list(query: "limit=5")]).compactMap(\.xCache).sorted()
+            #expect(sent == ["BYPASS", "COALESCED", "COALESCED", "HIT", "MISS"], "a request that waited on another's fetch says so")
+            let text = try await proxy.request(.GET, "/_proxy/metrics", token: nil).body
+            let lines = Set(text.split(separator: "\n").map(String.init))
+            #expect(lines.contains(#"mixpeek_proxy_requests_total{route="list",status="200",cache="COALESCED"} 2"#))
+            #expect(lines.contains(#"mixpeek_proxy_requests_total{route="list",status="200",cache="MISS"} 1"#))
+            #expect(lines.contains(#"mixpeek_proxy_requests_total{route="list",status="200",cache="HIT"} 2"#))
+            let log = try #require(proxy.requestLog)
+            let logged = await eventually { log.lines.filter { $0.contains("route=list") }.count == 7 }
+            #expect(logged)
+            let results = log.lines.filter { $0.contains("route=list") }.compactMap { line in
+                line.split(separator: " ").first { $0.hasPrefix("cache=") }.map { String($0.dropFirst("cache=".count)) }
+            }.sorted()
+            #expect(results == ["BYPASS", "BYPASS", "COALESCED", "COALESCED", "HIT", "HIT", "MISS"])
+        }
+    }
+
     @Test("a timed-out upstream is counted under mixpeek_proxy_upstream_errors_total{kind=timeout}")
     func upstreamErrorMetric() async throws {
         try await withTestProxy(configure: { $0.upstreamTimeout = 0.2 }) { proxy in

@@ -15,7 +15,7 @@ struct AccessLogEntry: Sendable {
     var route: String
     var status: UInt
     /// The cache result (`HIT`, `MISS`, ...), nil for calls the cache has no part in.
-    var cache: String?
+    var cache: CacheResult?
     var milliseconds: Double
     var requestID: String?
     /// The W3C trace id the request carried or the proxy started; written only when known.
@@ -61,7 +61,7 @@ struct AccessLogLines: Sendable {
             second = seconds
             secondText = Array(Timestamp.string(Date(timeIntervalSince1970: Double(seconds))).utf8.prefix(20))
         }
-        let cache = entry.cache ?? "-"
+        let cache = entry.cache?.rawValue ?? "-"
         let method = entry.method.rawValue
         let requestID = entry.requestID ?? "-"
         // The line is written as one piece (`ByteWriter`); the room it needs is counted first:

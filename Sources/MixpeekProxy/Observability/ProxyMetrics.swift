@@ -35,27 +35,27 @@ public final class ProxyMetrics: Sendable {
         auditLatency = CoreMetrics.Timer(label: "mixpeek_proxy_audit_append_duration_seconds", factory: factory)
         requestLatency = CoreMetrics.Timer(label: "mixpeek_proxy_request_duration_seconds", factory: factory)
         listHits = CoreMetrics.Counter(
-            label: "mixpeek_proxy_requests_total", dimensions: [("route", "list"), ("status", "200"), ("cache", "HIT")], factory: factory)
+            label: "mixpeek_proxy_requests_total", dimensions: [("route", "list"), ("status", "200"), ("cache", CacheResult.hit.rawValue)], factory: factory)
     }
 
     /// One finished request: `mixpeek_proxy_requests_total{route,status,cache}`.
-    func request(route: String, status: Int, cache: String?, seconds: Double) {
+    func request(route: String, status: Int, cache: CacheResult?, seconds: Double) {
         // Cache hits, the hot path, skip the label lookup and the latency histogram.
-        if status == 200, cache == "HIT", route == "list" {
+        if status == 200, cache == .hit, route == "list" {
             listHits.increment()
             return
         }
-        let labelKey = "\(route)|\(status)|\(cache ?? "")"
+        let labelKey = "\(route)|\(status)|\(cache?.rawValue ?? "")"
         let counter = requests.withLockedValue { counters in
             if let counter = counters[labelKey] { return counter }
             let counter = CoreMetrics.Counter(
                 label: "mixpeek_proxy_requests_total",
-                dimensions: [("route", route), ("status", String(status)), ("cache", cache ?? "none")], factory: factory)
+                dimensions: [("route", route), ("status", String(status)), ("cache", cache?.rawValue ?? "none")], factory: factory)
             counters[labelKey] = counter
             return counter
         }
         counter.increment()
-        if route != "list" || cache != "HIT" {
+        if route != "list" || cache != .hit {
             requestLatency.recordNanoseconds(Int64(seconds * 1_000_000_000))
         }
     }

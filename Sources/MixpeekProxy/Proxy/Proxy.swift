@@ -109,13 +109,13 @@ public final class Proxy: HTTPResponder {
                     return later(request, route: decision.label, trace: trace, started: started, confirmed.flatMap { current in
                         current
                             ? eventLoop.makeSucceededFuture((self.cachedResponse(
-                                remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID), "HIT"))
+                                remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID), .hit))
                             : self.list(request, lookup, refresh: true, requestID: requestID, trace: trace, on: eventLoop)
                     })
                 }
                 let response = cachedResponse(remembered.entry, prepared: remembered.prepared, to: request, as: .hit, requestID: requestID)
                 // Its request id is known: the request log need not look for it among the fields.
-                observe(request, route: decision.label, status: response.status, cache: "HIT", requestID: requestID,
+                observe(request, route: decision.label, status: response.status, cache: .hit, requestID: requestID,
                         traceID: clientTrace?.traceID, started: started, on: eventLoop)
                 return .now(response)
             }
@@ -126,11 +126,11 @@ public final class Proxy: HTTPResponder {
             cache.noteBypass()
             let trace = clientTrace ?? .started()
             return later(request, route: decision.label, trace: trace, started: started,
-                         forward(request, requestID: requestID, trace: trace, xCache: "BYPASS", cacheStatus: CacheStatus.bypass, on: eventLoop))
+                         forward(request, requestID: requestID, trace: trace, result: .bypass, cacheStatus: CacheStatus.bypass, on: eventLoop))
         case .passThrough:
             let trace = clientTrace ?? .started()
             return later(request, route: decision.label, trace: trace, started: started,
-                         forward(request, requestID: requestID, trace: trace, xCache: nil, cacheStatus: nil, on: eventLoop))
+                         forward(request, requestID: requestID, trace: trace, result: nil, cacheStatus: nil, on: eventLoop))
         case .mutate(let action, let user, let key):
             let trace = clientTrace ?? .started()
             return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
@@ -148,7 +148,7 @@ public final class Proxy: HTTPResponder {
     /// A list the cache could not answer on the spot: on the event loop throughout, unless the
     /// cache file must be read.
     private func list(_ request: HTTPRequest, _ lookup: ProxyListCache.Lookup, refresh: Bool, requestID: String, trace: TraceContext,
-                      on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
+                      on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, CacheResult?)> {
         cache.answer(lookup.key, credential: lookup.credential, refresh: refresh, on: eventLoop) {
             // A failure becomes `.failure` in the cache, which knows what to serve instead.
             let started = NIODeadline.now()
@@ -158,12 +158,12 @@ public final class Proxy: HTTPResponder {
         }.map { answer in self.listResponse(answer, to: request, requestID: requestID) }
     }
 
-    private func listResponse(_ answer: ProxyListCache.Answer, to request: HTTPRequest, requestID: String) -> (HTTPResponse, String?) {
+    private func listResponse(_ answer: ProxyListCache.Answer, to request: HTTPRequest, requestID: String) -> (HTTPResponse, CacheResult?) {
         switch answer {
         case .hit(let entry):
-            return (cachedResponse(entry, to: request, as: .hit, requestID: requestID), "HIT")
+            return (cachedResponse(entry, to: request, as: .hit, requestID: requestID), .hit)
         case .stale(let entry, let forward):
-            return (cachedResponse(entry, to: request, as: .stale(forward), requestID: requestID), "STALE")
+            return (cachedResponse(entry, to: request, as: .stale(forward), requestID: requestID), .stale)
         case .fetched(let fetched, let forward):
             let cacheStatus = CacheStatus.forwarded(forward, stored: fetched.notStored == nil, detail: fetched.notStored)
             let response: UpstreamResponse
@@ -173,10 +173,11 @@ public final class Proxy: HTTPResponder {
             case .failure(let error):
                 var failure = upstreamFailure(error).response(requestID: requestID)
                 failure.headers.add(name: CacheStatus.name, value: cacheStatus)
-                return (failure, "MISS")
+                return (failure, .miss)
             }
-            let xCache = forward.coalesced ? "HIT" : "MISS"
-            let cacheResult = forward.coalesced ? "COALESCED" : "MISS"
+            // A request that waited on another's fetch says so, in its X-Cache as in the log.
+            let cacheResult: CacheResult = forward.coalesced ? .coalesced : .miss
+            let xCache = cacheResult.rawValue
             // The fetched list is what the cache holds now: a client whose copy it is gets a 304.
             if let entry = fetched.entry, let etag = entry.etag, Validators.ifNoneMatch(request.headers, matches: etag) {
                 var headers = CachedListResponse.notModifiedFields(of: entry)
@@ -234,7 +235,7 @@ public final class Proxy: HTTPResponder {
     /// outcome → respond. Invalidating on both sides means no list stored or served after the
     /// response can predate the mutation, whatever the upstream answered.
     private func mutate(_ request: HTTPRequest, action: AuditAction, user: String, key: String?, requestID: String,
-                        trace: TraceContext) async -> (HTTPResponse, String?) {
+                        trace: TraceContext) async -> (HTTPResponse, CacheResult?) {
         guard let audit else { return (ProxyError.auditUnavailable.response(requestID: requestID), nil) }
         let authorization = request.headers.first(name: "authorization")
         let credential = cache.credential(for: authorization)
@@ -327,19 +328,19 @@ public final class Proxy: HTTPResponder {
     /// A pass-through or bypass call: sent from the connection's event loop and answered on it,
     /// with no task between (as list misses are), so the only hops are to the upstream
     /// client's loop and back.
-    private func forward(_ request: HTTPRequest, requestID: String, trace: TraceContext, xCache: String?,
-                         cacheStatus: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, String?)> {
+    private func forward(_ request: HTTPRequest, requestID: String, trace: TraceContext, result: CacheResult?,
+                         cacheStatus: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, CacheResult?)> {
         // One promise, completed either way (not `map` then `recover`: a future and a callback less).
-        let answer = eventLoop.makePromise(of: (HTTPResponse, String?).self)
-        upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).whenComplete { result in
-            switch result {
+        let answer = eventLoop.makePromise(of: (HTTPResponse, CacheResult?).self)
+        upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).whenComplete { sent in
+            switch sent {
             case .success(let response):
                 self.cache.noteAnswer(.response(response), to: self.cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
-                answer.succeed((self.clientResponse(response, to: request, requestID: requestID, xCache: xCache, cacheStatus: cacheStatus), xCache))
+                answer.succeed((self.clientResponse(response, to: request, requestID: requestID, xCache: result?.rawValue, cacheStatus: cacheStatus), result))
             case .failure(let error):
                 var failure = self.upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
                 if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
-                answer.succeed((failure, xCache))
+                answer.succeed((failure, result))
             }
         }
         return answer.futureResult
@@ -517,14 +518,14 @@ public final class Proxy: HTTPResponder {
     // MARK: Completion
 
     private func later(on eventLoop: any EventLoop, _ request: HTTPRequest, route: String, trace: TraceContext, started: NIODeadline,
-                       _ work: @escaping @Sendable () async -> (HTTPResponse, String?)) -> HTTPReply {
-        let promise = eventLoop.makePromise(of: (HTTPResponse, String?).self)
+                       _ work: @escaping @Sendable () async -> (HTTPResponse, CacheResult?)) -> HTTPReply {
+        let promise = eventLoop.makePromise(of: (HTTPResponse, CacheResult?).self)
         promise.completeWithTask(work)
         return later(request, route: route, trace: trace, started: started, promise.futureResult)
     }
 
     private func later(_ request: HTTPRequest, route: String, trace: TraceContext, started: NIODeadline,
-                       _ answer: EventLoopFuture<(HTTPResponse, String?)>) -> HTTPReply {
+                       _ answer: EventLoopFuture<(HTTPResponse, CacheResult?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
             self.observe(request, route: route, status: response.status, cache: cacheResult,
                          requestID: response.headers.first(name: "x-request-id"), traceID: trace.traceID, started: started,
@@ -533,7 +534,7 @@ public final class Proxy: HTTPResponder {
         })
     }
 
-    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: String?, trace: TraceContext?,
+    private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: CacheResult?, trace: TraceContext?,
                         started: NIODeadline, on eventLoop: any EventLoop) -> HTTPReply {
         if case .now(let response) = reply {
             observe(request, route: route, status: response.status, cache: cache,
@@ -545,7 +546,7 @@ public final class Proxy: HTTPResponder {
     /// The request-log line and the request metrics, per request. Never logs headers or bodies.
     /// `requestID` is the response's `X-Request-Id` and `traceID` the request's trace id, read
     /// only when the request log is on.
-    private func observe(_ request: HTTPRequest, route: String, status: HTTPResponseStatus, cache: String?,
+    private func observe(_ request: HTTPRequest, route: String, status: HTTPResponseStatus, cache: CacheResult?,
                          requestID: @autoclosure () -> String?, traceID: @autoclosure () -> String?, started: NIODeadline,
                          on eventLoop: any EventLoop) {
         let elapsed = Self.milliseconds(since: started)

@@ -37,6 +37,8 @@ final class TestProxy: Sendable {
     let app: ProxyApp
     let dataDir: String
     let client: HTTPClient
+    /// The request log's lines, when it goes to its default place (stderr).
+    let requestLog: LineSink?
 
     static let token = "sk_test_aaaaaaaaaaaaaaaaaaaaaaaaaaaa"
     static let otherToken = "sk_test_bbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -44,7 +46,8 @@ final class TestProxy: Sendable {
     var controls: FakeControls { fake.controls }
     var url: String { app.url }
 
-    private init(fake: FakeUpstreamServer, app: ProxyApp, dataDir: String, client: HTTPClient) {
+    private init(fake: FakeUpstreamServer, app: ProxyApp, dataDir: String, client: HTTPClient, requestLog: LineSink?) {
+        self.requestLog = requestLog
         self.fake = fake
         self.app = app
         self.dataDir = dataDir
@@ -77,12 +80,12 @@ final class TestProxy: Sendable {
         var logger = Logger(label: "test-proxy")
         logger.logLevel = config.logLevel
         // The request log stays on (its code runs in every test) but is kept out of the test output.
-        let app = try await ProxyApp.start(
-            config: config, logger: logger, clock: clock, accessLogSink: config.accessLog == .stderr ? LineSink() : nil)
+        let requestLog = config.accessLog == .stderr ? LineSink() : nil
+        let app = try await ProxyApp.start(config: config, logger: logger, clock: clock, accessLogSink: requestLog)
         var clientConfiguration = HTTPClient.Configuration(redirectConfiguration: .disallow)
         clientConfiguration.httpVersion = .http1Only
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
-        return TestProxy(fake: fake, app: app, dataDir: dataDir, client: client)
+        return TestProxy(fake: fake, app: app, dataDir: dataDir, client: client, requestLog: requestLog)
     }
 
     /// Stops the proxy (and the fake unless `keepFake`), keeping the data dir.
