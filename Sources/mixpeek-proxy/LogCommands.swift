@@ -33,7 +33,7 @@ struct SavedCheckpointOption: ParsableArguments {
 
     /// The key file a data dir's proxy signs with: alone, or as a member of a group.
     static func keyFile(_ dataDir: String, group: Bool) -> String {
-        group ? URL(fileURLWithPath: dataDir).appendingPathComponent("group-log-signing.key").path : LogSigning.defaultKeyFile(dataDir: dataDir)
+        group ? LogSigning.defaultGroupKeyFile(dataDir: dataDir) : LogSigning.defaultKeyFile(dataDir: dataDir)
     }
 
     /// `note` as a checkpoint signed by `verifier`; exit 1 naming what is wrong when it is not.

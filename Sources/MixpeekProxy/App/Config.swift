@@ -276,16 +276,8 @@ public struct ProxyConfig: Sendable, Equatable {
     /// What the lone proxy signs its checkpoints with: the key of `log_signing_key_file`
     /// (made at the first start when it is the data dir's default) and `log_origin`.
     public func logSigning() throws -> LogSigning {
-        let origin = logOrigin ?? LogSigning.defaultOrigin(dataDir: dataDir)
-        guard SignedNote.isValidName(origin) else {
-            throw ConfigError(message: "the log origin \(origin.debugDescription) (from the host name and data_dir) is not a valid signed-note name (no spaces, no '+'); set log_origin")
-        }
-        do {
-            return try LogSigning.load(
-                keyFile: logSigningKeyFile ?? LogSigning.defaultKeyFile(dataDir: dataDir), origin: origin, create: logSigningKeyFile == nil)
-        } catch let error as LogKeyError {
-            throw ConfigError(message: "log_signing_key_file: \(error.description)")
-        }
+        try signing(origin: logOrigin ?? LogSigning.defaultOrigin(dataDir: dataDir), named: "log origin", from: "the host name and data_dir",
+                    defaultKeyFile: LogSigning.defaultKeyFile(dataDir: dataDir))
     }
 
     /// A group member's key for the group's one log, whose origin is `log_origin` or, by
@@ -293,14 +285,18 @@ public struct ProxyConfig: Sendable, Equatable {
     /// key is `log_signing_key_file` or `group-log-signing.key` in the data dir, made at the
     /// first start and named as the origin: each member signs as the log, with a key of its own.
     public func groupLogSigning(_ database: PostgresURL) throws -> LogSigning {
-        let origin = logOrigin ?? "mixpeek-proxy/\(database.host)/\(database.database ?? database.user)"
+        try signing(origin: logOrigin ?? "mixpeek-proxy/\(database.host)/\(database.database ?? database.user)", named: "group log origin",
+                    from: "postgres_url",
+                    defaultKeyFile: LogSigning.defaultGroupKeyFile(dataDir: dataDir))
+    }
+
+    /// The key of `log_signing_key_file`, or of `defaultKeyFile` (made when missing), for `origin`.
+    private func signing(origin: String, named name: String, from source: String, defaultKeyFile: String) throws -> LogSigning {
         guard SignedNote.isValidName(origin) else {
-            throw ConfigError(message: "the group log origin \(origin.debugDescription) (from postgres_url) is not a valid signed-note name (no spaces, no '+'); set log_origin")
+            throw ConfigError(message: "the \(name) \(origin.debugDescription) (from \(source)) is not a valid signed-note name (no spaces, no '+'); set log_origin")
         }
         do {
-            return try LogSigning.load(
-                keyFile: logSigningKeyFile ?? URL(fileURLWithPath: dataDir).appendingPathComponent("group-log-signing.key").path,
-                origin: origin, create: logSigningKeyFile == nil)
+            return try LogSigning.load(keyFile: logSigningKeyFile ?? defaultKeyFile, origin: origin, create: logSigningKeyFile == nil)
         } catch let error as LogKeyError {
             throw ConfigError(message: "log_signing_key_file: \(error.description)")
         }

@@ -30,6 +30,12 @@ public struct LogSigning: Sendable {
         URL(fileURLWithPath: dataDir).appendingPathComponent("log-signing.key").path
     }
 
+    /// The key file a group member's data dir cosigns the group's log with, without
+    /// `log_signing_key_file`.
+    public static func defaultGroupKeyFile(dataDir: String) -> String {
+        URL(fileURLWithPath: dataDir).appendingPathComponent("group-log-signing.key").path
+    }
+
     /// Reads the key in `keyFile`, or, when `create` and there is no such file, makes one
     /// (mode 0600) for a key named `origin`. The file is Go's `sumdb/note` private key text,
     /// `PRIVATE+KEY+<name>+<8 hex key ID>+<base64(0x01 ‖ seed)>`, so Go's tools read it too.
