@@ -173,7 +173,7 @@ public final class GroupCosigner: Sendable {
                 return try await GroupLogTree.reading(connection, logger: self.logger) { read in
                     (size, try MerkleTree.treeHash(size: size, read: read),
                      old > 0 && old < size ? try MerkleTree.consistencyProof(old: old, new: size, read: read) : [],
-                     try GroupLogTree.frontier(size: size, read: read))
+                     try LogTree.Frontier(size: size, read: read))
                 }
             }
             if let saved {

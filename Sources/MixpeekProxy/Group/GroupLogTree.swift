@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MixpeekAPI
 import MixpeekLog
 import PostgresNIO
 
@@ -131,10 +132,7 @@ public enum GroupLogTree {
             indices.removeAll(keepingCapacity: true)
             hashes.removeAll(keepingCapacity: true)
         }
-        let rows = try await connection.query(
-            PostgresQuery(unsafeSQL: "SELECT \(GroupChain.recordColumns) FROM mixpeek_audit ORDER BY seq"), logger: logger)
-        for try await row in rows {
-            let record = try GroupChain.record(row)
+        try await eachRecord(connection, logger: logger) { record in
             guard record.seq == frontier.size + 1 else { throw LogTreeError.outOfOrder(seq: record.seq, size: frontier.size) }
             for subtree in try frontier.append(MerkleTree.leafHash(record.logEntry)) {
                 levels.append(Int32(subtree.level))
@@ -197,18 +195,6 @@ public enum GroupLogTree {
         return edge.keys.contains { $0 >= level } ? level : nil
     }
 
-    /// The right edge of the tree of `size` entries, read through `read`.
-    static func frontier(size: Int64, read: SubtreeReader) throws -> LogTree.Frontier {
-        var frontier = LogTree.Frontier()
-        frontier.size = size
-        var level = 0
-        while size >> level > 0 {
-            frontier.latest[level] = ((size >> level) - 1, try read(level, (size >> level) - 1))
-            level += 1
-        }
-        return frontier
-    }
-
     /// Runs `body`, a pure function of the tree (`MerkleTree`, `Tiles`), on the stored subtree
     /// hashes it reads. The subtrees a tree hash or proof reads depend on the sizes alone, so a
     /// first run with placeholder hashes names them, one query fetches them all, and a second
@@ -247,12 +233,19 @@ public enum GroupLogTree {
     /// The records of entries `start ..< end` (seq `start + 1 ... end`), in order.
     static func records(from start: Int64, to end: Int64, _ connection: PostgresConnection, logger: Logger) async throws -> [AuditRecord] {
         var records: [AuditRecord] = []
-        for try await row in try await connection.query(
-            PostgresQuery(unsafeSQL: "SELECT \(GroupChain.recordColumns) FROM mixpeek_audit WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-                          binds: { var b = PostgresBindings(); b.append(start); b.append(end); return b }()), logger: logger) {
-            records.append(try GroupChain.record(row))
-        }
+        try await eachRecord(after: start, limit: Int(end - start), connection, logger: logger) { records.append($0) }
         return records
+    }
+
+    /// Each record of the chain from `seq` `after + 1` on, in order, at most `limit`.
+    static func eachRecord(after: Int64 = 0, limit: Int? = nil, _ connection: PostgresConnection, logger: Logger,
+                           _ body: (AuditRecord) async throws -> Void) async throws {
+        var bindings = PostgresBindings()
+        bindings.append(after)
+        let sql = "SELECT \(GroupChain.recordColumns) FROM mixpeek_audit WHERE seq > $1 ORDER BY seq" + (limit.map { " LIMIT \($0)" } ?? "")
+        for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) {
+            try await body(try GroupChain.record(row))
+        }
     }
 }
 
@@ -275,12 +268,7 @@ extension GroupLogTree {
     /// `audit query --records --postgres-url`: `AuditLog.entries` for the group's chain.
     public static func entries(after: Int64 = 0, limit: Int? = nil, on connection: PostgresConnection, logger: Logger,
                                _ body: ([UInt8]) throws -> Void) async throws {
-        var bindings = PostgresBindings()
-        bindings.append(after)
-        let sql = "SELECT \(GroupChain.recordColumns) FROM mixpeek_audit WHERE seq > $1 ORDER BY seq" + (limit.map { " LIMIT \($0)" } ?? "")
-        for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) {
-            try body(try GroupChain.record(row).logEntry)
-        }
+        try await eachRecord(after: after, limit: limit, connection, logger: logger) { try body($0.logEntry) }
     }
 
     /// Entry `index` and its inclusion proof in the tree of `size` entries, with that tree's
@@ -313,12 +301,11 @@ extension GroupLogTree {
             leaves.append(leaf)
         }
         var check = LogCheck(saved: saved, signed: LogCheck.verified(notes, by: verifier))
-        let rows = try await connection.query(
-            PostgresQuery(unsafeSQL: "SELECT \(GroupChain.recordColumns) FROM mixpeek_audit ORDER BY seq"), logger: logger)
         var stopped = false
-        for try await row in rows where !stopped {
+        try await eachRecord(connection, logger: logger) { record in
+            guard !stopped else { return }
             let index = Int(check.size)
-            stopped = !(try check.next(try GroupChain.record(row), storedLeaf: index < leaves.count ? leaves[index] : nil))
+            stopped = !(try check.next(record, storedLeaf: index < leaves.count ? leaves[index] : nil))
         }
         let size = check.size
         let proof = check.needsProof
@@ -337,19 +324,10 @@ enum Base16 {
         bytes.reserveCapacity(digits.count / 2)
         var index = 0
         while index < digits.count {
-            guard let high = value(digits[index]), let low = value(digits[index + 1]) else { return nil }
+            guard let high = PathSpelling.hexValue(digits[index]), let low = PathSpelling.hexValue(digits[index + 1]) else { return nil }
             bytes.append(high << 4 | low)
             index += 2
         }
         return bytes
-    }
-
-    private static func value(_ digit: UInt8) -> UInt8? {
-        switch digit {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 }

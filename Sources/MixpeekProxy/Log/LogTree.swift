@@ -55,14 +55,7 @@ enum LogTree {
 
     /// The tree's right edge for the first `size` entries, read from storage.
     static func frontier(_ db: Database, size: Int64) throws -> Frontier {
-        var frontier = Frontier()
-        frontier.size = size
-        var level = 0
-        while size >> level > 0 {
-            frontier.latest[level] = ((size >> level) - 1, try subtree(db, level: level, index: (size >> level) - 1))
-            level += 1
-        }
-        return frontier
+        try Frontier(size: size, read: reader(db))
     }
 
     /// The entries the tree holds: one per subtree at level 0, indexed from 0 without gaps
@@ -92,6 +85,18 @@ enum LogTree {
     struct Frontier: Sendable {
         var size: Int64 = 0
         var latest: [Int: (index: Int64, hash: TreeHash)] = [:]
+
+        init() {}
+
+        /// The right edge of the tree of `size` entries, read through `read`.
+        init(size: Int64, read: SubtreeReader) throws {
+            self.size = size
+            var level = 0
+            while size >> level > 0 {
+                latest[level] = ((size >> level) - 1, try read(level, (size >> level) - 1))
+                level += 1
+            }
+        }
 
         func read(_ level: Int, _ index: Int64) throws -> TreeHash {
             guard let subtree = latest[level], subtree.index == index else { throw LogTreeError.missingSubtree(level: level, index: index) }
