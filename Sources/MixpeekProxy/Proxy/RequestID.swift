@@ -17,30 +17,41 @@ enum RequestID {
     /// `high` and `low` as 8-4-4-4-12 lowercase hex digits.
     static func format(high: UInt64, low: UInt64) -> String {
         String(unsafeUninitializedCapacity: 36) { buffer in
-            var index = 0
-            func put(_ value: UInt64, nibbles: Int) {
-                var shift = (nibbles - 1) * 4
-                while shift >= 0 {
-                    let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF
-                    buffer[index] = nibble < 10 ? nibble + 0x30 : nibble + 0x57
-                    index += 1
-                    shift -= 4
-                }
-            }
-            func dash() {
-                buffer[index] = UInt8(ascii: "-")
-                index += 1
-            }
-            put(high >> 32, nibbles: 8)
-            dash()
-            put(high >> 16, nibbles: 4)
-            dash()
-            put(high, nibbles: 4)
-            dash()
-            put(low >> 48, nibbles: 4)
-            dash()
-            put(low, nibbles: 12)
-            return index
+            var writer = HexWriter(buffer)
+            writer.hex(high >> 32, nibbles: 8)
+            writer.byte(UInt8(ascii: "-"))
+            writer.hex(high >> 16, nibbles: 4)
+            writer.byte(UInt8(ascii: "-"))
+            writer.hex(high, nibbles: 4)
+            writer.byte(UInt8(ascii: "-"))
+            writer.hex(low >> 48, nibbles: 4)
+            writer.byte(UInt8(ascii: "-"))
+            writer.hex(low, nibbles: 12)
+            return writer.count
+        }
+    }
+}
+
+/// Writes lowercase hex digits and other bytes into a string's uninitialized storage: the ids
+/// the proxy makes per request (`RequestID`, `TraceContext`), without an intermediate string.
+struct HexWriter {
+    private let buffer: UnsafeMutableBufferPointer<UInt8>
+    private(set) var count = 0
+
+    init(_ buffer: UnsafeMutableBufferPointer<UInt8>) { self.buffer = buffer }
+
+    mutating func byte(_ byte: UInt8) {
+        buffer[count] = byte
+        count += 1
+    }
+
+    /// The low `nibbles` hex digits of `value`, most significant first.
+    mutating func hex(_ value: UInt64, nibbles: Int = 16) {
+        var shift = (nibbles - 1) * 4
+        while shift >= 0 {
+            let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF
+            byte(nibble < 10 ? nibble + 0x30 : nibble + 0x57)
+            shift -= 4
         }
     }
 }

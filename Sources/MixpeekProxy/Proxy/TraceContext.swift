@@ -37,25 +37,14 @@ struct TraceContext: Sendable, Equatable {
     static func started() -> TraceContext {
         let (high, low, parent) = TraceIDs.next()
         return TraceContext(traceparent: String(unsafeUninitializedCapacity: 55) { buffer in
-            var index = 0
-            func put(_ byte: UInt8) {
-                buffer[index] = byte
-                index += 1
-            }
-            func hex(_ value: UInt64) {
-                var shift = 60
-                while shift >= 0 {
-                    let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF
-                    put(nibble < 10 ? nibble + 0x30 : nibble + 0x57)
-                    shift -= 4
-                }
-            }
-            put(UInt8(ascii: "0")); put(UInt8(ascii: "0")); put(UInt8(ascii: "-"))
-            hex(high); hex(low)
-            put(UInt8(ascii: "-"))
-            hex(parent)
-            put(UInt8(ascii: "-")); put(UInt8(ascii: "0")); put(UInt8(ascii: "0"))
-            return index
+            var writer = HexWriter(buffer)
+            for byte in "00-".utf8 { writer.byte(byte) }
+            writer.hex(high)
+            writer.hex(low)
+            writer.byte(UInt8(ascii: "-"))
+            writer.hex(parent)
+            for byte in "-00".utf8 { writer.byte(byte) }
+            return writer.count
         }, fromClient: false)
     }
 
