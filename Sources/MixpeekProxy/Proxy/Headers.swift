@@ -32,34 +32,26 @@ enum Headers {
     static func isFraming(_ name: String, keepingLength: Bool) -> Bool {
         var name = name
         return name.withUTF8 { bytes in
-            func equals(_ lower: StaticString) -> Bool {
-                guard bytes.count == lower.utf8CodeUnitCount else { return false }
-                let expected = UnsafeBufferPointer(start: lower.utf8Start, count: lower.utf8CodeUnitCount)
-                for index in 0..<bytes.count where bytes[index] | (bytes[index] &- 0x41 < 26 ? 0x20 : 0) != expected[index] {
+            /// `bytes` begin with `lower` (are all of it when `whole`), in any ASCII case.
+            func starts(with lower: StaticString, whole: Bool = true) -> Bool {
+                let count = lower.utf8CodeUnitCount
+                guard whole ? bytes.count == count : bytes.count >= count else { return false }
+                for index in 0..<count where bytes[index] | (bytes[index] &- 0x41 < 26 ? 0x20 : 0) != lower.utf8Start[index] {
                     return false
                 }
                 return true
             }
-            if bytes.count >= 6, equals6Prefix(bytes) { return true }
+            if starts(with: "proxy-", whole: false) { return true }
             switch bytes.count {
-            case 2: return equals("te")
-            case 4: return equals("host")
-            case 7: return equals("trailer") || equals("upgrade")
-            case 10: return equals("connection") || equals("keep-alive")
-            case 14: return !keepingLength && equals("content-length")
-            case 17: return equals("transfer-encoding")
+            case 2: return starts(with: "te")
+            case 4: return starts(with: "host")
+            case 7: return starts(with: "trailer") || starts(with: "upgrade")
+            case 10: return starts(with: "connection") || starts(with: "keep-alive")
+            case 14: return !keepingLength && starts(with: "content-length")
+            case 17: return starts(with: "transfer-encoding")
             default: return false
             }
         }
-    }
-
-    /// Whether `bytes` begin with `proxy-`, in any case.
-    private static func equals6Prefix(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        let prefix: StaticString = "proxy-"
-        for index in 0..<6 where bytes[index] | (bytes[index] &- 0x41 < 26 ? 0x20 : 0) != prefix.utf8Start[index] {
-            return false
-        }
-        return true
     }
 
     /// The members of a comma-separated header list, trimmed of spaces and tabs and lowercased

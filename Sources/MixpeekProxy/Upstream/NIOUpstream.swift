@@ -166,24 +166,21 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         switch error {
         case let error as UpstreamError:
             return error
-        case let error as NIOSSLError:
+        case is NIOSSLError, is BoringSSLError:
             return .unreachable(describeTLS(error))
-        case let error as BoringSSLError:
-            return .unreachable("\(error)".contains("CERTIFICATE_VERIFY_FAILED")
-                ? "TLS handshake with the upstream failed: its certificate is not trusted (set upstream_ca_file for a private CA)"
-                : "TLS failure talking to the upstream")
-        case is ChannelError where "\(error)".contains("connectTimeout"):
+        case ChannelError.connectTimeout:
             return .unreachable("could not connect to the upstream in time")
         default:
             return .unreachable("could not reach the upstream: \(describe(error))")
         }
     }
 
-    private static func describeTLS(_ error: NIOSSLError) -> String {
+    /// A TLS failure (NIOSSL's, or BoringSSL's own) in words, without BoringSSL's source paths.
+    private static func describeTLS(_ error: any Error) -> String {
         if "\(error)".contains("CERTIFICATE_VERIFY_FAILED") {
             return "TLS handshake with the upstream failed: its certificate is not trusted (set upstream_ca_file for a private CA)"
         }
-        if case .handshakeFailed = error { return "TLS handshake with the upstream failed" }
+        if case NIOSSLError.handshakeFailed = error { return "TLS handshake with the upstream failed" }
         return "TLS failure talking to the upstream"
     }
 
