@@ -1240,17 +1240,23 @@ def audit_verify(group):
           verify.returncode != 0, f"exit {verify.returncode}: {(verify.stdout + verify.stderr)[-600:]}")
 
 
+def database_of_its_own(group, name, label, command, role_flag):
+    """Creates database `name`, sets the group's tables up in it as the owner (`group COMMAND
+    --postgres-url … ROLE_FLAG ROLE`, checked as `label`); returns its owner's and the role's URLs."""
+    group.pg.psql(f"CREATE DATABASE {name}")
+    admin = group.admin_url.replace("/postgres?", f"/{name}?")
+    setup = group.run("group", command, "--postgres-url", admin, role_flag, ROLE)
+    check(label, setup.returncode == 0, setup.stdout + setup.stderr)
+    return admin, group.pg.url_for(ROLE, ROLE_PASSWORD, database=name)
+
+
 def hmac_chain(group):
     """A group whose chain is HMAC-keyed (`MIXPEEK_PROXY_AUDIT_HMAC_KEY`), in a database of its own:
     PostgreSQL never sees the key, so each proxy chains its records itself and sends them again
     when another proxy appended first. Concurrent creates through two proxies must all land, in
     one chain that verifies with the key only."""
     key = "group-hmac-key-1"
-    group.pg.psql("CREATE DATABASE keyed")
-    admin = group.admin_url.replace("/postgres?", "/keyed?")
-    setup = group.run("group", "setup", "--postgres-url", admin, "--role", ROLE)
-    check("HMAC chain: group setup of a second database (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
-    url = group.pg.url_for(ROLE, ROLE_PASSWORD, database="keyed")
+    _, url = database_of_its_own(group, "keyed", "HMAC chain: group setup of a second database (exit 0)", "setup", "--role")
     keyed = []
     try:
         for name in ("K1", "K2"):
@@ -1332,11 +1338,7 @@ def verifiable_log(group):
     verifier holding the saved checkpoint catches it."""
     import hashlib
     client = tlog_client()
-    group.pg.psql("CREATE DATABASE logged")
-    admin = group.admin_url.replace("/postgres?", "/logged?")
-    setup = group.run("group", "migrate", "--postgres-url", admin, "--grant", ROLE)
-    check("log: group migrate of a third database (exit 0)", setup.returncode == 0, setup.stdout + setup.stderr)
-    url = group.pg.url_for(ROLE, ROLE_PASSWORD, database="logged")
+    admin, url = database_of_its_own(group, "logged", "log: group migrate of a third database (exit 0)", "migrate", "--grant")
     members = []
     try:
         for name in ("L1", "L2"):

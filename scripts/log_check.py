@@ -146,6 +146,16 @@ def main():
               len(lines) > size and lines == served, f"{len(lines)} lines, {len(served)} served; first {lines[:1]} vs {served[:1]}")
         stop(proxy)
 
+        def both_catch(copy, what, entry):
+            """`audit verify --checkpoint` on the tampered copy, then Go's verifier on a proxy
+            serving it: both fail, naming `entry`."""
+            code, out = run([BIN, "audit", "verify", "--data-dir", copy, "--checkpoint", saved])
+            check(f"audit verify --checkpoint catches {what}, naming entry {entry}", code == 1 and f"entry {entry}" in out, out)
+            proxy, port = proctools.start(BIN, serve[:-1] + [copy], logs("proxy-" + os.path.basename(copy)))
+            code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
+            check(f"Go's verifier catches {what}, naming entry {entry}", code == 1 and f"entry {entry} " in out, out)
+            stop(proxy)
+
         # A record changed in place, its triggers dropped: the tree still holds the old leaf.
         changed = os.path.join(work, "changed")
         shutil.copytree(data, changed)
@@ -153,12 +163,7 @@ def main():
         db.executescript("DROP TRIGGER audit_records_no_update;"
                          "UPDATE audit_records SET user_email = 'mallory@example.com' WHERE seq = 8;")
         db.close()
-        code, out = run([BIN, "audit", "verify", "--data-dir", changed, "--checkpoint", saved])
-        check("audit verify --checkpoint catches a changed record, naming entry 7", code == 1 and "entry 7" in out, out)
-        proxy, port = proctools.start(BIN, serve[:-1] + [changed], logs("proxy-changed"))
-        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
-        check("Go's verifier catches the changed record, naming entry 7", code == 1 and "entry 7 " in out, out)
-        stop(proxy)
+        both_catch(changed, "a changed record", 7)
 
         # A record changed and the hash chain recomputed after it (what whoever holds the file
         # can do): the chain verifies, only the tree still holds the old entry.
@@ -179,12 +184,7 @@ def main():
         code, out = run([BIN, "audit", "verify", "--data-dir", rechained])
         check("a record changed with the chain recomputed: the hash chain alone verifies (the tamper is a good one)",
               code == 0 and "audit chain intact" in out, out)
-        code, out = run([BIN, "audit", "verify", "--data-dir", rechained, "--checkpoint", saved])
-        check("audit verify --checkpoint catches it, naming entry 7", code == 1 and "entry 7" in out, out)
-        proxy, port = proctools.start(BIN, serve[:-1] + [rechained], logs("proxy-rechained"))
-        code, out = run([client, "-saved", saved, f"http://127.0.0.1:{port}", key])
-        check("Go's verifier catches it, naming entry 7", code == 1 and "entry 7 " in out, out)
-        stop(proxy)
+        both_catch(rechained, "it", 7)
 
         # Truncated back to an earlier checkpoint, tree and checkpoints too.
         truncated = os.path.join(work, "truncated")
