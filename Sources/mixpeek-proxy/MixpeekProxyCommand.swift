@@ -80,6 +80,8 @@ struct ServerOptions: ParsableArguments {
     var proxyId: String?
     @Option(help: "Seconds a group lease lasts: the longest a frozen proxy holds up the others' mutations (default 2).")
     var groupLease: String?
+    @Option(help: "Seconds after which a group member not heard from is forgotten and its row reaped (default 600).")
+    var groupPeerTtl: String?
     @Option(help: "In a group, how a hit makes sure its list is current: lease (default; no database call per hit) or read (one database read per hit, for comparison).")
     var groupHitCheck: String?
     @Flag(name: [.customLong("append-only-role"), .customLong("require-append-only-role")],
@@ -100,7 +102,7 @@ struct ServerOptions: ParsableArguments {
             ("cache_memory_bytes", cacheMemoryBytes), ("pass_through", passThrough), ("allow_non_loopback", allowNonLoopback),
             ("client_timeout", clientTimeout), ("event_loops", eventLoops), ("access_log", accessLog), ("log_level", logLevel),
             ("log_format", logFormat), ("status_page", statusPage), ("postgres_url", postgresUrl), ("proxy_id", proxyId),
-            ("group_lease", groupLease), ("group_hit_check", groupHitCheck),
+            ("group_lease", groupLease), ("group_peer_ttl", groupPeerTtl), ("group_hit_check", groupHitCheck),
             ("require_append_only_role", appendOnlyRole ? "true" : nil),
             ("log_origin", logOrigin), ("log_signing_key_file", logSigningKeyFile),
         ]

@@ -54,6 +54,8 @@ public struct ProxyConfig: Sendable, Equatable {
     public var proxyID: String?
     /// Seconds a group lease lasts.
     public var groupLease: Double = 2
+    /// `group_peer_ttl`: seconds after which a member not heard from is forgotten and its row reaped.
+    public var groupPeerTTL: Double = 600
     /// How a hit in a group makes sure its list is current (`GroupSettings.HitCheck`).
     public var groupHitCheck = GroupSettings.HitCheck.lease
     /// In a group: refuse to start (and to join) when the role of `postgres_url` could rewrite
@@ -102,7 +104,7 @@ public struct ProxyConfig: Sendable, Equatable {
         "host", "port", "upstream", "data_dir", "cache_ttl", "stale_if_error", "upstream_timeout",
         "upstream_ca_file", "cache_ignore_upstream_directives", "audit_outcome_wait", "credential_recheck", "max_body_bytes", "cache_max_entries", "cache_max_bytes", "cache_memory_bytes",
         "pass_through", "allow_non_loopback", "client_timeout", "event_loops", "access_log", "log_level",
-        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_hit_check",
+        "log_format", "status_page", "postgres_url", "proxy_id", "group_lease", "group_peer_ttl", "group_hit_check",
         "require_append_only_role", "reconcile_interval", "log_origin", "log_signing_key_file",
     ].map { Key(name: $0) }
 
@@ -218,6 +220,7 @@ public struct ProxyConfig: Sendable, Equatable {
             }
             proxyID = raw
         case "group_lease": groupLease = try number(0.2...60)
+        case "group_peer_ttl": groupPeerTTL = try number(10...604_800)
         case "group_hit_check":
             guard let check = GroupSettings.HitCheck(rawValue: raw.lowercased()) else { throw fail("lease or read") }
             groupHitCheck = check
@@ -268,6 +271,7 @@ public struct ProxyConfig: Sendable, Equatable {
             var settings = GroupSettings(database: $0, proxyID: proxyID ?? GroupSettings.defaultProxyID, leaseSeconds: groupLease,
                                          upstreamTimeoutSeconds: upstreamTimeout)
             settings.hitCheck = groupHitCheck
+            settings.peerTTLSeconds = groupPeerTTL
             settings.requireAppendOnlyRole = requireAppendOnlyRole
             return settings
         }

@@ -81,7 +81,7 @@ public enum GroupChain {
             try? await connection.close()
             throw GroupError.unavailable("cannot read the group's schema version: \(GroupError.describe(error))")
         }
-        guard applied.last == GroupSchema.currentVersion else {
+        guard GroupSchema.isCurrent(applied) else {
             try? await connection.close()
             try GroupSchema.refuseNewer(applied)
             throw GroupError.schema("the group's schema is at \(applied.last ?? "nothing yet"); this mixpeek-proxy reads \(GroupSchema.currentVersion): start a proxy of this version once, or run `mixpeek-proxy group migrate`")

@@ -31,65 +31,17 @@ public final class GroupMember: ListGate, Sendable {
     private let servingUntil = Atomic<UInt64>(0)
     /// Open intents anywhere in the group: while 0, `admits` folds no name.
     private let openCount = Atomic<Int>(0)
-    private let state = NIOLockedValueBox(State())
+    /// The protocol (`GroupState`): every event goes through `step`, under this lock.
+    private let state: NIOLockedValueBox<GroupState>
+    /// Barriers waiting in `awaitPeers`: resumed with `true` once their peers have read past
+    /// the intent, `false` to ask PostgreSQL again; and the timer that wakes them.
+    private let barriers = NIOLockedValueBox<[Int: (waiting: CheckedContinuation<Bool, Never>, timer: Scheduled<Void>?)]>([:])
+    private let nextBarrier = Atomic<Int>(0)
     /// The chain's head as last known here (this proxy's appends, the announcements, a refused
     /// append): what `GroupAuditLog` chains the next batch on.
     private let head = NIOLockedValueBox((seq: Int64(0), hash: AuditRecord.genesis))
     /// `GroupSchema.rewriteRights` of this proxy's role, as found at the last join.
     private let roleRights = NIOLockedValueBox<[String]?>(nil)
-
-    struct OpenIntent {
-        var user: String
-        var since: NIODeadline
-    }
-
-    private struct State {
-        var open: [Int64: OpenIntent] = [:]
-        var openUsers: [String: Int] = [:]
-        /// The newest record heard per user (`hit_check = read` compares it with the chain's),
-        /// and the head at the last catch-up, which every user's records are heard up to.
-        var heard: [String: Int64] = [:]
-        var heardFloor: Int64 = 0
-        /// Intents whose outcome was heard lately, so a catch-up's older reading cannot reopen them.
-        var recentlyClosed: [Int64] = []
-        /// The last chain record this proxy has acted on.
-        var processed: Int64 = 0
-        var ackRunning = false
-        /// During a catch-up, the announcements heard, for after it.
-        var buffering = false
-        var buffered: [String] = []
-        /// `read_seq` of each peer, as announced.
-        var peers: [String: Int64] = [:]
-        var waiters: [ObjectIdentifier: PeerWaiter] = [:]
-        var connected = false
-        /// The LISTEN session's number, one more at the end of each: what a session still
-        /// running after it was given up (`GroupLink.bounded`) finds changed, so that it opens
-        /// no gate and changes no reading.
-        var session = 0
-    }
-
-    /// A mutation waiting for peers to read past `seq`.
-    final class PeerWaiter: Sendable {
-        let ids: Set<String>
-        let seq: Int64
-        private let continuation = NIOLockedValueBox<CheckedContinuation<Void, Never>?>(nil)
-        init(ids: Set<String>, seq: Int64) {
-            self.ids = ids
-            self.seq = seq
-        }
-        private let cleanup = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
-        func set(_ continuation: CheckedContinuation<Void, Never>) { self.continuation.withLockedValue { $0 = continuation } }
-        /// `body` runs once, at the resume (the timer's cancel).
-        func onResume(_ body: @escaping @Sendable () -> Void) { cleanup.withLockedValue { $0 = body } }
-        func resume() {
-            let resumed = continuation.withLockedValue { continuation -> Bool in
-                defer { continuation = nil }
-                continuation?.resume()
-                return continuation != nil
-            }
-            if resumed { cleanup.withLockedValue { $0?(); $0 = nil } }
-        }
-    }
 
     /// What this build says and understands on the channel (`mixpeek_proxies.protocol`): 2 is
     /// announcements with the record's hash and acknowledgements by announcement; 3 sends each
@@ -106,6 +58,9 @@ public final class GroupMember: ListGate, Sendable {
             ? (0..<4).map { _ in GroupLink(url: settings.database, applicationName: "mixpeek-proxy \(settings.proxyID) hits", logger: logger) }
             : []
         self.logger = logger
+        state = NIOLockedValueBox(GroupState(settings: GroupState.Settings(
+            proxyID: settings.proxyID, leaseSeconds: settings.leaseSeconds,
+            peerTTL: .nanoseconds(Int64(settings.peerTTLSeconds * 1e9)))))
         link = GroupLink(url: settings.database, applicationName: "mixpeek-proxy \(settings.proxyID)", logger: logger)
     }
 
@@ -115,7 +70,7 @@ public final class GroupMember: ListGate, Sendable {
         guard NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring) else { return false }
         if openCount.load(ordering: .relaxed) == 0 { return true }
         let folded = UserIdentity.folded(user)
-        return state.withLockedValue { $0.openUsers[folded] == nil }
+        return state.withLockedValue { !$0.isOpen(folded) }
     }
 
     /// Whether this proxy's role could rewrite the chain (`GroupSchema.rewriteRights`), as found
@@ -181,9 +136,67 @@ public final class GroupMember: ListGate, Sendable {
     /// is unreachable goes to the log only (`run`).
     public var health: (ok: Bool, state: String) {
         let serving = NIODeadline.now().uptimeNanoseconds < servingUntil.load(ordering: .acquiring)
-        return state.withLockedValue { state in
-            serving && state.connected ? (true, "ok") : (false, "unreachable")
+        return serving && state.withLockedValue({ $0.connected }) ? (true, "ok") : (false, "unreachable")
+    }
+
+    // MARK: The protocol's steps
+
+    /// Feeds `event` to the protocol and returns what to do. The gate's atomics follow the
+    /// state under its lock, so a session given up cannot open a gate another closed.
+    @discardableResult
+    private func step(_ event: GroupState.Event) -> [GroupState.Action] {
+        state.withLockedValue { state in
+            let actions = state.on(event, now: .now())
+            for action in actions {
+                switch action {
+                case .closeGate: servingUntil.store(0, ordering: .releasing)
+                case .openGate(let until): servingUntil.store(until.uptimeNanoseconds, ordering: .releasing)
+                default: break
+                }
+            }
+            openCount.store(state.open.count, ordering: .relaxed)
+            return actions
         }
+    }
+
+    /// Performs `actions` (the gate's are done already, in `step`). Throws on `abandon`;
+    /// returns whether a catch-up is asked for.
+    @discardableResult
+    private func perform(_ actions: [GroupState.Action], on connection: PostgresConnection?,
+                         _ local: (any Invalidation)?) throws -> Bool {
+        var catchUp = false
+        for action in actions {
+            switch action {
+            case .closeGate, .openGate: break
+            case .catchUp: catchUp = true
+            case .abandon: throw CancellationError()
+            case .dropLists(let user, let closing):
+                local?.drop(user: user)
+                if let closing { step(.listsDropped(intentSeq: closing)) }
+            case .scheduleAcknowledgement:
+                // After the rest of what the connection delivered with it, so that one carries them all.
+                connection?.eventLoop.execute {
+                    _ = try? self.perform(self.step(.acknowledging), on: connection, local)
+                }
+            case .acknowledge(let position):
+                connection?.query(Self.acknowledgement(id: settings.proxyID, position), logger: logger).whenComplete { result in
+                    let ok = if case .success = result { true } else { false }
+                    _ = try? self.perform(self.step(.acknowledged(position: position, ok: ok)), on: connection, local)
+                }
+            case .release(let id, let read):
+                let barrier = barriers.withLockedValue { $0.removeValue(forKey: id) }
+                barrier?.timer?.cancel()
+                barrier?.waiting.resume(returning: read)
+            case .wake(let id, let at):
+                let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(deadline: at) {
+                    _ = try? self.perform(self.step(.barrierTimer(id: id)), on: nil, nil)
+                }
+                barriers.withLockedValue { $0[id]?.timer = timer }
+            case .warn(let message):
+                logger.warning("\(message)", metadata: ["proxy_id": "\(settings.proxyID)"])
+            }
+        }
+        return catchUp
     }
 
     // MARK: Listening
@@ -197,24 +210,14 @@ public final class GroupMember: ListGate, Sendable {
             } catch is CancellationError {
                 break
             } catch {
-                let problem = GroupError.describe(error)
-                state.withLockedValue { $0.connected = false }
                 if !Task.isCancelled {
                     logger.error("group: PostgreSQL connection lost; serving no hits until caught up", metadata: [
-                        "postgres": "\(settings.database)", "error": "\(problem)"])
+                        "postgres": "\(settings.database)", "error": "\(GroupError.describe(error))"])
                 }
             }
-            state.withLockedValue { state in
-                state.session += 1
-                state.connected = false
-                closeGate()
-            }
+            step(.listenDropped)
             try? await Task.sleep(for: .seconds(1))
         }
-    }
-
-    private func closeGate() {
-        servingUntil.store(0, ordering: .releasing)
     }
 
     private func session(_ local: any Invalidation) async throws {
@@ -246,7 +249,6 @@ public final class GroupMember: ListGate, Sendable {
                 return listening
             }
             defer { listening.stop() }
-            state.withLockedValue { $0.connected = true }
             logger.info("group: joined", metadata: ["proxy_id": "\(settings.proxyID)", "postgres": "\(settings.database)"])
             try await renewLease(connection, local, session: session, close: close)
         } catch {
@@ -257,18 +259,29 @@ public final class GroupMember: ListGate, Sendable {
     }
 
     /// Renews the lease every quarter lease until a renewal fails, takes a whole lease (the
-    /// connection is then closed and the renewal given up) or the connection closes.
+    /// connection is then closed and the renewal given up) or the connection closes. Once a
+    /// minute (or `group_peer_ttl`, if shorter) it also deletes the rows of members gone longer
+    /// than `group_peer_ttl`.
     private func renewLease(_ connection: PostgresConnection, _ local: any Invalidation, session: Int,
                             close: @escaping @Sendable () -> Void) async throws {
         let ended = SessionEnd()
         connection.closeFuture.whenComplete { _ in ended.finish(GroupError.unavailable("the LISTEN connection closed")) }
+        let reapEvery = TimeAmount.nanoseconds(Int64(min(60, settings.peerTTLSeconds) * 1e9))
         let renewing = Task {
             do {
+                var reaped = NIODeadline.now()
                 while true {
                     try await Task.sleep(for: .seconds(self.settings.leaseSeconds / 4))
+                    let reap = NIODeadline.now() - reaped >= reapEvery
+                    if reap { reaped = .now() }
                     try await GroupLink.bounded(self.settings.leaseSeconds, on: connection.eventLoop, "to renew the lease",
                                                 onTimeout: close) {
                         try await self.renew(connection, local, catchingUp: false, session: session)
+                        self.step(.tick)
+                        if reap {
+                            try await connection.query(
+                                "SELECT mixpeek_proxies_reap(\(self.settings.peerTTLSeconds))", logger: self.logger)
+                        }
                     }
                 }
             } catch {
@@ -286,9 +299,8 @@ public final class GroupMember: ListGate, Sendable {
     /// Drops every cached list (any may predate what this proxy did not hear), loads the open
     /// intents, then takes the lease: only then are hits served.
     private func catchUp(_ connection: PostgresConnection, _ local: any Invalidation, session: Int) async throws {
-        closeGate()
-        // What is heard meanwhile waits until the reading below is in place.
-        state.withLockedValue { $0.buffering = true; $0.buffered = [] }
+        // The gate closes; what is heard meanwhile waits until the reading below is in place.
+        try perform(step(.catchUpBegins(session: session)), on: connection, local)
         // First a live lease that says "read nothing yet", so that from here on every intent's
         // proxy waits for this one (which hears it, LISTEN being in effect) or finds it in the
         // open intents read below.
@@ -305,52 +317,22 @@ public final class GroupMember: ListGate, Sendable {
         for try await value in try await connection.query("SELECT coalesce(max(seq), 0)::bigint FROM mixpeek_audit", logger: logger).decode(Int64.self) {
             head = value
         }
-        var open: [Int64: OpenIntent] = [:]
-        let now = NIODeadline.now()
+        var open: [Int64: String] = [:]
         for try await (seq, user) in try await connection.query("""
             SELECT i.seq, i.user_fold FROM mixpeek_audit i WHERE i.kind = 'intent'
             AND NOT EXISTS (SELECT 1 FROM mixpeek_audit o WHERE o.intent_seq = i.seq)
             """, logger: logger).decode((Int64, String).self) {
-            open[seq] = OpenIntent(user: user, since: now)
+            open[seq] = user
         }
         await local.invalidate(user: nil)
-        try state.withLockedValue { state in
-            guard state.session == session else { throw CancellationError() }
-            if head < state.processed {
-                // The chain is shorter than what was heard: PostgreSQL lost its last records (a
-                // crash before they reached the disk, a failover). Seqs will be reused: forget
-                // every position heard.
-                logger.warning("group: the chain ends before records this proxy heard; starting over from it", metadata: [
-                    "head": "\(head)", "heard": "\(state.processed)"])
-                state.processed = head
-                state.recentlyClosed = []
-                state.peers = [:]
-                state.heard = [:]
-            }
-            state.heardFloor = head
-            // Intents past `head` heard meanwhile stay; the reading decides the rest.
-            for (seq, intent) in state.open where seq > head && open[seq] == nil { open[seq] = intent }
-            for seq in state.recentlyClosed { open[seq] = nil }
-            state.open = open
-            state.openUsers = [:]
-            for intent in open.values { state.openUsers[intent.user, default: 0] += 1 }
-            state.processed = max(state.processed, head)
-            openCount.store(open.count, ordering: .relaxed)
-        }
-        // Then what was heard meanwhile, in order; what arrives while this runs joins the queue.
-        while let next = state.withLockedValue({ state -> [String]? in
-            if state.buffered.isEmpty { state.buffering = false; return nil }
-            defer { state.buffered = [] }
-            return state.buffered
-        }) {
-            for payload in next { hear(payload, on: connection, local) }
-        }
+        // The reading in place, then what was heard meanwhile, in order.
+        try perform(step(.caughtUp(session: session, head: head, open: open)), on: connection, local)
         try await renew(connection, local, catchingUp: true, session: session)
     }
 
-    /// One renewal. Hits may be served until the lease ends by this proxy's clock, counted from
-    /// before the renewal was sent and shortened by a tenth, so never after PostgreSQL's. A
-    /// renewal that comes back after the previous lease ran out is a lapse: catch up first.
+    /// One renewal: hits may be served until the lease ends by this proxy's clock, counted
+    /// from before the renewal was sent (`GroupState`). One that comes back after the previous
+    /// lease ran out is a lapse: catch up first.
     private func renew(_ connection: PostgresConnection, _ local: any Invalidation, catchingUp: Bool, session: Int) async throws {
         let sent = NIODeadline.now()
         let processed = state.withLockedValue { $0.processed }
@@ -360,58 +342,18 @@ public final class GroupMember: ListGate, Sendable {
             ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until,
                 read_seq = greatest(mixpeek_proxies.read_seq, EXCLUDED.read_seq), protocol = EXCLUDED.protocol
             """, logger: logger)
-        let until = sent + .nanoseconds(Int64(settings.leaseSeconds * 0.9 * 1e9))
-        let now = NIODeadline.now()
-        if !catchingUp && now.uptimeNanoseconds >= servingUntil.load(ordering: .acquiring) {
-            logger.warning("group: lease lapsed; catching up before serving hits", metadata: ["proxy_id": "\(settings.proxyID)"])
-            return try await catchUp(connection, local, session: session)
-        }
-        try state.withLockedValue { state in
-            // A session given up opens no gate.
-            guard state.session == session else { throw CancellationError() }
-            if now < until { servingUntil.store(until.uptimeNanoseconds, ordering: .releasing) }
+        if try perform(step(.renewed(session: session, sentAt: sent, catchingUp: catchingUp)), on: connection, local) {
+            try await catchUp(connection, local, session: session)
         }
     }
 
-    /// An announcement as it arrives (on the connection's event loop): kept for later during a
-    /// catch-up, else acted on.
+    /// An announcement as it arrives, on the connection's event loop.
     private func heard(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) {
-        let later = state.withLockedValue { state -> Bool in
-            if state.buffering { state.buffered.append(payload) }
-            return state.buffering
-        }
-        if !later { hear(payload, on: connection, local) }
-    }
-
-    /// One announcement: `i seq intent_seq proxy_id hash user` (a record appended) or
-    /// `a proxy_id read_seq` (a proxy's position). Read as bytes: `String.split` took a
-    /// twentieth of a proxy's CPU in a group's mutation benchmark.
-    private func hear(_ payload: String, on connection: PostgresConnection, _ local: any Invalidation) {
-        let parts = Array(payload.utf8).split(separator: UInt8(ascii: " "), maxSplits: 5, omittingEmptySubsequences: false)
-        func number(_ index: Int) -> Int64? { Int64(String(decoding: parts[index], as: UTF8.self)) }
-        if parts.first?.elementsEqual("a".utf8) == true, parts.count == 3, let seq = number(2) {
-            return peerRead(String(decoding: parts[1], as: UTF8.self), seq)
-        }
-        guard parts.first?.elementsEqual("i".utf8) == true, parts.count == 6, let seq = number(1), let intentSeq = number(2) else {
+        guard let announcement = GroupAnnouncement(payload) else {
             return logger.warning("group: unreadable announcement", metadata: ["payload": "\(payload.prefix(80))"])
         }
-        let user = String(decoding: parts[5], as: UTF8.self)
-        noteHead(seq, String(decoding: parts[4], as: UTF8.self))
-        if settings.hitCheck == .read {
-            state.withLockedValue { $0.heard[user] = max($0.heard[user] ?? 0, seq) }
-        }
-        if intentSeq == 0 {
-            // An intent: no list of this user is cached from now until its outcome.
-            noteOpen(seq, user: user)
-            local.drop(user: user)
-        } else {
-            local.drop(user: user)
-            noteClosed(intentSeq)
-        }
-        state.withLockedValue { $0.processed = max($0.processed, seq) }
-        // Only an intent's proxy waits for the others to have read it (not for itself); any
-        // other position goes out with the next acknowledgement or lease renewal.
-        if intentSeq == 0 && !parts[3].elementsEqual(settings.proxyID.utf8) { acknowledge(on: connection) }
+        if case .record(let seq, _, _, let hash, _) = announcement { noteHead(seq, hash) }
+        _ = try? perform(step(.heard(announcement)), on: connection, local)
     }
 
     /// The chain's head as last known here.
@@ -423,54 +365,14 @@ public final class GroupMember: ListGate, Sendable {
         head.withLockedValue { if truth || seq > $0.seq { $0 = (seq, hash) } }
     }
 
-    /// Marks intent `seq` open, unless this proxy has read past it already (then its outcome
-    /// may have been heard, or it was loaded at catch-up).
+    /// This proxy appended intent `seq`: no list of the user is cached here from now on.
     func noteOpen(_ seq: Int64, user: String) {
-        state.withLockedValue { state in
-            guard seq > state.processed, state.open[seq] == nil else { return }
-            state.open[seq] = OpenIntent(user: user, since: .now())
-            state.openUsers[user, default: 0] += 1
-            openCount.store(state.open.count, ordering: .relaxed)
-        }
+        step(.appended(seq: seq, user: user))
     }
 
+    /// The reaper found intent `seq` closed in the chain.
     func noteClosed(_ intentSeq: Int64) {
-        state.withLockedValue { state in
-            state.recentlyClosed.append(intentSeq)
-            if state.recentlyClosed.count > 4096 { state.recentlyClosed.removeFirst(2048) }
-            guard let intent = state.open.removeValue(forKey: intentSeq) else { return }
-            let left = (state.openUsers[intent.user] ?? 1) - 1
-            state.openUsers[intent.user] = left > 0 ? left : nil
-            openCount.store(state.open.count, ordering: .relaxed)
-        }
-    }
-
-    /// Announces how far this proxy has read (`a proxy_id read_seq`): one at a time, each
-    /// carrying the latest position, sent from the connection's event loop.
-    private func acknowledge(on connection: PostgresConnection) {
-        let start = state.withLockedValue { state -> Bool in
-            defer { state.ackRunning = true }
-            return !state.ackRunning
-        }
-        guard start else { return }
-        // After the rest of what the connection delivered with it, so that one carries them all.
-        connection.eventLoop.execute {
-            self.sendAcknowledgement(self.state.withLockedValue { $0.processed }, on: connection)
-        }
-    }
-
-    private func sendAcknowledgement(_ position: Int64, on connection: PostgresConnection) {
-        connection.query(Self.acknowledgement(id: settings.proxyID, position), logger: logger).whenComplete { result in
-            let next = self.state.withLockedValue { state -> Int64? in
-                // On a failure the connection is failing: the lease renewal fails too and ends the session.
-                guard case .success = result, state.processed != position else {
-                    state.ackRunning = false
-                    return nil
-                }
-                return state.processed
-            }
-            if let next { self.sendAcknowledgement(next, on: connection) }
-        }
+        step(.foundClosed(intentSeq: intentSeq))
     }
 
     /// `a proxy_id read_seq` on the channel: a `NOTIFY` with the payload written in, for which
@@ -482,17 +384,6 @@ public final class GroupMember: ListGate, Sendable {
         return PostgresQuery(unsafeSQL: "NOTIFY mixpeek_proxy, '\(payload.replacingOccurrences(of: "'", with: "''"))'")
     }
 
-    private func peerRead(_ id: String, _ seq: Int64) {
-        let ready = state.withLockedValue { state -> [PeerWaiter] in
-            state.peers[id] = max(state.peers[id] ?? 0, seq)
-            let peers = state.peers
-            let ready = state.waiters.values.filter { waiter in waiter.ids.allSatisfy { (peers[$0] ?? 0) >= waiter.seq } }
-            for waiter in ready { state.waiters[ObjectIdentifier(waiter)] = nil }
-            return ready
-        }
-        for waiter in ready { waiter.resume() }
-    }
-
     // MARK: Mutations
 
     /// Returns when every other proxy whose lease is live has read past record `seq`, or its
@@ -500,54 +391,44 @@ public final class GroupMember: ListGate, Sendable {
     ///
     /// `live`, when given, are the other proxies whose lease was live when the record was known
     /// to be committed, with their `read_seq` then (`GroupAuditLog` reads them with the flush),
-    /// which saves the first query.
+    /// which saves the first query. A barrier wakes on the peers' acknowledgements; it asks
+    /// PostgreSQL again only after a second, or just after a lagging peer's lease lapses.
     func awaitPeers(pastSeq seq: Int64, live: [String: Int64]? = nil, until deadline: NIODeadline) async throws {
         let me = settings.proxyID
-        var known = live
+        var known = live.map { $0.filter { $0.value < seq }.mapValues { _ -> NIODeadline? in nil } }
         while true {
             guard NIODeadline.now() < deadline else {
                 throw GroupError.unavailable("other proxies did not read the intent within a lease")
             }
-            let lagging: Set<String>
+            var lagging: [String: NIODeadline?]
             if let peers = known {
-                lagging = Set(peers.filter { $0.value < seq }.keys)
+                lagging = peers
                 known = nil
             } else {
                 lagging = try await link.run(timeout: settings.leaseSeconds + 3) { connection in
-                    var ids = Set<String>()
-                    for try await id in try await connection.query("""
-                        SELECT proxy_id FROM mixpeek_proxies
+                    var ids: [String: NIODeadline?] = [:]
+                    let asked = NIODeadline.now()
+                    for try await (id, left) in try await connection.query("""
+                        SELECT proxy_id, extract(epoch FROM lease_until - now())::float8 FROM mixpeek_proxies
                         WHERE proxy_id <> \(me) AND lease_until > now() AND read_seq < \(seq)
-                        """, logger: self.logger).decode(String.self) {
-                        ids.insert(id)
+                        """, logger: self.logger).decode((String, Double).self) {
+                        ids[id] = asked + .nanoseconds(Int64(left * 1e9))
                     }
                     return ids
                 }
             }
             if lagging.isEmpty { return }
-            // Woken when they announce their reads; asked again every 50 ms, as leases lapse.
-            let waiter = PeerWaiter(ids: lagging, seq: seq)
-            await withCheckedContinuation { continuation in
-                waiter.set(continuation)
-                let done = state.withLockedValue { state -> Bool in
-                    if lagging.allSatisfy({ (state.peers[$0] ?? 0) >= seq }) { return true }
-                    state.waiters[ObjectIdentifier(waiter)] = waiter
-                    return false
-                }
-                if done { return waiter.resume() }
-                let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .milliseconds(50)) {
-                    self.state.withLockedValue { _ = $0.waiters.removeValue(forKey: ObjectIdentifier(waiter)) }
-                    waiter.resume()
-                }
-                waiter.onResume { timer.cancel() }
+            let id = nextBarrier.wrappingAdd(1, ordering: .relaxed).oldValue
+            let read = await withCheckedContinuation { continuation in
+                barriers.withLockedValue { $0[id] = (continuation, nil) }
+                _ = try? perform(step(.barrierBegins(id: id, seq: seq, lagging: lagging)), on: nil, nil)
             }
-            let read = state.withLockedValue { state in lagging.allSatisfy { (state.peers[$0] ?? 0) >= seq } }
             if read { return }
         }
     }
 
     /// `hit_check = read`: true when the chain's newest record for `user` is one this proxy has
-    /// heard (so it has dropped every list older than it), read from PostgreSQL now.
+    /// acted on (so it has dropped every list older than it), read from PostgreSQL now.
     func confirmHit(user: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         let folded = UserIdentity.folded(user)
         let reader = readers[nextReader.wrappingAdd(1, ordering: .relaxed).oldValue % readers.count]
@@ -561,25 +442,24 @@ public final class GroupMember: ListGate, Sendable {
                 }
                 return newest
             }
-            return self.state.withLockedValue { newest <= max($0.heard[folded] ?? 0, $0.heardFloor) }
+            return self.state.withLockedValue { newest <= $0.processed }
         }
         return promise.futureResult.recover { _ in false }
     }
 
     /// Intents open longer than `age`, oldest first: the reaper's candidates.
     func openIntents(olderThan age: TimeAmount) -> [Int64] {
-        let now = NIODeadline.now()
-        return state.withLockedValue { state in
-            guard state.connected else { return [] }
-            return state.open.filter { now - $0.value.since > age }.keys.sorted()
-        }
+        state.withLockedValue { $0.openIntents(olderThan: age, now: .now()) }
     }
+
+    /// The protocol's state as it is now, for the status page and the tests.
+    var protocolState: GroupState { state.withLockedValue { $0 } }
 }
 
 extension GroupMember {
     /// At shutdown: ends this proxy's lease now, so no peer's mutation waits for it.
     public func leave() async {
-        closeGate()
+        servingUntil.store(0, ordering: .releasing)
         _ = try? await link.run { connection in
             try await connection.query(
                 "UPDATE mixpeek_proxies SET lease_until = now() WHERE proxy_id = \(self.settings.proxyID)", logger: self.logger)

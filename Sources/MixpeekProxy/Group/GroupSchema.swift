@@ -172,7 +172,29 @@ public enum GroupSchema {
         // functions in the records' transaction, and the members' signed checkpoints
         // (`GroupLogTree`). The tree of the records already there is built once, here.
         (GroupLogTree.version, GroupLogTree.migration),
+        // Bounded bookkeeping (issue 25): a member whose lease ended more than `group_peer_ttl`
+        // ago loses its row. A proxy's role may not DELETE (`grants`); this function, run with
+        // its owner's rights, deletes only such rows, and a member that comes back inserts its
+        // row again at its next catch-up.
+        (reapVersion, [
+            """
+            CREATE FUNCTION mixpeek_proxies_reap(ttl_seconds double precision) RETURNS bigint
+            LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+                WITH gone AS (DELETE FROM mixpeek_proxies
+                    WHERE lease_until < now() - make_interval(secs => greatest(ttl_seconds, 10)) RETURNING 1)
+                SELECT count(*) FROM gone
+            $$
+            """,
+        ]),
     ]
+
+    static let reapVersion = "v6-reap-members"
+
+    /// Whether `applied` holds every migration this build knows (in whatever order: one
+    /// applied again by hand comes last).
+    static func isCurrent(_ applied: [String]) -> Bool {
+        Set(migrations.map(\.version)).isSubset(of: Set(applied))
+    }
 
     static var currentVersion: String { migrations.last!.version }
 
@@ -365,7 +387,7 @@ public enum GroupSchema {
     /// proxies starting together by an advisory lock. Throws `GroupError.schema` when the
     /// database has a newer schema, or when this role may not create it.
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
-        if try await applied(connection, logger: logger).last == currentVersion { return }
+        if isCurrent(try await applied(connection, logger: logger)) { return }
         try await connection.query("SELECT pg_advisory_lock(\(GroupSchema.migrationLock))", logger: logger)
         defer { Task { try? await connection.query("SELECT pg_advisory_unlock(\(GroupSchema.migrationLock))", logger: logger) } }
         do {

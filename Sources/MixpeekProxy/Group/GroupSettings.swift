@@ -16,6 +16,9 @@ public struct GroupSettings: Sendable, Equatable {
     /// (its proxy has surely given up on the upstream) is closed as `unknown` by any proxy.
     public var upstreamTimeoutSeconds: Double
     public var reapMarginSeconds: Double = 2
+    /// `group_peer_ttl`: a member not heard from for this long is forgotten here, and its
+    /// `mixpeek_proxies` row, its lease over that long, is deleted (`mixpeek_proxies_reap`).
+    public var peerTTLSeconds: Double = 600
     /// How a hit makes sure its list is current: `lease` (the default: the lease and the
     /// announcements, no PostgreSQL call per hit) or `read` (one indexed read of the user's
     /// newest chain record per hit, the simple alternative `scripts/group_bench.py` compares).
