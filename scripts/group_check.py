@@ -34,7 +34,7 @@ Prints `PASS name` / `FAIL name: why` and `group: N passed, M failed`; exits 1 o
 
     python3 scripts/group_check.py .build/debug/mixpeek-proxy [--seed N] [--seconds S]
         [--only basic,property,listen,sigstop,sigkill,role,outage,restart,revoked,sdk-revoked,actor,status,
-                reconcile,down-at-start,hmac,log,append-only,expect-head,witness,credentials,health-detail,verify]
+                reconcile,down-at-start,hmac,log,append-only,expect-head,witness,credentials,health-detail,reap,verify]
         [--no-pauses] [--pg-latency MS] [--without-group] [--keep]
 
 `--without-group` starts the same proxies with no PostgreSQL (each alone) and runs checks 1 and
@@ -1763,13 +1763,42 @@ def health_detail(group):
         group.proxies.pop("H", None)
 
 
+def reap_members(group):
+    """Issue 25, item 5: a member gone for `group_peer_ttl` loses its row in `mixpeek_proxies`
+    (deleted by `mixpeek_proxies_reap`, the proxies' role having no DELETE), while live members
+    and one gone for less keep theirs; a member reaped that comes back joins again."""
+    db = dict(database="postgres")
+    group.pg.psql(
+        "INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq, protocol) VALUES "
+        "('gone-long-ago', now() - interval '1 hour', 3, 3), ('gone-lately', now() - interval '2 seconds', 3, 3) "
+        "ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until", **db)
+    R = Proxy("R", group.work, group.fake.url, group.role_url, extra=["--group-peer-ttl", "10"])
+    group.proxies["R"] = R
+    try:
+        R.start()
+        healthy, _ = group.wait_healthy(["R"], 15)
+        rows = lambda: set(group.pg.psql("SELECT proxy_id FROM mixpeek_proxies", **db).split())
+        gone, waited = wait_until(lambda: "gone-long-ago" not in rows(), 25, 0.5)
+        left = rows()
+        check(f"reap: a member gone longer than group_peer_ttl loses its row ({waited:.1f} s, by a proxy with --group-peer-ttl 10)",
+              bool(healthy) and bool(gone), f"rows {sorted(left)}; {R.log_text()[-300:]}")
+        check("reap: live members and one gone for less than the ttl keep theirs",
+              {"A", "B", "C", "R", "gone-lately"} <= left, f"rows {sorted(left)}")
+        made = create(group["A"], "reap@example.com", "after-reap")
+        check("reap: mutations go on (no barrier waits for a reaped member)", made.status == 200, f"{made!r}")
+    finally:
+        R.stop()
+        group.proxies.pop("R", None)
+        group.pg.psql("DELETE FROM mixpeek_proxies WHERE proxy_id = 'gone-lately'", **db)
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 CHECKS = [("basic", basic), ("property", property_test), ("listen", listen_connection_killed), ("sigstop", frozen_proxy),
           ("sigkill", killed_mid_mutation), ("role", role_privileges), ("outage", postgres_down_mid_run),
           ("restart", postgres_restart_under_load), ("revoked", revoked_everywhere), ("sdk-revoked", sdk_revoked), ("actor", acting_key_in_chain), ("status", status_audit_panel), ("reconcile", reconcile_around), ("down-at-start", postgres_down_at_start), ("hmac", hmac_chain), ("log", verifiable_log), ("append-only", append_only_role),
           ("expect-head", expect_head), ("witness", witness_failure), ("credentials", credentials),
-          ("health-detail", health_detail), ("verify", audit_verify)]
+          ("health-detail", health_detail), ("reap", reap_members), ("verify", audit_verify)]
 
 
 def main():

@@ -74,6 +74,49 @@ struct GroupTests {
         #expect(cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).remembered != nil)
     }
 
+    @Test("a closed gate still coalesces lists, but only onto a fetch that started after the request arrived")
+    func closedGateCoalescesOntoTheNextFetch() async throws {
+        let gate = TestGate()
+        let cache = Self.cache(gate: gate)
+        gate.closed.withLockedValue { $0 = ["alice@example.com"] }
+        let key = cache.lookup(authorization: "Bearer sk_a", user: "alice@example.com", includeRevoked: false, refresh: false).key
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        // Each fetch waits for the test to answer it, with the upstream's list as it is then.
+        let held = NIOLockedValueBox<[EventLoopPromise<ProxyListCache.FetchOutcome>]>([])
+        func ask() -> EventLoopFuture<ProxyListCache.Answer> {
+            cache.answer(key, credential: cache.credential(for: "Bearer sk_a"), refresh: false, on: loop) {
+                let promise = loop.makePromise(of: ProxyListCache.FetchOutcome.self)
+                held.withLockedValue { $0.append(promise) }
+                return promise.futureResult
+            }
+        }
+        func release(_ index: Int, version: Int) async throws {
+            #expect(await eventually { held.withLockedValue { $0.count } > index })
+            held.withLockedValue { $0[index] }.succeed(.response(UpstreamResponse(
+                status: .ok, headers: ["content-type": "application/json"],
+                body: ByteBuffer(string: #"{"keys":[{"name":"v\#(version)"}],"total":1}"#))))
+        }
+        func body(_ answer: ProxyListCache.Answer) -> (String, Bool)? {
+            guard case .fetched(let fetched, let forward) = answer, case .response(let response) = fetched.outcome else { return nil }
+            return (String(buffer: response.body), forward.coalesced)
+        }
+        let first = ask()
+        #expect(await eventually { held.withLockedValue { $0.count } == 1 })
+        // These arrive while the first fetch is on its way (a mutation may be answered in
+        // between): they wait for the next one rather than share it.
+        let second = ask(), third = ask()
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(held.withLockedValue { $0.count } == 1, "a fetch started for requests that could have joined the next one")
+        try await release(0, version: 1)
+        #expect(body(try await first.get())?.0.contains("v1") == true)
+        try await release(1, version: 2)
+        let (two, three) = (body(try await second.get()), body(try await third.get()))
+        #expect(two?.0.contains("v2") == true && two?.1 == false)
+        #expect(three?.0.contains("v2") == true && three?.1 == true, "the third did not share the second's fetch")
+        #expect(held.withLockedValue { $0.count } == 2)
+        #expect(cache.counters.coalesced == 1)
+    }
+
     @Test("an acknowledgement is a NOTIFY with the payload written in, quotes doubled; pg_notify for a backslash")
     func acknowledgementQuery() {
         #expect(GroupMember.acknowledgement(id: "runner-7.ci:eu", 42).sql == "NOTIFY mixpeek_proxy, 'a runner-7.ci:eu 42'")

@@ -129,6 +129,17 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         /// book's mutations in place).
         var book = CredentialBook() { didSet { memory.reserve(book.footprint) } }
         var onDisk = CacheIndex()
+        /// Lists fetched while the gate is closed (`answerGated`).
+        var gated: [CacheKey: GatedFlight] = [:]
+    }
+
+    /// One fetch at a time per key while the gate is closed: `running` are the requests the
+    /// fetch on its way will answer; `next`, those that arrived after it started, which the
+    /// next fetch (started once it is back, with the first of them leading) answers.
+    private struct GatedFlight {
+        typealias Request = (fetch: @Sendable () -> EventLoopFuture<FetchOutcome>, answer: @Sendable (Fetched, _ leader: Bool) -> Void)
+        var running: [Request]
+        var next: [Request] = []
     }
 
     public let settings: Settings
@@ -240,23 +251,9 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         let stands = credential.standsAt(clock())
         if credential.isRevoked { heldFromRevoked.wrappingAdd(1, ordering: .relaxed) }
         if !gate.admits(user: key.user) {
-            // Not now (an outcome not yet durable, a group's mutation in progress, or not
-            // caught up): forwarded, not kept.
-            let reason = gate.closedReason(user: key.user)
-            state.withLockedValue { state in
-                state.counters.misses += 1
-                state.counters.upstreamListCalls += 1
-            }
-            fetch().whenComplete { result in
-                let outcome: FetchOutcome
-                switch result {
-                case .success(let fetched): outcome = fetched
-                case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
-                }
-                let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
-                let made = self.storable(outcome, list: list, key: key, storedAt: self.clock())
-                promise.succeed(.fetched(Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : reason),
-                                         ListForward(reason: refresh ? .request : .uriMiss, coalesced: false)))
+            let reason: ListForward.Reason = refresh ? .request : .uriMiss
+            answerGated(key, credential: credential, fetch: fetch) { fetched, leader in
+                promise.succeed(.fetched(fetched, ListForward(reason: reason, coalesced: !leader)))
             }
             return promise.futureResult
         }
@@ -319,6 +316,55 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             }
         }
         return promise.futureResult
+    }
+
+    /// A list while the gate is closed (an outcome not yet durable, a group's mutation in
+    /// progress, or a group member not caught up, PostgreSQL down): forwarded, never kept, and
+    /// still coalesced, but only onto a fetch that starts after the request arrived. Joining
+    /// the fetch already on its way could answer with a list from before a mutation answered
+    /// in between; so at most one fetch per key is on its way and one more waits, however many
+    /// requests come.
+    private func answerGated(_ key: CacheKey, credential: Credential, fetch: @escaping @Sendable () -> EventLoopFuture<FetchOutcome>,
+                             answer: @escaping @Sendable (Fetched, _ leader: Bool) -> Void) {
+        let starts = state.withLockedValue { state -> Bool in
+            if state.gated[key] != nil {
+                state.gated[key]!.next.append((fetch, answer))
+                return false
+            }
+            state.gated[key] = GatedFlight(running: [(fetch, answer)])
+            return true
+        }
+        if starts { fetchGated(key, credential: credential, fetch) }
+    }
+
+    private func fetchGated(_ key: CacheKey, credential: Credential, _ fetch: @Sendable () -> EventLoopFuture<FetchOutcome>) {
+        let reason = gate.closedReason(user: key.user)
+        state.withLockedValue { state in
+            state.counters.misses += 1
+            state.counters.upstreamListCalls += 1
+        }
+        fetch().whenComplete { result in
+            let outcome: FetchOutcome
+            switch result {
+            case .success(let fetched): outcome = fetched
+            case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
+            }
+            let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
+            let made = self.storable(outcome, list: list, key: key, storedAt: self.clock())
+            let fetched = Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : reason)
+            let (answered, next) = self.state.withLockedValue { state -> ([GatedFlight.Request], GatedFlight.Request?) in
+                guard let flight = state.gated[key] else { return ([], nil) }
+                state.counters.coalesced += flight.running.count - 1
+                if flight.next.isEmpty {
+                    state.gated[key] = nil
+                    return (flight.running, nil)
+                }
+                state.gated[key] = GatedFlight(running: flight.next)
+                return (flight.running, flight.next[0])
+            }
+            for (index, request) in answered.enumerated() { request.answer(fetched, index == 0) }
+            if let next { self.fetchGated(key, credential: credential, next.fetch) }
+        }
     }
 
     /// `entry`'s age in whole seconds by the cache's clock (the `Age` header) and the whole
