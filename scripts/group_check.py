@@ -1772,20 +1772,34 @@ def reap_members(group):
         "INSERT INTO mixpeek_proxies (proxy_id, lease_until, read_seq, protocol) VALUES "
         "('gone-long-ago', now() - interval '1 hour', 3, 3), ('gone-lately', now() - interval '2 seconds', 3, 3) "
         "ON CONFLICT (proxy_id) DO UPDATE SET lease_until = EXCLUDED.lease_until", **db)
-    R = Proxy("R", group.work, group.fake.url, group.role_url, extra=["--group-peer-ttl", "10"])
+    R = Proxy("R", group.work, group.fake.url, group.role_url, extra=["--group-peer-ttl", "60"])
     group.proxies["R"] = R
     try:
         R.start()
         healthy, _ = group.wait_healthy(["R"], 15)
         rows = lambda: set(group.pg.psql("SELECT proxy_id FROM mixpeek_proxies", **db).split())
-        gone, waited = wait_until(lambda: "gone-long-ago" not in rows(), 25, 0.5)
+        gone, waited = wait_until(lambda: "gone-long-ago" not in rows(), 10, 0.2)
         left = rows()
-        check(f"reap: a member gone longer than group_peer_ttl loses its row ({waited:.1f} s, by a proxy with --group-peer-ttl 10)",
+        check(f"reap: a member gone longer than group_peer_ttl loses its row, deleted by a member at a renewal ({waited:.1f} s)",
               bool(healthy) and bool(gone), f"rows {sorted(left)}; {R.log_text()[-300:]}")
         check("reap: live members and one gone for less than the ttl keep theirs",
               {"A", "B", "C", "R", "gone-lately"} <= left, f"rows {sorted(left)}")
         made = create(group["A"], "reap@example.com", "after-reap")
         check("reap: mutations go on (no barrier waits for a reaped member)", made.status == 200, f"{made!r}")
+        # R stops, and its lease is made an hour old: the next member to join (R2, which reaps
+        # at its first renewal) deletes its row; started again, R joins again.
+        R.stop()
+        group.pg.psql("UPDATE mixpeek_proxies SET lease_until = now() - interval '1 hour' WHERE proxy_id = 'R'", **db)
+        R2 = Proxy("R2", group.work, group.fake.url, group.role_url)
+        group.proxies["R2"] = R2
+        R2.start()
+        reaped, _ = wait_until(lambda: "R" not in rows(), 10, 0.2)
+        R2.stop()
+        group.proxies.pop("R2", None)
+        R.start()
+        back, _ = group.wait_healthy(["R"], 15)
+        check("reap: a reaped member started again joins again (its row is back, live)",
+              bool(reaped) and bool(back) and "R" in rows(), f"reaped {reaped}, healthy {back}, rows {sorted(rows())}")
     finally:
         R.stop()
         group.proxies.pop("R", None)

@@ -11,6 +11,11 @@ key named like markup stays text, that a phone-width page does not scroll sidewa
 the console shows no CSP violation or error, and saves screenshots under .build/.
 
     python3 scripts/status_page_check.py [path/to/mixpeek-proxy]   (default .build/debug/mixpeek-proxy)
+    python3 scripts/status_page_check.py --group [path/to/mixpeek-proxy]
+
+`--group`: two proxies in a group on a throwaway PostgreSQL (Debian's, on loopback), the tour
+through one of them; the page shows the audit panel from the group's chain and the group panel
+(LISTEN, lease, members and how far behind each is). Screenshot: .build/status-page-group.png.
 """
 import json, os, shutil, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
@@ -270,5 +275,89 @@ def main():
     return check.summary("status page check")
 
 
+def group_main(binary):
+    """The status page of a group member, in the browser."""
+    import pgtools
+    out_dir = os.path.join(ROOT, ".build")
+    os.makedirs(out_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="mixpeek-status-group-")
+    check = Checks()
+    pg = fake = browser = None
+    proxies = []
+    try:
+        pg = pgtools.Postgres()
+        pg.start()
+        pg.psql("CREATE ROLE mixpeek_proxy LOGIN PASSWORD 'status-page'")
+        migrated = subprocess.run([binary, "group", "migrate", "--postgres-url", pg.url + "?sslmode=disable", "--grant", "mixpeek_proxy"],
+                                  capture_output=True, text=True, timeout=60)
+        check("group migrate --grant (exit 0)", migrated.returncode == 0, migrated.stderr[-300:])
+        url = pg.url_for("mixpeek_proxy", "status-page")
+        fake, fake_port = start(binary, ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
+        ports = []
+        for name in ("runner-a", "runner-b"):
+            proc, port = start(binary, ["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}",
+                                        "--data-dir", os.path.join(work, name), "--log-level", "warning",
+                                        "--postgres-url", url, "--proxy-id", name], os.path.join(work, f"{name}.log"))
+            proxies.append(proc)
+            ports.append(port)
+        base = f"http://127.0.0.1:{ports[0]}"
+
+        def joined():
+            try:
+                with urllib.request.urlopen(base + "/_proxy/status.json", timeout=5) as reply:
+                    group = json.loads(reply.read()).get("group") or {}
+                return len([m for m in group.get("members", []) if m.get("live")]) == 2 and group.get("serving_hits")
+            except (OSError, ValueError):
+                return False
+        deadline = time.time() + 20
+        while time.time() < deadline and not joined():
+            time.sleep(0.2)
+        statuses = tour(base)
+        check("the tour ran through runner-a (200s, then 403 for admin-key)", statuses == [200, 200, 200, 200, 200, 200, 403], str(statuses))
+        # One more mutation through the other member: the chain is the group's.
+        other = send(f"http://127.0.0.1:{ports[1]}", "POST", "/v1/organizations/users/bob@example.com/api-keys", {"name": "via-b"})[0]
+        check("and a create through runner-b", other == 200, str(other))
+
+        os.makedirs(os.path.join(work, "profile"))
+        browser = Browser(os.path.join(work, "profile"))
+        browser.open(base + "/_proxy/", scripts=True)
+        check("the script runs and refreshes from status.json", browser.wait_for("document.getElementById('live').textContent === 'live'"))
+        rows = browser.evaluate(ROWS)
+        check("the audit panel shows the group's chain: runner-b's create newest, then runner-a's four mutations",
+              [r[1] for r in rows][:5] == ["create", "delete", "rotate", "create", "create"] and rows[0][3] == "via-b", json.dumps(rows)[:400])
+        members = browser.evaluate("[...document.querySelectorAll('#group-members tbody tr')].map(tr => [tr.className, ...[...tr.cells].map(td => td.textContent)])")
+        check("the group panel lists both members, live, with how far each has read",
+              sorted(m[1] for m in members) == ["runner-a", "runner-b"] and all(m[0] == "live" and m[2].startswith("live") for m in members),
+              json.dumps(members)[:400])
+        check("and says LISTEN is connected and hits are served under the lease",
+              browser.evaluate("document.getElementById('group-listen').textContent") == "connected"
+              and browser.evaluate("document.getElementById('group-serving').textContent").startswith("served"))
+        check("the PostgreSQL role is shown as one that cannot rewrite the chain",
+              "not rewrite" in browser.evaluate("document.getElementById('audit-role').textContent"))
+        browser.click("#verify")
+        check("clicking 'verify now' walks the group's chain: intact",
+              browser.wait_for("document.getElementById('verdict').textContent === 'intact'", seconds=30))
+        check("no token on the page", TOKEN not in browser.evaluate("document.documentElement.outerHTML"))
+        browser.screenshot(os.path.join(out_dir, "status-page-group.png"))
+        problems = browser.console_problems()
+        check("no CSP violation, error or dialog in the console", not problems, "; ".join(problems)[:600])
+        print(f"status page check (group): screenshot in {out_dir}/status-page-group.png")
+    except Exception as error:
+        check("the browser check of a group member ran", False, repr(error))
+    finally:
+        if browser:
+            browser.close()
+        for proc in proxies + [fake]:
+            if proc:
+                stop(proc)
+        if pg:
+            pg.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    return check.summary("status page check (group)")
+
+
 if __name__ == "__main__":
+    if "--group" in sys.argv[1:]:
+        rest = [a for a in sys.argv[1:] if a != "--group"]
+        sys.exit(group_main(os.path.abspath(rest[0] if rest else os.path.join(ROOT, ".build/debug/mixpeek-proxy"))))
     sys.exit(main())

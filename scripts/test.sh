@@ -37,6 +37,7 @@ python3 scripts/schema_check.py .build/debug/mixpeek-proxy
 
 echo "== the status page in headless Chromium (screenshots under .build/)"
 python3 scripts/status_page_check.py .build/debug/mixpeek-proxy
+python3 scripts/status_page_check.py --group .build/debug/mixpeek-proxy
 
 echo "== crashes and shutdown against the real binary"
 python3 scripts/crash_check.py .build/debug/mixpeek-proxy

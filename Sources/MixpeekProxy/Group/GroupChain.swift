@@ -89,6 +89,25 @@ public enum GroupChain {
         return connection
     }
 
+    /// The group's members as `mixpeek_proxies` has them, and the chain's head: the status
+    /// page's group panel.
+    static func members(on connection: PostgresConnection, logger: Logger) async throws
+        -> (head: Int64, members: [StatusSnapshot.Member]) {
+        var head: Int64 = 0
+        for try await value in try await connection.query("SELECT coalesce(max(seq), 0)::bigint FROM mixpeek_audit", logger: logger).decode(Int64.self) {
+            head = value
+        }
+        var members: [StatusSnapshot.Member] = []
+        for try await (id, left, read, version) in try await connection.query("""
+            SELECT proxy_id, extract(epoch FROM lease_until - now())::float8, read_seq, protocol
+            FROM mixpeek_proxies ORDER BY lease_until > now() DESC, proxy_id LIMIT 200
+            """, logger: logger).decode((String, Double, Int64, Int32).self) {
+            members.append(.init(proxy_id: id, live: left > 0, lease_left_seconds: (left * 10).rounded() / 10,
+                                 read_seq: read, lag: max(0, head - read), protocol: Int(version)))
+        }
+        return (head, members)
+    }
+
     /// `audit query --postgres-url`: the same filters, rows and order as `AuditLog.query`.
     public static func query(_ filter: AuditFilter, on connection: PostgresConnection, logger: Logger,
                              _ body: (AuditEntry) throws -> Void) async throws {

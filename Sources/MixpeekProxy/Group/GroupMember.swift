@@ -269,7 +269,8 @@ public final class GroupMember: ListGate, Sendable {
         let reapEvery = TimeAmount.nanoseconds(Int64(min(60, settings.peerTTLSeconds) * 1e9))
         let renewing = Task {
             do {
-                var reaped = NIODeadline.now()
+                // At the first renewal, then every `reapEvery`.
+                var reaped = NIODeadline.uptimeNanoseconds(0)
                 while true {
                     try await Task.sleep(for: .seconds(self.settings.leaseSeconds / 4))
                     let reap = NIODeadline.now() - reaped >= reapEvery

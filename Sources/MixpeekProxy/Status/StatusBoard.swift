@@ -109,10 +109,21 @@ public final class StatusBoard: Sendable {
                           via: $0.via, proxy_id: group?.settings.proxyID)
                 }),
             audit: await auditPanel(),
-            group: group.map { group in
-                .init(proxy_id: group.settings.proxyID, state: group.health.state, audit_role_can_rewrite: group.auditRoleCanRewrite,
-                      audit_role_rights: group.auditRoleRights ?? [])
-            })
+            group: await groupPanel())
+    }
+
+    /// This member as its protocol state has it, and the group as `mixpeek_proxies` does.
+    private func groupPanel() async -> StatusSnapshot.Group? {
+        guard let group else { return nil }
+        let protocolState = group.protocolState
+        let rows = try? await groupChain?.link.run(timeout: 3) { connection in
+            try await GroupChain.members(on: connection, logger: Self.quiet)
+        }
+        return .init(
+            proxy_id: group.settings.proxyID, state: group.health.state, audit_role_can_rewrite: group.auditRoleCanRewrite,
+            audit_role_rights: group.auditRoleRights ?? [], listening: protocolState.connected, serving_hits: group.health.ok,
+            read_seq: protocolState.processed, chain_head: rows?.head, open_intents: protocolState.open.count,
+            members: rows?.members ?? [])
     }
 
     private static let quiet = { var logger = Logger(label: "mixpeek-proxy.status"); logger.logLevel = .critical; return logger }()

@@ -232,11 +232,25 @@ enum StatusPage {
             role = "<strong class=\"badge s-broken\">can rewrite the chain</strong> (\(group.audit_role_rights.joined(separator: ", "))): set up with <code>group migrate --grant</code>, or start with <code>--append-only-role</code> to refuse this"
         }
         return """
-            <section id="group" class="panel">
+            <section id="group" class="panel wide">
             <h2>Group</h2>
-            <p>proxy <code>\(group.proxy_id)</code> · <span>\(group.state)</span></p>
+            <p>proxy <code>\(group.proxy_id)</code> · <span>\(group.state)</span> · LISTEN <span id="group-listen">\(group.listening ? "connected" : "down")</span> · hits <span id="group-serving">\(group.serving_hits ? "served (lease held)" : "not served")</span> · read to <span id="group-read">\(String(group.read_seq))</span> of <span id="group-head">\(group.chain_head.map(String.init) ?? "?")</span> · open mutations <span id="group-open">\(group.open_intents)</span></p>
             <p>PostgreSQL role: <span id="audit-role">\(role)</span></p>
+            \(members(group.members))
             </section>
+            """
+    }
+
+    /// The group's members as `mixpeek_proxies` has them: lease, position, lag.
+    private static func members(_ members: [StatusSnapshot.Member]) -> HTML {
+        guard !members.isEmpty else { return "<p class=\"empty\">members: PostgreSQL did not answer</p>" }
+        let rows = members.map { member -> HTML in
+            let lease = member.live ? "live, \(member.lease_left_seconds) s left" : "ended \(-member.lease_left_seconds) s ago"
+            return "<tr class=\"\(member.live ? "live" : "gone")\"><td><code>\(member.proxy_id)</code></td><td>\(lease)</td><td>\(String(member.read_seq))</td><td>\(String(member.lag))</td><td>\(member.protocol)</td></tr>"
+        }
+        return """
+            <table id="group-members"><thead><tr><th>member</th><th>lease</th><th>read to</th><th>behind</th><th>protocol</th></tr></thead>
+            <tbody>\(rows)</tbody></table>
             """
     }
 

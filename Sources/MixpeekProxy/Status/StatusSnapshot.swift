@@ -166,6 +166,31 @@ public struct StatusSnapshot: Codable, Sendable {
         public var audit_role_can_rewrite: Bool?
         /// Why it could, in words (empty when it cannot).
         public var audit_role_rights: [String]
+        /// Whether this proxy's LISTEN connection is up, and whether its lease lets it serve hits now.
+        public var listening: Bool
+        public var serving_hits: Bool
+        /// The last chain record this proxy has acted on, and the chain's head (null when
+        /// PostgreSQL did not answer the page).
+        public var read_seq: Int64
+        public var chain_head: Int64?
+        /// Mutations open anywhere in the group, as this proxy knows them.
+        public var open_intents: Int
+        /// `mixpeek_proxies` as PostgreSQL has it (empty when it did not answer the page).
+        public var members: [Member]
+    }
+
+    /// A member of the group, as its row in `mixpeek_proxies` says.
+    public struct Member: Codable, Sendable {
+        public var proxy_id: String
+        /// Whether its lease is live, and for how many more seconds (negative: ended that long ago).
+        public var live: Bool
+        public var lease_left_seconds: Double
+        /// How far it has read the chain (`read_seq`, written with each renewal), and how many
+        /// records it is behind the head.
+        public var read_seq: Int64
+        public var lag: Int64
+        /// Its channel protocol (`mixpeek_proxies.protocol`).
+        public var `protocol`: Int
     }
 
     /// `group` is written even when null, so that scripts find the key where it will be.
