@@ -371,17 +371,6 @@ struct GroupStateTests {
 /// `ListCache` keeps it (a fetch is stored only if the gate admits the user and no drop of the
 /// user came after the fetch started).
 struct GroupWorld {
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     struct Fetch { var member: Int; var user: String; var version: Int; var generation: Int }
     struct Mutation {
         var member: Int; var user: String; var intent: Int64; var barrier: Int; var deadline: Int64
@@ -402,7 +391,7 @@ struct GroupWorld {
         var frozenUntil: Int64 = 0
     }
 
-    var random: Generator
+    var random: SeededGenerator
     var now: Int64 = 0
     var members: [Member]
     var chain: [(seq: Int64, intentSeq: Int64, user: String)] = []
@@ -418,7 +407,7 @@ struct GroupWorld {
     let leaseMS: Int64 = 2000
 
     init(seed: UInt64) {
-        random = Generator(state: seed)
+        random = SeededGenerator(seed: seed)
         members = (0..<3).map { GroupState(settings: .init(proxyID: "p\($0)", leaseSeconds: 2, peerTTL: .seconds(600))) }
             .map { Member(state: $0) }
     }

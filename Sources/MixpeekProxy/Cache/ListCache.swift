@@ -61,6 +61,14 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
     public enum FetchOutcome: Sendable {
         case response(UpstreamResponse)
         case failure(UpstreamError)
+
+        /// A fetch's future, completed: an error that is no `UpstreamError` is `unreachable`.
+        init(_ result: Result<FetchOutcome, any Error>) {
+            switch result {
+            case .success(let fetched): self = fetched
+            case .failure(let error): self = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
+            }
+        }
     }
 
     /// What one upstream fetch of a list gave, shared by every request that joined it.
@@ -288,11 +296,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
                 return flight.shared.observe { finish($0, leader: false, reason: reason) }
             }
             fetch().whenComplete { result in
-                let outcome: FetchOutcome
-                switch result {
-                case .success(let fetched): outcome = fetched
-                case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
-                }
+                let outcome = FetchOutcome(result)
                 let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
                 let fetched = self.complete(key, flight: flight, outcome: outcome, list: list)
                 flight.shared.resolve(fetched)
@@ -344,11 +348,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             state.counters.upstreamListCalls += 1
         }
         fetch().whenComplete { result in
-            let outcome: FetchOutcome
-            switch result {
-            case .success(let fetched): outcome = fetched
-            case .failure(let error): outcome = .failure(error as? UpstreamError ?? .unreachable("\(error)"))
-            }
+            let outcome = FetchOutcome(result)
             let list = self.noteAnswer(outcome, to: credential, listOf: key.user)
             let made = self.storable(outcome, list: list, key: key, storedAt: self.clock())
             let fetched = Fetched(outcome: outcome, entry: made.entry, notStored: made.entry == nil ? made.notStored : reason)
