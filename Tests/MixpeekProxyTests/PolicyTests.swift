@@ -1,6 +1,7 @@
 import Foundation
 import MixpeekAPI
 @testable import MixpeekProxy
+import NIOCore
 import NIOHTTP1
 import Testing
 
@@ -74,5 +75,68 @@ struct PolicyTests {
             named.insert(decision.split(separator: "(")[0].description)
         }
         #expect(named == ["serveList", "bypassCache", "mutate", "passThrough", "refuse"], "every kind of decision has a row")
+    }
+
+    // MARK: The other hooks: hit, upstream failure
+
+    static let settings = ProxyListCache.Settings(ttl: 30, staleIfError: 300, memoryBytes: 1 << 20)
+
+    static func entry(storedAt: Double, lifetime: Double? = nil, mayServeStale: Bool = true) -> CachedList {
+        var entry = CachedList(status: 200, contentType: "application/json", etag: nil, lastModified: nil,
+                               body: ByteBuffer(string: "{}"), storedAt: storedAt)
+        entry.lifetime = lifetime
+        entry.mayServeStale = mayServeStale
+        return entry
+    }
+
+    @Test("vcl_hit: a stored list is served while fresh (TTL, or the upstream's shorter bound) and its credential stands and was confirmed lately")
+    func hitHook() {
+        let confirmed = Credential(authorization: "Bearer sk_a")
+        confirmed.confirmed(at: 1000)
+        let revoked = Credential(authorization: "Bearer sk_b")
+        revoked.confirmed(at: 1000)
+        revoked.revoke()
+        let expired = Credential(authorization: "Bearer sk_c")
+        expired.confirmed(at: 1000)
+        expired.expires(at: 1005)
+        let cases: [(String, CachedList, Credential, Double, Policy.Hit)] = [
+            ("fresh", Self.entry(storedAt: 1000), confirmed, 1010, .serve),
+            ("at the TTL", Self.entry(storedAt: 1000), confirmed, 1030, .expired),
+            ("past the upstream's max-age", Self.entry(storedAt: 1000, lifetime: 5), confirmed, 1006, .expired),
+            ("within the upstream's max-age", Self.entry(storedAt: 1000, lifetime: 5), confirmed, 1004, .serve),
+            ("a revoked key", Self.entry(storedAt: 1000), revoked, 1001, .unconfirmed),
+            ("past the key's expires_at", Self.entry(storedAt: 1000), expired, 1006, .unconfirmed),
+        ]
+        for (name, entry, credential, now, expected) in cases {
+            #expect(Policy.onHit(entry, credential: credential, now: now, settings: Self.settings) == expected, "\(name)")
+        }
+        // credential_recheck 10: a fresh list whose credential the upstream last confirmed 15 s ago
+        // (with the fetch that stored it) is fetched; one confirmed since is served.
+        let recheck = ProxyListCache.Settings(ttl: 30, staleIfError: 300, memoryBytes: 1 << 20, credentialRecheck: 10)
+        let quiet = Credential(authorization: "Bearer sk_d")
+        #expect(Policy.onHit(Self.entry(storedAt: 1000), credential: quiet, now: 1015, settings: recheck) == .unconfirmed)
+        quiet.confirmed(at: 1012)
+        #expect(Policy.onHit(Self.entry(storedAt: 1000), credential: quiet, now: 1015, settings: recheck) == .serve)
+        // A mutation of its owner heard in a group demands a confirmation after it.
+        quiet.demandConfirmation(at: 1014)
+        #expect(Policy.onHit(Self.entry(storedAt: 1000), credential: quiet, now: 1015, settings: recheck) == .unconfirmed)
+    }
+
+    @Test("vcl_backend_error: only an upstream failure or 5xx may be answered by a stored list, never a 4xx, never for a revoked key; and only within stale_if_error")
+    func failureHook() {
+        let standing = Credential(authorization: "Bearer sk_a")
+        let revoked = Credential(authorization: "Bearer sk_b")
+        revoked.revoke()
+        func answer(_ code: Int) -> ProxyListCache.FetchOutcome {
+            .response(UpstreamResponse(status: HTTPResponseStatus(statusCode: code), headers: [:], body: ByteBuffer()))
+        }
+        #expect(Policy.onUpstreamFailure(ProxyListCache.FetchOutcome.failure(.unreachable("refused")), credential: standing))
+        #expect(Policy.onUpstreamFailure(answer(503), credential: standing))
+        #expect(!Policy.onUpstreamFailure(answer(404), credential: standing))
+        #expect(!Policy.onUpstreamFailure(answer(200), credential: standing))
+        #expect(!Policy.onUpstreamFailure(ProxyListCache.FetchOutcome.failure(.unreachable("refused")), credential: revoked))
+        #expect(Policy.servesStale(Self.entry(storedAt: 1000), now: 1329, settings: Self.settings))
+        #expect(!Policy.servesStale(Self.entry(storedAt: 1000), now: 1331, settings: Self.settings))
+        #expect(!Policy.servesStale(Self.entry(storedAt: 1000, mayServeStale: false), now: 1031, settings: Self.settings))
     }
 }

@@ -229,9 +229,7 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             guard let credential = state.pointee.book.credentials[authorization] else { return nil }
             let key = CacheKey(credential: credential.fingerprint, user: user, includeRevoked: includeRevoked)
             guard !refresh, let remembered = state.pointee.memory.value(for: key),
-                  now - remembered.entry.storedAt < remembered.entry.freshness(ttl: settings.ttl),
-                  credential.standsAt(now),
-                  credential.isConfirmed(at: now, within: settings.credentialRecheck, storedAt: remembered.entry.storedAt) else {
+                  Policy.onHit(remembered.entry, credential: credential, now: now, settings: settings) == .serve else {
                 return Lookup(key: key, credential: credential, remembered: nil)
             }
             return Lookup(key: key, credential: credential, remembered: remembered)
@@ -267,13 +265,11 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
         }
         @Sendable func finish(_ fetched: Fetched, leader: Bool, reason: ListForward.Reason) {
             let forward = ListForward(reason: reason, coalesced: !leader)
-            if case .response(let response) = fetched.outcome, response.status.code < 500 {
+            guard Policy.onUpstreamFailure(fetched.outcome, credential: credential) else {
                 return promise.succeed(.fetched(fetched, forward))
             }
-            guard credential.mayBeServedStale else { return promise.succeed(.fetched(fetched, forward)) }
             storedEntry(key) { entry in
-                if let entry, entry.mayServeStale,
-                   self.clock() - entry.storedAt < entry.freshness(ttl: self.settings.ttl) + self.settings.staleIfError {
+                if let entry, Policy.servesStale(entry, now: self.clock(), settings: self.settings) {
                     self.state.withLockedValue { $0.counters.stale += 1 }
                     promise.succeed(.stale(entry, forward))
                 } else {
@@ -309,13 +305,12 @@ public final class ListCache<Prepared: Sendable>: Invalidation, Sendable {
             fetchOrJoin(.uriMiss)
         } else {
             storedEntry(key) { entry in
-                let now = self.clock()
-                if let entry, now - entry.storedAt < entry.freshness(ttl: self.settings.ttl),
-                   credential.isConfirmed(at: now, within: self.settings.credentialRecheck, storedAt: entry.storedAt) {
+                switch entry.map({ Policy.onHit($0, credential: credential, now: self.clock(), settings: self.settings) }) {
+                case .serve?:
                     self.hits.wrappingAdd(1, ordering: .relaxed)
-                    promise.succeed(.hit(entry))
-                } else {
-                    fetchOrJoin(entry == nil ? .uriMiss : .stale)
+                    promise.succeed(.hit(entry!))
+                case nil: fetchOrJoin(.uriMiss)
+                case .expired?, .unconfirmed?: fetchOrJoin(.stale)
                 }
             }
         }
