@@ -294,12 +294,7 @@ public final class AuditLog: Sendable {
         let signing = signing
         queue.asyncWrite({ db -> ([AuditRecord], Head) in
             func chain(after start: Head) -> [AuditRecord] {
-                var head = (seq: start.seq, hash: start.hash)
-                return batch.map { draft, _ in
-                    let record = draft.chained(after: head, key: key)
-                    head = (record.seq, record.hash)
-                    return record
-                }
+                AuditRecord.chain(batch.lazy.map(\.0), after: (start.seq, start.hash), key: key)
             }
             var start = try knownHead ?? Self.readHead(db)
             var records = chain(after: start)

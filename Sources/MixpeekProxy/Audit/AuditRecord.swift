@@ -159,6 +159,17 @@ public struct AuditRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
         return record
     }
 
+    /// `drafts` as the records after `(seq, hash)`, each chained on the one before: the one
+    /// chaining loop of both audit backends (audit.sqlite's writer, a group's appender).
+    static func chain(_ drafts: some Sequence<AuditRecord>, after head: (seq: Int64, hash: String), key: Data?) -> [AuditRecord] {
+        var head = head
+        return drafts.map { draft in
+            let record = draft.chained(after: head, key: key)
+            head = (record.seq, record.hash)
+            return record
+        }
+    }
+
     /// The `prev_hash` of the first record.
     static let genesis = String(repeating: "0", count: 64)
 }

@@ -239,18 +239,19 @@ public final class GroupAuditLog: AuditSink, Sendable {
                     closed.formUnion(closing)
                     continue
                 }
-                guard var head = chainedOn, hashes.count == kept.count else {
+                guard let start = chainedOn, hashes.count == kept.count else {
                     throw GroupError.chain("mixpeek_audit_chain did not say where it chained the records")
                 }
+                let chained = AuditRecord.chain(records, after: start, key: nil)
                 for (position, index) in kept.enumerated() {
-                    let record = records[position].chained(after: head, key: nil)
+                    let record = chained[position]
                     if record.hash != hashes[position] {
                         self.logger.error("group: PostgreSQL chained a record under another hash than this proxy computes; `audit verify` will report it", metadata: [
                             "seq": "\(record.seq)"])
                     }
                     written[index] = record
-                    head = (record.seq, record.hash)
                 }
+                let head = chained.last.map { (seq: $0.seq, hash: $0.hash) } ?? start
                 self.member.noteHead(head.seq, head.hash)
                 return (written, peers)
             }
@@ -268,20 +269,10 @@ public final class GroupAuditLog: AuditSink, Sendable {
             var closed = Set<Int64>()
             while true {
                 let expected = head
-                var written: [AuditRecord?] = []
-                written.reserveCapacity(drafts.count)
-                var rows: [AuditRecord] = []
-                rows.reserveCapacity(drafts.count)
-                for draft in drafts {
-                    if let intent = draft.onlyIfOpen, closed.contains(intent) {
-                        written.append(nil)
-                        continue
-                    }
-                    let record = draft.record.chained(after: head, key: self.key)
-                    head = (record.seq, record.hash)
-                    written.append(record)
-                    rows.append(record)
-                }
+                let kept = drafts.indices.filter { drafts[$0].onlyIfOpen.map { !closed.contains($0) } ?? true }
+                let rows = AuditRecord.chain(kept.lazy.map { drafts[$0].record }, after: head, key: self.key)
+                var written = [AuditRecord?](repeating: nil, count: drafts.count)
+                for (position, index) in kept.enumerated() { written[index] = rows[position] }
                 if rows.isEmpty { return (written, [:]) }
                 let onlyIfOpen = drafts.compactMap { $0.onlyIfOpen }.filter { !closed.contains($0) }
                 var found: (seq: Int64, hash: String)?
@@ -303,10 +294,10 @@ public final class GroupAuditLog: AuditSink, Sendable {
                 if !closing.isEmpty {
                     // Closed meanwhile: nothing was written; again without those outcomes.
                     closed.formUnion(closing)
-                    head = expected
                     continue
                 }
-                self.member.noteHead(head.seq, head.hash)
+                let last = rows[rows.count - 1]
+                self.member.noteHead(last.seq, last.hash)
                 return (written, peers)
             }
         }
