@@ -230,12 +230,18 @@ public final class AuditLog: Sendable {
         try await append(Self.outcome(of: intent, result, time: Self.now()))
     }
 
-    static func outcome(of intent: AuditRecord, _ result: AuditResult, time: String) -> AuditRecord {
+    /// A draft that follows `intent` (its fields, its seq as `intent_seq`), not yet chained.
+    private static func following(_ intent: AuditRecord, as kind: AuditRecord.Kind, time: String) -> AuditRecord {
         var record = intent
         record.seq = 0
-        record.kind = .outcome
+        record.kind = kind
         record.intent_seq = intent.seq
         record.time = time
+        return record
+    }
+
+    static func outcome(of intent: AuditRecord, _ result: AuditResult, time: String) -> AuditRecord {
+        var record = following(intent, as: .outcome, time: time)
         record.upstream_status = result.upstreamStatus
         record.outcome = result.outcome
         record.duration_ms = (result.durationMS * 1000).rounded() / 1000
@@ -254,11 +260,7 @@ public final class AuditLog: Sendable {
     }
 
     static func resolution(of intent: AuditRecord, _ resolution: AuditResolution, time: String) -> AuditRecord {
-        var record = intent
-        record.seq = 0
-        record.kind = .resolution
-        record.intent_seq = intent.seq
-        record.time = time
+        var record = following(intent, as: .resolution, time: time)
         record.outcome = resolution.outcome
         record.key_id = resolution.keyID
         record.upstream_audit_id = resolution.auditID
