@@ -7,7 +7,9 @@ import PostgresNIO
 import Synchronization
 
 /// This proxy's membership in a group: the guarantee that once any proxy has answered a
-/// mutation, no proxy serves a list of that user that predates it.
+/// mutation, no proxy serves a list of that user that predates it. The protocol's decisions
+/// are `GroupState`'s (a value, no I/O); this type feeds it events (`step`) and performs its
+/// actions (`perform`) on PostgreSQL, the cache and the gate.
 ///
 /// How (docs/GROUP.md argues it):
 /// - Every record appended to the chain is announced on the `mixpeek_proxy` channel. This

@@ -11,9 +11,11 @@ import PostgresNIO
 ///   (`i seq intent_seq proxy_id hash user`; v1 had no hash).
 /// - `mixpeek_proxies`: a row per proxy: its lease and how far it has read the chain; a change
 ///   of `read_seq` is announced on the same channel (`a proxy_id read_seq`), as is each
-///   acknowledgement (`GroupMember.acknowledge`).
+///   acknowledgement (`GroupState`'s `acknowledge`, sent by `GroupMember.perform`). A row whose
+///   lease ended `group_peer_ttl` ago is deleted by `mixpeek_proxies_reap` (v6).
 /// - `mixpeek_audit_append`: a batch of records chained by the proxy, appended in one call (v2);
-///   `mixpeek_audit_chain`: a batch chained and appended by PostgreSQL (v3).
+///   `mixpeek_audit_chain`: a batch chained and appended by PostgreSQL (v3); both write the
+///   log tree (`mixpeek_log_subtrees`, `mixpeek_log_checkpoints`: v5, `GroupLogTree`).
 public enum GroupSchema {
     /// The versions this build knows, oldest first.
     static let migrations: [(version: String, sql: [String])] = [
