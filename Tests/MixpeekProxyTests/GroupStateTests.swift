@@ -83,6 +83,24 @@ struct GroupStateTests {
         #expect(state.on(Self.intent(11, by: "me"), now: Self.at(10)) == [.dropLists(user: "ann@example.com")])
     }
 
+    @Test("its own intent's announcement heard before its append returned: the user is open from the first of the two, and stays open until the outcome")
+    func announcementBeforeTheLocalAnswer() {
+        var state = Self.joined()
+        _ = state.on(Self.intent(11, by: "me"), now: Self.at(10))
+        #expect(state.isOpen("ann@example.com"))
+        _ = state.on(.appended(seq: 11, user: "ann@example.com"), now: Self.at(11))
+        #expect(state.open.count == 1 && state.isOpen("ann@example.com"))
+        _ = state.on(Self.outcome(12, of: 11, by: "me"), now: Self.at(20))
+        _ = state.on(.listsDropped(intentSeq: 11), now: Self.at(20))
+        #expect(!state.isOpen("ann@example.com"))
+        // And the outcome heard before the append returned (a slow return): no reopening.
+        _ = state.on(Self.intent(13, by: "me", user: "bob@example.com"), now: Self.at(30))
+        _ = state.on(Self.outcome(14, of: 13, by: "me", user: "bob@example.com"), now: Self.at(31))
+        _ = state.on(.listsDropped(intentSeq: 13), now: Self.at(31))
+        _ = state.on(.appended(seq: 13, user: "bob@example.com"), now: Self.at(32))
+        #expect(!state.isOpen("bob@example.com"))
+    }
+
     @Test("one acknowledgement at a time, each carrying the latest position")
     func acknowledgements() {
         var state = Self.joined()
