@@ -25,16 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "sk_bench_0123456789abcdefghijklmnop"
 
 
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def ms(text):
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-
-
 def sequential(port, label):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     times = []
@@ -58,17 +48,14 @@ def run(binary, fake_port, label):
                                           "--access-log", os.path.join(work, "access.log")], os.path.join(work, "proxy.log"))
     try:
         sequential(port, f"warm-{label}")
-        c0 = cpu_seconds(proc.pid)
+        c0 = proctools.cpu_seconds(proc.pid)
         out = subprocess.run(["wrk", "-t2", f"-c{CLIENTS}", f"-d{SECONDS}s", "--latency", "-s", os.path.join(ROOT, "scripts", "wrk_creates.lua"),
                               f"http://127.0.0.1:{port}/", "--", label], capture_output=True, text=True, timeout=SECONDS + 60).stdout
-        c1 = cpu_seconds(proc.pid)
-        requests = int(re.search(r"(\d+) requests in", out).group(1))
-        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-        p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if bad:
-            raise RuntimeError(f"{bad.group(1)} creates were not answered 200")
+        c1 = proctools.cpu_seconds(proc.pid)
+        figures = proctools.wrk_figures(out)
+        requests, rate, p50, p99 = figures["requests"], figures["rate"], figures["p50"], figures["p99"]
+        if figures["bad"]:
+            raise RuntimeError(f"{figures['bad']} creates were not answered 200")
         seq50, seq99 = sequential(port, f"seq-{label}")
     finally:
         proctools.stop(proc)
@@ -79,20 +66,9 @@ def run(binary, fake_port, label):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="mixpeek-create-ab-fake-")
-    fake, fake_port = proctools.start(BINARIES[0], ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
-    runs = {binary: [] for binary in BINARIES}
-    try:
-        for round_number in range(ROUNDS):
-            for index, binary in enumerate(BINARIES):
-                result = run(binary, fake_port, f"r{round_number}b{index}")
-                runs[binary].append(result)
-                print(f"round {round_number + 1} {binary}: {result['rate']:.0f} creates/s, wrk p50 {result['p50']:.2f} ms p99 {result['p99']:.2f} ms, "
-                      f"proxy {result['cpu_us']:.0f} CPU µs/create; sequential p50 {result['seq50']:.2f} ms p99 {result['seq99']:.2f} ms; "
-                      f"verify exit {result['verify']}", flush=True)
-    finally:
-        proctools.stop(fake)
-        subprocess.run(["rm", "-rf", work])
+    runs = proctools.side_by_side(BINARIES, ROUNDS, run, lambda r: f"{r['rate']:.0f} creates/s, wrk p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms, "
+                                  f"proxy {r['cpu_us']:.0f} CPU µs/create; sequential p50 {r['seq50']:.2f} ms p99 {r['seq99']:.2f} ms; "
+                                  f"verify exit {r['verify']}")
     print(f"\n| binary | creates/s ({CLIENTS} clients) | wrk p50 / p99 ms | proxy CPU µs/create | sequential create p50 / p99 ms |")
     print("|---|---:|---:|---:|---:|")
     for binary, results in runs.items():

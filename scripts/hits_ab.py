@@ -21,16 +21,6 @@ TOKEN = "sk_bench_0123456789abcdefghijklmnop"
 LIST = "/v1/organizations/users/bench@example.com/api-keys"
 
 
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def ms(text):
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-
-
 def call(port, method, path, body=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request(method, path, body=body, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
@@ -39,7 +29,7 @@ def call(port, method, path, body=None):
     return response.status, response.getheader("X-Cache")
 
 
-def run(binary, fake_port):
+def run(binary, fake_port, label):
     work = tempfile.mkdtemp(prefix="mixpeek-hits-ab-")
     pin = ["taskset", "-c", "0"] if PIN else []
     args = ["serve", "--port", "0", "--upstream", f"http://127.0.0.1:{fake_port}", "--data-dir", os.path.join(work, "data"),
@@ -53,18 +43,15 @@ def run(binary, fake_port):
         call(port, "GET", LIST)
         if call(port, "GET", LIST)[1] != "HIT":
             raise RuntimeError("the warmed list is not a HIT")
-        c0 = cpu_seconds(proc.pid)
+        c0 = proctools.cpu_seconds(proc.pid)
         wrk = (["taskset", "-c", "1"] if pin else []) + ["wrk", "-t2", f"-c{CLIENTS}", f"-d{SECONDS}s", "--latency",
                                                        "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}{LIST}"]
         out = subprocess.run(wrk, capture_output=True, text=True, timeout=SECONDS + 60).stdout
-        c1 = cpu_seconds(proc.pid)
-        requests = int(re.search(r"(\d+) requests in", out).group(1))
-        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-        p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if bad:
-            raise RuntimeError(f"{bad.group(1)} lists were not answered 200")
+        c1 = proctools.cpu_seconds(proc.pid)
+        figures = proctools.wrk_figures(out)
+        requests, rate, p50, p99 = figures["requests"], figures["rate"], figures["p50"], figures["p99"]
+        if figures["bad"]:
+            raise RuntimeError(f"{figures['bad']} lists were not answered 200")
     finally:
         proctools.stop(proc)
         subprocess.run(["rm", "-rf", work])
@@ -72,19 +59,8 @@ def run(binary, fake_port):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="mixpeek-hits-ab-fake-")
-    fake, fake_port = proctools.start(BINARIES[0], ["fake-upstream", "--port", "0"], os.path.join(work, "fake.log"))
-    runs = {binary: [] for binary in BINARIES}
-    try:
-        for round_number in range(ROUNDS):
-            for binary in BINARIES:
-                result = run(binary, fake_port)
-                runs[binary].append(result)
-                print(f"round {round_number + 1} {binary}: {result['rate']:.0f} hits/s, p50 {result['p50']:.3f} ms p99 {result['p99']:.3f} ms, "
-                      f"proxy {result['cpu_us']:.1f} CPU µs/hit", flush=True)
-    finally:
-        proctools.stop(fake)
-        subprocess.run(["rm", "-rf", work])
+    runs = proctools.side_by_side(BINARIES, ROUNDS, run, lambda r: f"{r['rate']:.0f} hits/s, p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms, "
+                                  f"proxy {r['cpu_us']:.1f} CPU µs/hit")
     print(f"\n| binary | hits/s ({CLIENTS} clients{', pinned' if PIN else ''}) | p50 / p99 ms | proxy CPU µs/hit |")
     print("|---|---:|---:|---:|")
     for binary, results in runs.items():
