@@ -117,6 +117,19 @@ struct GroupTests {
         #expect(cache.counters.coalesced == 1)
     }
 
+    @Test("the schema is current with every known migration, in any order; one missing is older, one unknown is newer and refused")
+    func schemaVersions() throws {
+        let known = GroupSchema.migrations.map(\.version)
+        #expect(known.last == GroupSchema.reapVersion)
+        #expect(GroupSchema.isCurrent(known))
+        // v5 applied again by hand (its tree rebuilt) comes last.
+        #expect(GroupSchema.isCurrent(known.filter { $0 != GroupLogTree.version } + [GroupLogTree.version]))
+        #expect(!GroupSchema.isCurrent(Array(known.dropLast())))
+        #expect(!GroupSchema.isCurrent(known + ["v99-from-the-future"]))
+        #expect(throws: GroupError.self) { try GroupSchema.refuseNewer(known + ["v99-from-the-future"]) }
+        try GroupSchema.refuseNewer(known)
+    }
+
     @Test("an acknowledgement is a NOTIFY with the payload written in, quotes doubled; pg_notify for a backslash")
     func acknowledgementQuery() {
         #expect(GroupMember.acknowledgement(id: "runner-7.ci:eu", 42).sql == "NOTIFY mixpeek_proxy, 'a runner-7.ci:eu 42'")

@@ -192,10 +192,11 @@ public enum GroupSchema {
 
     static let reapVersion = "v6-reap-members"
 
-    /// Whether `applied` holds every migration this build knows (in whatever order: one
-    /// applied again by hand comes last).
+    /// Whether `applied` is exactly the migrations this build knows, in whatever order (one
+    /// applied again by hand comes last); one it does not know is a newer schema, which
+    /// `migrate` and `GroupChain` refuse.
     static func isCurrent(_ applied: [String]) -> Bool {
-        Set(migrations.map(\.version)).isSubset(of: Set(applied))
+        Set(migrations.map(\.version)) == Set(applied)
     }
 
     static var currentVersion: String { migrations.last!.version }
