@@ -152,15 +152,9 @@ public final class ProxyApp: Service, Sendable {
                 audit = nil
             }
         }
-        // The status page reads the audit file through a connection of its own.
-        var auditReader: AuditLog?
-        if audit != nil {
-            do {
-                auditReader = try AuditLog(path: auditPath, hmacKey: hmacKey, readOnly: true, logger: logger)
-            } catch {
-                logger.warning("the status page cannot read the audit log", metadata: ["error": "\(error)"])
-            }
-        }
+        // The status page and the tiles read the audit file through the log's own pool (its
+        // reader connections, beside the appends): one `DatabasePool` for the file.
+        let auditReader = audit
         // `reconcile_interval`: the proxy's own reconcile rounds, against the log it writes.
         var reconcile: ReconcileSchedule?
         if config.reconcileInterval > 0, let token = config.reconcileToken {

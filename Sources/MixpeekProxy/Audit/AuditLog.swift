@@ -29,7 +29,10 @@ public enum AuditFileError: Error, CustomStringConvertible {
 /// hashes its records complete and, with `signing`, a signed checkpoint of the tree, in its own
 /// transaction. So an answer sent after its outcome is durable is covered by a checkpoint.
 public final class AuditLog: Sendable {
-    let queue: DatabaseQueue
+    /// A `DatabasePool` for the writer (its one writer connection appends; its readers serve
+    /// the status page, the tiles and `newest` beside the appends, WAL snapshots): one pool
+    /// for the file in the process. A `DatabaseQueue` for a read-only log (`audit query`).
+    let queue: any DatabaseWriter
     let key: Data?
     /// Nil: batches store the tree but sign no checkpoint (`audit reconcile`, which has no key;
     /// the proxy signs one covering its resolutions at its next batch or start).
@@ -71,11 +74,13 @@ public final class AuditLog: Sendable {
         // A SQLite that does not read URIs finds no file by that name, and the path is opened.
         if readOnly, immutable, let uri = Self.immutableURI(path), let snapshot = try? DatabaseQueue(path: uri, configuration: configuration) {
             queue = snapshot
-        } else {
+        } else if readOnly {
             queue = try DatabaseQueue(path: path, configuration: configuration)
+        } else {
+            queue = try DatabasePool(path: path, configuration: configuration)
         }
         // After opening: GRDB's WAL set-up sets synchronous = NORMAL, which would leave
-        // commits unsynced. The queue has one connection, so this holds for every append.
+        // commits unsynced. The pool has one writer connection, so this holds for every append.
         if !readOnly {
             try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         }
@@ -383,7 +388,7 @@ public final class AuditLog: Sendable {
 
     /// SQLite's `synchronous` setting of the log's connection (2 is FULL).
     public func synchronousMode() throws -> Int {
-        try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+        try queue.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     /// Number of records in the log.

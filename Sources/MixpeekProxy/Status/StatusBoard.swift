@@ -28,9 +28,13 @@ public final class StatusBoard: Sendable {
 
     let cache: ProxyListCache
     public let health: UpstreamHealth
-    /// A read-only connection of its own to the audit file, so that reading the newest
-    /// records and walking the chain never wait for, or hold up, an append.
-    private let audit: AuditLog?
+    /// The chain this proxy writes, read on a connection of the page's own (`AuditReading`):
+    /// audit.sqlite read-only, or a group's chain; so that reading the newest records and
+    /// walking the chain never wait for, or hold up, an append or a lease renewal.
+    private let reader: (any AuditReading)?
+    /// In a group: the same reader of the group's chain, which also reads `mixpeek_proxies`
+    /// for the group panel.
+    private let groupChain: GroupChainReader?
     private let limits: Limits
     private let group: GroupMember?
     /// What checks the log's checkpoints (public; the key itself never comes here).
@@ -39,10 +43,6 @@ public final class StatusBoard: Sendable {
     private let logProblem: @Sendable () -> String?
     /// `reconcile_interval`'s rounds, when on.
     let reconcile: ReconcileSchedule?
-    /// In a group: a connection of the page's own to the group's chain (its audit panel and
-    /// "verify now"), apart from the member's, whose lease renewals a long walk would hold up;
-    /// with the HMAC key and this proxy's data dir, whose witness file the walk checks.
-    private let groupChain: (link: GroupLink, hmacKey: String?, witness: String)?
     private let clock: @Sendable () -> Double
     private let startedAt: Double
     private let history = NIOLockedValueBox(MinuteHistory())
@@ -56,15 +56,12 @@ public final class StatusBoard: Sendable {
         self.cache = cache
         self.logVerifierKey = logVerifierKey
         self.logProblem = logProblem
-        self.audit = audit
         self.group = group
         self.reconcile = reconcile
-        groupChain = group.flatMap { group in
-            groupAudit.map { audit in
-                (GroupLink(url: group.settings.database, applicationName: "mixpeek-proxy \(group.settings.proxyID) status",
-                           logger: Self.quiet), audit.hmacKey, audit.dataDir)
-            }
+        groupChain = audit != nil ? nil : group.flatMap { group in
+            groupAudit.map { GroupChainReader(settings: group.settings, hmacKey: $0.hmacKey, dataDir: $0.dataDir, logger: Self.quiet) }
         }
+        reader = audit ?? groupChain
         self.limits = limits
         self.health = health
         self.clock = clock
@@ -75,7 +72,7 @@ public final class StatusBoard: Sendable {
     /// At shutdown: closes the page's connection to the group's chain (PostgresNIO requires a
     /// connection closed before it goes).
     public func close() async {
-        await groupChain?.link.close()
+        await reader?.close()
     }
 
     /// Closes the running minute of the history: called by a timer once a minute.
@@ -116,9 +113,7 @@ public final class StatusBoard: Sendable {
     private func groupPanel() async -> StatusSnapshot.Group? {
         guard let group else { return nil }
         let protocolState = group.protocolState
-        let rows = try? await groupChain?.link.run(timeout: 3) { connection in
-            try await GroupChain.members(on: connection, logger: Self.quiet)
-        }
+        let rows = try? await groupChain?.members()
         return .init(
             proxy_id: group.settings.proxyID, state: group.health.state, audit_role_can_rewrite: group.auditRoleCanRewrite,
             audit_role_rights: group.auditRoleRights ?? [], listening: protocolState.connected, serving_hits: group.health.ok,
@@ -130,11 +125,7 @@ public final class StatusBoard: Sendable {
 
     /// The newest records of the log this proxy writes: audit.sqlite, or the group's chain.
     private func newest() async throws -> (records: Int, head: String?, mutations: [AuditEntry])? {
-        if let audit { return try await audit.newest(Self.recentMutations) }
-        guard let groupChain else { return nil }
-        return try await groupChain.link.run { connection in
-            try await GroupChain.newest(Self.recentMutations, on: connection, logger: Self.quiet)
-        }
+        try await reader?.newest(Self.recentMutations)
     }
 
     private func auditPanel() async -> StatusSnapshot.Audit {
@@ -183,24 +174,11 @@ public final class StatusBoard: Sendable {
     private func walkChain() async -> StatusSnapshot.Verification {
         let started = clock()
         let outcome: Result<AuditVerification, any Error>
-        if let groupChain {
-            // The whole chain, then this proxy's witnessed appends: `audit verify --postgres-url --witness`.
-            do {
-                outcome = .success(try await groupChain.link.run(timeout: 3600) { connection in
-                    try await GroupChain.verify(on: connection, hmacKey: groupChain.hmacKey, witnesses: [groupChain.witness], logger: Self.quiet)
-                })
-            } catch {
-                outcome = .failure(error)
-            }
-        } else {
-            outcome = await withCheckedContinuation { continuation in
-                DispatchQueue.global(qos: .utility).async { [audit] in
-                    continuation.resume(returning: Result {
-                        guard let audit else { throw AuditUnavailable() }
-                        return try audit.verifyWithOwnKey()
-                    })
-                }
-            }
+        do {
+            guard let reader else { throw AuditUnavailable() }
+            outcome = .success(try await reader.verifyChain())
+        } catch {
+            outcome = .failure(error)
         }
         let result: StatusSnapshot.Verification = switch outcome {
         case .success(let found):
