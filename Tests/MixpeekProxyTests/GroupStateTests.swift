@@ -450,8 +450,8 @@ struct GroupWorld {
             case .closeGate, .openGate, .warn, .abandon: break
             case .catchUp: beginCatchUp(m)
             case .dropLists(let user, let closing):
-                members[m].cache[user!] = nil
-                members[m].generation[user!, default: 0] += 1
+                members[m].cache[user] = nil
+                members[m].generation[user, default: 0] += 1
                 if let closing { event(m, .listsDropped(intentSeq: closing)) }
             case .scheduleAcknowledgement: members[m].acknowledging = true
             case .acknowledge(let position):

@@ -58,9 +58,9 @@ struct GroupState {
         case catchUp
         /// The session was given up: stop it.
         case abandon
-        /// Drop the cached lists of `user` (all lists when nil); with `closing`, then send
-        /// `.listsDropped(closing)`.
-        case dropLists(user: String?, closing: Int64? = nil)
+        /// Drop the cached lists of `user`; with `closing`, then send `.listsDropped(closing)`.
+        /// (A catch-up drops every list itself, before `.caughtUp`.)
+        case dropLists(user: String, closing: Int64? = nil)
         /// After what the connection delivered with it, send `.acknowledging`.
         case scheduleAcknowledgement
         /// Announce `a proxy_id position`, then send `.acknowledged`.
