@@ -38,16 +38,11 @@ public final class AuditLog: Sendable {
     /// the proxy signs one covering its resolutions at its next batch or start).
     let signing: LogSigning?
     private let logger: Logger
-    private let pending = NIOLockedValueBox(Pending())
-
-    private struct Pending {
-        var drafts: [(AuditRecord, CheckedContinuation<AuditRecord, any Error>)] = []
-        var flushing = false
-        /// The last committed record, once read: this log is the file's only writer, so it
-        /// need not be read again for every batch. Forgotten when a batch fails, since its
-        /// transaction was rolled back and the file is then the only word on where it ends.
-        var head: Head?
-    }
+    private let commits = ChainWriter<AuditRecord, AuditRecord>()
+    /// The last committed record, once read: this log is the file's only writer, so it need
+    /// not be read again for every batch. Forgotten when a batch fails, since its transaction
+    /// was rolled back and the file is then the only word on where it ends.
+    private let head = NIOLockedValueBox<Head?>(nil)
 
     private struct Head {
         var seq: Int64
@@ -104,6 +99,8 @@ public final class AuditLog: Sendable {
                 }
             }
         }
+        // A reader's appends are written too, and fail as the file is opened read-only.
+        commits.start { [unowned self] batch, done in self.write(batch, done) }
     }
 
     /// Opens the log for `audit query` and `audit verify`: read-only, never migrated, safe
@@ -277,31 +274,18 @@ public final class AuditLog: Sendable {
     private func append(_ draft: AuditRecord, leaving room: Int = 0) async throws -> AuditRecord {
         let size = draft.chainedEntrySizeBound + room
         guard size <= AuditRecord.maximumEntrySize else { throw LogTreeError.entryTooLarge(bytes: size) }
-        return try await withCheckedThrowingContinuation { continuation in
-            let start = pending.withLockedValue { pending -> Bool in
-                pending.drafts.append((draft, continuation))
-                defer { pending.flushing = true }
-                return !pending.flushing
-            }
-            if start { flush() }
-        }
+        return try await commits.append(draft)
     }
 
-    /// Commits everything pending in one transaction, then starts over while anything came in.
-    /// Batches never overlap, so the one being written owns the head.
-    private func flush() {
-        let (batch, knownHead) = pending.withLockedValue { pending in
-            let batch = pending.drafts
-            pending.drafts = []
-            if batch.isEmpty { pending.flushing = false }
-            return (batch, pending.head)
-        }
-        guard !batch.isEmpty else { return }
+    /// Writes one batch (`ChainWriter`) in one transaction: chained after the head, each
+    /// record its tree leaf, the checkpoint signed.
+    private func write(_ batch: [AuditRecord], _ done: @escaping @Sendable (Result<[AuditRecord], any Error>) -> Void) {
+        let knownHead = head.withLockedValue { $0 }
         let key = key
         let signing = signing
         queue.asyncWrite({ db -> ([AuditRecord], Head) in
             func chain(after start: Head) -> [AuditRecord] {
-                AuditRecord.chain(batch.lazy.map(\.0), after: (start.seq, start.hash), key: key)
+                AuditRecord.chain(batch, after: (start.seq, start.hash), key: key)
             }
             var start = try knownHead ?? Self.readHead(db)
             var records = chain(after: start)
@@ -324,14 +308,13 @@ public final class AuditLog: Sendable {
         }, completion: { _, result in
             switch result {
             case .success(let (records, head)):
-                self.pending.withLockedValue { $0.head = head }
-                for ((_, continuation), record) in zip(batch, records) { continuation.resume(returning: record) }
+                self.head.withLockedValue { $0 = head }
+                done(.success(records))
             case .failure(let error):
-                self.pending.withLockedValue { $0.head = nil }
+                self.head.withLockedValue { $0 = nil }
                 self.logger.error("audit log write failed", metadata: ["error": "\(error)"])
-                for (_, continuation) in batch { continuation.resume(throwing: error) }
+                done(.failure(error))
             }
-            self.flush()
         })
     }
 

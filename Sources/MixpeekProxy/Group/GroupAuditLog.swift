@@ -24,11 +24,10 @@ import PostgresNIO
 /// An intent returns only when it is committed **and** every live proxy has read past it
 /// (`GroupMember.awaitPeers`): only then may the mutation be forwarded.
 public final class GroupAuditLog: AuditSink, Sendable {
-    private struct Draft {
+    private struct Draft: Sendable {
         var record: AuditRecord
         /// For the reaper's `unknown`: written only if that intent still has no outcome.
         var onlyIfOpen: Int64?
-        var continuation: CheckedContinuation<Appended, any Error>
     }
 
     /// An append's result: the record (nil when the reaper's was not needed) and the other
@@ -40,11 +39,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
         var witnessProblem: String?
     }
 
-    private struct Pending {
-        var drafts: [Draft] = []
-        var flushing = false
-    }
-
     let member: GroupMember
     /// This member's signatures on the group's verifiable log; nil signs none.
     public let cosigner: GroupCosigner?
@@ -52,7 +46,8 @@ public final class GroupAuditLog: AuditSink, Sendable {
     private let key: Data?
     private let witness: WitnessFile?
     private let logger: Logger
-    private let pending = NIOLockedValueBox(Pending())
+    /// At most 1,000 records a transaction (20 bind parameters each; PostgreSQL takes 65,535).
+    private let commits = ChainWriter<Draft, Appended>(limit: 1_000)
 
     public init(member: GroupMember, hmacKey: String?, witness: WitnessFile?, cosigner: GroupCosigner? = nil, logger: Logger) {
         self.member = member
@@ -63,6 +58,7 @@ public final class GroupAuditLog: AuditSink, Sendable {
         // `on` whatever the server's default: an append is reported done only once on disk.
         writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
                            setup: ["SET synchronous_commit = on"], logger: logger)
+        commits.start { [unowned self] batch, done in self.write(batch, done) }
     }
 
     /// Returns the intent once it is durable and every live proxy has read it, within one
@@ -147,37 +143,21 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     private func append(_ record: AuditRecord, onlyIfOpen: Int64?) async throws -> Appended {
-        try await withCheckedThrowingContinuation { continuation in
-            let start = pending.withLockedValue { pending -> Bool in
-                pending.drafts.append(Draft(record: record, onlyIfOpen: onlyIfOpen, continuation: continuation))
-                defer { pending.flushing = true }
-                return !pending.flushing
-            }
-            if start { flush() }
-        }
+        try await commits.append(Draft(record: record, onlyIfOpen: onlyIfOpen))
     }
 
-    /// Commits everything pending in one transaction, then starts over while anything came in.
-    private func flush() {
-        let batch = pending.withLockedValue { pending in
-            // At most 1,000 records a transaction (20 bind parameters each; PostgreSQL takes 65,535).
-            let batch = Array(pending.drafts.prefix(1_000))
-            pending.drafts.removeFirst(batch.count)
-            if batch.isEmpty { pending.flushing = false }
-            return batch
-        }
-        guard !batch.isEmpty else { return }
+    /// Writes one batch (`ChainWriter`): one call, one transaction, then its witness lines.
+    private func write(_ batch: [Draft], _ done: @escaping @Sendable (Result<[Appended], any Error>) -> Void) {
         Task {
             do {
                 let (written, peers) = try await appendChained(batch.map { ($0.record, $0.onlyIfOpen) })
                 let witnessProblem = self.writeWitness(written.compactMap { $0 })
-                for (draft, record) in zip(batch, written) {
-                    draft.continuation.resume(returning: Appended(record: record, peers: peers, witnessProblem: witnessProblem))
-                }
+                done(.success(written.map { Appended(record: $0, peers: peers, witnessProblem: witnessProblem) }))
             } catch {
-                fail(batch, error)
+                let problem = GroupError.describe(error)
+                self.logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
+                done(.failure(GroupError.unavailable(problem)))
             }
-            self.flush()
         }
     }
 
@@ -301,12 +281,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
                 return (written, peers)
             }
         }
-    }
-
-    private func fail(_ batch: [Draft], _ error: any Error) {
-        let problem = GroupError.describe(error)
-        logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
-        for draft in batch { draft.continuation.resume(throwing: GroupError.unavailable(problem)) }
     }
 
     // MARK: The reaper
