@@ -99,8 +99,6 @@ public final class AuditLog: Sendable {
                 }
             }
         }
-        // A reader's appends are written too, and fail as the file is opened read-only.
-        commits.start { [unowned self] batch, done in self.write(batch, done) }
     }
 
     /// Opens the log for `audit query` and `audit verify`: read-only, never migrated, safe
@@ -274,18 +272,20 @@ public final class AuditLog: Sendable {
     private func append(_ draft: AuditRecord, leaving room: Int = 0) async throws -> AuditRecord {
         let size = draft.chainedEntrySizeBound + room
         guard size <= AuditRecord.maximumEntrySize else { throw LogTreeError.entryTooLarge(bytes: size) }
-        return try await commits.append(draft)
+        return try await commits.append(draft, flush: flush)
     }
 
-    /// Writes one batch (`ChainWriter`) in one transaction: chained after the head, each
-    /// record its tree leaf, the checkpoint signed.
-    private func write(_ batch: [AuditRecord], _ done: @escaping @Sendable (Result<[AuditRecord], any Error>) -> Void) {
+    /// Writes the next batch (`ChainWriter`) in one transaction, then the one after while any
+    /// came in: chained after the head, each record its tree leaf, the checkpoint signed.
+    private func flush() {
+        guard let batch = commits.nextBatch() else { return }
         let knownHead = head.withLockedValue { $0 }
         let key = key
         let signing = signing
+        let drafts = batch.items
         queue.asyncWrite({ db -> ([AuditRecord], Head) in
             func chain(after start: Head) -> [AuditRecord] {
-                AuditRecord.chain(batch, after: (start.seq, start.hash), key: key)
+                AuditRecord.chain(drafts, after: (start.seq, start.hash), key: key)
             }
             var start = try knownHead ?? Self.readHead(db)
             var records = chain(after: start)
@@ -309,12 +309,13 @@ public final class AuditLog: Sendable {
             switch result {
             case .success(let (records, head)):
                 self.head.withLockedValue { $0 = head }
-                done(.success(records))
+                self.commits.finish(batch, .success(records))
             case .failure(let error):
                 self.head.withLockedValue { $0 = nil }
                 self.logger.error("audit log write failed", metadata: ["error": "\(error)"])
-                done(.failure(error))
+                self.commits.finish(batch, .failure(error))
             }
+            self.flush()
         })
     }
 

@@ -1,43 +1,50 @@
 import NIOConcurrencyHelpers
 
-/// The one writer of an audit chain's appends, for both backends (audit.sqlite's `AuditLog`,
-/// a group's `GroupAuditLog`): group commit. Appends that arrive while a batch is being
-/// written wait for the next one, which writes them all in one transaction (one fsync, one
-/// round trip); batches never overlap, so the one being written owns the chain's head.
+/// The one group commit of an audit chain's appends, for both backends (audit.sqlite's
+/// `AuditLog`, a group's `GroupAuditLog`). Appends that arrive while a batch is being written
+/// wait for the next one, which writes them all in one transaction (one fsync, one round
+/// trip); batches never overlap, so the one being written owns the chain's head.
 ///
-/// `write`, the backend's, is handed each batch (at most `limit` items) and calls back once:
-/// one output per item, in order, or one error that every item of the batch is given. It
-/// chains the batch with `AuditRecord.chain` (the one chaining loop) after the head it knows,
-/// and again after the store's head when another writer moved it. It runs where the backend
-/// runs it: audit.sqlite's on GRDB's writer queue (no task), a group's in a task on
-/// postgres-nio's connection.
+/// The backend runs the loop, where it writes: `append` starts it (`flush`) when no batch is
+/// being written; `flush` takes `nextBatch()` (nil: nothing is pending, and the loop ends),
+/// writes its items chained with `AuditRecord.chain` (the one chaining loop) after the head it
+/// knows, hands the result to `finish` (one output per item, in order, or one error for them
+/// all) and flushes again. audit.sqlite's loop runs on GRDB's writer queue, with no task; a
+/// group's in a task on postgres-nio's connection.
+///
+/// (A version that handed the backend a completion closure through this generic type made
+/// a lone proxy's creates a third slower: each batch's closure was wrapped again in a
+/// reabstraction thunk, and the chain of them was released one by one. Batches are values
+/// here, and no closure passes through.)
 final class ChainWriter<Item: Sendable, Output: Sendable>: Sendable {
-    typealias Write = @Sendable (_ batch: [Item], _ done: @escaping @Sendable (Result<[Output], any Error>) -> Void) -> Void
+    /// A batch being written: its items and, kept from the backend, who waits for them.
+    struct Batch: Sendable {
+        let items: [Item]
+        fileprivate let waiting: [CheckedContinuation<Output, any Error>]
+    }
 
     private struct Pending {
-        var items: [(item: Item, waiting: CheckedContinuation<Output, any Error>)] = []
+        var items: [Item] = []
+        var waiting: [CheckedContinuation<Output, any Error>] = []
         var flushing = false
     }
 
     private let pending = NIOLockedValueBox(Pending())
     private let limit: Int
-    private let write: NIOLockedValueBox<Write?>
 
-    /// `write` is set once, by `start(writing:)`, by the owner that the writing needs.
+    /// - Parameter limit: the most items a batch holds.
     init(limit: Int = .max) {
         self.limit = limit
-        write = NIOLockedValueBox(nil)
     }
 
-    func start(writing: @escaping Write) {
-        write.withLockedValue { $0 = writing }
-    }
-
-    /// Returns `item`'s output once its batch is written.
-    func append(_ item: Item) async throws -> Output {
+    /// Returns `item`'s output once its batch is written; calls `flush` when no batch is being
+    /// written.
+    @inline(__always)
+    func append(_ item: Item, flush: () -> Void) async throws -> Output {
         try await withCheckedThrowingContinuation { continuation in
             let start = pending.withLockedValue { pending -> Bool in
-                pending.items.append((item, continuation))
+                pending.items.append(item)
+                pending.waiting.append(continuation)
                 defer { pending.flushing = true }
                 return !pending.flushing
             }
@@ -45,34 +52,38 @@ final class ChainWriter<Item: Sendable, Output: Sendable>: Sendable {
         }
     }
 
-    /// Writes everything pending as one batch, then starts over while anything came in.
-    private func flush() {
-        let batch = pending.withLockedValue { pending in
-            let batch: [(item: Item, waiting: CheckedContinuation<Output, any Error>)]
+    /// Everything pending (at most `limit` items), or nil when nothing is: the loop then ends,
+    /// and the next append starts it again.
+    func nextBatch() -> Batch? {
+        pending.withLockedValue { pending in
+            if pending.items.isEmpty {
+                pending.flushing = false
+                return nil
+            }
             if pending.items.count <= limit {
-                batch = pending.items
-                pending.items = []
-            } else {
-                batch = Array(pending.items.prefix(limit))
+                defer {
+                    pending.items = []
+                    pending.waiting = []
+                }
+                return Batch(items: pending.items, waiting: pending.waiting)
+            }
+            defer {
                 pending.items.removeFirst(limit)
+                pending.waiting.removeFirst(limit)
             }
-            if batch.isEmpty { pending.flushing = false }
-            return batch
+            return Batch(items: Array(pending.items.prefix(limit)), waiting: Array(pending.waiting.prefix(limit)))
         }
-        guard !batch.isEmpty else { return }
-        guard let write = write.withLockedValue({ $0 }) else {
-            preconditionFailure("ChainWriter: append before start(writing:)")
-        }
-        write(batch.map(\.item)) { result in
-            switch result {
-            case .success(let outputs) where outputs.count == batch.count:
-                for (entry, output) in zip(batch, outputs) { entry.waiting.resume(returning: output) }
-            case .success:
-                for entry in batch { entry.waiting.resume(throwing: ChainWriterError.outputsMissing) }
-            case .failure(let error):
-                for entry in batch { entry.waiting.resume(throwing: error) }
-            }
-            self.flush()
+    }
+
+    /// Gives each waiting append its output, or every one the error.
+    func finish(_ batch: Batch, _ result: Result<[Output], any Error>) {
+        switch result {
+        case .success(let outputs) where outputs.count == batch.waiting.count:
+            for (waiting, output) in zip(batch.waiting, outputs) { waiting.resume(returning: output) }
+        case .success:
+            for waiting in batch.waiting { waiting.resume(throwing: ChainWriterError.outputsMissing) }
+        case .failure(let error):
+            for waiting in batch.waiting { waiting.resume(throwing: error) }
         }
     }
 }

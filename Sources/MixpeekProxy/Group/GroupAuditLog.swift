@@ -58,7 +58,6 @@ public final class GroupAuditLog: AuditSink, Sendable {
         // `on` whatever the server's default: an append is reported done only once on disk.
         writer = GroupLink(url: member.settings.database, applicationName: "mixpeek-proxy \(member.settings.proxyID)",
                            setup: ["SET synchronous_commit = on"], logger: logger)
-        commits.start { [unowned self] batch, done in self.write(batch, done) }
     }
 
     /// Returns the intent once it is durable and every live proxy has read it, within one
@@ -143,21 +142,24 @@ public final class GroupAuditLog: AuditSink, Sendable {
     }
 
     private func append(_ record: AuditRecord, onlyIfOpen: Int64?) async throws -> Appended {
-        try await commits.append(Draft(record: record, onlyIfOpen: onlyIfOpen))
+        try await commits.append(Draft(record: record, onlyIfOpen: onlyIfOpen), flush: flush)
     }
 
-    /// Writes one batch (`ChainWriter`): one call, one transaction, then its witness lines.
-    private func write(_ batch: [Draft], _ done: @escaping @Sendable (Result<[Appended], any Error>) -> Void) {
+    /// Writes the next batch (`ChainWriter`), one call and one transaction, then its witness
+    /// lines; then the one after while any came in.
+    private func flush() {
+        guard let batch = commits.nextBatch() else { return }
         Task {
             do {
-                let (written, peers) = try await appendChained(batch.map { ($0.record, $0.onlyIfOpen) })
+                let (written, peers) = try await appendChained(batch.items.map { ($0.record, $0.onlyIfOpen) })
                 let witnessProblem = self.writeWitness(written.compactMap { $0 })
-                done(.success(written.map { Appended(record: $0, peers: peers, witnessProblem: witnessProblem) }))
+                self.commits.finish(batch, .success(written.map { Appended(record: $0, peers: peers, witnessProblem: witnessProblem) }))
             } catch {
                 let problem = GroupError.describe(error)
                 self.logger.error("group: audit append failed", metadata: ["error": "\(problem)"])
-                done(.failure(GroupError.unavailable(problem)))
+                self.commits.finish(batch, .failure(GroupError.unavailable(problem)))
             }
+            self.flush()
         }
     }
 
