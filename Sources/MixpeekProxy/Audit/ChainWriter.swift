@@ -13,9 +13,9 @@ import NIOConcurrencyHelpers
 /// group's in a task on postgres-nio's connection.
 ///
 /// (A version that handed the backend a completion closure through this generic type made
-/// a lone proxy's creates a third slower: each batch's closure was wrapped again in a
-/// reabstraction thunk, and the chain of them was released one by one. Batches are values
-/// here, and no closure passes through.)
+/// a lone proxy's creates a third slower: `perf` showed long chains of closure contexts, each
+/// a reabstraction thunk around the last, released one by one. Batches are values here, and
+/// no closure passes through; docs/BENCHMARKS.md has the figures.)
 final class ChainWriter<Item: Sendable, Output: Sendable>: Sendable {
     /// A batch being written: its items and, kept from the backend, who waits for them.
     struct Batch: Sendable {

@@ -332,13 +332,7 @@ struct AppendCall: PostgresPreparedStatement {
     var onlyIfOpen: [Int64]
 
     func makeBindings() -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 5)
-        bindings.append(expectedSeq)
-        bindings.append(expectedHash)
-        bindings.append(records)
-        bindings.append(me)
-        bindings.append(onlyIfOpen)
-        return bindings
+        .of(expectedSeq, expectedHash, records, me, onlyIfOpen)
     }
 
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
@@ -358,12 +352,7 @@ private struct ChainCall: PostgresPreparedStatement {
     var onlyIfOpen: [Int64]
 
     func makeBindings() -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 4)
-        bindings.append(records)
-        bindings.append(bodies)
-        bindings.append(me)
-        bindings.append(onlyIfOpen)
-        return bindings
+        .of(records, bodies, me, onlyIfOpen)
     }
 
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
@@ -421,5 +410,14 @@ public final class WitnessFile: Sendable {
             guard parts.count == 2, let seq = Int64(parts[0]) else { return nil }
             return (seq, String(parts[1]))
         }
+    }
+}
+
+extension PostgresBindings {
+    /// `values` as `$1`, `$2`, … in their order.
+    static func of<each Value: PostgresNonThrowingEncodable>(_ values: repeat each Value) -> PostgresBindings {
+        var bindings = PostgresBindings()
+        for value in repeat each values { bindings.append(value) }
+        return bindings
     }
 }
