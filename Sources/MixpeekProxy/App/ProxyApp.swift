@@ -152,9 +152,6 @@ public final class ProxyApp: Service, Sendable {
                 audit = nil
             }
         }
-        // The status page and the tiles read the audit file through the log's own pool (its
-        // reader connections, beside the appends): one `DatabasePool` for the file.
-        let auditReader = audit
         // `reconcile_interval`: the proxy's own reconcile rounds, against the log it writes.
         var reconcile: ReconcileSchedule?
         if config.reconcileInterval > 0, let token = config.reconcileToken {
@@ -172,8 +169,10 @@ public final class ProxyApp: Service, Sendable {
             }
             reconcile = ReconcileSchedule(interval: config.reconcileInterval, upstream: config.upstream, token: token, logger: logger, log: log)
         }
+        // The status page and the tiles read the audit file through the log's own pool (its
+        // reader connections, beside the appends): one `DatabasePool` for the file.
         let status = StatusBoard(
-            cache: cache, audit: auditReader, group: member, groupAudit: member.map { _ in (hmacKey, config.dataDir) }, reconcile: reconcile,
+            cache: cache, audit: audit, group: member, groupAudit: member.map { _ in (hmacKey, config.dataDir) }, reconcile: reconcile,
             limits: .init(upstreamURL: config.upstream, cacheMaxEntries: config.cacheMaxEntries, cacheMaxBytes: config.cacheMaxBytes),
             logVerifierKey: signing.verifierKey, logProblem: { [cosigner = groupAudit?.cosigner] in cosigner?.problem })
 
@@ -211,7 +210,7 @@ public final class ProxyApp: Service, Sendable {
         settings.auditOutcomeWait = config.auditOutcomeWait
         let proxy = Proxy(
             upstream: chosenUpstream, cache: cache, audit: groupAudit ?? audit, settings: settings, metrics: ProxyMetrics(),
-            accessLog: accessLog, logger: logger, status: status, group: member, log: auditReader)
+            accessLog: accessLog, logger: logger, status: status, group: member, log: audit)
 
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes

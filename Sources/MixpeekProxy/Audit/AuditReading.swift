@@ -2,9 +2,10 @@ import Dispatch
 import Logging
 
 /// What reads an audit chain for the status page, whichever backend keeps it: its panel (the
-/// newest records) and "verify now" (the whole walk). `AuditLog` reads audit.sqlite on a
-/// read-only connection of its own; `GroupChainReader` reads a group's chain on a PostgreSQL
-/// connection of its own, apart from the member's, whose lease renewals a long walk would hold up.
+/// newest records) and "verify now" (the whole walk). `AuditLog` reads audit.sqlite on its
+/// pool's reader connections (WAL snapshots, beside the appends); `GroupChainReader` reads a
+/// group's chain on a PostgreSQL connection of its own, apart from the member's, whose lease
+/// renewals a long walk would hold up.
 protocol AuditReading: Sendable {
     /// The record count, the head (`seq:hash`) and the newest `count` mutations, newest first,
     /// read together so that they agree.

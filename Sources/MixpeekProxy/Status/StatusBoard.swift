@@ -28,9 +28,10 @@ public final class StatusBoard: Sendable {
 
     let cache: ProxyListCache
     public let health: UpstreamHealth
-    /// The chain this proxy writes, read on a connection of the page's own (`AuditReading`):
-    /// audit.sqlite read-only, or a group's chain; so that reading the newest records and
-    /// walking the chain never wait for, or hold up, an append or a lease renewal.
+    /// The chain this proxy writes, as `AuditReading` reads it: audit.sqlite on its pool's
+    /// reader connections, or a group's chain on a connection of the page's own; so that reading
+    /// the newest records and walking the chain never wait for, or hold up, an append or a
+    /// lease renewal.
     private let reader: (any AuditReading)?
     /// In a group: the same reader of the group's chain, which also reads `mixpeek_proxies`
     /// for the group panel.
