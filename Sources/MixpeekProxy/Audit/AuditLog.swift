@@ -328,19 +328,13 @@ public final class AuditLog: Sendable {
     /// One prepared statement for every append: GRDB's record insert goes through `Codable`
     /// and builds its query each time, a cost that shows at a thousand records a second.
     private static func insert(_ record: AuditRecord, _ db: Database) throws {
-        try db.cachedStatement(sql: """
-            INSERT INTO audit_records (seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
-                upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id, upstream_audit_id,
-                actor_key_id, actor_key_prefix, actor_key_name, actor_user)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """).execute(arguments: [
-                record.seq, record.kind.rawValue, record.intent_seq, record.time, record.action.rawValue, record.user_email,
-                record.key_name, record.caller, record.client, record.request_id, record.upstream_status,
-                record.outcome?.rawValue, record.duration_ms, record.key_id, record.key_prefix, record.key_hash,
-                record.prev_hash, record.hash, record.trace_id, record.upstream_audit_id,
-                record.actor_key_id, record.actor_key_prefix, record.actor_key_name, record.actor_user,
-            ])
+        try db.cachedStatement(sql: insertSQL).execute(arguments: StatementArguments(AuditRecord.columns.map { $0.read(record).databaseValue }))
     }
+
+    private static let insertSQL = """
+        INSERT INTO audit_records (\(AuditRecord.columns.names()))
+        VALUES (\(AuditRecord.columns.map { _ in "?" }.joined(separator: ", ")))
+        """
 
     /// Closes every intent left without an outcome (the proxy stopped in between) with an
     /// `unknown` outcome. Run at start, before any new mutation.

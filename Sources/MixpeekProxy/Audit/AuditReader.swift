@@ -33,19 +33,10 @@ public struct AuditEntry: Codable, Sendable, Equatable {
     public var resolution_seq: Int64? = nil
     public var upstream_audit_id: String? = nil
 
-    public static let columns = [
-        "seq", "time", "action", "user_email", "key_name", "caller", "client", "request_id", "outcome",
-        "upstream_status", "duration_ms", "key_id", "key_prefix", "key_hash", "finished_at", "trace_id",
-        "actor_key_id", "actor_key_prefix", "actor_key_name", "actor_user",
-        "resolution_seq", "upstream_audit_id",
-    ]
+    /// The CSV header and the table's columns (`storedColumns`).
+    public static var columns: [String] { storedColumns.map(\.label) }
 
-    public var values: [String?] {
-        [String(seq), time, action, user_email, key_name, caller, client, request_id, outcome,
-         upstream_status.map(String.init), duration_ms.map(AuditRecord.threeDecimals), key_id, key_prefix,
-         key_hash, finished_at, trace_id, actor_key_id, actor_key_prefix, actor_key_name, actor_user,
-         resolution_seq.map(String.init), upstream_audit_id]
-    }
+    public var values: [String?] { Self.storedColumns.map { $0.read(self).printed } }
 }
 
 /// The filters of `audit query`; every one is optional.
@@ -125,7 +116,7 @@ extension AuditLog {
             db.add(function: .foldUser())
             let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
             while let row = try rows.next() {
-                try body(Self.entry(from: row))
+                try body(try Self.entry(from: row))
             }
         }
     }
@@ -147,15 +138,8 @@ extension AuditLog {
         """
     }
 
-    static func entry(from row: Row) -> AuditEntry {
-        AuditEntry(
-            seq: row["seq"], time: row["time"], action: row["action"], user_email: row["user_email"],
-            key_name: row["key_name"], caller: row["caller"], client: row["client"], request_id: row["request_id"],
-            outcome: row["outcome"], upstream_status: row["upstream_status"], duration_ms: row["duration_ms"],
-            key_id: row["key_id"], key_prefix: row["key_prefix"], key_hash: row["key_hash"],
-            finished_at: row["finished_at"], trace_id: row["trace_id"], actor_key_id: row["actor_key_id"],
-            actor_key_prefix: row["actor_key_prefix"], actor_key_name: row["actor_key_name"], actor_user: row["actor_user"],
-            resolution_seq: row["resolution_seq"], upstream_audit_id: row["upstream_audit_id"])
+    static func entry(from row: Row) throws -> AuditEntry {
+        try AuditEntry.storedColumns.decode(into: .blank, row: row)
     }
 
     /// A time bound in the records' own form, `YYYY-MM-DDTHH:MM:SS.mmmZ`, so that comparing

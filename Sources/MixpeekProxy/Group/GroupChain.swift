@@ -6,31 +6,10 @@ import PostgresNIO
 /// Reading the group's chain: `audit query` and `audit verify` with `--postgres-url`, and the
 /// reaper's look at one intent. Readers never write.
 public enum GroupChain {
-    static let recordColumns = """
-        seq, kind, intent_seq, time, action, user_email, key_name, caller, client, request_id,
-        upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id,
-        actor_key_id, actor_key_prefix, actor_key_name, actor_user, upstream_audit_id
-        """
+    static let recordColumns = AuditRecord.columns.names()
 
     static func record(_ row: PostgresRow) throws -> AuditRecord {
-        let row = row.makeRandomAccess()
-        func text(_ name: String) throws -> String { try row[name].decode(String.self) }
-        func optionalText(_ name: String) throws -> String? { try row[name].decode(String?.self) }
-        guard let kind = AuditRecord.Kind(rawValue: try text("kind")), let action = AuditAction(rawValue: try text("action")) else {
-            throw GroupError.chain("record \(try row["seq"].decode(Int64.self)) has an unknown kind or action")
-        }
-        return AuditRecord(
-            seq: try row["seq"].decode(Int64.self), kind: kind, intent_seq: try row["intent_seq"].decode(Int64?.self),
-            time: try text("time"), action: action, user_email: try text("user_email"), key_name: try optionalText("key_name"),
-            caller: try text("caller"), client: try text("client"), request_id: try text("request_id"),
-            upstream_status: try row["upstream_status"].decode(Int32?.self).map(Int.init),
-            outcome: try optionalText("outcome").flatMap(AuditOutcome.init(rawValue:)),
-            duration_ms: try row["duration_ms"].decode(Double?.self), key_id: try optionalText("key_id"),
-            key_prefix: try optionalText("key_prefix"), key_hash: try optionalText("key_hash"),
-            prev_hash: try text("prev_hash"), hash: try text("hash"), trace_id: try optionalText("trace_id"),
-            actor_key_id: try optionalText("actor_key_id"), actor_key_prefix: try optionalText("actor_key_prefix"),
-            actor_key_name: try optionalText("actor_key_name"), actor_user: try optionalText("actor_user"),
-            upstream_audit_id: try optionalText("upstream_audit_id"))
+        try AuditRecord.columns.decode(into: .blank, row: row)
     }
 
     /// The record that `sql`, a clause on the chain (aliased `i`) after `SELECT … FROM`,
@@ -143,21 +122,7 @@ public enum GroupChain {
     }
 
     static func entry(_ row: PostgresRow) throws -> AuditEntry {
-        let row = row.makeRandomAccess()
-        func optional(_ name: String) throws -> String? { try row[name].decode(String?.self) }
-        return AuditEntry(
-            seq: try row["seq"].decode(Int64.self), time: try row["time"].decode(String.self),
-            action: try row["action"].decode(String.self), user_email: try row["user_email"].decode(String.self),
-            key_name: try optional("key_name"), caller: try row["caller"].decode(String.self),
-            client: try row["client"].decode(String.self), request_id: try row["request_id"].decode(String.self),
-            outcome: try row["outcome"].decode(String.self),
-            upstream_status: try row["upstream_status"].decode(Int32?.self).map(Int.init),
-            duration_ms: try row["duration_ms"].decode(Double?.self), key_id: try optional("key_id"),
-            key_prefix: try optional("key_prefix"), key_hash: try optional("key_hash"),
-            finished_at: try optional("finished_at"), trace_id: try optional("trace_id"),
-            actor_key_id: try optional("actor_key_id"), actor_key_prefix: try optional("actor_key_prefix"),
-            actor_key_name: try optional("actor_key_name"), actor_user: try optional("actor_user"),
-            resolution_seq: try row["resolution_seq"].decode(Int64?.self), upstream_audit_id: try optional("upstream_audit_id"))
+        try AuditEntry.storedColumns.decode(into: .blank, row: row)
     }
 
     /// The record count (the chain's seqs have no gaps: the head's), the head (`seq:hash`) and
