@@ -44,6 +44,37 @@ struct Audit: AsyncParsableCommand {
         }
     }
 
+    /// Runs `body` on the chain the options name (the group's with `--postgres-url`, else the
+    /// data dir's audit.sqlite; `group` says which), closed after. A chain that cannot be
+    /// opened is a usage error; one that fails while being read prints `what: why` on stderr and
+    /// exits 2.
+    static func reading<T>(_ dataDir: DataDirOption, _ postgres: PostgresOption, _ what: String,
+                           _ body: (_ reader: any AuditReader, _ group: Bool) async throws -> T) async throws -> T {
+        let reader: any AuditReader
+        let group: Bool
+        if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
+            do {
+                reader = try await GroupChainReader.open(url, logger: Logs.quiet("mixpeek-proxy.audit"))
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            group = true
+        } else {
+            reader = try open(dataDir)
+            group = false
+        }
+        do {
+            let result = try await body(reader, group)
+            await reader.close()
+            return result
+        } catch {
+            await reader.close()
+            if error is ExitCode || error is ValidationError { throw error }
+            FileHandle.standardError.write(Data("\(what): \(GroupError.describe(error))\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+
     struct Query: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List mutations (intent joined with outcome), oldest first, streamed.",
@@ -94,19 +125,8 @@ struct Audit: AsyncParsableCommand {
                 }
             }
             var writer = AuditTableWriter(format: format.rawValue)
-            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-                let logger = Logs.quiet("mixpeek-proxy.audit")
-                let connection = try await Audit.connect(url, logger: logger)
-                do {
-                    try await GroupChain.query(filter, on: connection, logger: logger) { writer.write($0) }
-                } catch {
-                    try? await connection.close()
-                    throw ValidationError("audit query failed: \(GroupError.describe(error))")
-                }
-                try? await connection.close()
-            } else {
-                let log = try Audit.open(dataDir)
-                try log.query(filter) { writer.write($0) }
+            try await Audit.reading(dataDir, postgres, "audit query failed") { reader, _ in
+                try await reader.query(filter) { writer.write($0) }
             }
             writer.finish()
         }
@@ -128,12 +148,8 @@ struct Audit: AsyncParsableCommand {
                 buffer.removeAll(keepingCapacity: true)
             }
             defer { flush() }
-            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-                try await Audit.withGroup(url) { connection, logger in
-                    try await GroupLogTree.entries(after: afterSeq, limit: limit, on: connection, logger: logger, line)
-                }
-            } else {
-                try Audit.open(dataDir).entries(after: afterSeq, limit: limit, line)
+            try await Audit.reading(dataDir, postgres, "audit: cannot read the log") { reader, _ in
+                try await reader.entries(after: afterSeq, limit: limit, line)
             }
         }
     }
@@ -168,54 +184,23 @@ struct Audit: AsyncParsableCommand {
                 }
                 head = (seq, String(parts[1]))
             }
-            if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-                return try await verifyGroup(url, hmacKey: hmacKey, expectHead: head)
-            }
-            guard witness.isEmpty else { throw ValidationError("--witness goes with --postgres-url") }
-            let log = try Audit.open(dataDir)
-            // The log first: a record changed with the chain recomputed still breaks the tree.
-            var logBroken = false
-            if let saved = try savedCheckpoint.read(dataDir) {
-                let check = try log.verifyLog(extending: saved, verifier: try savedCheckpoint.verifier(dataDir))
-                if let problem = check.problem {
-                    print("audit log BROKEN against the saved checkpoint (size \(saved.size)): \(problem)")
-                    logBroken = true
-                } else {
-                    print("audit log consistent: its \(check.entries) entries extend the saved checkpoint of \(saved.size) and match their records")
+            try await Audit.reading(dataDir, postgres, "audit verify failed") { reader, group in
+                guard group || witness.isEmpty else { throw ValidationError(WitnessesNeedAGroup().description) }
+                // The log first: a record changed with the chain recomputed still breaks the tree.
+                // Against the saved checkpoint, and in a group against each witness's: the one
+                // its proxy signed last (`group-log.checkpoint`).
+                let given = try savedCheckpoint.verifier(dataDir, group: group)
+                var saved: [(what: String, checkpoint: Checkpoint, verifier: SignedNote.Verifier?)] =
+                    try savedCheckpoint.read(dataDir, group: group).map { [("the saved checkpoint", $0, given)] } ?? []
+                for directory in witness {
+                    let path = URL(fileURLWithPath: directory).appendingPathComponent(GroupCosigner.stateFile).path
+                    guard let note = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
+                    let verifier = try? LogSigning.verifier(keyFile: SavedCheckpointOption.keyFile(directory, group: true))
+                    saved.append(("the checkpoint \(directory) signed", try SavedCheckpointOption.open(note, what: path, verifier: verifier), verifier))
                 }
-            }
-            let result = try log.verify(hmacKey: hmacKey)
-            if let problem = result.problem {
-                print("audit chain BROKEN after \(result.records) records: \(problem)")
-                throw ExitCode(1)
-            }
-            if logBroken { throw ExitCode(1) }
-            if let head, try !log.contains(seq: head.seq, hash: head.hash) {
-                try headMissing()
-            }
-            Self.report(result)
-        }
-
-        private func verifyGroup(_ url: PostgresURL, hmacKey: String?, expectHead: (seq: Int64, hash: String)?) async throws {
-            let logger = Logs.quiet("mixpeek-proxy.audit")
-            let connection = try await Audit.connect(url, logger: logger)
-            let result: AuditVerification
-            var headFound = true
-            // The log against the saved checkpoint, and against each witness's: the one its
-            // proxy signed last (`group-log.checkpoint`).
-            let given = try savedCheckpoint.verifier(dataDir, group: true)
-            var saved: [(what: String, checkpoint: Checkpoint, verifier: SignedNote.Verifier?)] =
-                try savedCheckpoint.read(dataDir, group: true).map { [("the saved checkpoint", $0, given)] } ?? []
-            for directory in witness {
-                let path = URL(fileURLWithPath: directory).appendingPathComponent(GroupCosigner.stateFile).path
-                guard let note = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
-                let verifier = try? LogSigning.verifier(keyFile: SavedCheckpointOption.keyFile(directory, group: true))
-                saved.append(("the checkpoint \(directory) signed", try SavedCheckpointOption.open(note, what: path, verifier: verifier), verifier))
-            }
-            var logBroken = false
-            do {
+                var logBroken = false
                 for (what, checkpoint, verifier) in saved {
-                    let check = try await GroupLogTree.verify(extending: checkpoint, verifier: verifier, on: connection, logger: logger)
+                    let check = try await reader.verifyLog(extending: checkpoint, verifier: verifier)
                     if let problem = check.problem {
                         print("audit log BROKEN against \(what) (size \(checkpoint.size)): \(problem)")
                         logBroken = true
@@ -223,24 +208,16 @@ struct Audit: AsyncParsableCommand {
                         print("audit log consistent: its \(check.entries) entries extend \(what) (size \(checkpoint.size)) and match their records")
                     }
                 }
-                result = try await GroupChain.verify(on: connection, hmacKey: hmacKey, witnesses: witness, logger: logger)
-                if let expectHead {
-                    headFound = try await GroupChain.contains(seq: expectHead.seq, hash: expectHead.hash, on: connection, logger: logger)
+                let result = try await reader.verifyChain(hmacKey: hmacKey, witnesses: witness)
+                if let problem = result.problem {
+                    print("audit chain BROKEN after \(result.records) records: \(problem)")
+                    throw ExitCode(1)
                 }
-            } catch {
-                try? await connection.close()
-                print("audit verify failed: \(GroupError.describe(error))")
-                throw ExitCode(2)
+                if logBroken { throw ExitCode(1) }
+                if let head, try await !reader.contains(seq: head.seq, hash: head.hash) { try headMissing() }
+                if !witness.isEmpty { print("witnesses: every record appended by \(witness.joined(separator: ", ")) is in the chain") }
+                Self.report(result)
             }
-            try? await connection.close()
-            if let problem = result.problem {
-                print("audit chain BROKEN after \(result.records) records: \(problem)")
-                throw ExitCode(1)
-            }
-            if logBroken { throw ExitCode(1) }
-            if !headFound { try headMissing() }
-            if !witness.isEmpty { print("witnesses: every record appended by \(witness.joined(separator: ", ")) is in the chain") }
-            Self.report(result)
         }
 
         private func headMissing() throws {

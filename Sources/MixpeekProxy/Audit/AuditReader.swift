@@ -177,6 +177,18 @@ extension AuditLog {
 }
 
 extension AuditLog {
+    /// The record count, the head (`seq:hash`) and the newest `count` mutations, newest first,
+    /// in one read transaction so that they agree with one another.
+    public func newest(_ count: Int) async throws -> (records: Int, head: String?, mutations: [AuditEntry]) {
+        try await queue.read { db in
+            let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            let records = try AuditRecord.fetchCount(db)
+            let mutations = try Row.fetchAll(db, sql: Self.entriesSQL(where: "i.kind = 'intent'", order: "i.seq DESC LIMIT ?"), arguments: [count])
+                .map(Self.entry(from:))
+            return (records, head.map { "\($0["seq"] as Int64):\($0["hash"] as String)" }, mutations)
+        }
+    }
+
     /// The intent record `seq`, as `audit reconcile` chains a resolution after it.
     public func intent(seq: Int64) throws -> AuditRecord? {
         try queue.read { db in

@@ -28,11 +28,11 @@ public final class StatusBoard: Sendable {
 
     let cache: ProxyListCache
     public let health: UpstreamHealth
-    /// The chain this proxy writes, as `AuditReading` reads it: audit.sqlite on its pool's
+    /// The chain this proxy writes, as `AuditReader` reads it: audit.sqlite on its pool's
     /// reader connections, or a group's chain on a connection of the page's own; so that reading
     /// the newest records and walking the chain never wait for, or hold up, an append or a
     /// lease renewal.
-    private let reader: (any AuditReading)?
+    private let reader: (any AuditReader)?
     /// In a group: the same reader of the group's chain, which also reads `mixpeek_proxies`
     /// for the group panel.
     private let groupChain: GroupChainReader?
@@ -219,19 +219,4 @@ public final class StatusBoard: Sendable {
         let key = [entry.actor_key_name, entry.actor_key_prefix.map { "(\($0)…)" }].compactMap { $0 }.joined(separator: " ")
         return entry.actor_user.map { "\(key) of \($0)" } ?? key
     }
-}
-
-extension AuditLog {
-    /// The record count, the head (`seq:hash`) and the newest `count` mutations, newest first,
-    /// in one read transaction so that they agree with one another.
-    func newest(_ count: Int) async throws -> (records: Int, head: String?, mutations: [AuditEntry]) {
-        try await queue.read { db in
-            let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-            let records = try AuditRecord.fetchCount(db)
-            let mutations = try Row.fetchAll(db, sql: Self.entriesSQL(where: "i.kind = 'intent'", order: "i.seq DESC LIMIT ?"), arguments: [count])
-                .map(Self.entry(from:))
-            return (records, head.map { "\($0["seq"] as Int64):\($0["hash"] as String)" }, mutations)
-        }
-    }
-
 }
