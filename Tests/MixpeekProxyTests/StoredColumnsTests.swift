@@ -59,4 +59,18 @@ struct StoredColumnsTests {
         #expect(values[AuditEntry.columns.firstIndex(of: "upstream_status")!] == "201")
         #expect(values[AuditEntry.columns.firstIndex(of: "key_name")!] == nil)
     }
+
+    @Test("a reconcile finding's JSON line has every key, null where it has no value, and its seq as a number")
+    func findingLineHasEveryKey() throws {
+        let finding = ReconcileFinding(finding: .resolved_unknown, action: "rotate", key_id: nil, key_name: "ci-key", user_email: nil,
+                                       time: "2026-12-07T12:00:00.000Z", audit_id: nil, record_seq: 12, resolution: "not_applied")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let line = String(decoding: try encoder.encode(finding), as: UTF8.self)
+        #expect(line == #"{"action":"rotate","audit_id":null,"finding":"resolved_unknown","key_id":null,"key_name":"ci-key","#
+            + #""record_seq":12,"resolution":"not_applied","time":"2026-12-07T12:00:00.000Z","user_email":null}"#)
+        #expect(try JSONDecoder().decode(ReconcileFinding.self, from: Data(line.utf8)) == finding)
+        #expect(ReconcileFinding.columns == ["finding", "action", "key_id", "key_name", "user_email", "time", "audit_id", "record_seq", "resolution"])
+        #expect(finding.values == ["resolved_unknown", "rotate", nil, "ci-key", nil, "2026-12-07T12:00:00.000Z", nil, "12", "not_applied"])
+    }
 }

@@ -120,37 +120,36 @@ public final class AuditLog: Sendable {
         return "file:\(encoded)?mode=ro&immutable=1"
     }
 
+    /// The table of records as v1 made it, and v3 again (with `kinds` and `extra` columns):
+    /// migrations are history, so this stays as they ran.
+    private static func recordsTable(_ name: String, kinds: String, extra: String) -> String {
+        """
+        CREATE TABLE \(name) (
+            seq INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN (\(kinds))),
+            intent_seq INTEGER, time TEXT NOT NULL, action TEXT NOT NULL, user_email TEXT NOT NULL,
+            key_name TEXT, caller TEXT NOT NULL, client TEXT NOT NULL, request_id TEXT NOT NULL,
+            upstream_status INTEGER, outcome TEXT, duration_ms DOUBLE, key_id TEXT, key_prefix TEXT,
+            key_hash TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL\(extra));
+
+        """
+    }
+
+    /// What makes `audit_records` append-only to SQL (v1, and again after v3's rebuild).
+    private static let appendOnlyTriggers = """
+        CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+        BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+        CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+        BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+        """
+
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
-            try db.create(table: "audit_records") { t in
-                t.primaryKey("seq", .integer)
-                t.column("kind", .text).notNull().check { ["intent", "outcome"].contains($0) }
-                t.column("intent_seq", .integer)
-                t.column("time", .text).notNull()
-                t.column("action", .text).notNull()
-                t.column("user_email", .text).notNull()
-                t.column("key_name", .text)
-                t.column("caller", .text).notNull()
-                t.column("client", .text).notNull()
-                t.column("request_id", .text).notNull()
-                t.column("upstream_status", .integer)
-                t.column("outcome", .text)
-                t.column("duration_ms", .double)
-                t.column("key_id", .text)
-                t.column("key_prefix", .text)
-                t.column("key_hash", .text)
-                t.column("prev_hash", .text).notNull()
-                t.column("hash", .text).notNull()
-            }
-            try db.create(index: "audit_intent_seq", on: "audit_records", columns: ["intent_seq"])
-            try db.create(index: "audit_user_time", on: "audit_records", columns: ["user_email", "time"])
-            try db.execute(sql: """
-                CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
-                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-                CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
-                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-                """)
+            try db.execute(sql: recordsTable("audit_records", kinds: "'intent', 'outcome'", extra: "") + """
+                CREATE INDEX audit_intent_seq ON audit_records (intent_seq);
+                CREATE INDEX audit_user_time ON audit_records (user_email, time);
+                """ + appendOnlyTriggers)
         }
         migrator.registerMigration("v2-trace-id") { db in
             // Nullable: the records before it have none, and their hashes never covered one.
@@ -160,14 +159,7 @@ public final class AuditLog: Sendable {
             // SQLite cannot change a CHECK in place: the table is rebuilt, every row copied as it
             // is (DROP TABLE fires no trigger), then the indexes and the append-only triggers
             // are made again. The hashes do not change: the rows do not.
-            try db.execute(sql: """
-                CREATE TABLE audit_records_v3 (
-                    seq INTEGER PRIMARY KEY,
-                    kind TEXT NOT NULL CHECK (kind IN ('intent', 'outcome', 'resolution')),
-                    intent_seq INTEGER, time TEXT NOT NULL, action TEXT NOT NULL, user_email TEXT NOT NULL,
-                    key_name TEXT, caller TEXT NOT NULL, client TEXT NOT NULL, request_id TEXT NOT NULL,
-                    upstream_status INTEGER, outcome TEXT, duration_ms DOUBLE, key_id TEXT, key_prefix TEXT,
-                    key_hash TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, trace_id TEXT, upstream_audit_id TEXT);
+            try db.execute(sql: recordsTable("audit_records_v3", kinds: "'intent', 'outcome', 'resolution'", extra: ", trace_id TEXT, upstream_audit_id TEXT") + """
                 INSERT INTO audit_records_v3 (seq, kind, intent_seq, time, action, user_email, key_name, caller, client,
                     request_id, upstream_status, outcome, duration_ms, key_id, key_prefix, key_hash, prev_hash, hash, trace_id)
                 SELECT seq, kind, intent_seq, time, action, user_email, key_name, caller, client,
@@ -178,11 +170,7 @@ public final class AuditLog: Sendable {
                 CREATE INDEX audit_intent_seq ON audit_records (intent_seq);
                 CREATE INDEX audit_user_time ON audit_records (user_email, time);
                 CREATE INDEX audit_resolutions ON audit_records (intent_seq) WHERE kind = 'resolution';
-                CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
-                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-                CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
-                BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-                """)
+                """ + appendOnlyTriggers)
         }
         // The key that acted (issue 22): nullable, hashed only when present.
         migrator.registerMigration("v4-actor-key") { db in

@@ -76,29 +76,21 @@ public struct ReconcileFinding: Codable, Sendable, Equatable {
     /// For `resolved_unknown`: `applied` or `not_applied`.
     public var resolution: String?
 
-    private enum CodingKeys: String, CodingKey {
-        case finding, action, key_id, key_name, user_email, time, audit_id, record_seq, resolution
-    }
+    /// Its columns, in the order of the CSV: the JSON line, the CSV header and its rows.
+    static let storedColumns: [StoredColumn<ReconcileFinding>] = [
+        .code("finding", \.finding), .text("action", \.action), .maybeText("key_id", \.key_id),
+        .maybeText("key_name", \.key_name), .maybeText("user_email", \.user_email), .text("time", \.time),
+        .maybeText("audit_id", \.audit_id), .maybeInteger("record_seq", \.record_seq), .maybeText("resolution", \.resolution),
+    ]
 
     /// Every field, `null` when it has no value: a line always has the same keys.
     public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(finding, forKey: .finding)
-        try container.encode(action, forKey: .action)
-        try container.encode(key_id, forKey: .key_id)
-        try container.encode(key_name, forKey: .key_name)
-        try container.encode(user_email, forKey: .user_email)
-        try container.encode(time, forKey: .time)
-        try container.encode(audit_id, forKey: .audit_id)
-        try container.encode(record_seq, forKey: .record_seq)
-        try container.encode(resolution, forKey: .resolution)
+        try Self.storedColumns.encode(self, to: encoder)
     }
 
-    public static let columns = ["finding", "action", "key_id", "key_name", "user_email", "time", "audit_id", "record_seq", "resolution"]
+    public static var columns: [String] { storedColumns.map(\.label) }
 
-    public var values: [String?] {
-        [finding.rawValue, action, key_id, key_name, user_email, time, audit_id, record_seq.map(String.init), resolution]
-    }
+    public var values: [String?] { Self.storedColumns.map { $0.read(self).printed } }
 
     /// Whether a compliance job should fail on it: a change around the proxy, or a record the
     /// upstream does not confirm. A settled `unknown` is news, not a failure.

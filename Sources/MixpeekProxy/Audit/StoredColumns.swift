@@ -11,6 +11,17 @@ enum StoredValue: Sendable, Equatable {
 
     /// As `audit query --format csv` and the table print it (durations with three decimals,
     /// as the chain hashes them).
+    var text: String? { if case .text(let text) = self { text } else { nil } }
+    var integer: Int64? { if case .integer(let integer) = self { integer } else { nil } }
+    /// SQLite keeps a whole REAL as an integer when it can.
+    var real: Double? {
+        switch self {
+        case .real(let real): real
+        case .integer(let integer): Double(integer)
+        default: nil
+        }
+    }
+
     var printed: String? {
         switch self {
         case .null: nil
@@ -47,81 +58,68 @@ struct StoredColumn<Record>: Sendable {
         self.write = write
     }
 
-    static func text(_ name: StaticString, _ path: WritableKeyPath<Record, String> & Sendable) -> Self {
-        Self(name, .text, read: { .text($0[keyPath: path]) }) { record, value in
-            guard case .text(let text) = value else { throw StoredColumnError(column: name, value: value) }
-            record[keyPath: path] = text
+    /// A required field: `stored` is its value as stored, `value` the field's of a stored value
+    /// (nil when it is not one).
+    private static func required<Value>(_ name: StaticString, _ kind: Kind, _ path: WritableKeyPath<Record, Value> & Sendable,
+                                        _ stored: @escaping @Sendable (Value) -> StoredValue,
+                                        _ value: @escaping @Sendable (StoredValue) -> Value?) -> Self {
+        Self(name, kind, read: { stored($0[keyPath: path]) }) { record, stored in
+            guard let field = value(stored) else { throw StoredColumnError(column: name, value: stored) }
+            record[keyPath: path] = field
         }
     }
 
-    static func maybeText(_ name: StaticString, _ path: WritableKeyPath<Record, String?> & Sendable) -> Self {
-        Self(name, .text, read: { $0[keyPath: path].map(StoredValue.text) ?? .null }) { record, value in
-            switch value {
-            case .null: record[keyPath: path] = nil
-            case .text(let text): record[keyPath: path] = text
-            default: throw StoredColumnError(column: name, value: value)
-            }
+    /// A field that may be NULL.
+    private static func nullable<Value>(_ name: StaticString, _ kind: Kind, _ path: WritableKeyPath<Record, Value?> & Sendable,
+                                        _ stored: @escaping @Sendable (Value) -> StoredValue,
+                                        _ value: @escaping @Sendable (StoredValue) -> Value?) -> Self {
+        Self(name, kind, read: { $0[keyPath: path].map(stored) ?? .null }) { record, stored in
+            if stored == .null { return record[keyPath: path] = nil }
+            guard let field = value(stored) else { throw StoredColumnError(column: name, value: stored) }
+            record[keyPath: path] = field
         }
+    }
+
+    static func text(_ name: StaticString, _ path: WritableKeyPath<Record, String> & Sendable) -> Self {
+        required(name, .text, path, StoredValue.text, \.text)
+    }
+
+    static func maybeText(_ name: StaticString, _ path: WritableKeyPath<Record, String?> & Sendable) -> Self {
+        nullable(name, .text, path, StoredValue.text, \.text)
     }
 
     /// A code (`kind`, `action`) stored as its raw value.
     static func code<Code: RawRepresentable<String> & Sendable>(_ name: StaticString, _ path: WritableKeyPath<Record, Code> & Sendable) -> Self {
-        Self(name, .text, read: { .text($0[keyPath: path].rawValue) }) { record, value in
-            guard case .text(let text) = value, let code = Code(rawValue: text) else { throw StoredColumnError(column: name, value: value) }
-            record[keyPath: path] = code
-        }
+        required(name, .text, path, { .text($0.rawValue) }) { $0.text.flatMap(Code.init(rawValue:)) }
     }
 
     static func maybeCode<Code: RawRepresentable<String> & Sendable>(_ name: StaticString, _ path: WritableKeyPath<Record, Code?> & Sendable) -> Self {
-        Self(name, .text, read: { $0[keyPath: path].map { .text($0.rawValue) } ?? .null }) { record, value in
-            switch value {
-            case .null: record[keyPath: path] = nil
-            case .text(let text):
-                guard let code = Code(rawValue: text) else { throw StoredColumnError(column: name, value: value) }
-                record[keyPath: path] = code
-            default: throw StoredColumnError(column: name, value: value)
-            }
-        }
+        nullable(name, .text, path, { .text($0.rawValue) }) { $0.text.flatMap(Code.init(rawValue:)) }
     }
 
     static func integer(_ name: StaticString, _ path: WritableKeyPath<Record, Int64> & Sendable) -> Self {
-        Self(name, .integer, read: { .integer($0[keyPath: path]) }) { record, value in
-            guard case .integer(let integer) = value else { throw StoredColumnError(column: name, value: value) }
-            record[keyPath: path] = integer
-        }
+        required(name, .integer, path, StoredValue.integer, \.integer)
     }
 
     static func maybeInteger(_ name: StaticString, _ path: WritableKeyPath<Record, Int64?> & Sendable) -> Self {
-        Self(name, .integer, read: { $0[keyPath: path].map(StoredValue.integer) ?? .null }) { record, value in
-            switch value {
-            case .null: record[keyPath: path] = nil
-            case .integer(let integer): record[keyPath: path] = integer
-            default: throw StoredColumnError(column: name, value: value)
-            }
-        }
+        nullable(name, .integer, path, StoredValue.integer, \.integer)
     }
 
     static func maybeInt(_ name: StaticString, _ path: WritableKeyPath<Record, Int?> & Sendable) -> Self {
-        Self(name, .integer, read: { $0[keyPath: path].map { .integer(Int64($0)) } ?? .null }) { record, value in
-            switch value {
-            case .null: record[keyPath: path] = nil
-            case .integer(let integer): record[keyPath: path] = Int(integer)
-            default: throw StoredColumnError(column: name, value: value)
-            }
-        }
+        nullable(name, .integer, path, { .integer(Int64($0)) }) { $0.integer.map(Int.init) }
     }
 
     static func maybeReal(_ name: StaticString, _ path: WritableKeyPath<Record, Double?> & Sendable) -> Self {
-        Self(name, .real, read: { $0[keyPath: path].map(StoredValue.real) ?? .null }) { record, value in
-            switch value {
-            case .null: record[keyPath: path] = nil
-            case .real(let real): record[keyPath: path] = real
-            // SQLite keeps a whole REAL as an integer when it can.
-            case .integer(let integer): record[keyPath: path] = Double(integer)
-            default: throw StoredColumnError(column: name, value: value)
-            }
-        }
+        nullable(name, .real, path, StoredValue.real, \.real)
     }
+}
+
+/// A column's name as a coding key.
+struct ColumnKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }
 
 struct StoredColumnError: Error, CustomStringConvertible {
@@ -153,6 +151,21 @@ extension Array {
             case .text: return try cell.decode(String?.self).map(StoredValue.text) ?? .null
             case .integer: return try cell.decode(Int64?.self).map(StoredValue.integer) ?? .null
             case .real: return try cell.decode(Double?.self).map(StoredValue.real) ?? .null
+            }
+        }
+    }
+
+    /// `record` as a JSON object of every column, `null` where it has no value, so that each
+    /// line of an export has the same keys.
+    func encode<Record>(_ record: Record, to encoder: any Encoder) throws where Element == StoredColumn<Record> {
+        var container = encoder.container(keyedBy: ColumnKey.self)
+        for column in self {
+            let key = ColumnKey(stringValue: column.label)
+            switch column.read(record) {
+            case .null: try container.encodeNil(forKey: key)
+            case .text(let text): try container.encode(text, forKey: key)
+            case .integer(let integer): try container.encode(integer, forKey: key)
+            case .real(let real): try container.encode(real, forKey: key)
             }
         }
     }

@@ -79,31 +79,15 @@ public enum GroupSchema {
             CREATE TRIGGER mixpeek_audit_no_truncate BEFORE TRUNCATE ON mixpeek_audit
             FOR EACH STATEMENT EXECUTE FUNCTION mixpeek_audit_append_only()
             """,
-            """
-            CREATE FUNCTION mixpeek_audit_announce() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
+        ] + rowTrigger("mixpeek_audit_announce", "AFTER INSERT ON mixpeek_audit", """
                 PERFORM pg_notify('mixpeek_proxy', 'i ' || NEW.seq || ' ' || coalesce(NEW.intent_seq, 0) || ' ' || NEW.proxy_id || ' ' || NEW.user_fold);
                 RETURN NULL;
-            END $$
-            """,
-            """
-            CREATE TRIGGER mixpeek_audit_announce AFTER INSERT ON mixpeek_audit
-            FOR EACH ROW EXECUTE FUNCTION mixpeek_audit_announce()
-            """,
-            """
-            CREATE FUNCTION mixpeek_proxies_announce() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
+            """) + rowTrigger("mixpeek_proxies_announce", "AFTER INSERT OR UPDATE ON mixpeek_proxies", """
                 IF TG_OP = 'INSERT' OR NEW.read_seq IS DISTINCT FROM OLD.read_seq THEN
                     PERFORM pg_notify('mixpeek_proxy', 'a ' || NEW.proxy_id || ' ' || NEW.read_seq);
                 END IF;
                 RETURN NULL;
-            END $$
-            """,
-            """
-            CREATE TRIGGER mixpeek_proxies_announce AFTER INSERT OR UPDATE ON mixpeek_proxies
-            FOR EACH ROW EXECUTE FUNCTION mixpeek_proxies_announce()
-            """,
-        ]),
+            """)),
         ("v2-one-call-appends", [
             // Announcements carry the record's hash, so that every proxy knows the chain's head.
             """
@@ -127,20 +111,12 @@ public enum GroupSchema {
             // on, so its lease lapses, it serves no hit, the others stop waiting for it once
             // that lease has run out, and at its reconnect it says to upgrade.
             "ALTER TABLE mixpeek_proxies ADD COLUMN protocol integer NOT NULL DEFAULT 1",
-            """
-            CREATE FUNCTION mixpeek_proxies_protocol() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
+        ] + rowTrigger("mixpeek_proxies_protocol", "BEFORE INSERT OR UPDATE ON mixpeek_proxies", """
                 IF NEW.protocol < 2 THEN
                     RAISE EXCEPTION 'this mixpeek-proxy is older than the group''s schema (v2-one-call-appends): upgrade it';
                 END IF;
                 RETURN NEW;
-            END $$
-            """,
-            """
-            CREATE TRIGGER mixpeek_proxies_protocol BEFORE INSERT OR UPDATE ON mixpeek_proxies
-            FOR EACH ROW EXECUTE FUNCTION mixpeek_proxies_protocol()
-            """,
-        ]),
+            """)),
         ("v3-chained-by-the-database", [
             // `GroupAuditLog.chainedByDatabase` (no HMAC key): one call, one transaction, one
             // row, and never refused for a moved head. Under the chain's lock, unless an intent
@@ -191,6 +167,15 @@ public enum GroupSchema {
     ]
 
     static let reapVersion = "v6-reap-members"
+
+    /// A plpgsql function `name` run for each row `when` (`AFTER INSERT ON t`), as its two
+    /// statements: the function with `body` between its BEGIN and END, then its trigger.
+    private static func rowTrigger(_ name: String, _ when: String, _ body: String) -> [String] {
+        [
+            "CREATE FUNCTION \(name)() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n\(body)\nEND $$",
+            "CREATE TRIGGER \(name) \(when)\nFOR EACH ROW EXECUTE FUNCTION \(name)()",
+        ]
+    }
 
     /// Whether `applied` is exactly the migrations this build knows, in whatever order (one
     /// applied again by hand comes last); one it does not know is a newer schema, which
