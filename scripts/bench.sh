@@ -8,14 +8,26 @@
 #                 two ports: one with nginx's default access log (combined format, unbuffered,
 #                 to a file), one with `access_log off`
 #   Varnish       hash on URL + Authorization (cached despite the Authorization header)
+#   HAProxy       its cache (HAProxy 2.6: `cache` section, total-max-size 64 MB, max-age 3600 s),
+#                 `nbthread 1` (on core 0 like the others with --pinned), keep-alive to the
+#                 origin (`http-reuse always`). Its cache keys on Host + URI and stores nothing
+#                 for a request that carries Authorization, so the SHA-256 of the Authorization
+#                 value goes into the key as a query argument (`credential=<hex>`, which the
+#                 origin's exact-match location ignores), the header is dropped before
+#                 `cache-use`, and the origin's answer gets `Cache-Control: max-age=3600` before
+#                 `cache-store` so that it is stored; X-Cache-Status from `res.cache_hit`.
+#                 HAProxy logs nothing by default (no `log` line), so it is in both tables with
+#                 its logging off: one server, measured once per round
 #   mixpeek-proxy `serve` in front of the same origin, release build, twice: with its default
 #                 flags (request log on stderr, which this script redirects to a file) and with
-#                 `--access-log off`; both with `--cache-ttl 3600` (nginx and Varnish cache for
-#                 an hour too, so no hit round sees an expiry) and `--credential-recheck 3600`
-#                 (nginx and Varnish never ask the origin whether a credential still stands)
+#                 `--access-log off`; both with `--cache-ttl 3600` (nginx, Varnish and HAProxy
+#                 cache for an hour too, so no hit round sees an expiry) and
+#                 `--credential-recheck 3600` (nginx, Varnish and HAProxy never ask the origin
+#                 whether a credential still stands)
 #
 # Two pairs are compared: as shipped (both request logs on: mixpeek-proxy's default against
-# nginx's default), and with both logs off (Varnish and the static origin are in that table).
+# nginx's default; HAProxy there as shipped too, i.e. logging nothing), and with both logs off
+# (Varnish, HAProxy and the static origin are in that table).
 # It checks that each cache really serves hits (first request MISS, then HIT, the origin's
 # request count not growing), runs interleaved wrk rounds (A B C D A B C D ...) and prints
 # medians: req/s, p50, p99, server CPU time per request (utime+stime from /proc/PID/stat of
@@ -46,7 +58,7 @@
 #                "--cache-ttl 3600 --log-level warning": before the request log existed, that
 #                was how to turn the per-request line off) and BASELINE_REV naming it
 #
-# Installs what is missing with apt-get: nginx, varnish, wrk, sqlite3, curl, strace.
+# Installs what is missing with apt-get: nginx, varnish, haproxy, wrk, sqlite3, curl, strace.
 # Exits non-zero when a tool cannot be installed, a process fails to start, a cache fails its
 # MISS-then-HIT check, a cache lets requests through to the origin during its hit rounds,
 # a server answers errors, mixpeek-proxy's request log misses or drops a line, or `audit verify`
@@ -124,6 +136,7 @@ ensure_tools() {
   local missing=() as_root=()
   command -v nginx >/dev/null || missing+=(nginx)
   command -v varnishd >/dev/null || missing+=(varnish)
+  command -v haproxy >/dev/null || missing+=(haproxy)
   command -v wrk >/dev/null || missing+=(wrk)
   command -v sqlite3 >/dev/null || missing+=(sqlite3)
   command -v curl >/dev/null || missing+=(curl)
@@ -142,7 +155,7 @@ ensure_tools() {
     "${as_root[@]}" apt-get update -q >&2 || die "apt-get update failed"
     "${as_root[@]}" apt-get install -y -q "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
   fi
-  for tool in nginx varnishd wrk sqlite3 curl taskset pgrep strace; do
+  for tool in nginx varnishd haproxy wrk sqlite3 curl taskset pgrep strace; do
     command -v "$tool" >/dev/null || die "$tool still missing after apt-get"
   done
 }
@@ -360,6 +373,7 @@ MEM_GIB="$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 NGINX_VERSION="$(nginx -v 2>&1 | sed 's|.*nginx/||')"
 VARNISH_VERSION="$(varnishd -V 2>&1 | head -n 1 | sed -E 's/.*varnish-([0-9.]+).*/\1/')"
+HAPROXY_VERSION="$(haproxy -v 2>&1 | head -n 1 | sed -E 's/^HA-?Proxy version ([0-9][^ -]*).*/\1/')"
 WRK_VERSION="$(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }' || true)"
 REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ "$(df --output=fstype "$WORK" 2>/dev/null | tail -n 1)" = tmpfs ]; then
@@ -392,13 +406,14 @@ BODY_BYTES="$(wc -c <"$BODY")"
 [ "$(sqlite3 :memory: "SELECT json_valid(readfile('$BODY'))")" = 1 ] || die "the list body is not valid JSON"
 
 # ---------------------------------------------------------------------------------------
-# Origin (nginx, static file), nginx proxy_cache, Varnish, mixpeek-proxy.
+# Origin (nginx, static file), nginx proxy_cache, Varnish, HAProxy's cache, mixpeek-proxy.
 
 pick_port ORIGIN_PORT
 pick_port STATIC_PORT
 pick_port NGINX_PORT
 pick_port NGINX_NOLOG_PORT
 pick_port VARNISH_PORT
+pick_port HAPROXY_PORT
 pick_port PROXY_PORT
 pick_port PROXY_NOLOG_PORT
 [ -n "${BASELINE_BIN:-}" ] && pick_port BASE_PORT
@@ -540,12 +555,53 @@ sub vcl_backend_response {
 }
 EOF
 
-log "starting the origin, nginx proxy_cache, Varnish and mixpeek-proxy${SRV:+ (pinned to core 0)}"
+# HAProxy's cache. No `log` line: HAProxy logs nothing unless told to (its default).
+H="$WORK/haproxy"
+mkdir -p "$H"
+cat >"$H/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+  # maxconn needs ~8k descriptors: a lower limit only warns (2.6 fails by default).
+  no strict-limits
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+cache bench
+  total-max-size 64
+  max-object-size 65536
+  max-age 3600
+listen bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  http-request return status 200 content-type text/plain string ready if { path /_ready }
+  # The cache keys on Host + URI and neither serves nor stores a request with Authorization: the
+  # credential's SHA-256 goes into the URI (so into the key), then the header is dropped.
+  http-request set-query "%[query]&credential=%[req.fhdr(authorization),sha2(256),hex]" if { query -m found }
+  http-request set-query "credential=%[req.fhdr(authorization),sha2(256),hex]" unless { query -m found }
+  http-request del-header authorization
+  http-request cache-use bench
+  # The origin's static file carries no expiry: an hour, so that it is stored (and kept as long as
+  # the others keep theirs).
+  http-response set-header Cache-Control max-age=3600 unless { res.cache_hit }
+  http-response cache-store bench
+  http-response set-header X-Cache-Status HIT if { res.cache_hit }
+  http-response set-header X-Cache-Status MISS unless { res.cache_hit }
+  http-reuse always
+  server origin 127.0.0.1:$ORIGIN_PORT
+EOF
+haproxy -c -q -f "$H/haproxy.cfg" >"$WORK/logs/haproxy-check.out" 2>&1 \
+  || { cat "$WORK/logs/haproxy-check.out" >&2; die "haproxy -c rejects $H/haproxy.cfg (HAProxy 2.6 or newer is needed; found $HAPROXY_VERSION)"; }
+
+log "starting the origin, nginx proxy_cache, Varnish, HAProxy and mixpeek-proxy${SRV:+ (pinned to core 0)}"
 start_proc origin nginx -p "$O" -c "$O/nginx.conf" -e "$O/error.log"
 wait_http origin "http://127.0.0.1:$ORIGIN_PORT/_ready"
 note_children origin
 start_proc nginx nginx -p "$N" -c "$N/nginx.conf" -e "$N/error.log"
 start_proc varnish varnishd -F -j none -a "127.0.0.1:$VARNISH_PORT" -f "$V/bench.vcl" -s malloc,64m -n "$V/work" -T none
+start_proc haproxy haproxy -db -f "$H/haproxy.cfg"
 # Default flags but the TTL; the request log goes to stderr, redirected to $WORK/logs/proxy.err.
 PROXY_FLAGS="--cache-ttl 3600 --credential-recheck 3600"
 PROXY_NOLOG_FLAGS="--cache-ttl 3600 --credential-recheck 3600 --access-log off"
@@ -555,6 +611,7 @@ start_proc proxy_nolog "$BIN" serve --port "$PROXY_NOLOG_PORT" --upstream "http:
   --data-dir "$WORK/proxy-nolog-data" $PROXY_NOLOG_FLAGS
 wait_http nginx "http://127.0.0.1:$NGINX_PORT/_ready"
 wait_http varnish "http://127.0.0.1:$VARNISH_PORT/_ready"
+wait_http haproxy "http://127.0.0.1:$HAPROXY_PORT/_ready"
 wait_http proxy "http://127.0.0.1:$PROXY_PORT/_proxy/health"
 wait_http proxy_nolog "http://127.0.0.1:$PROXY_NOLOG_PORT/_proxy/health"
 if [ -n "${BASELINE_BIN:-}" ]; then
@@ -565,46 +622,53 @@ if [ -n "${BASELINE_BIN:-}" ]; then
 fi
 note_children nginx
 note_children varnish
+note_children haproxy
 note_children proxy
 note_children proxy_nolog
 
 origin_count() { wc -l <"$O/$1.log" | tr -d ' '; }
 
 # The two pairs: as shipped (request logs on), then logs off (with Varnish and the static file).
-SHIPPED_KEYS=(proxy nginx)
-NOLOG_KEYS=(proxy_nolog nginx_nolog varnish static)
-[ -n "${BASELINE_BIN:-}" ] && NOLOG_KEYS=(proxy_nolog proxy_base nginx_nolog varnish static)
-KEYS=("${SHIPPED_KEYS[@]}" "${NOLOG_KEYS[@]}")
-CACHE_KEYS=(proxy nginx proxy_nolog nginx_nolog varnish)
+# HAProxy logs nothing as shipped, so it is in both tables: one server, measured once per round.
+SHIPPED_KEYS=(proxy nginx haproxy)
+NOLOG_KEYS=(proxy_nolog nginx_nolog varnish haproxy static)
+[ -n "${BASELINE_BIN:-}" ] && NOLOG_KEYS=(proxy_nolog proxy_base nginx_nolog varnish haproxy static)
+# The servers the rounds measure, in round order: both tables' rows, each once.
+KEYS=()
+for key in "${SHIPPED_KEYS[@]}" "${NOLOG_KEYS[@]}"; do
+  [[ " ${KEYS[*]} " == *" $key "* ]] || KEYS+=("$key")
+done
+CACHE_KEYS=(proxy nginx proxy_nolog nginx_nolog varnish haproxy)
 [ -n "${BASELINE_BIN:-}" ] && CACHE_KEYS+=(proxy_base)
 declare -A LABEL=([proxy]="mixpeek-proxy" [nginx]="nginx proxy_cache" [proxy_nolog]="mixpeek-proxy, request log off"
-  [nginx_nolog]="nginx proxy_cache, access log off" [varnish]="Varnish" [static]="nginx static file (origin; reference)")
+  [nginx_nolog]="nginx proxy_cache, access log off" [varnish]="Varnish" [haproxy]="HAProxy cache"
+  [static]="nginx static file (origin; reference)")
 declare -A CONFIG=(
   [proxy]="\`serve $PROXY_FLAGS\`: request log on (default), stderr redirected to a file"
   [nginx]="1 worker, \`access_log\` to a file (default: combined, unbuffered)"
   [proxy_nolog]="\`serve $PROXY_NOLOG_FLAGS\`"
   [nginx_nolog]="1 worker, \`access_log off\`"
   [varnish]="\`-s malloc,64m\`, no log file (varnishlog not running)"
+  [haproxy]="\`nbthread 1\`, cache 64 MB; the credential's SHA-256 in the key (a query argument), \`Authorization\` dropped, the origin's answer given \`max-age=3600\`; no \`log\` (its default: logs nothing)"
   [static]="1 worker, \`access_log off\`"
   [proxy_base]="\`serve $BASELINE_FLAGS\`")
 LABEL[proxy_base]="mixpeek-proxy ${BASELINE_REV:-baseline}"
-# Each row's ratios are to the nginx of its pair.
-declare -A REF=([proxy]=nginx [nginx]=nginx [proxy_nolog]=nginx_nolog [nginx_nolog]=nginx_nolog [varnish]=nginx_nolog [static]=nginx_nolog
-  [proxy_base]=nginx_nolog)
+# Each table's ratios are to the nginx of its pair (hit_rows' first argument).
 declare -A URL=(
   [proxy]="http://127.0.0.1:$PROXY_PORT$LIST_PATH" [nginx]="http://127.0.0.1:$NGINX_PORT$LIST_PATH"
   [proxy_nolog]="http://127.0.0.1:$PROXY_NOLOG_PORT$LIST_PATH" [nginx_nolog]="http://127.0.0.1:$NGINX_NOLOG_PORT$LIST_PATH"
-  [varnish]="http://127.0.0.1:$VARNISH_PORT$LIST_PATH" [static]="http://127.0.0.1:$STATIC_PORT$LIST_PATH"
+  [varnish]="http://127.0.0.1:$VARNISH_PORT$LIST_PATH" [haproxy]="http://127.0.0.1:$HAPROXY_PORT$LIST_PATH"
+  [static]="http://127.0.0.1:$STATIC_PORT$LIST_PATH"
   [proxy_base]="http://127.0.0.1:${BASE_PORT:-0}$LIST_PATH")
-declare -A PROC=([proxy]=proxy [nginx]=nginx [proxy_nolog]=proxy_nolog [nginx_nolog]=nginx [varnish]=varnish [static]=origin
-  [proxy_base]=proxy_base)
+declare -A PROC=([proxy]=proxy [nginx]=nginx [proxy_nolog]=proxy_nolog [nginx_nolog]=nginx [varnish]=varnish [haproxy]=haproxy
+  [static]=origin [proxy_base]=proxy_base)
 
 # Which cache result a response's headers show: MISS, HIT or something else.
 cache_result() { # KEY HEADERS
   local key="$1" headers="$2" v
   case "$key" in
     proxy|proxy_nolog|proxy_base) header x-cache <<<"$headers" ;;
-    nginx|nginx_nolog) header x-cache-status <<<"$headers" ;;
+    nginx|nginx_nolog|haproxy) header x-cache-status <<<"$headers" ;;
     varnish)
       v="$(header x-varnish <<<"$headers")"
       case "$(wc -w <<<"$v" | tr -d ' ')" in 1) echo MISS ;; 2) echo HIT ;; *) echo "x-varnish=$v" ;; esac ;;
@@ -687,7 +751,9 @@ for key in "${KEYS[@]}"; do
 done
 
 # The log-off proxy is done; with --hits-only, so is the other one. Their request logs are counted.
+# HAProxy serves only the hit rounds: stopped now.
 request_log_check proxy_nolog "$PROXY_NOLOG_PORT"
+stop_proc haproxy
 [ "$HITS_ONLY" = 1 ] && request_log_check proxy "$PROXY_PORT"
 
 if [ "$HITS_ONLY" = 0 ]; then
@@ -915,14 +981,14 @@ fi # HITS_ONLY
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 ms() { fmt '%.3f' "$(calc "$1 / 1000")"; }
 yes_no() { if [ "$(calc "($1) ? 1 : 0")" = 1 ]; then echo "yes"; else echo "**no**"; fi; }
-# hit_rows KEY...: a Markdown table of the hit figures, ratios to each row's reference nginx.
+# hit_rows REF KEY...: a Markdown table of the hit figures, ratios to REF (the table's nginx).
 hit_rows() {
-  local key ref
+  local key ref="$1"
+  shift
   echo
   echo "| server | configuration | req/s | req/s range | p50 ms | p99 ms | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx | RSS MB |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for key in "$@"; do
-    ref="${REF[$key]}"
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$key]}" "${CONFIG[$key]}" "$(fmt '%.0f' "${M_RPS[$key]}")" \
       "$(minmax ${R_RPS[$key]})" "$(ms "${M_P50[$key]}")" "$(ms "${M_P99[$key]}")" "$(fmt '%.1f' "${M_CPU[$key]}")" \
       "$(fmt '%.2f' "$(calc "${M_RPS[$key]} / ${M_RPS[$ref]}")")" "$(fmt '%.2f' "$(calc "${M_CPU[$key]} / ${M_CPU[$ref]}")")" \
@@ -932,19 +998,19 @@ hit_rows() {
 log_count_text() { echo "${LOG_LINES[$1]} lines for ${LOG_COUNTED[$1]} requests, ${LOG_DROPPED[$1]:-?} dropped"; }
 {
   echo
-  echo "### mixpeek-proxy vs nginx proxy_cache vs Varnish — $MODE run$([ "$PINNED" = 1 ] && echo ", pinned (servers on core 0, wrk on core 1)" || echo ", unpinned")"
+  echo "### mixpeek-proxy vs nginx proxy_cache vs Varnish vs HAProxy — $MODE run$([ "$PINNED" = 1 ] && echo ", pinned (servers on core 0, wrk on core 1)" || echo ", unpinned")"
   echo
   echo "Machine: $NPROC × $CPU_MODEL (nproc $NPROC), $MEM_GIB GiB, Linux $(uname -r); load average $LOAD_BEFORE before, $LOAD_AFTER after."
-  echo "Command: \`$COMMAND_LINE\` — mixpeek-proxy $REVISION ($(basename "$(dirname "$BIN")") build), nginx $NGINX_VERSION, Varnish $VARNISH_VERSION, wrk $WRK_VERSION."
+  echo "Command: \`$COMMAND_LINE\` — mixpeek-proxy $REVISION ($(basename "$(dirname "$BIN")") build), nginx $NGINX_VERSION, Varnish $VARNISH_VERSION, HAProxy $HAPROXY_VERSION, wrk $WRK_VERSION."
   echo "Body: $BODY_BYTES bytes of JSON (7 keys, APIKeyModel fields), \`Authorization: Bearer sk_bench_…\`."
   echo
   echo "**Cache hits** — wrk -t2 -c$HIT_CONNECTIONS, $ROUNDS interleaved round(s) × ${DURATION} s per server (all ${#KEYS[@]} servers interleaved), medians; CPU = server utime+stime per request; ratios to the nginx of the same table."
   echo
-  echo "As shipped — request logs on, each as it comes by default (mixpeek-proxy's request log on stderr, redirected by the script to a file; nginx's access log to a file):"
-  hit_rows "${SHIPPED_KEYS[@]}"
+  echo "As shipped — request logs on, each as it comes by default (mixpeek-proxy's request log on stderr, redirected by the script to a file; nginx's access log to a file; HAProxy logs nothing by default, so its row is the same server and rounds as in the log-off table, here with the ratios to nginx with its access log on):"
+  hit_rows nginx "${SHIPPED_KEYS[@]}"
   echo
   echo "Request logs off:"
-  hit_rows "${NOLOG_KEYS[@]}"
+  hit_rows nginx_nolog "${NOLOG_KEYS[@]}"
   echo
   echo "mixpeek-proxy's request log, counted after SIGTERM: $(log_count_text proxy) (as shipped, over every round above$([ "$HITS_ONLY" = 0 ] && echo " and the miss path")); $(log_count_text proxy_nolog) with \`--access-log off\`."
   if [ -n "${LOG_LINES[logcount]:-}" ]; then

@@ -3,7 +3,7 @@
 # with the Swift toolchain: SQLite's headers (GRDB links the system libsqlite3), curl (the
 # demo tour and checks), the official Mixpeek Python SDK (end-to-end test), schemathesis
 # (scripts/schema_check.py holds the fake and the proxy against Mixpeek's OpenAPI document), and what
-# scripts/bench.sh compares against and measures with (nginx, Varnish, wrk, strace; its
+# scripts/bench.sh compares against and measures with (nginx, Varnish, HAProxy, wrk, strace; its
 # smoke run is part of scripts/test.sh), and Debian's Chromium, which
 # scripts/status_page_check.py drives headless over the DevTools protocol on a pipe, and Go
 # with its golang.org/x/mod (sumdb/tlog, sumdb/note), the verifiable log's outside judge.
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libsqlite3-dev sqlite3 curl ca-certificates openssl nginx varnish wrk strace procps util-linux chromium golang-go golang-golang-x-mod-dev; do
+for pkg in libsqlite3-dev sqlite3 curl ca-certificates openssl nginx varnish haproxy wrk strace procps util-linux chromium golang-go golang-golang-x-mod-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
