@@ -514,6 +514,22 @@ struct AuditTests {
         }
     }
 
+    @Test("audit verify exits 2 and says why on stderr when a record cannot be read; never 0", .enabled(if: CLI.binary != nil, CLI.missing))
+    func verifyCommandUnreadable() async throws {
+        try await withSampleLog { path, _ in
+            let dataDir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            // A kind no record can hold, past the CHECK that keeps it out.
+            try AuditFile.tamper(path) { db in
+                try db.execute(sql: "PRAGMA ignore_check_constraints = ON")
+                try db.execute(sql: "UPDATE audit_records SET kind = 'rumour' WHERE seq = 2")
+            }
+            let unreadable = try await CLI.run(["audit", "verify", "--data-dir", dataDir])
+            #expect(unreadable.status == 2, "\(unreadable.output)\(unreadable.errors)")
+            #expect(unreadable.errors.hasPrefix("audit verify failed: "), "\(unreadable.errors)")
+            #expect(!unreadable.output.contains("intact"))
+        }
+    }
+
     @Test("audit verify checks an HMAC chain with the key from the environment", .enabled(if: CLI.binary != nil, CLI.missing))
     func verifyCommandWithHMAC() async throws {
         try await withSampleLog(hmacKey: "audit-secret-1") { path, _ in
