@@ -1,5 +1,4 @@
 import Foundation
-import MixpeekHTTP
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -124,7 +123,7 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
     }
 
     private func connect(on loop: any EventLoop, pool: Pool) -> EventLoopFuture<ExchangeHandler> {
-        let (tls, host, hostHeader) = (self.tls, self.host, self.hostHeader)
+        let (tls, host) = (self.tls, self.host)
         let handler = ExchangeHandler(pool: pool)
         return ClientBootstrap(group: loop)
             .connectTimeout(Self.connectTimeout)
@@ -140,7 +139,7 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
                     // a forward's CPU): every field sent was parsed from a client by the
                     // server's llhttp, which refuses what the validator looks for, or made here.
                     try channel.pipeline.syncOperations.addHandlers([
-                        RequestWriter(host: hostHeader), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)), handler,
+                        HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)), handler,
                     ])
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
@@ -151,10 +150,9 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
             .map { _ in handler }
     }
 
-    /// The request's head as it goes (`RequestWriter` adds `Host`). Its fields are copied only
-    /// when a length is to be set: a GET's go as they came.
     private func head(for request: UpstreamRequest) -> HTTPRequestHead {
         var headers = request.headers
+        headers.replaceOrAdd(name: "Host", value: hostHeader)
         if let body = request.body {
             headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
         } else if request.method == .POST || request.method == .PUT || request.method == .PATCH {
@@ -195,83 +193,6 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         }
         if let error = error as? IOError { return error.description }
         return String(describing: error)
-    }
-
-    // MARK: Writing a request
-
-    /// What NIO's `HTTPRequestEncoder` was here, less its cost: the head written as one piece
-    /// (`ByteWriter`, one check of the buffer's storage instead of one a field), `Host` first
-    /// and any other `Host` left out, a small body in the head's buffer, and nothing for the
-    /// end. Every request is framed by `Content-Length` or has no body (`head(for:)`), so no
-    /// chunk is ever written. It sits where the encoder sat, before the response decoder,
-    /// which still sees each request head go by (it needs to know a HEAD's answer has no body).
-    final class RequestWriter: ChannelOutboundHandler, @unchecked Sendable {
-        typealias OutboundIn = HTTPClientRequestPart
-        typealias OutboundOut = IOData
-
-        /// A body up to this size goes in the head's buffer.
-        static let bodyBytesWrittenWithHead = 16 << 10
-
-        private let host: String
-        /// The head, until the body (or the end) comes.
-        private var pending: ByteBuffer?
-
-        init(host: String) { self.host = host }
-
-        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-            switch unwrapOutboundIn(data) {
-            case .head(let head):
-                if let pending { context.write(wrapOutboundOut(.byteBuffer(pending)), promise: nil) }
-                pending = Self.encode(head, host: host, room: Self.bodyBytesWrittenWithHead, allocator: context.channel.allocator)
-                promise?.succeed(())
-            case .body(.byteBuffer(let body)) where pending != nil && body.readableBytes <= Self.bodyBytesWrittenWithHead:
-                pending!.writeImmutableBuffer(body)
-                promise?.succeed(())
-            case .body(let body):
-                if let pending { context.write(wrapOutboundOut(.byteBuffer(pending)), promise: nil) }
-                pending = nil
-                context.write(wrapOutboundOut(body), promise: promise)
-            case .end:
-                guard let pending else {
-                    promise?.succeed(())
-                    return
-                }
-                self.pending = nil
-                context.write(wrapOutboundOut(.byteBuffer(pending)), promise: promise)
-            }
-        }
-
-        static func encode(_ head: HTTPRequestHead, host: String, room extra: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-            let method = head.method.rawValue
-            var room = method.utf8.count + 1 + head.uri.utf8.count + " HTTP/1.1\r\n".utf8.count
-                + "Host: ".utf8.count + host.utf8.count + 2 + 2
-            for (name, value) in head.headers {
-                room += name.utf8.count + value.utf8.count + 4
-            }
-            var buffer = allocator.buffer(capacity: room + extra)
-            buffer.writeBytes(atMost: room) { bytes in
-                bytes.writeString(method)
-                bytes.write(UInt8(ascii: " "))
-                bytes.writeString(head.uri)
-                bytes.write(" HTTP/1.1\r\nHost: ")
-                bytes.writeString(host)
-                bytes.write("\r\n")
-                for (name, value) in head.headers where !Self.isHost(name) {
-                    bytes.writeString(name)
-                    bytes.write(": ")
-                    bytes.writeString(value)
-                    bytes.write("\r\n")
-                }
-                bytes.write("\r\n")
-            }
-            return buffer
-        }
-
-        /// `Host` in any ASCII case.
-        private static func isHost(_ name: String) -> Bool {
-            guard name.utf8.count == 4 else { return false }
-            return zip(name.utf8, "host".utf8).allSatisfy { $0 | 0x20 == $1 }
-        }
     }
 
     // MARK: Pool and exchange (each confined to one loop)
