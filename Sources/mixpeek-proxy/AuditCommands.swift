@@ -53,11 +53,8 @@ struct Audit: AsyncParsableCommand {
         let reader: any AuditReader
         let group: Bool
         if let url = try postgres.url(dataDirGiven: dataDir.dataDir != nil) {
-            do {
-                reader = try await GroupChainReader.open(url, logger: Logs.quiet("mixpeek-proxy.audit"))
-            } catch {
-                throw ValidationError("\(error)")
-            }
+            let logger = Logs.quiet("mixpeek-proxy.audit")
+            reader = GroupChainReader(connection: try await connect(url, logger: logger), logger: logger)
             group = true
         } else {
             reader = try open(dataDir)

@@ -77,12 +77,8 @@ public final class GroupChainReader: AuditReader {
         self.logger = logger
     }
 
-    /// For the command line: the chain at `url`, on one connection (`GroupChain.connect`).
-    public static func open(_ url: PostgresURL, logger: Logger) async throws -> GroupChainReader {
-        GroupChainReader(connection: try await GroupChain.connect(url, logger: logger), logger: logger)
-    }
-
-    private init(connection: PostgresConnection, logger: Logger) {
+    /// For the command line: the chain on `connection` (`GroupChain.connect`), closed by `close`.
+    public init(connection: PostgresConnection, logger: Logger) {
         access = .connection(connection)
         hmacKey = nil
         witness = nil
