@@ -42,6 +42,11 @@ struct StoredColumnsTests {
         #expect(refused("kind", .text("rumour")))
         #expect(refused("seq", .text("7")))
         #expect(!refused("key_name", .null))
+        // The refusal names the record, the column and what it held.
+        let error = #expect(throws: StoredColumnError.self) {
+            try AuditRecord.columns.decode(into: .blank) { $0.label == "kind" ? .text("rumour") : $0.read(Self.full) }
+        }
+        #expect(error?.description == "record 7: audit column kind holds 'rumour', which its record cannot hold")
     }
 
     @Test("the CSV header is the contract's, in its order")

@@ -9,8 +9,6 @@ enum StoredValue: Sendable, Equatable {
     case integer(Int64)
     case real(Double)
 
-    /// As `audit query --format csv` and the table print it (durations with three decimals,
-    /// as the chain hashes them).
     var text: String? { if case .text(let text) = self { text } else { nil } }
     var integer: Int64? { if case .integer(let integer) = self { integer } else { nil } }
     /// SQLite keeps a whole REAL as an integer when it can.
@@ -22,6 +20,8 @@ enum StoredValue: Sendable, Equatable {
         }
     }
 
+    /// As `audit query --format csv` and the table print it (durations with three decimals,
+    /// as the chain hashes them).
     var printed: String? {
         switch self {
         case .null: nil
@@ -33,10 +33,11 @@ enum StoredValue: Sendable, Equatable {
 }
 
 /// One stored field of `Record`: its column's name and type, and where the value lives in the
-/// record. A record's table of these (`AuditRecord.columns`, `AuditEntry.columns`) is the one
-/// place its columns are declared: audit.sqlite's insert, the group chain's select list and row
-/// decoding, the group append's JSON and the CSV header are made from it. The schemas'
-/// migrations keep their own spelling: they are history, applied once and never edited.
+/// record. A record's table of these (`AuditRecord.columns`, `AuditEntry.storedColumns`,
+/// `ReconcileFinding.storedColumns`) is the one place its columns are declared: audit.sqlite's
+/// insert, the group chain's select list and row decoding, the group append's JSON and the CSV
+/// are made from it. The schemas' migrations keep their own spelling: they are history, and
+/// the SQL each one runs never changes.
 struct StoredColumn<Record>: Sendable {
     enum Kind: Sendable { case text, integer, real }
 
@@ -125,7 +126,13 @@ struct ColumnKey: CodingKey {
 struct StoredColumnError: Error, CustomStringConvertible {
     var column: StaticString
     var value: StoredValue
-    var description: String { "audit column \(column) holds \(value == .null ? "NULL" : "\(value)"), which its record cannot hold" }
+    /// The record's `seq`, when it was read before the column that failed.
+    var seq: Int64? = nil
+
+    var description: String {
+        let held = value.printed.map { "'\($0)'" } ?? "NULL"
+        return "\(seq.map { "record \($0): " } ?? "")audit column \(column) holds \(held), which its record cannot hold"
+    }
 }
 
 extension Array {
@@ -133,7 +140,17 @@ extension Array {
     func decode<Record>(into blank: Record, _ value: (StoredColumn<Record>) throws -> StoredValue) throws -> Record
     where Element == StoredColumn<Record> {
         var record = blank
-        for column in self { try column.write(&record, try value(column)) }
+        var seq: Int64?
+        for column in self {
+            let stored = try value(column)
+            do {
+                try column.write(&record, stored)
+            } catch var error as StoredColumnError {
+                error.seq = seq
+                throw error
+            }
+            if column.label == "seq" { seq = stored.integer }
+        }
         return record
     }
 
