@@ -15,29 +15,33 @@ public enum SignedNote {
         !name.isEmpty && !name.unicodeScalars.contains { $0 == "+" || $0.properties.isWhitespace || $0.value < 0x20 }
     }
 
-    public struct Signer: Sendable {
+    /// Unchecked: swift-crypto does not mark its private key `Sendable`; it is immutable once
+    /// made (its bytes are only read, by each signature).
+    public struct Signer: @unchecked Sendable {
         public let name: String
-        /// The Ed25519 seed (the private key); its public key, derived once.
-        private let seed: [UInt8]
+        /// The Ed25519 key, made from its seed once: making it is a scalar multiplication, as
+        /// long as a signature's own (a checkpoint is signed for every batch of appends).
+        private let key: Curve25519.Signing.PrivateKey
         public let publicKey: [UInt8]
+        public let keyID: UInt32
 
         public init?(name: String, seed: [UInt8]) {
             guard isValidName(name), seed.count == 32, let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: seed) else {
                 return nil
             }
             self.name = name
-            self.seed = seed
+            self.key = key
             publicKey = Array(key.publicKey.rawRepresentation)
+            keyID = SignedNote.keyID(name: name, publicKey: publicKey)
         }
 
-        public var keyID: UInt32 { SignedNote.keyID(name: name, publicKey: publicKey) }
         /// `<name>+<8 hex key ID>+<base64(0x01 ‖ public key)>`: what verifiers are given.
         public var verifierKey: String { Verifier(name: name, publicKey: publicKey).verifierKey }
         public var verifier: Verifier { Verifier(name: name, publicKey: publicKey) }
 
         /// The signature line for `text`.
         public func signatureLine(for text: String) throws -> String {
-            let signature = try Curve25519.Signing.PrivateKey(rawRepresentation: seed).signature(for: Array(text.utf8))
+            let signature = try key.signature(for: Array(text.utf8))
             return SignedNote.signatureLine(name: name, keyID: keyID, signature: Array(signature))
         }
     }
