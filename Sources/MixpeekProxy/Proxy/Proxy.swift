@@ -134,7 +134,7 @@ public final class Proxy: HTTPResponder {
         case .mutate(let action, let user, let key):
             let trace = clientTrace ?? .started()
             return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
-                await self.mutate(request, action: action, user: user, key: key, requestID: requestID, trace: trace)
+                await self.mutate(request, action: action, user: user, key: key, requestID: requestID, trace: trace, on: eventLoop)
             }
         }
     }
@@ -235,7 +235,7 @@ public final class Proxy: HTTPResponder {
     /// outcome → respond. Invalidating on both sides means no list stored or served after the
     /// response can predate the mutation, whatever the upstream answered.
     private func mutate(_ request: HTTPRequest, action: AuditAction, user: String, key: String?, requestID: String,
-                        trace: TraceContext) async -> (HTTPResponse, CacheResult?) {
+                        trace: TraceContext, on eventLoop: any EventLoop) async -> (HTTPResponse, CacheResult?) {
         guard let audit else { return (ProxyError.auditUnavailable.response(requestID: requestID), nil) }
         let authorization = request.headers.first(name: "authorization")
         let credential = cache.credential(for: authorization)
@@ -258,7 +258,7 @@ public final class Proxy: HTTPResponder {
         let response: HTTPResponse
         let result: AuditResult
         do {
-            let upstreamResponse = try await upstream.send(upstreamRequest(request, requestID: requestID, trace: trace))
+            let upstreamResponse = try await upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).get()
             let elapsed = Self.milliseconds(since: started)
             let code = Int(upstreamResponse.status.code)
             noteUpstream(.mutation, .success(code), since: started)
@@ -520,7 +520,8 @@ public final class Proxy: HTTPResponder {
     private func later(on eventLoop: any EventLoop, _ request: HTTPRequest, route: String, trace: TraceContext, started: NIODeadline,
                        _ work: @escaping @Sendable () async -> (HTTPResponse, CacheResult?)) -> HTTPReply {
         let promise = eventLoop.makePromise(of: (HTTPResponse, CacheResult?).self)
-        promise.completeWithTask(work)
+        // On the request's own loop, not the concurrency pool (`LoopTaskExecutor`).
+        Task(executorPreference: LoopTaskExecutor(eventLoop)) { promise.succeed(await work()) }
         return later(request, route: route, trace: trace, started: started, promise.futureResult)
     }
 
