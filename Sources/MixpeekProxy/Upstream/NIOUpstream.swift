@@ -11,8 +11,8 @@ import NIOSSL
 /// AsyncHTTPClient here, measured: forwarding went from 0.42× to 0.66× nginx's rate, half the
 /// CPU a request; docs/BENCHMARKS.md). What it kept of it (the tests decide): TLS verified against the system's roots
 /// or `upstream_ca_file`, the server name sent (SNI) and checked; one deadline of
-/// `upstream_timeout` for the whole exchange, connect included (a connect alone gives up after
-/// 10 s); no retry of a refused connection and no redirect followed; a response larger than
+/// `upstream_timeout` for the whole exchange, connect included (failed at most a tenth of it,
+/// and never more than 50 ms, past it; a connect alone gives up after 10 s); no retry of a refused connection and no redirect followed; a response larger than
 /// `maxResponseBytes` refused; every failure an `UpstreamError` in the same words.
 /// No request is ever sent twice: a pooled connection the upstream
 /// closes is dropped from its pool when the close arrives.
@@ -92,20 +92,20 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         let id = ObjectIdentifier(loop)
         return pools.withLockedValue { pools in
             if let pool = pools[id] { return pool }
-            let pool = Pool(loop: loop)
+            let pool = Pool(loop: loop, timeout: timeout)
             pools[id] = pool
             return pool
         }
     }
 
     private func start(_ request: UpstreamRequest, promise: EventLoopPromise<UpstreamResponse>, on loop: any EventLoop) {
-        let exchange = Exchange(head: head(for: request), body: request.body, promise: promise, maxResponseBytes: maxResponseBytes)
-        exchange.deadline = loop.scheduleTask(deadline: .now() + timeout) { exchange.fail(.timeout) }
-        run(exchange, on: loop)
+        let pool = pool(for: loop)
+        let exchange = Exchange(head: head(for: request), body: request.body, promise: promise, maxResponseBytes: maxResponseBytes, pool: pool)
+        pool.track(exchange)
+        run(exchange, pool: pool, on: loop)
     }
 
-    private func run(_ exchange: Exchange, on loop: any EventLoop) {
-        let pool = pool(for: loop)
+    private func run(_ exchange: Exchange, pool: Pool, on loop: any EventLoop) {
         if let handler = pool.takeIdle() {
             handler.start(exchange)
             return
@@ -197,27 +197,41 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
 
     // MARK: Pool and exchange (each confined to one loop)
 
-    /// A loop's idle keep-alive connections, newest last (taken LIFO: the warmest first).
+    /// A loop's idle keep-alive connections, newest last (taken LIFO: the warmest first), and
+    /// the exchanges in flight on it. Their timers are the pool's, not each one's: an
+    /// exchange's deadline and an idle connection's end are checked by a sweep that runs only
+    /// while there is something to check, instead of a timer scheduled and cancelled on the
+    /// loop for every request, twice (5 % of a forward's CPU in perf, docs/BENCHMARKS.md).
     final class Pool: @unchecked Sendable {
         let loop: any EventLoop
         private var idle: [ExchangeHandler] = []
+        /// In flight, in no order (an exchange knows its slot, so that leaving is O(1)).
+        private var exchanges: [Exchange] = []
+        private let timeout: TimeAmount
+        /// How late past its deadline an exchange may be failed: a tenth of the timeout, at
+        /// most 50 ms.
+        private let sweepInterval: TimeAmount
+        private var deadlineSweep: Scheduled<Void>?
+        private var idleSweep: Scheduled<Void>?
 
-        init(loop: any EventLoop) { self.loop = loop }
+        init(loop: any EventLoop, timeout: TimeAmount) {
+            self.loop = loop
+            self.timeout = timeout
+            sweepInterval = .nanoseconds(max(1_000_000, min(timeout.nanoseconds / 10, 50_000_000)))
+        }
 
         func takeIdle() -> ExchangeHandler? {
             while let handler = idle.popLast() {
-                if handler.isUsable {
-                    handler.cancelIdleTimer()
-                    return handler
-                }
+                if handler.isUsable { return handler }
             }
             return nil
         }
 
         func putBack(_ handler: ExchangeHandler) {
             guard idle.count < NIOUpstream.maxIdlePerLoop else { return handler.close() }
+            handler.idleSince = .now()
             idle.append(handler)
-            handler.startIdleTimer()
+            if idleSweep == nil { scheduleIdleSweep() }
         }
 
         func remove(_ handler: ExchangeHandler) {
@@ -225,9 +239,53 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         }
 
         func closeAll() {
+            idleSweep?.cancel()
+            idleSweep = nil
             let all = idle
             idle.removeAll()
             for handler in all { handler.close() }
+        }
+
+        /// The oldest idle connection (the first: the rest came back after it) is closed once
+        /// it has been idle for `NIOUpstream.idleTimeout`, then the next one, when its turn comes.
+        private func scheduleIdleSweep() {
+            guard let oldest = idle.first else { return }
+            idleSweep = loop.scheduleTask(deadline: oldest.idleSince + NIOUpstream.idleTimeout) { self.sweepIdle() }
+        }
+
+        private func sweepIdle() {
+            idleSweep = nil
+            let now = NIODeadline.now()
+            while let oldest = idle.first, oldest.idleSince + NIOUpstream.idleTimeout <= now {
+                idle.removeFirst()
+                oldest.close()
+            }
+            scheduleIdleSweep()
+        }
+
+        func track(_ exchange: Exchange) {
+            exchange.deadline = .now() + timeout
+            exchange.slot = exchanges.count
+            exchanges.append(exchange)
+            if deadlineSweep == nil { deadlineSweep = loop.scheduleTask(in: sweepInterval) { self.sweepDeadlines() } }
+        }
+
+        func untrack(_ exchange: Exchange) {
+            let slot = exchange.slot
+            guard slot >= 0 else { return }
+            exchange.slot = -1
+            let last = exchanges.removeLast()
+            if last !== exchange {
+                exchanges[slot] = last
+                last.slot = slot
+            }
+        }
+
+        private func sweepDeadlines() {
+            deadlineSweep = nil
+            let now = NIODeadline.now()
+            for exchange in exchanges.filter({ $0.deadline <= now }) { exchange.fail(.timeout) }
+            if !exchanges.isEmpty { deadlineSweep = loop.scheduleTask(in: sweepInterval) { self.sweepDeadlines() } }
         }
     }
 
@@ -237,31 +295,36 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         let body: ByteBuffer?
         let promise: EventLoopPromise<UpstreamResponse>
         let maxResponseBytes: Int
-        var deadline: Scheduled<Void>?
+        let pool: Pool
+        /// When it fails with `.timeout` (`Pool`'s sweep), connect included.
+        var deadline = NIODeadline.distantFuture
+        /// Its place among the pool's exchanges in flight; -1 once it is done.
+        var slot = -1
         var done = false
-        /// Called when the exchange ends by the deadline, so that its connection is closed.
-        var onFail: (() -> Void)?
+        /// The connection it is sent on, closed when the exchange fails (by its deadline, say).
+        weak var connection: ExchangeHandler?
 
-        init(head: HTTPRequestHead, body: ByteBuffer?, promise: EventLoopPromise<UpstreamResponse>, maxResponseBytes: Int) {
+        init(head: HTTPRequestHead, body: ByteBuffer?, promise: EventLoopPromise<UpstreamResponse>, maxResponseBytes: Int, pool: Pool) {
             self.head = head
             self.body = body
             self.promise = promise
             self.maxResponseBytes = maxResponseBytes
+            self.pool = pool
         }
 
         func succeed(_ response: UpstreamResponse) {
             guard !done else { return }
             done = true
-            deadline?.cancel()
+            pool.untrack(self)
             promise.succeed(response)
         }
 
         func fail(_ error: UpstreamError) {
             guard !done else { return }
             done = true
-            deadline?.cancel()
-            onFail?()
-            onFail = nil
+            pool.untrack(self)
+            connection?.close()
+            connection = nil
             promise.fail(error)
         }
     }
@@ -279,7 +342,8 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         private var headers = HTTPHeaders()
         private var body = ByteBuffer()
         private var keepAlive = false
-        private var idleTimer: Scheduled<Void>?
+        /// Since when it has been in its pool's idle list.
+        var idleSince = NIODeadline.uptimeNanoseconds(0)
         private var closed = false
         /// The first error the connection met, for an exchange that comes after it.
         private var failure: UpstreamError?
@@ -298,7 +362,7 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
             }
             self.exchange = exchange
             body = context.channel.allocator.buffer(capacity: 0)
-            exchange.onFail = { [weak self] in self?.close() }
+            exchange.connection = self
             keepAlive = exchange.head.isKeepAlive
             context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
             if let requestBody = exchange.body, requestBody.readableBytes > 0 {
@@ -322,7 +386,7 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
                 body.writeBuffer(&part)
             case .end:
                 self.exchange = nil
-                exchange.onFail = nil
+                exchange.connection = nil
                 let response = UpstreamResponse(status: status, headers: headers, body: body)
                 if keepAlive && !exchange.done {
                     pool.putBack(self)
@@ -336,7 +400,6 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
         func channelInactive(context: ChannelHandlerContext) {
             closed = true
             pool.remove(self)
-            idleTimer?.cancel()
             guard let exchange else { return }
             self.exchange = nil
             exchange.fail(.unreachable("could not reach the upstream: the connection closed before the answer was complete"))
@@ -353,20 +416,6 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
             if failure == nil { failure = error }
             close()
             exchange?.fail(error)
-        }
-
-        func startIdleTimer() {
-            guard let context else { return }
-            idleTimer = context.eventLoop.scheduleTask(in: NIOUpstream.idleTimeout) { [weak self] in
-                guard let self else { return }
-                self.pool.remove(self)
-                self.close()
-            }
-        }
-
-        func cancelIdleTimer() {
-            idleTimer?.cancel()
-            idleTimer = nil
         }
 
         func close() {
