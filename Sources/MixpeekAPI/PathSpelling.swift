@@ -33,6 +33,10 @@ public enum PathSpelling {
     /// `api-keys` segment after the user. Generous on purpose: such a path that is not the
     /// canonical spelling is refused, which costs nothing a real client sends.
     public static func isInAPIKeysNamespace(_ path: some Collection<UInt8>) -> Bool {
+        // Without a `%` nothing decodes, and no reading above makes a letter: a path that does
+        // not hold both `users` and `api-keys` (in any case) is in no reading of it. The usual
+        // pass-through call ends here, without the copies below (2.6 % of its CPU in perf).
+        if !path.contains(UInt8(ascii: "%")), !(holdsFolded(path, "users") && holdsFolded(path, "api-keys")) { return false }
         var bytes = Array(path)
         for _ in 0..<4 {
             if namespaceMatches(bytes, resolvingDots: false) || namespaceMatches(bytes, resolvingDots: true) { return true }
@@ -41,6 +45,26 @@ public enum PathSpelling {
             bytes = decoded
         }
         return namespaceMatches(bytes, resolvingDots: false) || namespaceMatches(bytes, resolvingDots: true)
+    }
+
+    /// True when `word` (lower case) is among `bytes`, ASCII letters of `bytes` folded to lower case.
+    private static func holdsFolded(_ bytes: some Collection<UInt8>, _ word: StaticString) -> Bool {
+        let count = word.utf8CodeUnitCount
+        let first = word.utf8Start[0]
+        var start = bytes.startIndex
+        while let found = bytes[start...].firstIndex(where: { ($0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0) == first }) {
+            var matched = 0
+            var index = found
+            while matched < count, index != bytes.endIndex {
+                let byte = bytes[index]
+                guard (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == word.utf8Start[matched] else { break }
+                matched += 1
+                bytes.formIndex(after: &index)
+            }
+            if matched == count { return true }
+            start = bytes.index(after: found)
+        }
+        return false
     }
 
     /// `resolvingDots` merges empty segments and removes dot segments, as a front end does;
