@@ -125,12 +125,12 @@ public final class Proxy: HTTPResponder {
         case .bypassCache:
             cache.noteBypass()
             let trace = clientTrace ?? .started()
-            return later(request, route: decision.label, trace: trace, started: started,
-                         forward(request, requestID: requestID, trace: trace, result: .bypass, cacheStatus: CacheStatus.bypass, on: eventLoop))
+            return forward(request, route: decision.label, requestID: requestID, trace: trace, result: .bypass, cacheStatus: CacheStatus.bypass,
+                           started: started, on: eventLoop)
         case .passThrough:
             let trace = clientTrace ?? .started()
-            return later(request, route: decision.label, trace: trace, started: started,
-                         forward(request, requestID: requestID, trace: trace, result: nil, cacheStatus: nil, on: eventLoop))
+            return forward(request, route: decision.label, requestID: requestID, trace: trace, result: nil, cacheStatus: nil,
+                           started: started, on: eventLoop)
         case .mutate(let action, let user, let key):
             let trace = clientTrace ?? .started()
             return later(on: eventLoop, request, route: decision.label, trace: trace, started: started) {
@@ -326,24 +326,29 @@ public final class Proxy: HTTPResponder {
     // MARK: Forwarding
 
     /// A pass-through or bypass call: sent from the connection's event loop and answered on it,
-    /// with no task between (as list misses are), so the only hops are to the upstream
-    /// client's loop and back.
-    private func forward(_ request: HTTPRequest, requestID: String, trace: TraceContext, result: CacheResult?,
-                         cacheStatus: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(HTTPResponse, CacheResult?)> {
-        // One promise, completed either way (not `map` then `recover`: a future and a callback less).
-        let answer = eventLoop.makePromise(of: (HTTPResponse, CacheResult?).self)
+    /// with no task between (as list misses are), on a connection of that loop's own. Its
+    /// answer is made, and observed, in the upstream's callback: one promise, the one the
+    /// server waits on (no `map` then `recover`, no `later`'s `map`: two futures and their
+    /// callbacks less a request).
+    private func forward(_ request: HTTPRequest, route: String, requestID: String, trace: TraceContext, result: CacheResult?,
+                         cacheStatus: String?, started: NIODeadline, on eventLoop: any EventLoop) -> HTTPReply {
+        let answer = eventLoop.makePromise(of: HTTPResponse.self)
         upstream.send(upstreamRequest(request, requestID: requestID, trace: trace), on: eventLoop).whenComplete { sent in
+            let response: HTTPResponse
             switch sent {
-            case .success(let response):
-                self.cache.noteAnswer(.response(response), to: self.cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
-                answer.succeed((self.clientResponse(response, to: request, requestID: requestID, xCache: result?.rawValue, cacheStatus: cacheStatus), result))
+            case .success(let upstreamResponse):
+                self.cache.noteAnswer(.response(upstreamResponse), to: self.cache.credential(for: request.headers.first(name: "authorization")), listOf: nil)
+                response = self.clientResponse(upstreamResponse, to: request, requestID: requestID, xCache: result?.rawValue, cacheStatus: cacheStatus)
             case .failure(let error):
                 var failure = self.upstreamFailure(error as? UpstreamError ?? .unreachable("\(error)")).response(requestID: requestID)
                 if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
-                answer.succeed((failure, result))
+                response = failure
             }
+            self.observe(request, route: route, status: response.status, cache: result, requestID: response.headers.first(name: "x-request-id"),
+                         traceID: trace.traceID, started: started, on: eventLoop)
+            answer.succeed(response)
         }
-        return answer.futureResult
+        return .later(answer.futureResult)
     }
 
     /// A list fetched for the cache: a whole GET, whatever the client sent. Its answer is
