@@ -162,6 +162,30 @@ struct RouteTests {
         #expect(Route(method: .POST, target: "\(users)/a/api-keys/\(segment)/rotate") == .rejected(.invalidSegment("key_name")))
     }
 
+    @Test(
+        "without a percent sign: a spelling that folds, resolves or reads into the API-keys namespace is refused; a path holding no 'users' or no 'api-keys' passes through",
+        arguments: [
+            ("/V1/ORGANIZATIONS/USERS/a/API-KEYS", false),
+            ("/v1/Organizations/Users/a/Api-Keys/k/rotate", false),
+            ("/v1/organizations\\users\\a\\api-keys", false),
+            ("/v1/organizations/users;x=1/a/api-keys;y", false),
+            ("/v1/./organizations/users/a/b/../api-keys", false),
+            ("/v1//organizations/users/a/api-keys", false),
+            ("/v1/organizations/api-keys/k1/usage", true),
+            ("/v1/organizations/users/a/usage", true),
+            ("/v1/organizations/USERS/a/keys", true),
+            ("/v1/organizations/api-keys", true),
+        ])
+    func namespaceWithoutEscapes(target: String, passesThrough: Bool) {
+        let route = Route(method: .POST, target: target)
+        if passesThrough {
+            #expect(route == .passThrough, "\(target)")
+        } else if case .rejected = route {
+        } else {
+            Issue.record("\(target) is in the API-keys namespace, yet: \(route)")
+        }
+    }
+
     @Test("names up to maxSegmentBytes decoded bytes are accepted, longer ones refused")
     func segmentLength() {
         let limit = Route.maxSegmentBytes
