@@ -49,20 +49,11 @@ public enum PathSpelling {
 
     /// True when `word` (lower case) is among `bytes`, ASCII letters of `bytes` folded to lower case.
     private static func holdsFolded(_ bytes: some Collection<UInt8>, _ word: StaticString) -> Bool {
-        let count = word.utf8CodeUnitCount
-        let first = word.utf8Start[0]
-        var start = bytes.startIndex
-        while let found = bytes[start...].firstIndex(where: { ($0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0) == first }) {
-            var matched = 0
-            var index = found
-            while matched < count, index != bytes.endIndex {
-                let byte = bytes[index]
-                guard (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == word.utf8Start[matched] else { break }
-                matched += 1
-                bytes.formIndex(after: &index)
-            }
-            if matched == count { return true }
-            start = bytes.index(after: found)
+        let word = UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount)
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            if rest.lazy.map(\.lowercasedASCII).starts(with: word) { return true }
+            rest.removeFirst()
         }
         return false
     }
@@ -70,10 +61,7 @@ public enum PathSpelling {
     /// `resolvingDots` merges empty segments and removes dot segments, as a front end does;
     /// without it every segment counts, as for an upstream that routes on the path as sent.
     private static func namespaceMatches(_ bytes: [UInt8], resolvingDots: Bool) -> Bool {
-        let lowered = bytes.map { byte -> UInt8 in
-            if byte == UInt8(ascii: "\\") { return UInt8(ascii: "/") }
-            return byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-        }
+        let lowered = bytes.map { byte -> UInt8 in byte == UInt8(ascii: "\\") ? UInt8(ascii: "/") : byte.lowercasedASCII }
         var segments: [ArraySlice<UInt8>] = []
         for raw in lowered.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst() {
             let segment = raw.prefix { $0 != UInt8(ascii: ";") }
@@ -174,4 +162,9 @@ public enum PathSpelling {
         default: false
         }
     }
+}
+
+extension UInt8 {
+    /// An ASCII capital letter as its small letter; any other byte as it is.
+    var lowercasedASCII: UInt8 { self >= 0x41 && self <= 0x5A ? self | 0x20 : self }
 }

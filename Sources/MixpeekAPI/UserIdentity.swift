@@ -13,7 +13,7 @@ public enum UserIdentity {
     public static func folded(_ user: String) -> String {
         if user.utf8.allSatisfy({ $0 < 0x80 }) {
             guard user.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return user }
-            return String(decoding: user.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self)
+            return String(decoding: user.utf8.map(\.lowercasedASCII), as: UTF8.self)
         }
         return user.folding(options: [.caseInsensitive], locale: nil).precomposedStringWithCanonicalMapping
     }
