@@ -344,8 +344,7 @@ public final class Proxy: HTTPResponder {
                 if let cacheStatus { failure.headers.add(name: CacheStatus.name, value: cacheStatus) }
                 response = failure
             }
-            self.observe(request, route: route, status: response.status, cache: result, requestID: response.headers.first(name: "x-request-id"),
-                         traceID: trace.traceID, started: started, on: eventLoop)
+            self.observe(response, to: request, route: route, cache: result, trace: trace, started: started, on: eventLoop)
             answer.succeed(response)
         }
         return .later(answer.futureResult)
@@ -533,11 +532,16 @@ public final class Proxy: HTTPResponder {
     private func later(_ request: HTTPRequest, route: String, trace: TraceContext, started: NIODeadline,
                        _ answer: EventLoopFuture<(HTTPResponse, CacheResult?)>) -> HTTPReply {
         .later(answer.map { response, cacheResult in
-            self.observe(request, route: route, status: response.status, cache: cacheResult,
-                         requestID: response.headers.first(name: "x-request-id"), traceID: trace.traceID, started: started,
-                         on: answer.eventLoop)
+            self.observe(response, to: request, route: route, cache: cacheResult, trace: trace, started: started, on: answer.eventLoop)
             return response
         })
+    }
+
+    /// `observe` for an answer made later: its request id is the response's.
+    private func observe(_ response: HTTPResponse, to request: HTTPRequest, route: String, cache: CacheResult?, trace: TraceContext,
+                         started: NIODeadline, on eventLoop: any EventLoop) {
+        observe(request, route: route, status: response.status, cache: cache, requestID: response.headers.first(name: "x-request-id"),
+                traceID: trace.traceID, started: started, on: eventLoop)
     }
 
     private func finish(_ reply: HTTPReply, _ request: HTTPRequest, route: String, cache: CacheResult?, trace: TraceContext?,
