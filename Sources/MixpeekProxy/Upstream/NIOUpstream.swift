@@ -9,13 +9,14 @@ import NIOSSL
 /// (issue 28): a request asked on a loop is written, and its answer read, on a connection of
 /// that loop, so a forward never hops between threads and no task is made for it (it replaced
 /// AsyncHTTPClient here, measured: forwarding went from 0.42× to 0.66× nginx's rate, half the
-/// CPU a request; docs/BENCHMARKS.md). What it kept of it (the tests decide): TLS verified against the system's roots
-/// or `upstream_ca_file`, the server name sent (SNI) and checked; one deadline of
-/// `upstream_timeout` for the whole exchange, connect included (failed at most a tenth of it,
-/// and never more than 50 ms, past it; a connect alone gives up after 10 s); no retry of a refused connection and no redirect followed; a response larger than
-/// `maxResponseBytes` refused; every failure an `UpstreamError` in the same words.
-/// No request is ever sent twice: a pooled connection the upstream
-/// closes is dropped from its pool when the close arrives.
+/// CPU a request; docs/BENCHMARKS.md). What it kept of it (the tests decide): TLS verified
+/// against the system's roots or `upstream_ca_file`, the server name sent (SNI) and checked;
+/// one deadline of `upstream_timeout` for the whole exchange, connect included (failed at most
+/// a tenth of it, and never more than 50 ms, past it; a connect alone gives up after 10 s); no
+/// retry of a refused connection and no redirect followed; a response larger than
+/// `maxResponseBytes` refused; every failure an `UpstreamError` in the same words. No request
+/// is ever sent twice: a pooled connection the upstream closes is dropped from its pool when
+/// the close arrives.
 public final class NIOUpstream: Upstream, @unchecked Sendable {
     private let scheme: String
     private let host: String
@@ -25,7 +26,8 @@ public final class NIOUpstream: Upstream, @unchecked Sendable {
     private let timeout: TimeAmount
     private let maxResponseBytes: Int
     private let tls: NIOSSLContext?
-    /// Where requests asked without a loop (mutations, from a task) go.
+    /// Where requests asked without a loop (`send(_:)`, from a task) go; the proxy's own calls
+    /// all name their loop.
     private let group: any EventLoopGroup
     private let pools = NIOLockedValueBox<[ObjectIdentifier: Pool]>([:])
     static let connectTimeout = TimeAmount.seconds(10)

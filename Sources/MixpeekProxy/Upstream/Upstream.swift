@@ -45,8 +45,9 @@ public enum UpstreamError: Error, Sendable, Equatable {
 public protocol Upstream: Sendable {
     /// Sends one request; throws only `UpstreamError`.
     func send(_ request: UpstreamRequest) async throws -> UpstreamResponse
-    /// The same, answered on `eventLoop`; fails only with `UpstreamError`. List misses use it
-    /// so they never leave the connection's event loop when the upstream can stay on it.
+    /// The same, answered on `eventLoop`; fails only with `UpstreamError`. The proxy's calls
+    /// (list misses, forwards, mutations) use it so they never leave the connection's event
+    /// loop when the upstream can stay on it.
     func send(_ request: UpstreamRequest, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamResponse>
 }
 
